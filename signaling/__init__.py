@@ -1,0 +1,2 @@
+"""Signaling for two-party calls (rooms, token, offer/answer exchange). Not built yet:
+the codec works on files today (``facecodec compress`` / ``decompress``)."""
