@@ -1,0 +1,197 @@
+"""A plain seeded mutational fuzzer for the bitstream parsers and the motion decoder.
+
+    python -m benchmarks.fuzz_bitstream --inputs 100000 [--seed 0]
+
+Each input is either random bytes or a valid seed (stream header, frame packets,
+container file, motion payloads) after a few random mutations (bit flips, byte
+overwrites with boundary values, truncation, insertion, deletion, duplication, splicing
+two seeds); half the mutated headers get their CRC recomputed so the field checks
+behind it are reached. It goes to the parser its seed belongs to, and now and then to a random
+other one. Only CodecError subclasses may escape; a decoded motion must stay within the
+quantizer's bounds. Anything else is a failure: the run prints it and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import sys
+import time
+import traceback
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from codec.bitstream import (
+    AudioHeader,
+    ContainerWriter,
+    HeaderFlags,
+    KeyframeCodec,
+    KeyframePacket,
+    MotionPacket,
+    StreamHeader,
+    parse_packet,
+    read_container,
+)
+from codec.errors import CodecError
+from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table
+
+NUM_KP = 10
+QUALITY = 3
+INTRA_PERIOD = 4
+INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF)
+MAX_FAILURES_SHOWN = 5
+
+
+def build_seeds(num_kp: int = NUM_KP, quality: int = QUALITY) -> dict[str, list[bytes]]:
+    """Valid inputs for each target: header, frame packets, a container, motion payloads."""
+    table = quant_table(quality)
+    rng = np.random.default_rng(0)
+    encoder = MotionEncoder(table, num_kp, INTRA_PERIOD)
+    vector = np.zeros(6 + 3 * num_kp, np.float32)
+    motion = []
+    for seq in range(12):
+        vector = vector + rng.normal(0, 0.01, vector.shape).astype(np.float32)
+        vector[:3] = [10 * np.sin(seq / 5), 5 * np.cos(seq / 7), seq / 4]
+        motion.append((seq, *encoder.encode_vector(vector, seq)))
+    header = StreamHeader("fv2v-fuzz", bytes(range(8)), 256, 256, num_kp, 1000, quality,
+                          INTRA_PERIOD, table, KeyframeCodec.WEBP, HeaderFlags.UNTRAINED)
+    packets = [KeyframePacket(0, 0, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPtiny").pack()]
+    packets += [MotionPacket(seq + 1, 40 * seq, intra, payload).pack()
+                for seq, intra, payload in motion]
+    output = io.BytesIO()
+    with ContainerWriter(output, header) as writer:
+        writer.write_video_packet(packets[0])
+        writer.write_audio_header(AudioHeader("opus", 48000, 1))
+        for index, packet in enumerate(packets[1:6]):
+            writer.write_video_packet(packet)
+            writer.write_audio_packet(960 * index, bytes([0xF8, index]))
+    return {
+        "header": [header.pack()],
+        "packet": packets,
+        "container": [output.getvalue()],
+        "motion": [payload for _, _, payload in motion],
+    }
+
+
+def mutate(data: bytes, rng: random.Random, all_seeds: Sequence[bytes]) -> bytes:
+    """Apply 1–4 random mutations to ``data``."""
+    buffer = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        operation = rng.randrange(8)
+        position = rng.randint(0, len(buffer))
+        if operation == 0 and buffer:  # bit flip
+            buffer[rng.randrange(len(buffer))] ^= 1 << rng.randrange(8)
+        elif operation == 1 and buffer:  # boundary byte
+            buffer[rng.randrange(len(buffer))] = rng.choice(INTERESTING_BYTES)
+        elif operation == 2:  # truncate
+            del buffer[position:]
+        elif operation == 3:  # insert random bytes
+            buffer[position:position] = rng.randbytes(rng.randint(1, 16))
+        elif operation == 4:  # delete a range
+            del buffer[position:position + rng.randint(1, 16)]
+        elif operation == 5:  # duplicate a range
+            buffer[position:position] = buffer[position:position + rng.randint(1, 32)]
+        elif operation == 6:  # splice in part of another seed
+            other = rng.choice(all_seeds)
+            start = rng.randint(0, len(other))
+            buffer[position:] = other[start:start + rng.randint(1, 64)]
+        elif operation == 7 and buffer:  # random byte
+            buffer[rng.randrange(len(buffer))] = rng.randrange(256)
+    return bytes(buffer)
+
+
+def fix_header_crc(data: bytes) -> bytes:
+    """Recompute a (mutated) header's trailing CRC32 so the field checks behind it run."""
+    if len(data) < 5:
+        return data
+    return data[:-4] + zlib.crc32(data[:-4]).to_bytes(4, "little")
+
+
+class MotionTarget:
+    """Feeds payloads to a MotionDecoder that holds a valid reference, and checks bounds."""
+
+    def __init__(self, num_kp: int, quality: int, first_intra_payload: bytes) -> None:
+        self.table = quant_table(quality)
+        self.num_kp = num_kp
+        self.first_intra_payload = first_intra_payload
+        self.limit = self.table.bounds_vector(num_kp) + self.table.steps_vector(num_kp)
+        self.rng = random.Random(1)
+        self.decoder = MotionDecoder(self.table, num_kp)
+        self.decoder.decode(True, 0, first_intra_payload)
+
+    def __call__(self, payload: bytes) -> None:
+        if self.rng.random() < 0.05:  # sometimes start over from a fresh decoder
+            self.decoder = MotionDecoder(self.table, self.num_kp)
+            self.decoder.decode(True, 0, self.first_intra_payload)
+        last_seq = self.decoder.last_seq if self.decoder.last_seq is not None else 0
+        seq = last_seq + 1 if self.rng.random() < 0.9 else self.rng.randrange(2**20)
+        motion = self.decoder.decode(self.rng.random() < 0.5, seq, payload)
+        vector = motion.to_vector()
+        if not (np.all(np.isfinite(vector)) and np.all(np.abs(vector) <= self.limit)):
+            raise AssertionError(f"decoded motion out of bounds: {vector}")
+
+
+def run(num_inputs: int, seed: int) -> tuple[Counter[str], list[str]]:
+    """Fuzz ``num_inputs`` inputs; returns (outcome counts, failure descriptions)."""
+    rng = random.Random(seed)
+    seeds = build_seeds()
+    all_seeds = [data for group in seeds.values() for data in group]
+    targets: dict[str, Callable[[bytes], object]] = {
+        "header": StreamHeader.parse,
+        "packet": parse_packet,
+        "container": read_container,
+        "motion": MotionTarget(NUM_KP, QUALITY, seeds["motion"][0]),
+    }
+    names = list(targets)
+    outcomes: Counter[str] = Counter()
+    failures: list[str] = []
+    for index in range(num_inputs):
+        seed_kind = rng.choice(names)
+        if rng.random() < 0.15:
+            data = rng.randbytes(rng.randint(0, 256))
+        else:
+            data = mutate(rng.choice(seeds[seed_kind]), rng, all_seeds)
+            if seed_kind == "header" and rng.random() < 0.5:
+                data = fix_header_crc(data)
+        target = seed_kind if rng.random() < 0.9 else rng.choice(names)
+        try:
+            targets[target](data)
+            outcomes[f"{target}: accepted"] += 1
+        except CodecError as error:
+            outcomes[f"{target}: {type(error).__name__}"] += 1
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # noqa: BLE001 (a Rust panic is a BaseException)
+            outcomes[f"{target}: FAILURE {type(error).__name__}"] += 1
+            if len(failures) < MAX_FAILURES_SHOWN:
+                failures.append(f"input {index} to {target}: {data.hex()}\n"
+                                + "".join(traceback.format_exception(error)))
+    return outcomes, failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=100_000, help="number of inputs to try")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (runs are reproducible)")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    outcomes, failures = run(args.inputs, args.seed)
+    elapsed = time.perf_counter() - started
+
+    for name, count in sorted(outcomes.items()):
+        print(f"{count:8d}  {name}")
+    failure_count = sum(count for name, count in outcomes.items() if "FAILURE" in name)
+    print(f"inputs: {args.inputs}  seed: {args.seed}  wall: {elapsed:.1f} s  "
+          f"({1e6 * elapsed / max(args.inputs, 1):.0f} µs/input)  failures: {failure_count}")
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 1 if failure_count else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
