@@ -1,0 +1,188 @@
+"""Weights registry: model name -> committed safetensors file, its sha256 and its config.
+
+Our weights are trained by this project (no pretrained weights of this model family
+can be had). They are committed as fp16 safetensors under codec/weights/ with a
+model card beside them, and every load checks the file's sha256 against the value
+recorded here, so a corrupted or swapped file fails loudly instead of rendering
+garbage.
+
+Until a trained entry exists, the only way to get a model is ``build_untrained``,
+which every caller must ask for explicitly and which marks itself as untrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from codec.config import ModelConfig, get_config
+from codec.errors import WeightsError
+from codec.models import FaceVid2Vid, build_model
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "vox256"
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One registered set of trained weights."""
+
+    name: str
+    config_name: str
+    filename: str
+    sha256: str
+    card: str  # model card file name, beside the weights
+
+
+# Trained weights land here, one entry per shipped version (sha256 of the file).
+REGISTRY: dict[str, WeightsEntry] = {}
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run model and what identifies it in a stream header."""
+
+    model: FaceVid2Vid
+    name: str
+    sha256: str
+    untrained: bool
+
+    @property
+    def sha256_prefix(self) -> bytes:
+        """First 8 bytes of the weights' sha256, as carried in the stream header."""
+        return bytes.fromhex(self.sha256[:16])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_sha256(model: FaceVid2Vid) -> str:
+    """sha256 of a model's inference weights as fp16 safetensors bytes (what export writes)."""
+    from safetensors.torch import save
+
+    return hashlib.sha256(save(_inference_state(model), metadata=_metadata(model.config))).hexdigest()
+
+
+def _inference_state(model: FaceVid2Vid) -> dict[str, torch.Tensor]:
+    # fp16 halves the file; floating buffers (e.g. norm statistics) go along, integer ones stay exact.
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        state[key] = (value.half() if value.is_floating_point() else value).contiguous()
+    return state
+
+
+WEIGHTS_FORMAT = "facecodec-weights-v1"
+
+
+def _metadata(config: ModelConfig) -> dict[str, str]:
+    # One key only: safetensors writes several metadata keys in no fixed order, which would
+    # make the file's sha256 (the weights' identity) change from one export to the next.
+    return {"facecodec": json.dumps({"format": WEIGHTS_FORMAT, "config": config.to_dict()},
+                                    sort_keys=True)}
+
+
+def export_weights(model: FaceVid2Vid, path: Path) -> str:
+    """Write the inference networks (F, L, H/Δ, M, G) as fp16 safetensors; return the file's sha256."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(_inference_state(model), str(path), metadata=_metadata(model.config))
+    return file_sha256(path)
+
+
+def load_weights_file(path: Path | str, expected_sha256: str | None = None,
+                      device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a weights file written by ``export_weights``; check its sha256 if one is given."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    digest = file_sha256(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise WeightsError(
+            f"weights file {path} has sha256 {digest[:16]}…, expected {expected_sha256[:16]}…: "
+            "the file is corrupted or not the registered version")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"weights file {path} is not readable safetensors: {exc}") from exc
+    try:
+        info = json.loads(metadata.get("facecodec", "null"))
+        if not isinstance(info, dict) or info.get("format") != WEIGHTS_FORMAT:
+            raise WeightsError(f"weights file {path} carries no {WEIGHTS_FORMAT} metadata")
+        config = ModelConfig.from_dict(info["config"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise WeightsError(f"weights file {path} has an unusable config: {exc}") from exc
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(
+            f"weights file {path} does not match config {config.name!r}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise WeightsError(f"weights file {path}: {key} has shape {tuple(tensor.shape)}, "
+                               f"expected {tuple(expected[key].shape)}")
+        state[key] = tensor.to(expected[key].dtype)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedModel(model=model, name=config.name, sha256=digest, untrained=False)
+
+
+def load_pretrained(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu") -> LoadedModel:
+    """The registered trained weights for ``name``; a clear WeightsError when there are none."""
+    entry = REGISTRY.get(name)
+    if entry is None:
+        known = ", ".join(sorted(REGISTRY)) or "none yet"
+        raise WeightsError(
+            f"no trained weights are registered for model {name!r} (registered: {known}). "
+            "This project trains its own weights; until they ship, pass --untrained "
+            "(API: untrained=True) to run the untrained architecture, whose output is noise, "
+            "or --weights PATH for a file you trained.")
+    loaded = load_weights_file(WEIGHTS_DIR / entry.filename, expected_sha256=entry.sha256, device=device)
+    if loaded.name != entry.config_name:
+        raise WeightsError(f"registered weights {entry.filename} hold config {loaded.name!r}, "
+                           f"expected {entry.config_name!r}")
+    return loaded
+
+
+def build_untrained(config_name: str = DEFAULT_MODEL, seed: int = 0,
+                    device: str | torch.device = "cpu") -> LoadedModel:
+    """A seeded, randomly initialised model. Its output is not a working codec; it is for
+    tests, speed measurements and format work, and every stream it makes is flagged UNTRAINED."""
+    config = get_config(config_name)
+    model = build_model(config, seed=seed)
+    log.warning("using an UNTRAINED %s model (seed %d): output frames are not meaningful",
+                config.name, seed)
+    loaded = LoadedModel(model=model, name=config.name, sha256=state_sha256(model), untrained=True)
+    model.to(device).eval()
+    return loaded
+
+
+def resolve_model(name: str = DEFAULT_MODEL, *, untrained: bool = False,
+                  weights: Path | str | None = None, seed: int = 0,
+                  device: str | torch.device = "cpu") -> LoadedModel:
+    """The one place the CLI and API turn user choices into a model."""
+    if weights is not None:
+        return load_weights_file(weights, device=device)
+    if untrained:
+        return build_untrained(name, seed=seed, device=device)
+    return load_pretrained(name, device=device)
