@@ -102,7 +102,7 @@ def build_golden_container() -> bytes:
     with ContainerWriter(output, make_header()) as writer:
         packets = golden_packets()
         writer.write_video_packet(packets[0])
-        writer.write_audio_header(AudioHeader("opus", 48000, 1))
+        writer.write_audio_header(AudioHeader("opus", 48000, 1, pre_skip=312, num_samples=9600))
         for index, packet in enumerate(packets[1:]):
             writer.write_video_packet(packet)
             if index % 2 == 0:
@@ -406,7 +406,7 @@ def test_container_writer_misuse() -> None:
         writer.write_audio_packet(0, b"x")
     writer.write_audio_header(AudioHeader("opus", 48000, 1))
     with pytest.raises(ValueError):
-        writer.write_audio_header(AudioHeader("opus", 48000, 1))
+        writer.write_audio_header(AudioHeader("opus", 48000, 1, pre_skip=312, num_samples=9600))
     with pytest.raises(BitstreamError):
         writer.write_video_packet(b"\x09junk")
     with pytest.raises(OversizedError):

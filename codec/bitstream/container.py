@@ -9,9 +9,12 @@ Layout, container version 1::
     records, each: 1 byte kind | varint body length (≤ the kind's limit) | body
       0x01 VIDEO_PACKET   a frame packet (KeyframePacket / MotionPacket bytes)
       0x02 AUDIO_HEADER   1 byte n, n bytes codec name ([a-z0-9_-], e.g. "opus"),
-                          uint32 sample rate, uint8 channels; at most once, before
-                          any audio packet
-      0x03 AUDIO_PACKET   varint pts (in 1/sample_rate units), then the packet bytes
+                          uint32 sample rate, uint8 channels, uint16 pre-skip
+                          (decoder delay in samples to drop), uint32 sample count
+                          of the source audio (trims the coder's padding); at most
+                          once, before any audio packet
+      0x03 AUDIO_PACKET   varint pts (in 1/sample_rate units, counted from the coded
+                          stream's first sample, so never negative), then the bytes
       0x7F END            varint video packet count, varint audio packet count,
                           uint32 CRC32 of every file byte before this record
     nothing after END.
@@ -60,7 +63,7 @@ class RecordKind(IntEnum):
     END = 0x7F
 
 
-_AUDIO_HEADER_TAIL = struct.Struct("<IB")  # sample rate, channels
+_AUDIO_HEADER_TAIL = struct.Struct("<IBHI")  # sample rate, channels, pre-skip, sample count
 _CRC = struct.Struct("<I")
 
 # Largest legal body per record kind (checked before the body is read).
@@ -79,6 +82,8 @@ class AudioHeader:
     codec: str
     sample_rate: int
     channels: int
+    pre_skip: int = 0
+    num_samples: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.codec, str) or not AUDIO_CODEC_NAME_PATTERN.fullmatch(self.codec):
@@ -88,20 +93,26 @@ class AudioHeader:
                                   ("channels", self.channels, MAX_AUDIO_CHANNELS)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
                 raise ValueError(f"{name} must be an int in [1, {high}], got {value!r}")
+        for name, value, high in (("pre_skip", self.pre_skip, 0xFFFF),
+                                  ("num_samples", self.num_samples, 0xFFFFFFFF)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+                raise ValueError(f"{name} must be an int in [0, {high}], got {value!r}")
 
     def pack(self) -> bytes:
         name = self.codec.encode("ascii")
-        return bytes([len(name)]) + name + _AUDIO_HEADER_TAIL.pack(self.sample_rate, self.channels)
+        return bytes([len(name)]) + name + _AUDIO_HEADER_TAIL.pack(
+            self.sample_rate, self.channels, self.pre_skip, self.num_samples)
 
     @classmethod
     def parse(cls, data: bytes) -> AudioHeader:
         reader = ByteReader(data)
         name_length = reader.read_u8("audio codec name length")
         name = reader.read_bytes(name_length, "audio codec name")
-        sample_rate, channels = reader.read_struct(_AUDIO_HEADER_TAIL, "audio format")
+        sample_rate, channels, pre_skip, num_samples = reader.read_struct(
+            _AUDIO_HEADER_TAIL, "audio format")
         reader.expect_end("audio header")
         try:
-            return cls(name.decode("ascii"), sample_rate, channels)
+            return cls(name.decode("ascii"), sample_rate, channels, pre_skip, num_samples)
         except (ValueError, UnicodeDecodeError) as error:
             raise BitstreamError(f"invalid audio header: {error}") from error
 
