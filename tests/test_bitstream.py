@@ -241,9 +241,9 @@ def sample_packets() -> list[bytes]:
 
 
 def test_packet_round_trip_and_layout() -> None:
-    keyframe = KeyframePacket(7, 300, KeyframeCodec.H264, b"abc")
+    keyframe = KeyframePacket(7, 300, KeyframeCodec.JPEG, b"abc")
     data = keyframe.pack()
-    assert data == b"\x01\x07\xac\x02\x04\x03abc"
+    assert data == b"\x01\x07\xac\x02\x02\x03abc"
     assert parse_packet(data) == keyframe
     motion = MotionPacket(5, 200, False, b"wxyz")
     assert motion.pack() == b"\x03\x05\xc8\x01\x04wxyz"
@@ -291,8 +291,8 @@ def test_packet_size_limits() -> None:
     with pytest.raises(OversizedError):
         MotionPacket(0, 0, True, bytes(MAX_MOTION_PAYLOAD_BYTES + 1)).pack()
     with pytest.raises(OversizedError):
-        KeyframePacket(0, 0, KeyframeCodec.PNG, bytes(MAX_KEYFRAME_BYTES + 1)).pack()
-    biggest = KeyframePacket(2**64 - 1, 2**64 - 1, KeyframeCodec.PNG,
+        KeyframePacket(0, 0, KeyframeCodec.WEBP, bytes(MAX_KEYFRAME_BYTES + 1)).pack()
+    biggest = KeyframePacket(2**64 - 1, 2**64 - 1, KeyframeCodec.WEBP,
                              bytes(MAX_KEYFRAME_BYTES)).pack()
     assert len(biggest) <= MAX_PACKET_BYTES
     assert len(parse_packet(biggest).image_bytes) == MAX_KEYFRAME_BYTES

@@ -76,8 +76,7 @@ class KeyframeCodec(IntEnum):
 
     WEBP = 1
     JPEG = 2
-    PNG = 3
-    H264 = 4  # one H.264 intra frame (Annex-B), via PyAV
+    # Ids 3 (PNG) and 4 (one H.264 intra frame) are reserved; add them only with a decoder.
 
 
 class PacketType(IntEnum):

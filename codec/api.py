@@ -1,0 +1,568 @@
+"""Streaming Encoder / Decoder and the file helpers ``compress`` / ``decompress``.
+
+Encoder (sender side): square face crops in, packets out. The first frame (and any
+frame after ``request_keyframe``) also yields a keyframe packet; every frame yields
+one motion packet with its head pose and expression.
+
+Decoder (receiver side): packets in, rebuilt frames out. A keyframe packet sets the
+cached source state (F, L and H/Δ on the decoded keyframe); each motion packet is
+rendered with M and G. Sequence numbers are frame numbers, shared by a frame's
+keyframe and motion packets, so the motion prediction chain is never broken by a
+keyframe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from codec.bitstream import (
+    HeaderFlags,
+    KeyframePacket,
+    MotionPacket,
+    StreamHeader,
+    parse_packet,
+)
+from codec.errors import MissingReferenceError, ModelMismatchError
+from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
+from codec.keypoints import HeadMotion, angles_to_rotation, apply_free_view, frontalize
+from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table
+from codec.zoo import DEFAULT_MODEL, LoadedModel, resolve_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
+DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
+# Bytes a WebRTC data-channel message costs on the wire beyond its payload:
+# IPv4 20 + UDP 8 + DTLS record 13 + AES-GCM nonce/tag 24 + SCTP common header 12
+# + DATA chunk 16 = 93, before padding to 4 bytes. Used for on-wire estimates only.
+DATA_CHANNEL_OVERHEAD_BYTES = 93
+
+
+def image_to_tensor(image: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
+    """H×W×3 uint8 RGB -> 1×3×size×size float in [0, 1]."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {image.shape} {image.dtype}")
+    if image.shape[0] != size or image.shape[1] != size:
+        shrinking = image.shape[0] > size
+        image = cv2.resize(image, (size, size),
+                           interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    return tensor.permute(2, 0, 1)[None].float() / 255.0
+
+
+def tensor_to_images(batch: torch.Tensor) -> list[np.ndarray]:
+    """B×3×H×W in [0, 1] -> list of H×W×3 uint8 RGB."""
+    array = (batch.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    return list(array.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def stamp_untrained(image: np.ndarray) -> np.ndarray:
+    """Burn an 'UNTRAINED MODEL' banner into a frame so nobody mistakes it for codec output."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    scale = max(w / 400.0, 0.3)
+    cv2.rectangle(out, (0, 0), (w, int(22 * scale) + 4), (0, 0, 0), thickness=-1)
+    cv2.putText(out, "UNTRAINED MODEL", (4, int(18 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                0.6 * scale, (255, 64, 64), max(1, int(scale)), cv2.LINE_AA)
+    return out
+
+
+@dataclass
+class EncoderStats:
+    frames: int = 0
+    keyframes: int = 0
+    keyframe_bytes: int = 0
+    motion_packets: int = 0
+    motion_bytes: int = 0  # whole motion packets: type byte, varints and range-coded payload
+    intra_packets: int = 0
+
+
+class Encoder:
+    """Sender side of the codec: square RGB face crops -> packets (bytes)."""
+
+    def __init__(self, loaded: LoadedModel, *, quality: int = DEFAULT_QUALITY,
+                 intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = "webp",
+                 keyframe_quality: int = 90, timebase: int = DEFAULT_TIMEBASE,
+                 frame_rate: float = 25.0) -> None:
+        if keyframe_codec not in KEYFRAME_CODEC_IDS:
+            raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
+        self.loaded = loaded
+        self.model = loaded.model
+        self.config = loaded.model.config
+        self.device = next(self.model.parameters()).device
+        self.quality = quality
+        self.table = quant_table(quality)
+        self.intra_period = intra_period
+        self.keyframe_codec = keyframe_codec
+        self.keyframe_quality = keyframe_quality
+        self.timebase = timebase
+        self.frame_rate = frame_rate
+        self._motion = MotionEncoder(self.table, self.config.num_kp, intra_period)
+        self._seq = 0
+        self._keyframe_requested = True
+        self.stats = EncoderStats()
+
+    @classmethod
+    def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
+                        weights: Path | str | None = None, seed: int = 0,
+                        device: str | torch.device = "cpu", **settings) -> Encoder:
+        return cls(resolve_model(name, untrained=untrained, weights=weights, seed=seed,
+                                 device=device), **settings)
+
+    def stream_header(self) -> StreamHeader:
+        return StreamHeader(
+            model_name=self.loaded.name,
+            weights_sha256_prefix=self.loaded.sha256_prefix,
+            width=self.config.image_size,
+            height=self.config.image_size,
+            num_kp=self.config.num_kp,
+            timebase=self.timebase,
+            quality=self.quality,
+            intra_period=self.intra_period,
+            quant_table=self.table,
+            keyframe_codec=KEYFRAME_CODEC_IDS[self.keyframe_codec],
+            flags=int(HeaderFlags.UNTRAINED) if self.loaded.untrained else 0,
+            frame_rate_millihz=int(round(self.frame_rate * 1000)),
+        )
+
+    def header(self) -> bytes:
+        """The stream header, sent once before any packet (and again to a rejoining peer)."""
+        return self.stream_header().pack()
+
+    def request_keyframe(self) -> None:
+        """Send a keyframe with the next frame (start of call, receiver request, face moved)."""
+        self._keyframe_requested = True
+
+    @torch.inference_mode()
+    def encode(self, frame: np.ndarray, timestamp: float) -> list[bytes]:
+        """One square RGB crop (H×W×3 uint8) at ``timestamp`` seconds -> its packets."""
+        size = self.config.image_size
+        image = image_to_tensor(frame, size, self.device)
+        seq = self._seq
+        self._seq += 1
+        ticks = max(0, int(round(timestamp * self.timebase)))
+        packets: list[bytes] = []
+        if self._keyframe_requested:
+            small = frame if frame.shape[:2] == (size, size) else tensor_to_images(image)[0]
+            data = encode_keyframe(small, self.keyframe_codec, self.keyframe_quality)
+            packet = KeyframePacket(seq=seq, timestamp=ticks,
+                                    codec_id=KEYFRAME_CODEC_IDS[self.keyframe_codec],
+                                    image_bytes=data).pack()
+            packets.append(packet)
+            self.stats.keyframes += 1
+            self.stats.keyframe_bytes += len(packet)
+            self._keyframe_requested = False
+            # A fresh keyframe is a natural resync point for the motion chain too.
+            self._motion.force_intra()
+        pose = self.model.estimate_motion(image)
+        angles = torch.stack([pose.yaw, pose.pitch, pose.roll], dim=-1)
+        motion = HeadMotion.from_tensors(angles, pose.translation, pose.expression)[0]
+        intra, payload = self._motion.encode(motion, seq)
+        packet = MotionPacket(seq=seq, timestamp=ticks, intra=intra, payload=payload).pack()
+        packets.append(packet)
+        self.stats.frames += 1
+        self.stats.motion_packets += 1
+        self.stats.motion_bytes += len(packet)
+        self.stats.intra_packets += int(intra)
+        return packets
+
+
+@dataclass
+class ViewControl:
+    """Free-view controls applied at the receiver: optional frontalization, then extra
+    yaw/pitch/roll (degrees) and translation in the normalised volume cube."""
+
+    yaw: float = 0.0
+    pitch: float = 0.0
+    roll: float = 0.0
+    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    frontalize: bool = False
+
+    @property
+    def is_identity(self) -> bool:
+        return (not self.frontalize and self.yaw == self.pitch == self.roll == 0.0
+                and not any(self.translation))
+
+
+@dataclass
+class DecodedFrame:
+    seq: int
+    timestamp: float  # seconds
+    image: np.ndarray  # H×W×3 uint8 RGB
+    motion: HeadMotion
+    untrained: bool
+
+
+@dataclass
+class DecoderStats:
+    keyframes: int = 0
+    frames: int = 0
+    missing_reference: int = 0  # inter packets dropped because their reference was lost
+    before_keyframe: int = 0  # motion packets that arrived before any keyframe
+
+
+class Decoder:
+    """Receiver side of the codec: packets (bytes) -> rebuilt frames."""
+
+    def __init__(self, header: StreamHeader, loaded: LoadedModel) -> None:
+        if header.model_name != loaded.name or header.weights_sha256_prefix != loaded.sha256_prefix:
+            raise ModelMismatchError(
+                f"stream was made with model {header.model_name!r} weights "
+                f"{header.weights_sha256_prefix.hex()}, this receiver has {loaded.name!r} "
+                f"weights {loaded.sha256_prefix.hex()}")
+        if header.num_kp != loaded.model.config.num_kp or header.width != loaded.model.config.image_size:
+            raise ModelMismatchError("stream geometry does not match the receiver's model config")
+        self.header = header
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = next(self.model.parameters()).device
+        self.untrained = header.untrained
+        self._motion = MotionDecoder(header.quant_table, header.num_kp)
+        self._source = None
+        self.view = ViewControl()
+        self.stats = DecoderStats()
+
+    @classmethod
+    def from_header(cls, header: bytes | StreamHeader, *, untrained: bool = False,
+                    weights: Path | str | None = None, model: LoadedModel | None = None,
+                    seed: int = 0, device: str | torch.device = "cpu") -> Decoder:
+        if isinstance(header, (bytes, bytearray, memoryview)):
+            header = StreamHeader.parse(bytes(header))
+        stream_untrained = header.untrained
+        if model is None:
+            if stream_untrained and not untrained and weights is None:
+                raise ModelMismatchError(
+                    "this stream was made with an UNTRAINED model; decoding it needs the same "
+                    "untrained model: pass --untrained (API: untrained=True)")
+            model = resolve_model(header.model_name, untrained=untrained, weights=weights,
+                                  seed=seed, device=device)
+        return cls(header, model)
+
+    @property
+    def has_keyframe(self) -> bool:
+        return self._source is not None
+
+    def _set_keyframe(self, packet: KeyframePacket) -> None:
+        image = decode_keyframe(packet.image_bytes, packet.codec_id)
+        tensor = image_to_tensor(image, self.model.config.image_size, self.device)
+        self._source = self.model.prepare_source(tensor)
+        self.stats.keyframes += 1
+
+    def _driving(self, motions: list[HeadMotion]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rotations, translations, expressions = zip(*(m.to_tensors(self.device) for m in motions))
+        rotation = torch.cat(rotations)
+        translation = torch.cat(translations)
+        expression = torch.cat(expressions)
+        view = self.view
+        if view.frontalize:
+            rotation, translation = frontalize(rotation, translation)
+        if not view.is_identity:
+            n = rotation.shape[0]
+            full = torch.full((n,), 1.0, device=self.device)
+            view_rotation = angles_to_rotation(full * view.yaw, full * view.pitch, full * view.roll)
+            view_translation = torch.tensor(view.translation, device=self.device).expand(n, 3)
+            rotation, translation = apply_free_view(rotation, translation, view_rotation,
+                                                    view_translation)
+        return rotation, translation, expression
+
+    @torch.inference_mode()
+    def render(self, motions: list[HeadMotion]) -> list[np.ndarray]:
+        """Render a batch of decoded motions against the current keyframe."""
+        if self._source is None:
+            raise RuntimeError("render() before any keyframe")
+        rotation, translation, expression = self._driving(motions)
+        images = self.model.render(self._source, rotation, translation, expression)
+        return tensor_to_images(images)
+
+    def _decode_motion(self, packet: MotionPacket) -> HeadMotion | None:
+        try:
+            motion = self._motion.decode(packet.intra, packet.seq, packet.payload)
+        except MissingReferenceError:
+            self.stats.missing_reference += 1
+            return None
+        if self._source is None:
+            self.stats.before_keyframe += 1
+            return None
+        return motion
+
+    def decode(self, data: bytes) -> DecodedFrame | None:
+        """One packet in; a rebuilt frame out for a decodable motion packet, else None.
+
+        Raises a BitstreamError subclass for malformed input; a lost reference is not an
+        error (it is counted and the caller holds its last frame until the next intra).
+        """
+        frames = list(self.decode_stream([data]))
+        return frames[0] if frames else None
+
+    def decode_stream(self, packets: Iterable[bytes], batch_size: int = 1) -> Iterator[DecodedFrame]:
+        """Decode many packets, rendering up to ``batch_size`` frames per generator call."""
+        pending: list[MotionPacket] = []
+        motions: list[HeadMotion] = []
+
+        def flush() -> Iterator[DecodedFrame]:
+            if not motions:
+                return
+            images = self.render(motions)
+            for packet, motion, image in zip(pending, motions, images):
+                self.stats.frames += 1
+                yield DecodedFrame(seq=packet.seq, timestamp=packet.timestamp / self.header.timebase,
+                                   image=image, motion=motion, untrained=self.untrained)
+            pending.clear()
+            motions.clear()
+
+        for data in packets:
+            packet = parse_packet(data)
+            if isinstance(packet, KeyframePacket):
+                yield from flush()  # frames before the new keyframe render against the old one
+                self._set_keyframe(packet)
+                continue
+            motion = self._decode_motion(packet)
+            if motion is None:
+                continue
+            pending.append(packet)
+            motions.append(motion)
+            if len(motions) >= batch_size:
+                yield from flush()
+        yield from flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# File helpers
+
+
+@dataclass
+class CompressReport:
+    """What a compressed file costs. Video bits count header + keyframes + motion packets."""
+
+    path: str
+    frames: int
+    fps: float
+    header_bytes: int
+    keyframes: int
+    keyframe_bytes: int
+    motion_bytes: int
+    intra_packets: int
+    audio_bytes: int
+    file_bytes: int
+    untrained: bool
+    crop: tuple[float, float, float]  # (cx, cy, size) of the face crop in source pixels
+    encode_seconds: float
+    quality: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.fps if self.fps else 0.0
+
+    @property
+    def motion_bits_per_frame(self) -> float:
+        return 8.0 * self.motion_bytes / max(self.frames, 1)
+
+    @property
+    def payload_kbps(self) -> float:
+        """Video payload rate: header + keyframes + motion packets, over the clip's duration."""
+        bits = 8.0 * (self.header_bytes + self.keyframe_bytes + self.motion_bytes)
+        return bits / max(self.duration_s, 1e-9) / 1000.0
+
+    @property
+    def motion_kbps(self) -> float:
+        return 8.0 * self.motion_bytes / max(self.duration_s, 1e-9) / 1000.0
+
+    @property
+    def wire_kbps_estimate(self) -> float:
+        """Motion packets as WebRTC data-channel messages, one per frame, with the
+        per-message overhead (DATA_CHANNEL_OVERHEAD_BYTES); keyframe and header excluded."""
+        bits = 8.0 * (self.motion_bytes + self.frames * DATA_CHANNEL_OVERHEAD_BYTES)
+        return bits / max(self.duration_s, 1e-9) / 1000.0
+
+    def to_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out.update(duration_s=self.duration_s, motion_bits_per_frame=self.motion_bits_per_frame,
+                   payload_kbps=self.payload_kbps, motion_kbps=self.motion_kbps,
+                   wire_kbps_estimate=self.wire_kbps_estimate,
+                   data_channel_overhead_bytes=DATA_CHANNEL_OVERHEAD_BYTES)
+        return out
+
+    def summary(self) -> str:
+        lines = [
+            f"{'UNTRAINED MODEL — output is not meaningful. ' if self.untrained else ''}"
+            f"{self.path}: {self.frames} frames at {self.fps:g} fps ({self.duration_s:.2f} s), "
+            f"quality {self.quality}",
+            f"  header            {self.header_bytes} bytes",
+            f"  keyframe          {self.keyframe_bytes} bytes ({self.keyframes} keyframe(s))",
+            f"  motion            {self.motion_bits_per_frame:.1f} bits/frame "
+            f"({self.motion_kbps:.2f} kbit/s, {self.intra_packets} intra packets)",
+            f"  video payload     {self.payload_kbps:.2f} kbit/s (header + keyframe + motion)",
+            f"  on-wire estimate  {self.wire_kbps_estimate:.2f} kbit/s for motion as one "
+            f"data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)",
+            f"  audio             {self.audio_bytes} bytes"
+            + (f" ({8 * self.audio_bytes / max(self.duration_s, 1e-9) / 1000:.1f} kbit/s Opus)"
+               if self.audio_bytes else " (none)"),
+            f"  file              {self.file_bytes} bytes",
+        ]
+        return "\n".join(lines)
+
+
+@dataclass
+class DecompressReport:
+    path: str
+    frames: int
+    fps: float
+    untrained: bool
+    decode_seconds: float
+    has_audio: bool
+    stats: DecoderStats = field(default_factory=DecoderStats)
+
+    def summary(self) -> str:
+        per_frame = 1000.0 * self.decode_seconds / max(self.frames, 1)
+        return (f"{'UNTRAINED MODEL — output is not meaningful. ' if self.untrained else ''}"
+                f"{self.path}: {self.frames} frames at {self.fps:g} fps, "
+                f"{per_frame:.1f} ms/frame to decode and render, audio: "
+                f"{'yes' if self.has_audio else 'no'}")
+
+
+FIT_FRAMES = 5  # frames the face crop is fitted on (median box, so one bad detection can't move it)
+
+
+def compress(video: Path | str, out_path: Path | str, *, model: LoadedModel,
+             quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
+             fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = "webp",
+             keyframe_quality: int = 90, audio: bool = True,
+             progress: Callable[[int], None] | None = None) -> CompressReport:
+    """Compress a talking-head video file into our container (.fvc).
+
+    The face crop is fitted on the first frames and held fixed; the output of
+    ``decompress`` is that square crop at the model's resolution.
+    """
+    from codec.bitstream import ContainerWriter
+    from codec.facecrop import FaceCropper
+    from codec.media import encode_audio_opus, read_frames
+
+    video, out_path = Path(video), Path(out_path)
+    started = time.perf_counter()
+    frames = read_frames(video, fps=fps, max_frames=max_frames)
+    first: list[np.ndarray] = []
+    for item in frames:
+        first.append(item.image)
+        if len(first) >= FIT_FRAMES:
+            break
+    cropper = FaceCropper(out_size=model.model.config.image_size)
+    box = cropper.fit(first)
+    encoder = Encoder(model, quality=quality, intra_period=intra_period,
+                      keyframe_codec=keyframe_codec, keyframe_quality=keyframe_quality,
+                      frame_rate=fps)
+    header = encoder.header()
+    count = 0
+    audio_bytes = 0
+    with open(out_path, "wb") as f:
+        writer = ContainerWriter(f, encoder.stream_header())
+
+        def encode_one(image: np.ndarray) -> None:
+            nonlocal count
+            for packet in encoder.encode(box.crop(image, cropper.out_size), count / fps):
+                writer.write_video_packet(packet)
+            count += 1
+            if progress is not None:
+                progress(count)
+
+        for image in first:
+            encode_one(image)
+        for item in frames:
+            encode_one(item.image)
+        if count == 0:
+            raise ValueError(f"{video}: no frames")
+        if audio:
+            track = encode_audio_opus(video, duration=count / fps)
+            if track is not None:
+                audio_bytes = write_audio_track(writer, track)
+        writer.close()
+    stats = encoder.stats
+    return CompressReport(
+        path=str(out_path), frames=count, fps=fps, header_bytes=len(header),
+        keyframes=stats.keyframes, keyframe_bytes=stats.keyframe_bytes,
+        motion_bytes=stats.motion_bytes, intra_packets=stats.intra_packets,
+        audio_bytes=audio_bytes, file_bytes=out_path.stat().st_size,
+        untrained=model.untrained, crop=(box.cx, box.cy, box.size),
+        encode_seconds=time.perf_counter() - started, quality=quality)
+
+
+def decompress(path: Path | str, out_video: Path | str, *, model: LoadedModel | None = None,
+               untrained: bool = False, weights: Path | str | None = None,
+               view: ViewControl | None = None, batch_size: int = 4,
+               device: str | torch.device = "cpu", mark_untrained: bool = True,
+               progress: Callable[[int], None] | None = None) -> DecompressReport:
+    """Decode a container (.fvc) into a video file, with its audio when it has any."""
+    from codec.bitstream import read_container
+    from codec.media import VideoWriter
+
+    path, out_video = Path(path), Path(out_video)
+    started = time.perf_counter()
+    with open(path, "rb") as f:
+        container = read_container(f)
+    decoder = Decoder.from_header(container.header, untrained=untrained, weights=weights,
+                                  model=model, device=device)
+    if view is not None:
+        decoder.view = view
+    header = container.header
+    fps = _stream_fps(container)
+    size = (header.width, header.height)
+    count = 0
+    track = read_audio_track(container)
+    with VideoWriter(out_video, fps=fps, size=size, audio=track) as writer:
+        for frame in decoder.decode_stream(container.video_packets, batch_size=batch_size):
+            image = stamp_untrained(frame.image) if frame.untrained and mark_untrained else frame.image
+            writer.write(image)
+            count += 1
+            if progress is not None:
+                progress(count)
+    return DecompressReport(path=str(out_video), frames=count, fps=fps, untrained=decoder.untrained,
+                            decode_seconds=time.perf_counter() - started,
+                            has_audio=track is not None, stats=decoder.stats)
+
+
+def write_audio_track(writer, track) -> int:
+    """Store an Opus AudioTrack in a container; returns its payload bytes.
+
+    libopus' first packet starts at pts = -pre_skip; the container counts pts from the
+    coded stream's first sample, so it shifts them by pre_skip (never negative)."""
+    from codec.bitstream import AudioHeader
+
+    writer.write_audio_header(AudioHeader(track.codec, track.sample_rate, track.channels,
+                                          pre_skip=track.pre_skip, num_samples=track.num_samples))
+    for pts, data in track.packets:
+        writer.write_audio_packet(pts + track.pre_skip, data)
+    return track.payload_bytes
+
+
+def read_audio_track(container):
+    """The container's audio as an AudioTrack for codec.media (None when it has none)."""
+    from codec.media import AudioTrack
+
+    header = container.audio_header
+    if header is None:
+        return None
+    return AudioTrack(codec=header.codec, sample_rate=header.sample_rate, channels=header.channels,
+                      packets=[(p.pts - header.pre_skip, p.data) for p in container.audio_packets],
+                      num_samples=header.num_samples, pre_skip=header.pre_skip)
+
+
+def _stream_fps(container) -> float:
+    """The header's frame rate; else from the motion timestamps (median spacing); else 25."""
+    if container.header.frame_rate > 0:
+        return container.header.frame_rate
+    stamps = []
+    for data in container.video_packets:
+        packet = parse_packet(data)
+        if isinstance(packet, MotionPacket):
+            stamps.append(packet.timestamp)
+    if len(stamps) < 2:
+        return 25.0
+    spacing = float(np.median(np.diff(stamps)))
+    return container.header.timebase / spacing if spacing > 0 else 25.0

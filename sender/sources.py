@@ -1,0 +1,217 @@
+"""Frame sources for the sender: a video file, or the built-in default input.
+
+A source is an iterable of H×W×3 uint8 RGB frames with an ``fps`` attribute. The default
+input needs no data files: scikit-image's public-domain astronaut photograph (Eileen
+Collins, NASA) seen through a hand-held camera that drifts along a smooth scripted path.
+The path is 2D image motion only (roll rotation ±5°, translation, zoom ±5%): the face
+moves, turns in-plane and changes scale, but does not turn in depth or change
+expression. Free-view 3D animation of a still photo needs the trained generator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from codec.media import MediaInfo, probe, read_frames
+
+__all__ = [
+    "CameraPose",
+    "FrameSource",
+    "ScriptedCameraSource",
+    "VideoFileSource",
+    "camera_pose",
+    "default_source",
+]
+
+
+class FrameSource(Protocol):
+    """Anything the sender can take frames from."""
+
+    fps: float
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Yield H×W×3 uint8 RGB frames at ``fps``."""
+        ...
+
+
+class VideoFileSource:
+    """RGB frames of a video file resampled to a constant rate.
+
+    Args:
+        path: a video file PyAV reads (or a directory of images at 25 fps).
+        fps: output frame rate (frames are dropped/repeated by timestamp).
+        loop: start again at the end, forever (a stand-in for a live camera).
+        max_frames: stop after this many frames per pass (None = whole file).
+
+    Raises:
+        MediaError: on construction if the file is missing or has no video stream.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fps: float = 25.0,
+        loop: bool = False,
+        max_frames: int | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.fps = float(fps)
+        self.loop = loop
+        self.max_frames = max_frames
+        self.info: MediaInfo = probe(self.path)  # fail early, with the path in the error
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames."""
+        return self.info.width, self.info.height
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            count = 0
+            for item in read_frames(self.path, fps=self.fps, max_frames=self.max_frames):
+                count += 1
+                yield item.image
+            if not self.loop or count == 0:
+                return
+
+
+@dataclass(frozen=True)
+class CameraPose:
+    """The scripted camera at one instant: roll (degrees), shift (fraction of the
+    frame side, +x right, +y down) and zoom (1 = the base framing)."""
+
+    roll_deg: float
+    shift_x: float
+    shift_y: float
+    zoom: float
+
+
+def camera_pose(t: float) -> CameraPose:
+    """The default source's smooth hand-held path at time ``t`` seconds.
+
+    Sums of slow sines with incommensurate periods (3.7–7.3 s), so the motion never
+    visibly repeats within a 10 s clip and has no jerks: roll within ±5°, shift within
+    ±4% (x) / ±3% (y) of the frame, zoom within 1 ± 5%.
+    """
+    two_pi = 2.0 * math.pi
+    roll = 3.5 * math.sin(two_pi * t / 5.1) + 1.5 * math.sin(two_pi * t / 2.3 + 1.0)
+    shift_x = 0.03 * math.sin(two_pi * t / 6.3 + 0.4) + 0.01 * math.sin(two_pi * t / 1.9)
+    shift_y = 0.02 * math.sin(two_pi * t / 4.1 + 2.0) + 0.01 * math.sin(two_pi * t / 2.7 + 0.3)
+    zoom = 1.0 + 0.05 * math.sin(two_pi * t / 7.3 + 0.8)
+    return CameraPose(roll, shift_x, shift_y, zoom)
+
+
+class ScriptedCameraSource:
+    """A still image filmed by a camera moving along :func:`camera_pose`.
+
+    Args:
+        image: H×W×3 uint8 RGB still (the scene).
+        num_frames: frames to yield (None = endless).
+        fps: frame rate; frame i is at t = i / fps.
+        size: (width, height) of the output frames.
+        base_zoom: framing zoom applied on top of the path, so that the rotated and
+            shifted view rarely reaches the photo's edges (reflection fills the rest).
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        num_frames: int | None = 250,
+        fps: float = 25.0,
+        size: tuple[int, int] = (512, 512),
+        base_zoom: float = 1.12,
+    ) -> None:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected H×W×3 uint8 RGB, got {image.dtype} {image.shape}")
+        self.fps = float(fps)
+        self.num_frames = num_frames
+        self.size = (int(size[0]), int(size[1]))
+        self.base_zoom = base_zoom
+        self.scene = _cover(image, self.size)
+
+    def __len__(self) -> int:
+        if self.num_frames is None:
+            raise TypeError("endless source has no length")
+        return self.num_frames
+
+    def frame_at(self, t: float) -> np.ndarray:
+        """The view at time ``t`` s: H×W×3 uint8 RGB (H, W = size)."""
+        pose = camera_pose(t)
+        width, height = self.size
+        centre = (width / 2.0, height / 2.0)
+        # the scene moves opposite to the camera; rotate/zoom about the frame centre
+        matrix = cv2.getRotationMatrix2D(centre, pose.roll_deg, pose.zoom * self.base_zoom)
+        matrix[0, 2] += pose.shift_x * width
+        matrix[1, 2] += pose.shift_y * height
+        return cv2.warpAffine(
+            self.scene,
+            matrix,
+            (width, height),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT_101,
+        )
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        index = 0
+        while self.num_frames is None or index < self.num_frames:
+            yield self.frame_at(index / self.fps)
+            index += 1
+
+
+def _cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop ``image`` to the aspect of ``size`` (width, height), then resize."""
+    width, height = size
+    src_h, src_w = image.shape[:2]
+    scale = max(width / src_w, height / src_h)
+    crop_w, crop_h = round(width / scale), round(height / scale)
+    x0, y0 = (src_w - crop_w) // 2, (src_h - crop_h) // 2
+    cropped = image[y0 : y0 + crop_h, x0 : x0 + crop_w]
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(cropped, (width, height), interpolation=interp))
+
+
+def default_source(
+    num_frames: int | None = 250, fps: float = 25.0, size: tuple[int, int] = (512, 512)
+) -> ScriptedCameraSource:
+    """The project's built-in input: the astronaut photo under a hand-held camera.
+
+    Args:
+        num_frames: frames to yield (250 = 10 s at 25 fps, the benchmark length;
+            None = endless).
+        fps: frame rate.
+        size: (width, height) of the frames (the photo is 512×512).
+
+    Returns:
+        A :class:`ScriptedCameraSource` yielding H×W×3 uint8 RGB frames.
+    """
+    from skimage import data  # lazy: only the default source needs scikit-image
+
+    return ScriptedCameraSource(data.astronaut(), num_frames=num_frames, fps=fps, size=size)
+
+
+def default_audio(duration: float, sample_rate: int = 48_000) -> np.ndarray:
+    """A synthetic audio bed for the default clip (mono float32 in [-1, 1]): a soft tone
+    that changes pitch every half second, so a dropped or shifted audio track is audible."""
+    t = np.arange(int(round(duration * sample_rate)), dtype=np.float64) / sample_rate
+    pitch = 220.0 * 2.0 ** (np.floor(t * 2.0) % 5 / 12.0 * 2.0)
+    return (0.2 * np.sin(2.0 * math.pi * pitch * t)).astype(np.float32)
+
+
+def write_default_clip(path: str | Path, num_frames: int = 100, fps: float = 25.0,
+                       size: tuple[int, int] = (512, 512), audio: bool = True) -> Path:
+    """Write the built-in default input (``default_source``, with ``default_audio``) to a file."""
+    from codec.media import encode_pcm_opus, frames_to_video
+
+    path = Path(path)
+    track = encode_pcm_opus(default_audio(num_frames / fps)) if audio else None
+    frames_to_video(path, default_source(num_frames=num_frames, fps=fps, size=size), fps=fps,
+                    audio=track)
+    return path
