@@ -30,7 +30,7 @@ from codec.bitstream import (
     StreamHeader,
     parse_packet,
 )
-from codec.errors import MissingReferenceError, ModelMismatchError
+from codec.errors import MediaError, MissingReferenceError, ModelMismatchError
 from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
 from codec.keypoints import HeadMotion, angles_to_rotation, apply_free_view, frontalize
 from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table
@@ -453,6 +453,8 @@ def compress(video: Path | str, out_path: Path | str, *, model: LoadedModel,
         first.append(item.image)
         if len(first) >= FIT_FRAMES:
             break
+    if not first:
+        raise MediaError(f"{video}: no video frames")
     cropper = FaceCropper(out_size=model.model.config.image_size)
     box = cropper.fit(first)
     encoder = Encoder(model, quality=quality, intra_period=intra_period,
@@ -461,28 +463,33 @@ def compress(video: Path | str, out_path: Path | str, *, model: LoadedModel,
     header = encoder.header()
     count = 0
     audio_bytes = 0
-    with open(out_path, "wb") as f:
-        writer = ContainerWriter(f, encoder.stream_header())
+    # Write beside the target and rename at the end, so a failure never leaves a half file
+    # under the requested name.
+    partial = out_path.with_name(out_path.name + ".partial")
 
-        def encode_one(image: np.ndarray) -> None:
-            nonlocal count
-            for packet in encoder.encode(box.crop(image, cropper.out_size), count / fps):
-                writer.write_video_packet(packet)
-            count += 1
-            if progress is not None:
-                progress(count)
+    def encode_one(writer: ContainerWriter, image: np.ndarray) -> None:
+        nonlocal count
+        for packet in encoder.encode(box.crop(image, cropper.out_size), count / fps):
+            writer.write_video_packet(packet)
+        count += 1
+        if progress is not None:
+            progress(count)
 
-        for image in first:
-            encode_one(image)
-        for item in frames:
-            encode_one(item.image)
-        if count == 0:
-            raise ValueError(f"{video}: no frames")
-        if audio:
-            track = encode_audio_opus(video, duration=count / fps)
-            if track is not None:
-                audio_bytes = write_audio_track(writer, track)
-        writer.close()
+    try:
+        with open(partial, "wb") as f:
+            writer = ContainerWriter(f, encoder.stream_header())
+            for image in first:
+                encode_one(writer, image)
+            for item in frames:
+                encode_one(writer, item.image)
+            if audio:
+                track = encode_audio_opus(video, duration=count / fps)
+                if track is not None:
+                    audio_bytes = write_audio_track(writer, track)
+            writer.close()
+        partial.replace(out_path)
+    finally:
+        partial.unlink(missing_ok=True)
     stats = encoder.stats
     return CompressReport(
         path=str(out_path), frames=count, fps=fps, header_bytes=len(header),

@@ -1,0 +1,54 @@
+"""The facecodec command: refuses untrained runs unless asked, and works end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codec.__main__ import main
+from sender.sources import write_default_clip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_default_clip(tmp_path_factory.mktemp("cli") / "in.mp4", num_frames=12,
+                              size=(256, 256))
+
+
+def test_refuses_to_run_without_weights(clip, tmp_path, capsys):
+    assert main(["compress", str(clip), str(tmp_path / "x.fvc")]) == 2
+    err = capsys.readouterr().err
+    assert "no trained weights" in err and "--untrained" in err
+    assert not (tmp_path / "x.fvc").exists()
+
+
+def test_compress_info_decompress(clip, tmp_path, capsys):
+    stream = tmp_path / "x.fvc"
+    assert main(["compress", str(clip), str(stream), "--untrained", "--model", "tiny",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "UNTRAINED" in out and "keyframe" in out and "bits/frame" in out and "kbit/s" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["frames"] == 12 and report["untrained"] is True
+    assert main(["info", str(stream)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "tiny" and info["untrained"] and info["motion_packets"] == 12
+    # The receiver must be told explicitly too.
+    assert main(["decompress", str(stream), str(tmp_path / "y.mp4")]) == 2
+    assert "untrained" in capsys.readouterr().err
+    assert main(["decompress", str(stream), str(tmp_path / "y.mp4"), "--untrained",
+                 "--frontalize"]) == 0
+    assert "12 frames" in capsys.readouterr().out
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.fvc")]) == 2
+    garbage = tmp_path / "garbage.fvc"
+    garbage.write_bytes(b"FVVF\x01" + b"\xff" * 40)
+    assert main(["info", str(garbage)]) == 2
+    assert main(["decompress", str(garbage), str(tmp_path / "o.mp4"), "--untrained"]) == 2
+    assert main(["compress", str(tmp_path / "missing.mp4"), str(tmp_path / "o.fvc"),
+                 "--untrained", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 4
