@@ -13,7 +13,6 @@ import torch
 
 from codec.config import CONFIGS, ModelConfig, get_config
 from codec.keypoints import POSE_BINS
-from codec.models.blocks import coordinate_grid
 from codec.models import (
     FaceVid2Vid,
     MultiScalePatchDiscriminator,
@@ -22,6 +21,7 @@ from codec.models import (
     build_discriminator,
     build_model,
 )
+from codec.models.blocks import coordinate_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = get_config("tiny")
