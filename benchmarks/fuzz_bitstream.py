@@ -1,6 +1,7 @@
-"""A plain seeded mutational fuzzer for the bitstream parsers and the motion decoder.
+"""A plain seeded mutational fuzzer for the bitstream parsers, the motion decoder and the
+full receiver (codec.api.Decoder with the tiny seeded model, rendering what it accepts).
 
-    python -m benchmarks.fuzz_bitstream --inputs 100000 [--seed 0]
+    python -m benchmarks.fuzz_bitstream --inputs 100000 [--seed 0] [--no-decoder]
 
 Each input is either random bytes or a valid seed (stream header, frame packets,
 container file, motion payloads) after a few random mutations (bit flips, byte
@@ -135,17 +136,54 @@ class MotionTarget:
             raise AssertionError(f"decoded motion out of bounds: {vector}")
 
 
-def run(num_inputs: int, seed: int) -> tuple[Counter[str], list[str]]:
+class DecoderTarget:
+    """Feeds packets to the full receiver (tiny seeded model) after a valid keyframe, so
+    mutated motion and keyframe packets reach keyframe decoding, F/L/H and the renderer."""
+
+    def __init__(self) -> None:
+        from codec.api import Decoder, Encoder
+        from codec.facecrop import FaceCropper
+        from codec.zoo import build_untrained
+        from sender.sources import default_source
+
+        self.model = build_untrained("tiny", seed=0)
+        frames = list(default_source(num_frames=10, size=(256, 256)))
+        cropper = FaceCropper(out_size=self.model.model.config.image_size)
+        box = cropper.fit(frames[:3])
+        encoder = Encoder(self.model, intra_period=INTRA_PERIOD)
+        self.header = encoder.header()
+        self.packets = [p for i, frame in enumerate(frames)
+                        for p in encoder.encode(box.crop(frame, cropper.out_size), i / 25)]
+        self.make_decoder = lambda: Decoder.from_header(self.header, model=self.model)
+        self.rng = random.Random(2)
+        self.decoder = self.make_decoder()
+        self.decoder.decode(self.packets[0])
+
+    def __call__(self, data: bytes) -> None:
+        if self.rng.random() < 0.05:
+            self.decoder = self.make_decoder()
+            self.decoder.decode(self.packets[0])
+        frame = self.decoder.decode(data)
+        if frame is not None:
+            if frame.image.dtype != np.uint8 or not np.all(np.isfinite(frame.motion.to_vector())):
+                raise AssertionError("decoder produced a malformed frame")
+
+
+def run(num_inputs: int, seed: int, decoder: bool = True) -> tuple[Counter[str], list[str]]:
     """Fuzz ``num_inputs`` inputs; returns (outcome counts, failure descriptions)."""
     rng = random.Random(seed)
     seeds = build_seeds()
-    all_seeds = [data for group in seeds.values() for data in group]
     targets: dict[str, Callable[[bytes], object]] = {
         "header": StreamHeader.parse,
         "packet": parse_packet,
         "container": read_container,
         "motion": MotionTarget(NUM_KP, QUALITY, seeds["motion"][0]),
     }
+    if decoder:
+        receiver = DecoderTarget()
+        targets["decoder"] = receiver
+        seeds["decoder"] = receiver.packets
+    all_seeds = [data for group in seeds.values() for data in group]
     names = list(targets)
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
@@ -177,10 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, default=100_000, help="number of inputs to try")
     parser.add_argument("--seed", type=int, default=0, help="random seed (runs are reproducible)")
+    parser.add_argument("--no-decoder", action="store_true",
+                        help="skip the full receiver target (parsers and motion decoder only)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    outcomes, failures = run(args.inputs, args.seed)
+    outcomes, failures = run(args.inputs, args.seed, decoder=not args.no_decoder)
     elapsed = time.perf_counter() - started
 
     for name, count in sorted(outcomes.items()):

@@ -207,6 +207,7 @@ class DecoderStats:
     frames: int = 0
     missing_reference: int = 0  # inter packets dropped because their reference was lost
     before_keyframe: int = 0  # motion packets that arrived before any keyframe
+    stale: int = 0  # duplicated or reordered motion packets older than the last decoded one
 
 
 class Decoder:
@@ -283,6 +284,12 @@ class Decoder:
         return tensor_to_images(images)
 
     def _decode_motion(self, packet: MotionPacket) -> HeadMotion | None:
+        last = self._motion.last_seq
+        if last is not None and packet.seq <= last:
+            # Duplicated or late (reordered) packet: the motion channel is unordered, and an
+            # old packet must never move the prediction chain backwards.
+            self.stats.stale += 1
+            return None
         try:
             motion = self._motion.decode(packet.intra, packet.seq, packet.payload)
         except MissingReferenceError:

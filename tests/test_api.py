@@ -199,3 +199,12 @@ def test_fuzz_decoder(tiny_model, valid_packets, data):
             continue
         if frame is not None:
             assert frame.image.dtype == np.uint8 and np.isfinite(frame.motion.to_vector()).all()
+
+
+def test_duplicated_and_reordered_packets_are_dropped(tiny_model, crops):
+    encoder = Encoder(tiny_model, intra_period=10)
+    packets = stream(encoder, crops[:12])
+    decoder = Decoder.from_header(encoder.header(), model=tiny_model)
+    order = packets[:8] + [packets[5], packets[6]] + packets[8:]  # frame 2/3 motion again, late
+    seqs = [f.seq for f in map(decoder.decode, order) if f is not None]
+    assert seqs == list(range(12)) and decoder.stats.stale == 2
