@@ -142,8 +142,12 @@ class Encoder:
         self._keyframe_requested = True
 
     @torch.inference_mode()
-    def encode(self, frame: np.ndarray, timestamp: float) -> list[bytes]:
-        """One square RGB crop (H×W×3 uint8) at ``timestamp`` seconds -> its packets."""
+    def encode(self, frame: np.ndarray, timestamp: float | None = None) -> list[bytes]:
+        """One square RGB crop (H×W×3 uint8) at ``timestamp`` seconds -> its packets.
+
+        Without a timestamp, frames are taken to be evenly spaced at the frame rate."""
+        if timestamp is None:
+            timestamp = self._seq / self.frame_rate
         size = self.config.image_size
         image = image_to_tensor(frame, size, self.device)
         seq = self._seq
