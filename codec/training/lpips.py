@@ -22,8 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from codec.errors import WeightsError
-from codec.training.backbones import (ALEX_NUM_CONVS, LPIPS_NUM_HEADS, VGG16_PLAN, VGG16_RELUS, VGG_LAYERS,
-                                      backbone_path)
+from codec.training.backbones import (
+    ALEX_NUM_CONVS,
+    LPIPS_NUM_HEADS,
+    VGG16_PLAN,
+    VGG16_RELUS,
+    VGG_LAYERS,
+    backbone_path,
+)
 
 # The LPIPS scaling layer for inputs in [-1, 1]; it equals ImageNet's mean/std mapped to [-1, 1]
 # (shift = 2*mean - 1, scale = 2*std), which is why VGGPerceptual's normalisation below agrees with it.
