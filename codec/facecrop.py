@@ -49,6 +49,8 @@ __all__ = [
 # automatic policy only pays it when the plain pass found nothing, and never lets the
 # upsampled image grow beyond this long side (bounds the worst-case time).
 _MAX_UPSAMPLED_SIDE = 1280
+# Detections within this margin of the best detector score compete on size.
+SCORE_MARGIN = 0.5
 
 
 def landmark_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> str:
@@ -87,7 +89,7 @@ def _check_rgb(frame: np.ndarray) -> None:
 def detect_landmarks(
     frame_rgb: np.ndarray, upsample: int | None = None, max_side: int = 640
 ) -> np.ndarray | None:
-    """68 dlib landmarks of the largest face in a frame, or None if there is none.
+    """68 dlib landmarks of the largest confidently detected face, or None if there is none.
 
     Args:
         frame_rgb: H×W×3 uint8 RGB image.
@@ -125,14 +127,18 @@ def detect_landmarks(
     else:
         steps = [s for s in (0, 1, 2) if s == 0 or long_side * 2**s <= _MAX_UPSAMPLED_SIDE]
     rects: Any = []
+    scores: Any = []
     for step in steps:
-        rects = detector(work, step)
+        rects, scores, _ = detector.run(work, step, 0.0)
         if len(rects) > 0:
             break
     if len(rects) == 0:
         return None
 
-    best = max(rects, key=lambda r: r.width() * r.height())
+    # The largest of the confident detections: a weak false positive (e.g. a badge on a
+    # shirt, score ~0.1 against ~1.3 for the face) must not win by being a pixel larger.
+    confident = [r for r, score in zip(rects, scores) if score >= max(scores) - SCORE_MARGIN]
+    best = max(confident, key=lambda r: r.width() * r.height())
     inv = 1.0 / shrink
     full_rect = dlib.rectangle(
         round(best.left() * inv),

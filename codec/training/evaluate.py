@@ -7,12 +7,13 @@ lossless motion. The baseline shows frame 1 forever. Both are scored on frames 2
 (index ≥ 1): frame 1 itself is the keyframe the receiver already has, and the frozen
 baseline would score an infinite PSNR on it.
 
-Metrics: PSNR (RGB, images in [0, 1]), SSIM (our gaussian-window SSIM, matches
-skimage's ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
-use_sample_covariance=False, data_range=1, channel_axis=2)``), LPIPS (AlexNet v0.1,
-only when the converted backbones are present) and AKD (mean pixel distance of the 68
-dlib landmarks of output and real frame, only when dlib is importable). Unavailable
-metrics are reported as the string "n/a" with the reason in ``notes``.
+Metrics, all from ``codec.metrics`` (the project's one definition of each): PSNR (RGB,
+images in [0, 1]), SSIM (gaussian window, equals skimage's ``structural_similarity(...,
+gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1,
+channel_axis=2)``), LPIPS (AlexNet v0.1, only when the converted backbones are present)
+and AKD (mean pixel distance of the 68 dlib landmarks of output and real frame, only
+when dlib is importable; ``akd_frames`` counts the frames where both had a face).
+Unavailable metrics are reported as the string "n/a" with the reason in ``notes``.
 
 Imports torch, numpy and OpenCV only; LPIPS, the dataset and dlib are imported lazily.
 """
@@ -29,8 +30,8 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from codec.metrics import FaceLandmarkMetrics, landmark_metrics_or_reason, lpips_model, psnr, ssim
 from codec.models import FaceVid2Vid
 
 log = logging.getLogger(__name__)
@@ -40,75 +41,10 @@ Clip = tuple[str, np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 
 
 # ---------------------------------------------------------------------------- metrics
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per image of B×3×H×W tensors in [0, 1] (MSE over all RGB values) -> B.
-
-    Capped at 100 dB so identical images do not give inf.
-    """
-    mse = ((prediction.float() - target.float()) ** 2).flatten(1).mean(1)
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
-def _gaussian_window(sigma: float, truncate: float, device: torch.device) -> torch.Tensor:
-    # scipy.ndimage.gaussian_filter's kernel: radius int(truncate·σ + 0.5), normalised.
-    radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def ssim(prediction: torch.Tensor, target: torch.Tensor, sigma: float = 1.5,
-         data_range: float = 1.0) -> torch.Tensor:
-    """Mean SSIM per image of B×C×H×W tensors -> B (Wang et al. 2004, gaussian window).
-
-    Local statistics use a separable gaussian (σ = 1.5, truncated at 3.5σ: 11 taps) in
-    "valid" mode, i.e. only where the window fits — the same pixels skimage keeps after
-    cropping its reflect-padded border — with population (not sample) covariances,
-    K1 = 0.01, K2 = 0.03. Computed in float64 so it agrees with skimage to ~1e-6.
-    """
-    x = prediction.double()
-    y = target.double()
-    channels = x.shape[1]
-    window = _gaussian_window(sigma, 3.5, x.device)
-    taps = window.numel()
-    if min(x.shape[-2:]) < taps:
-        raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {taps}-tap window")
-    kernel_h = window.view(1, 1, 1, taps).repeat(channels, 1, 1, 1)
-    kernel_v = window.view(1, 1, taps, 1).repeat(channels, 1, 1, 1)
-
-    def blur(image: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(image, kernel_h, groups=channels), kernel_v, groups=channels)
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.flatten(1).mean(1).float()
-
-
-def landmark_detector_or_reason() -> tuple[Any, str | None]:
-    """(detect_landmarks, None) when dlib and its model are usable, else (None, reason)."""
-    try:
-        import dlib  # noqa: F401  (lazy: absent on the GPU machine)
-
-        from codec.facecrop import detect_landmarks, landmark_model_path
-
-        landmark_model_path()
-    except Exception as exc:  # ImportError, FaceNotFoundError (no model file), ...
-        return None, f"dlib landmarks unavailable ({type(exc).__name__}: {exc}); AKD not computed"
-    return detect_landmarks, None
-
-
 def lpips_or_reason(device: torch.device) -> tuple[Any, str | None]:
     """(LPIPS module on ``device``, None), or (None, reason) when the backbone is missing."""
     try:
-        from codec.training.lpips import LPIPS
-
-        return LPIPS.from_cache().to(device).eval(), None
+        return lpips_model(device), None
     except Exception as exc:  # missing module or WeightsError subclass: report, never crash
         return None, (f"LPIPS unavailable ({type(exc).__name__}: {exc}); run "
                       "`python -m codec.training.backbones setup`")
@@ -187,20 +123,6 @@ def reconstruct_clip(model: FaceVid2Vid, frames: torch.Tensor, batch: int = 16,
     return torch.cat(outputs)
 
 
-def _akd(detect: Any, outputs: np.ndarray, reals_landmarks: list[np.ndarray | None]
-         ) -> tuple[float | None, int]:
-    """Mean landmark distance over frames where both faces are found, and that count."""
-    distances = []
-    for image, real in zip(outputs, reals_landmarks):
-        if real is None:
-            continue
-        found = detect(image)
-        if found is None:
-            continue
-        distances.append(float(np.linalg.norm(found - real, axis=1).mean()))
-    return (float(np.mean(distances)) if distances else None), len(distances)
-
-
 def _strip(real: np.ndarray, ours: np.ndarray, frozen: np.ndarray, rows: int = 4) -> np.ndarray:
     """Rows of input | ours | frozen keyframe at evenly spaced frames -> H'×W'×3 RGB."""
     picks = np.linspace(0, len(real) - 1, num=min(rows, len(real))).round().astype(int)
@@ -231,7 +153,7 @@ def evaluate_model(model: FaceVid2Vid, dev: Path | str, frames: int = 250,
     lpips_net, reason = lpips_or_reason(device) if use_lpips else (None, "LPIPS disabled")
     if reason:
         notes.append(reason)
-    detect, reason = landmark_detector_or_reason() if use_akd else (None, "AKD disabled")
+    faces, reason = landmark_metrics_or_reason() if use_akd else (None, "AKD disabled")
     if reason:
         notes.append(reason)
     out = Path(out_dir) if out_dir is not None else None
@@ -253,7 +175,8 @@ def evaluate_model(model: FaceVid2Vid, dev: Path | str, frames: int = 250,
             frozen = real[:1].expand_as(target)
             entry: dict[str, Any] = {"frames": int(target.shape[0])}
             real_u8, ours_u8, frozen_u8 = _to_uint8(target), _to_uint8(ours), _to_uint8(frozen)
-            real_landmarks = [detect(f) for f in real_u8] if detect is not None else []
+            # the real frames' landmarks are found once and shared by both rows
+            real_landmarks = faces.landmarks(real_u8) if faces is not None else []
             for label, images, images_u8 in (("ours", ours, ours_u8),
                                              ("frozen_keyframe", frozen, frozen_u8)):
                 metrics: dict[str, Any] = {}
@@ -268,10 +191,11 @@ def evaluate_model(model: FaceVid2Vid, dev: Path | str, frames: int = 250,
                     metrics["lpips"] = float(values.mean())
                 else:
                     metrics["lpips"] = "n/a"
-                if detect is not None:
-                    akd, found = _akd(detect, images_u8, real_landmarks)
-                    metrics["akd"] = akd if akd is not None else "n/a"
-                    metrics["akd_frames"] = found
+                if faces is not None:
+                    score = FaceLandmarkMetrics.akd_from_landmarks(faces.landmarks(images_u8),
+                                                                   real_landmarks)
+                    metrics["akd"] = score.mean if score.mean is not None else "n/a"
+                    metrics["akd_frames"] = score.frames
                 else:
                     metrics["akd"] = "n/a"
                 entry[label] = metrics
