@@ -95,6 +95,18 @@ def _gaussian_window(device: torch.device) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+def _valid_filter_matrix(window: torch.Tensor, length: int) -> torch.Tensor:
+    """length × (length - taps + 1) matrix M with M[j + k, j] = window[k]: v @ M is the
+    'valid' correlation of a row vector v with the window."""
+    taps = window.numel()
+    out = length - taps + 1
+    matrix = torch.zeros(length, out, dtype=window.dtype, device=window.device)
+    columns = torch.arange(out, device=window.device)
+    for k in range(taps):
+        matrix[columns + k, columns] = window[k]
+    return matrix
+
+
 def _ssim_and_cs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean SSIM and mean contrast-structure term per image and channel.
 
@@ -106,17 +118,17 @@ def _ssim_and_cs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
         fits. Those are exactly the pixels skimage keeps after cropping its reflect-padded
         border, so no padding choice enters the value.
     """
-    channels = x.shape[1]
     window = _gaussian_window(x.device)
     taps = window.numel()
     if min(x.shape[-2:]) < taps:
         raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {taps}-tap window")
-    kernel_h = window.view(1, 1, 1, taps).repeat(channels, 1, 1, 1)
-    kernel_v = window.view(1, 1, taps, 1).repeat(channels, 1, 1, 1)
+    along_w = _valid_filter_matrix(window, x.shape[-1])  # W × (W - taps + 1)
+    along_h = _valid_filter_matrix(window, x.shape[-2]).T  # (H - taps + 1) × H
 
     def blur(image: torch.Tensor) -> torch.Tensor:
-        # separable, per channel (groups): the 2-D gaussian is the outer product
-        return F.conv2d(F.conv2d(image, kernel_h, groups=channels), kernel_v, groups=channels)
+        # Separable "valid" gaussian as two banded matrix products: far faster on the CPU
+        # than a grouped float64 convolution, and exact to float64 rounding.
+        return along_h @ (image @ along_w)
 
     mu_x, mu_y = blur(x), blur(y)
     # population (biased) moments: use_sample_covariance=False
