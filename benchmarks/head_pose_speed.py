@@ -23,21 +23,12 @@ from typing import Any
 
 import torch
 
+from benchmarks.env import cpu_name
 from codec.config import CONFIGS, get_config
 from codec.models import build_model
 
 BENCHMARK_NAME = "head_pose_speed"
 
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -98,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "name": BENCHMARK_NAME,
             "env": {"torch": torch.__version__, "device": "cpu",
-                    "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+                    "threads": torch.get_num_threads(), "cpu": cpu_name(),
                     "python": platform.python_version()},
             "results": [result],
         }

@@ -38,7 +38,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.env import git_sha
 
 log = logging.getLogger("benchmarks.rd")
 
@@ -107,43 +108,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def git_sha(repo: Path) -> str | None:
-    """HEAD's commit: read from .git directly (no git process needed), else `git rev-parse HEAD`."""
-    try:
-        git = repo / ".git"
-        if git.is_file():  # a worktree: ".git" names the real git dir
-            git = (repo / git.read_text().split(":", 1)[1].strip()).resolve()
-        common = git
-        if (git / "commondir").is_file():  # worktrees keep branch refs in the main git dir
-            common = (git / (git / "commondir").read_text().strip()).resolve()
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head  # detached HEAD
-        ref = head.split(":", 1)[1].strip()
-        for base in (git, common):
-            if (base / ref).is_file():
-                return (base / ref).read_text().strip()
-            packed = base / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-    except (OSError, IndexError):
-        pass
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
 
 def environment() -> dict[str, Any]:
     """What the numbers depend on: code version, library versions, device, threads."""
     import av
     import torch
 
-    return {"git_sha": git_sha(Path(__file__).resolve().parents[1]),
+    return {"git_sha": git_sha(),
             "torch": torch.__version__, "av": av.__version__, "numpy": np.__version__,
             "device": "cpu", "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform()}

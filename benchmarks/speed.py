@@ -69,6 +69,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.env import cpu_name, git_sha
+
 try:  # private but long-stable; only used for an optional diagnostic (all-op output bytes)
     from torch.utils._python_dispatch import TorchDispatchMode
 except ImportError:  # pragma: no cover
@@ -118,43 +120,12 @@ class NotApplicable(Exception):
 
 
 # ----------------------------------------------------------------------------- environment
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_sha(repo: Path | None = None) -> str:
-    """HEAD's commit read from .git files (no git binary needed; the device copy may lack .git)."""
-    if os.environ.get("FACECODEC_GIT_SHA"):
-        return os.environ["FACECODEC_GIT_SHA"]
-    git = (repo or Path(__file__).resolve().parents[1]) / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        packed = git / "packed-refs"
-        if packed.is_file():
-            for line in packed.read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split()[0]
-    except OSError:
-        pass
-    return "unknown"
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
         "git_sha": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
-        "device": device.type, "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+        "device": device.type, "threads": torch.get_num_threads(), "cpu": cpu_name(),
         "platform": platform.platform(),
         # the dev machine's 2 cores are shared: a high load average explains noisy CPU rows
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

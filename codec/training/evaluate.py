@@ -33,6 +33,7 @@ import torch
 
 from codec.metrics import FaceLandmarkMetrics, landmark_metrics_or_reason, lpips_model, psnr, ssim
 from codec.models import FaceVid2Vid
+from codec.training.dataset import read_video_rgb
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +52,6 @@ def lpips_or_reason(device: torch.device) -> tuple[Any, str | None]:
 
 
 # ---------------------------------------------------------------------------- clips
-def read_video_rgb(path: Path, max_frames: int | None = None) -> np.ndarray:
-    """N×H×W×3 uint8 RGB frames of a video file read with OpenCV."""
-    capture = cv2.VideoCapture(str(path))
-    frames: list[np.ndarray] = []
-    try:
-        while max_frames is None or len(frames) < max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    finally:
-        capture.release()
-    if not frames:
-        raise ValueError(f"no frames could be read from {path}")
-    return np.stack(frames)
-
 
 def iter_dev_clips(dev: Path | str, max_frames: int | None = None) -> Iterator[Clip]:
     """(name, frames N×H×W×3 uint8, landmarks | None, pose | None) for each dev clip.

@@ -1,0 +1,55 @@
+"""What every benchmark JSON records about where it ran: the git commit and the CPU."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_sha(repo: Path = REPO) -> str | None:
+    """HEAD's commit, read from .git directly (the GPU machine's copy may have no git binary
+    or no .git at all: $FACECODEC_GIT_SHA then names it), else `git rev-parse HEAD`."""
+    if os.environ.get("FACECODEC_GIT_SHA"):
+        return os.environ["FACECODEC_GIT_SHA"]
+    try:
+        git = repo / ".git"
+        if git.is_file():  # a worktree: ".git" names the real git dir
+            git = (repo / git.read_text().split(":", 1)[1].strip()).resolve()
+        common = git
+        if (git / "commondir").is_file():  # worktrees keep branch refs in the main git dir
+            common = (git / (git / "commondir").read_text().strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head  # detached HEAD
+        ref = head.split(":", 1)[1].strip()
+        for base in (git, common):
+            if (base / ref).is_file():
+                return (base / ref).read_text().strip()
+            packed = base / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0]
+    except (OSError, IndexError):
+        pass
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
