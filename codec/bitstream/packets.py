@@ -91,7 +91,7 @@ class PacketType(IntEnum):
 
 
 CONTROL_TYPE_RANGE = range(0x40, 0x80)
-KEYFRAME_CODEC_IDS = frozenset(int(codec) for codec in KeyframeCodec)
+KNOWN_KEYFRAME_CODECS = frozenset(int(codec) for codec in KeyframeCodec)
 
 _HEADER_FIXED_AFTER_NAME = struct.Struct("<8sHHBIIBHB")  # prefix … keyframe codec (25 bytes)
 _HEADER_PREAMBLE = struct.Struct("<4sBHB")  # magic, version, flags, name length (8 bytes)
@@ -145,7 +145,7 @@ class StreamHeader:
         if not isinstance(self.quant_table, QuantTable):
             raise ValueError("quant_table must be a QuantTable")
         _check_uint("keyframe_codec", self.keyframe_codec, 0, 0xFF)
-        if self.keyframe_codec not in KEYFRAME_CODEC_IDS:
+        if self.keyframe_codec not in KNOWN_KEYFRAME_CODECS:
             raise ValueError(f"unknown keyframe codec id {self.keyframe_codec!r}")
         _check_uint("flags", self.flags, 0, 0xFFFF)
         if self.flags & ~KNOWN_HEADER_FLAGS:
@@ -223,7 +223,7 @@ class KeyframePacket:
     def pack(self) -> bytes:
         """Serialise; OversizedError above MAX_KEYFRAME_BYTES, ValueError on bad fields."""
         _check_uint("codec_id", self.codec_id, 0, 0xFF)
-        if self.codec_id not in KEYFRAME_CODEC_IDS:
+        if self.codec_id not in KNOWN_KEYFRAME_CODECS:
             raise ValueError(f"unknown keyframe codec id {self.codec_id!r}")
         if not self.image_bytes:
             raise ValueError("keyframe image is empty")
@@ -280,7 +280,7 @@ def parse_packet(data: bytes | bytearray | memoryview) -> KeyframePacket | Motio
     timestamp = reader.read_uvarint("timestamp")
     if packet_type == PacketType.KEYFRAME:
         codec_id = reader.read_u8("keyframe codec")
-        if codec_id not in KEYFRAME_CODEC_IDS:
+        if codec_id not in KNOWN_KEYFRAME_CODECS:
             raise BitstreamError(f"unknown keyframe codec id {codec_id}")
         length = reader.read_length(MAX_KEYFRAME_BYTES, "keyframe image length")
         if length == 0:
@@ -295,7 +295,7 @@ def parse_packet(data: bytes | bytearray | memoryview) -> KeyframePacket | Motio
 
 
 __all__ = [
-    "CONTROL_TYPE_RANGE", "KEYFRAME_CODEC_IDS", "KNOWN_HEADER_FLAGS", "MAX_DIMENSION",
+    "CONTROL_TYPE_RANGE", "KNOWN_KEYFRAME_CODECS", "KNOWN_HEADER_FLAGS", "MAX_DIMENSION",
     "MAX_HEADER_BYTES", "MAX_KEYFRAME_BYTES", "MAX_MODEL_NAME_BYTES", "MAX_MOTION_PAYLOAD_BYTES",
     "MAX_PACKET_BYTES",
     "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "FramePacket",

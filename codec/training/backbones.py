@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from codec.errors import WeightsError
+from codec.zoo import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,8 @@ def default_cache_dir() -> Path:
     return base / "backbones"
 
 
-def sha256_of_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _is_valid(path: Path, sha256: str) -> bool:
-    return path.is_file() and sha256_of_file(path) == sha256
+    return path.is_file() and file_sha256(path) == sha256
 
 
 def backbone_path(name: str) -> Path:
@@ -174,7 +166,7 @@ def backbone_path(name: str) -> Path:
     candidates.append(default_cache_dir() / spec.filename)
     for path in candidates:
         if path.is_file():
-            digest = sha256_of_file(path)
+            digest = file_sha256(path)
             if digest != spec.sha256:
                 raise WeightsError(f"backbone file {path} has sha256 {digest}, expected {spec.sha256}; "
                                    f"delete it and run `{SETUP_COMMAND}`")

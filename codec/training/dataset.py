@@ -33,9 +33,13 @@ __all__ = [
     "PairDataset",
     "SegmentInfo",
     "SegmentStore",
+    "VIDEO_SUFFIXES",
     "flip_labels",
     "read_video_rgb",
 ]
+
+# File suffixes taken as videos when a folder is given (builder, trainer, evaluation).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv")
 
 
 def _mirror_permutation() -> np.ndarray:

@@ -61,6 +61,7 @@ import numpy as np
 
 from codec.errors import FaceNotFoundError, MediaError
 from codec.facecrop import CropBox, FaceCropper, detect_landmarks
+from codec.training.dataset import VIDEO_SUFFIXES
 
 __all__ = [
     "BuildConfig",
@@ -78,7 +79,6 @@ __all__ = [
 ]
 
 INDEX_VERSION = 1
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv")
 DEV_FRAMES = 250  # benchmark protocol: the first 10 s at 25 fps
 FIT_FRAMES = 5  # as codec.api.compress: the crop is the median box of the first 5 frames
 
@@ -446,7 +446,7 @@ def jobs_from_folder(folder: str | os.PathLike[str], split: str = "train") -> li
     folder = Path(folder)
     jobs = []
     for path in sorted(folder.rglob("*")):
-        if not (path.is_file() and path.suffix.lower() in VIDEO_EXTS):
+        if not (path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES):
             continue
         rel = path.relative_to(folder)
         identity = rel.parts[0] if len(rel.parts) > 1 else path.stem
@@ -500,7 +500,7 @@ class ClipResult:
 
 
 def _slug(source: str) -> str:
-    stem = os.path.splitext(source)[0] if os.path.splitext(source)[1].lower() in VIDEO_EXTS \
+    stem = os.path.splitext(source)[0] if os.path.splitext(source)[1].lower() in VIDEO_SUFFIXES \
         else source
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "clip"
 

@@ -33,11 +33,10 @@ import torch
 
 from codec.metrics import FaceLandmarkMetrics, landmark_metrics_or_reason, lpips_model, psnr, ssim
 from codec.models import FaceVid2Vid
-from codec.training.dataset import read_video_rgb
+from codec.training.dataset import VIDEO_SUFFIXES, read_video_rgb
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 Clip = tuple[str, np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 
 

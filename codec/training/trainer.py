@@ -59,7 +59,8 @@ from codec.models import (
     build_model,
 )
 from codec.training import losses as L
-from codec.training.evaluate import VIDEO_SUFFIXES, evaluate_model, read_video_rgb
+from codec.training.dataset import VIDEO_SUFFIXES, read_video_rgb
+from codec.training.evaluate import evaluate_model
 
 log = logging.getLogger("codec.training")
 
