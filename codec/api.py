@@ -313,8 +313,14 @@ class Decoder:
         frames = list(self.decode_stream([data]))
         return frames[0] if frames else None
 
-    def decode_stream(self, packets: Iterable[bytes], batch_size: int = 1) -> Iterator[DecodedFrame]:
-        """Decode many packets, rendering up to ``batch_size`` frames per generator call."""
+    def decode_stream(self, packets: Iterable[bytes], batch_size: int = 1,
+                      render: Callable[[int], bool] | None = None) -> Iterator[DecodedFrame]:
+        """Decode many packets, rendering up to ``batch_size`` frames per generator call.
+
+        ``render(seq)`` picks the frames to rebuild; the others still advance the motion
+        prediction chain (so later frames decode exactly) but cost no generator call and are
+        not yielded. A receiver that falls behind, or a benchmark that scores every k-th
+        frame, uses it."""
         pending: list[MotionPacket] = []
         motions: list[HeadMotion] = []
 
@@ -336,7 +342,7 @@ class Decoder:
                 self._set_keyframe(packet)
                 continue
             motion = self._decode_motion(packet)
-            if motion is None:
+            if motion is None or (render is not None and not render(packet.seq)):
                 continue
             pending.append(packet)
             motions.append(motion)

@@ -208,3 +208,15 @@ def test_duplicated_and_reordered_packets_are_dropped(tiny_model, crops):
     order = packets[:8] + [packets[5], packets[6]] + packets[8:]  # frame 2/3 motion again, late
     seqs = [f.seq for f in map(decoder.decode, order) if f is not None]
     assert seqs == list(range(12)) and decoder.stats.stale == 2
+
+
+def test_render_filter_skips_frames_but_keeps_the_motion_chain(tiny_model, crops):
+    encoder = Encoder(tiny_model, intra_period=50)
+    packets = stream(encoder, crops[:12])
+    full = list(Decoder.from_header(encoder.header(), model=tiny_model).decode_stream(packets))
+    decoder = Decoder.from_header(encoder.header(), model=tiny_model)
+    picked = list(decoder.decode_stream(packets, render=lambda seq: seq % 4 == 3))
+    assert [f.seq for f in picked] == [3, 7, 11]
+    assert decoder.stats.frames == 3
+    for frame in picked:  # inter frames after skipped ones decode exactly as without skipping
+        np.testing.assert_array_equal(frame.image, full[frame.seq].image)
