@@ -1,4 +1,4 @@
-"""The ``facecodec`` command: compress / decompress / info / roundtrip.
+"""The ``facecodec`` command: compress / decompress / info / roundtrip / serve-signaling / call / demo.
 
 Every subcommand that runs the model refuses to start without trained weights unless
 ``--untrained`` is given, because an untrained generator's output is noise.
@@ -140,6 +140,151 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: a loopback WebRTC call in one process on the built-in default input."""
+    from codec.demo import run_demo
+
+    model = _model(args)
+    if model.untrained:
+        print("*** UNTRAINED MODEL: the rebuilt video is not meaningful (format and transport demo) ***")
+    report = run_demo(model, seconds=args.seconds, fps=args.fps, mode=args.mode, out=args.out,
+                      quality=args.quality)
+    print(f"mode {report['mode']} ({report['mode_reason']}); {report['frames_sent']} frames sent, "
+          f"{report['frames_rendered']} rendered")
+    print(f"data channel: {report['data_channel_payload_kbps']:.2f} kbit/s payload "
+          f"(motion {report['motion_kbps']:.2f}), ~{report['data_channel_wire_kbps_estimate']:.1f} "
+          f"kbit/s on the wire (+{report['data_channel_overhead_bytes_per_message']} B/message)")
+    print(f"H.264 at the same rate: target {report['h264_target_kbps']:.2f}, "
+          f"got {report['h264_kbps']:.2f} kbit/s")
+    if report["latency_ms_median"] is not None:
+        print(f"capture-to-render latency: median {report['latency_ms_median']:.0f} ms, "
+              f"p95 {report['latency_ms_p95']:.0f} ms (every frame rendered, so a slow CPU queues); "
+              f"sender encode {report['sender_encode_ms_per_frame']:.1f} ms/frame")
+    print(f"wrote {args.out / 'side_by_side.mp4'} (input | ours | H.264), "
+          f"{args.out / 'received.mp4'} and {args.out / 'report.json'}")
+    return 0
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Join a room on a signaling server and call whoever is there."""
+    import asyncio
+    import os
+
+    from codec.call import CallOptions, run_peer
+
+    token = args.token or os.environ.get("FACECODEC_SIGNALING_TOKEN")
+    if not token:
+        print("facecodec call: error: no token (--token or FACECODEC_SIGNALING_TOKEN)", file=sys.stderr)
+        return 2
+    loaded = None
+    try:
+        loaded = _model(args)
+    except CodecError as exc:  # e.g. no weights: H.264 is the fallback, not a crash
+        log.warning("no usable model (%s): this peer sends and receives H.264 only", exc)
+        print(f"no usable model ({exc}): H.264 only", file=sys.stderr)
+    if loaded is not None and loaded.untrained:
+        print("*** UNTRAINED MODEL: neural video is not meaningful ***", file=sys.stderr)
+    frames = audio = None
+    if args.source != "none":
+        frames, audio = _call_source(args)
+    recorder = None
+    show = None
+    sinks = []
+    if args.record is not None:
+        from receiver.sinks import Mp4Recorder
+
+        size = loaded.model.config.image_size if loaded is not None else 256
+        recorder = Mp4Recorder(args.record, fps=args.fps, size=(size, size))
+    if args.window:
+        from receiver.sinks import WindowSink
+
+        window = WindowSink("facecodec")
+        sinks.append(lambda image, t: window.show(image))
+    viewer_frames = None
+    if args.viewer:
+        from receiver.frames import LatestFrame
+
+        viewer_frames = LatestFrame()
+        sinks.append(viewer_frames.put)
+    if sinks:
+        def show(image, t):
+            for sink in sinks:
+                sink(image, t)
+
+    options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality)
+
+    current: dict = {}
+
+    async def run():
+        viewer = None
+        if viewer_frames is not None:
+            from receiver.viewer import ViewerServer
+
+            def stats() -> dict:
+                call = current.get("call")
+                return call.receiver.snapshot() if call is not None and call.receiver else {}
+
+            def on_view(view) -> None:
+                call = current.get("call")
+                if call is not None and call.receiver is not None:
+                    call.receiver.view = view
+
+            viewer = ViewerServer(viewer_frames, stats=stats, on_view=on_view, port=args.viewer_port)
+            await viewer.start()
+            print(f"viewer: {viewer.url}", file=sys.stderr)
+        try:
+            return await run_peer(url=args.signaling, token=token, room=args.room, loaded=loaded,
+                                  frames=frames, audio=audio, options=options, duration=args.seconds,
+                                  recorder=recorder, show=show, rejoin=not args.no_rejoin,
+                                  on_call=lambda call: current.update(call=call))
+        finally:
+            if viewer is not None:
+                await viewer.stop()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        recording = recorder.close() if recorder is not None else None
+    report.recording = recording
+    from dataclasses import asdict
+
+    text = json.dumps(asdict(report), indent=2, default=str)
+    print(text)
+    if args.report is not None:
+        args.report.write_text(text)
+    return 0 if report.calls else 1
+
+
+def _call_source(args: argparse.Namespace):
+    from sender.media_tracks import PcmAudioTrack
+    from sender.sources import CameraSource, VideoFileSource, default_audio, default_source
+
+    if args.source == "default":
+        frames = iter(default_source(num_frames=None, fps=args.fps, size=(512, 512)))
+        audio = None if args.no_audio else PcmAudioTrack(default_audio(20.0), loop=True)
+    elif args.source.startswith("camera"):
+        device = args.source.partition(":")[2] or "/dev/video0"
+        frames = iter(CameraSource(device, fps=args.fps))
+        audio = None
+        if not args.no_audio:
+            from sender.media_tracks import microphone_track
+
+            try:
+                audio = microphone_track()
+            except CodecError as exc:
+                log.warning("no microphone (%s): sending no audio", exc)
+    else:
+        frames = iter(VideoFileSource(args.source, fps=args.fps, loop=args.loop))
+        audio = None if args.no_audio else PcmAudioTrack.from_file(args.source, loop=args.loop)
+    return frames, audio
+
+
+def cmd_serve_signaling(args: argparse.Namespace) -> int:
+    from signaling.__main__ import main as signaling_main
+
+    return signaling_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facecodec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -186,6 +331,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=cmd_roundtrip)
+
+    p = sub.add_parser("serve-signaling", help="run the signaling server (rooms of two, token)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of `python -m signaling`")
+    p.set_defaults(func=cmd_serve_signaling)
+
+    p = sub.add_parser("call", help="join a room on a signaling server and call the other peer")
+    p.add_argument("--signaling", default="ws://127.0.0.1:8765/ws", help="the server's WebSocket URL")
+    p.add_argument("--room", required=True)
+    p.add_argument("--token", default=None, help="shared secret (or FACECODEC_SIGNALING_TOKEN)")
+    p.add_argument("--source", default="default",
+                   help="'default' (built-in), a video file, 'camera[:DEVICE]', or 'none' (receive only)")
+    p.add_argument("--loop", action="store_true", help="loop a video file source")
+    p.add_argument("--no-audio", action="store_true")
+    p.add_argument("--mode", choices=["neural", "h264", "auto"], default="auto")
+    p.add_argument("--h264-kbps", type=float, default=30.0, help="H.264 fallback bitrate")
+    p.add_argument("--quality", type=int, default=None, help="motion quality 0-5")
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--seconds", type=float, default=60.0, help="hang up after this long")
+    p.add_argument("--record", type=Path, default=None, help="record what this side receives (MP4)")
+    p.add_argument("--viewer", action="store_true", help="serve the web viewer on localhost")
+    p.add_argument("--viewer-port", type=int, default=8080)
+    p.add_argument("--window", action="store_true", help="show the video in a window")
+    p.add_argument("--no-rejoin", action="store_true", help="end when the peer leaves")
+    p.add_argument("--report", type=Path, default=None, help="write the call report as JSON")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_call)
+
+    p = sub.add_parser("demo", help="loopback call on the built-in default: side-by-side video "
+                                    "(input | ours | H.264 at the same rate) and a report")
+    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--mode", choices=["neural", "h264", "auto"], default="neural")
+    p.add_argument("--quality", type=int, default=None)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

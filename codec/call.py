@@ -1,0 +1,481 @@
+"""One peer of a two-party call: WebRTC set-up around a SenderSession and a ReceiverSession.
+
+A :class:`Call` takes a connected signaling channel (the real server's client or the
+in-memory pair), negotiates one RTCPeerConnection with
+
+- a ``control`` data channel (reliable, ordered): header, keyframes, requests, stats;
+- a ``motion`` data channel (unordered, maxRetransmits=0): one motion packet per frame;
+- an H.264 video track (our own PyAV encoder: aiortc's clamps to >= 500 kbit/s), used in
+  ``h264`` mode and for comparisons;
+- an Opus audio track (aiortc's encoder),
+
+and routes what arrives: control messages to the local sender or receiver (both peers share
+the two channels, each message type has one reader), motion packets to the receiver, RTP video
+and audio to the receiver and the recorder. ``auto`` mode picks ``neural`` when the peer holds
+the same weights and renders at the call's frame rate, ``h264`` otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from codec.bitstream.control import FOR_RECEIVER, FOR_SENDER, Bye, ReceiverStats, pack_control, parse_control
+from codec.errors import CodecError
+
+log = logging.getLogger(__name__)
+
+MODES = ("neural", "h264", "auto")
+CONNECT_TIMEOUT_S = 30.0
+STATS_INTERVAL_S = 1.0
+
+
+@dataclass
+class CallOptions:
+    fps: float = 25.0
+    mode: str = "auto"
+    h264_kbps: float = 30.0
+    quality: int | None = None  # None: the codec's default motion quality
+    compare: bool = False  # also send H.264 while in neural mode
+    face_lost_frames: int = 25
+    live: bool = True  # False: the receiver renders every frame (demo recordings)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+
+
+def local_capabilities(loaded, fps: float, measure_frames: int = 3):
+    """This peer's :class:`signaling.messages.Capabilities`, with a measured render rate."""
+    from signaling.messages import Capabilities
+
+    if loaded is None:
+        return Capabilities(has_weights=False, render_fps=0.0, codecs=["h264"])
+    return Capabilities(has_weights=True, model=loaded.name,
+                        weights_sha256_prefix=loaded.sha256_prefix.hex(),
+                        untrained=bool(loaded.untrained),
+                        render_fps=min(measure_render_fps(loaded, measure_frames), 1000.0),
+                        codecs=["neural", "h264"])
+
+
+def measure_render_fps(loaded, frames: int = 3) -> float:
+    """Frames/s of keyframe-less rendering (motion -> generator) after one warm-up frame."""
+    import torch
+
+    from codec.keypoints import HeadMotion
+
+    model = loaded.model
+    size = model.config.image_size
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        source = model.prepare_source(torch.zeros(1, 3, size, size, device=device))
+        k = model.config.num_kp
+        motion = HeadMotion(angles=np.zeros(3, np.float32), translation=np.zeros(3, np.float32),
+                            expression=np.zeros((k, 3), np.float32))
+        rotation, translation, expression = motion.to_tensors(device)
+        times = []
+        for _ in range(frames + 1):
+            started = time.perf_counter()
+            model.render(source, rotation, translation, expression)
+            times.append(time.perf_counter() - started)
+    return 1.0 / max(float(np.median(times[1:])), 1e-6)
+
+
+def choose_mode(requested: str, loaded, peer, fps: float) -> tuple[str, str]:
+    """(mode, why) for this peer's sending side, from what the receiving peer announced."""
+    if requested == "h264":
+        return "h264", "asked for h264"
+    if loaded is None:
+        return "h264", "this peer has no model"
+    if requested == "neural":
+        return "neural", "asked for neural"
+    if peer is None or not peer.has_weights:
+        return "h264", "the peer has no model"
+    if peer.model != loaded.name or peer.weights_sha256_prefix != loaded.sha256_prefix.hex():
+        return "h264", "the peer holds other weights"
+    if peer.render_fps < 0.9 * fps:
+        return "h264", f"the peer renders {peer.render_fps:.1f} frames/s < {fps:g}"
+    return "neural", f"the peer holds the weights and renders {peer.render_fps:.1f} frames/s"
+
+
+def prefer_h264(transceiver) -> None:
+    """Offer only H.264 on a video transceiver: our track hands aiortc ready H.264 packets."""
+    from aiortc import RTCRtpSender
+
+    codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs
+              if c.mimeType in ("video/H264", "video/rtx")]
+    transceiver.setCodecPreferences(codecs)
+
+
+class CallEnded(Exception):
+    """The peer left, said goodbye or the connection failed."""
+
+
+class Call:
+    """One side of a call.
+
+    Args:
+        signaling: a connected :class:`signaling.client.SignalingChannel` whose peer is there.
+        loaded: the codec model (``codec.zoo.LoadedModel``) or None (H.264 only).
+        frames: what this peer sends (an iterator of RGB frames) or None (receive only).
+        audio: an aiortc audio track to send, or None.
+        show: gets every frame shown on this side (RGB, media time s).
+        recorder: a :class:`receiver.sinks.Mp4Recorder` that also takes the peer's audio.
+        on_sent_frame: gets every crop this peer sends (RGB, media time s).
+    """
+
+    def __init__(self, signaling, *, loaded, frames: Iterator[np.ndarray] | None, audio=None,
+                 options: CallOptions | None = None,
+                 show: Callable[[np.ndarray, float], None] | None = None, recorder=None,
+                 on_sent_frame: Callable[[np.ndarray, float], None] | None = None) -> None:
+        self.signaling = signaling
+        self.loaded = loaded
+        self.frames = frames
+        self.audio = audio
+        self.options = options or CallOptions()
+        self.recorder = recorder
+        self._show_cb = show
+        self.on_sent_frame = on_sent_frame
+        self.pc = None
+        self.control = None
+        self.motion = None
+        self.sender = None
+        self.receiver = None
+        self.h264_track = None
+        self.mode_reason = ""
+        self.control_malformed = 0
+        self._ended = asyncio.Event()
+        self._end_reason = ""
+        self._tasks: list[asyncio.Task] = []
+        self._channels_open = asyncio.Event()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _show(self, image: np.ndarray, media_time: float) -> None:
+        if self._show_cb is not None:
+            self._show_cb(image, media_time)
+        if self.recorder is not None:
+            self.recorder.write(image, time.monotonic() - self._started)
+
+    def _send_control(self, message) -> None:
+        if self.control is not None and self.control.readyState == "open":
+            # Called from the receiver's render thread too: hop onto the event loop.
+            self._loop.call_soon_threadsafe(self._send_now, message)
+
+    def _send_now(self, message) -> None:
+        if self.control is not None and self.control.readyState == "open":
+            self.control.send(pack_control(message))
+
+    def _end(self, reason: str) -> None:
+        if not self._ended.is_set():
+            self._end_reason = reason
+            log.info("call ends: %s", reason)
+            self._ended.set()
+
+    def _on_control(self, data) -> None:
+        try:
+            message = parse_control(data)
+        except CodecError as exc:
+            self.control_malformed += 1
+            log.warning("dropped a malformed control message: %s", exc)
+            return
+        if isinstance(message, FOR_RECEIVER) and self.receiver is not None:
+            self.receiver.on_control(message)
+        elif isinstance(message, FOR_SENDER) and self.sender is not None:
+            self.sender.on_control(message)
+        elif isinstance(message, Bye):
+            self._end(f"peer said goodbye ({message.reason})")
+
+    def _watch_channel(self, channel) -> None:
+        if channel.label == "control":
+            self.control = channel
+            channel.on("message", self._on_control)
+        elif channel.label == "motion":
+            self.motion = channel
+            channel.on("message", lambda data: self.receiver.on_motion(data) if self.receiver else None)
+        else:
+            log.warning("ignoring unexpected data channel %r", channel.label)
+            return
+
+        def opened() -> None:
+            if self.control is not None and self.motion is not None and \
+                    self.control.readyState == self.motion.readyState == "open":
+                self._channels_open.set()
+
+        channel.on("open", opened)
+        channel.on("close", lambda: self._end(f"{channel.label} channel closed"))
+        opened()
+
+    async def _consume_video(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while True:
+                frame = await track.recv()
+                image = frame.to_ndarray(format="rgb24")
+                if self.receiver is not None:
+                    self.receiver.on_h264_frame(image, float(frame.time or 0.0))
+        except MediaStreamError:
+            pass
+
+    async def _consume_audio(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while True:
+                frame = await track.recv()
+                if self.recorder is not None:
+                    self.recorder.add_audio(frame)
+        except MediaStreamError:
+            pass
+
+    # ------------------------------------------------------------------ negotiation
+
+    async def _negotiate(self) -> None:
+        from sender.media_tracks import forward_keyframe_requests
+        from signaling.rtc import allow_loopback_candidates, dict_to_sdp, new_peer_connection, sdp_to_dict
+
+        allow_loopback_candidates()
+        pc = self.pc = new_peer_connection()
+
+        @pc.on("datachannel")
+        def on_datachannel(channel) -> None:
+            self._watch_channel(channel)
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            consume = self._consume_video if track.kind == "video" else self._consume_audio
+            self._tasks.append(asyncio.ensure_future(consume(track)))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self._end(f"connection {pc.connectionState}")
+
+        role = self.signaling.role
+        if role == "offer":
+            self._watch_channel(pc.createDataChannel("control"))
+            self._watch_channel(pc.createDataChannel("motion", ordered=False, maxRetransmits=0))
+            if self.h264_track is not None:
+                rtp_sender = pc.addTrack(self.h264_track)
+                forward_keyframe_requests(rtp_sender, self.h264_track)
+                video = next(t for t in pc.getTransceivers() if t.sender is rtp_sender)
+            else:
+                video = pc.addTransceiver("video", direction="recvonly")
+            prefer_h264(video)
+            if self.audio is not None:
+                pc.addTrack(self.audio)
+            else:
+                pc.addTransceiver("audio", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            await self.signaling.send({"type": "offer", **sdp_to_dict(pc.localDescription)})
+            answer = await self._expect("answer")
+            await pc.setRemoteDescription(dict_to_sdp(answer))
+        else:
+            offer = await self._expect("offer")
+            await pc.setRemoteDescription(dict_to_sdp(offer))
+            if self.h264_track is not None:
+                forward_keyframe_requests(pc.addTrack(self.h264_track), self.h264_track)
+            if self.audio is not None:
+                pc.addTrack(self.audio)
+            await pc.setLocalDescription(await pc.createAnswer())
+            await self.signaling.send({"type": "answer", **sdp_to_dict(pc.localDescription)})
+
+    async def _expect(self, kind: str) -> dict:
+        while True:
+            message = await self.signaling.receive(timeout=CONNECT_TIMEOUT_S)
+            if message.get("type") == kind:
+                return message
+            if message.get("type") in ("peer_left", "bye"):
+                raise CallEnded("the peer left during set-up")
+            log.debug("ignoring signaling message %r while waiting for %s", message.get("type"), kind)
+
+    async def _watch_signaling(self) -> None:
+        from signaling.errors import SignalingError
+
+        while not self._ended.is_set():
+            try:
+                message = await self.signaling.receive()
+            except SignalingError as exc:
+                # The media path does not need the server once connected: a restarting
+                # signaling server must not end a running call.
+                log.warning("signaling connection lost (%s); the call goes on", exc)
+                return
+            if message.get("type") in ("peer_left", "bye"):
+                self._end("the peer left")
+                return
+
+    async def _push_stats(self) -> None:
+        while not self._ended.is_set():
+            await asyncio.sleep(STATS_INTERVAL_S)
+            if self.receiver is not None and self.receiver.decoder is not None:
+                numbers = {k: float(v) for k, v in self.receiver.snapshot().items()
+                           if isinstance(v, int | float) and not isinstance(v, bool)}
+                self._send_control(ReceiverStats(values=numbers))
+
+    # ------------------------------------------------------------------ the call
+
+    async def run(self, duration: float | None = None) -> str:
+        """Connect, send and receive until ``duration`` s, the source ends or the peer leaves.
+
+        Returns why the call ended."""
+        from receiver.session import ReceiverSession
+        from sender.media_tracks import H264Track
+
+        self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        options = self.options
+        size = self.loaded.model.config.image_size if self.loaded is not None else 256
+        if self.frames is not None:
+            self.h264_track = H264Track((size, size), fps=options.fps, bitrate_kbps=options.h264_kbps)
+        self.receiver = ReceiverSession(self.loaded, show=self._show, send_control=self._send_control,
+                                        live=options.live)
+        try:
+            await asyncio.wait_for(self._negotiate(), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(self._channels_open.wait(), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            await self.close()
+            raise CallEnded("could not connect to the peer in time") from None
+        log.info("connected (%s)", self.signaling.role)
+        self._tasks += [asyncio.ensure_future(self._watch_signaling()),
+                        asyncio.ensure_future(self._push_stats())]
+        sending = None
+        if self.frames is not None:
+            sending = asyncio.ensure_future(self._send(duration))
+        waiters = [asyncio.ensure_future(self._ended.wait())]
+        if sending is not None:
+            waiters.append(sending)
+        done, _ = await asyncio.wait(waiters, timeout=duration if sending is None else None,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if sending is not None and sending in done:
+            exc = sending.exception()
+            if exc is not None:
+                log.error("sending failed: %s", exc)
+                self._end(f"sending failed: {exc}")
+            else:
+                self._end("the source ended" if duration is None else "duration reached")
+        elif not done:
+            self._end("duration reached")
+        for waiter in waiters:
+            waiter.cancel()
+        return self._end_reason
+
+    async def _send(self, duration: float | None) -> None:
+        from codec.api import Encoder
+        from codec.facecrop import FaceCropper
+        from sender.session import SenderSession
+
+        options = self.options
+        peer = self.signaling.peer_capabilities
+        mode, why = choose_mode(options.mode, self.loaded, peer, options.fps)
+        self.mode_reason = why
+        log.info("sending %s: %s", mode, why)
+        encoder = None
+        if self.loaded is not None:
+            settings = {} if options.quality is None else {"quality": options.quality}
+            encoder = Encoder(self.loaded, frame_rate=options.fps, **settings)
+        size = self.loaded.model.config.image_size if self.loaded is not None else 256
+        self.sender = SenderSession(self.frames, fps=options.fps, encoder=encoder,
+                                    cropper=FaceCropper(out_size=size), h264_track=self.h264_track,
+                                    mode=mode, face_lost_frames=options.face_lost_frames,
+                                    compare=options.compare, on_frame=self.on_sent_frame)
+        await self.sender.run(self.control, self.motion, duration=duration)
+
+    async def say_goodbye(self, reason: str = "hang up") -> None:
+        with contextlib.suppress(Exception):
+            self._send_now(Bye(reason=reason))
+            await asyncio.sleep(0.1)  # let SCTP flush the goodbye before the transport closes
+
+    async def close(self) -> None:
+        if self.sender is not None:
+            self.sender.stop()
+            self.sender.close()
+        if self.receiver is not None:
+            self.receiver.close()
+        for task in self._tasks:
+            task.cancel()
+        if self.h264_track is not None:
+            self.h264_track.stop()
+        if self.pc is not None:
+            await self.pc.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The `facecodec call` command: one peer, through the signaling server, with rejoin.
+
+
+@dataclass
+class CallReport:
+    calls: int = 0
+    seconds: float = 0.0
+    end_reasons: list | None = None
+    sender: dict | None = None
+    receiver: dict | None = None
+    recording: dict | None = None
+
+
+async def run_peer(*, url: str, token: str, room: str, loaded, frames, audio, options: CallOptions,
+                   duration: float, recorder=None, show=None, rejoin: bool = True,
+                   connect_retries: int = 20,
+                   on_call: Callable[[Call], None] | None = None) -> CallReport:
+    """Join ``room``, call whoever is there, and keep going (rejoining after a peer leaves or
+    the server restarts) until ``duration`` seconds of wall time have passed."""
+    from dataclasses import asdict
+
+    from signaling.client import SignalingClient
+    from signaling.errors import SignalingError
+
+    capabilities = local_capabilities(loaded, options.fps)
+    log.info("capabilities: %s", capabilities.to_dict())
+    report = CallReport(end_reasons=[])
+    deadline = time.monotonic() + duration
+    client = None
+    try:
+        while time.monotonic() < deadline:
+            if client is None:
+                client = SignalingClient(url, token, room, capabilities)
+                await client.connect(retries=connect_retries, backoff=0.5)
+                log.info("joined room %r as %s", room, client.role)
+            try:
+                await client.wait_for_peer(timeout=max(0.1, deadline - time.monotonic()))
+            except SignalingError as exc:
+                if time.monotonic() >= deadline:
+                    break
+                log.warning("signaling: %s; reconnecting", exc)
+                await client.close()
+                client = None
+                continue
+            call = Call(client, loaded=loaded, frames=frames, audio=audio, options=options,
+                        show=show, recorder=recorder)
+            report.calls += 1
+            if on_call is not None:
+                on_call(call)  # e.g. the viewer reads this call's stats and steers its view
+            started = time.monotonic()
+            try:
+                reason = await call.run(duration=max(0.0, deadline - time.monotonic()))
+            except (CallEnded, SignalingError) as exc:
+                reason = str(exc)
+            report.end_reasons.append(reason)
+            report.seconds += time.monotonic() - started
+            if call.sender is not None:
+                report.sender = asdict(call.sender.stats)
+            if call.receiver is not None:
+                report.receiver = call.receiver.snapshot()
+            if "duration reached" in reason or "source ended" in reason:
+                await call.say_goodbye(reason)
+            await call.close()
+            if not rejoin or "duration reached" in reason or "source ended" in reason:
+                break
+            # The peer left: the server keeps our seat; a fresh client avoids stale messages.
+            await client.close()
+            client = None
+    finally:
+        if client is not None:
+            await client.close()
+    return report

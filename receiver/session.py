@@ -1,0 +1,333 @@
+"""The receiving half of a call: packets in, rebuilt frames out.
+
+A :class:`ReceiverSession` takes the peer's control messages and motion packets (routed here by
+:mod:`codec.call`), drives the codec's :class:`~codec.api.Decoder` on a render thread, and
+hands every shown frame to its sinks (the newest-frame holder the viewer and window read, and
+the MP4 recorder). H.264 frames from the RTP track are shown instead while the sender says the
+call is in ``h264`` mode.
+
+Robustness, by construction:
+- malformed packets raise typed errors inside the decoder; they are counted and dropped;
+- duplicated and reordered motion packets are dropped by the decoder (never move backwards);
+- after a gap in motion sequence numbers or a run of undecodable packets the receiver holds
+  its last frame and asks for a keyframe (rate-limited); the periodic intra packets also
+  resynchronise the motion chain on their own;
+- the render queue is bounded: in live mode only the newest decodable frame of each batch is
+  rendered (older ones still advance the motion chain), so a slow receiver drops frames
+  instead of falling behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from codec.bitstream.control import (
+    Keyframe,
+    KeyframeRequest,
+    ModeRequest,
+    ModeSwitch,
+    StreamStart,
+)
+from codec.errors import CodecError
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_PACKETS = 2_000  # ~80 s of motion at 25 fps; beyond this the oldest are dropped
+GAP_FRAMES_FOR_KEYFRAME = 5  # a jump of more than this many sequence numbers asks for a keyframe
+STALL_S_FOR_KEYFRAME = 1.0  # packets arrive but none decodes for this long: ask for a keyframe
+KEYFRAME_REQUEST_INTERVAL_S = 1.0
+
+
+@dataclass
+class ReceiverStats:
+    motion_packets: int = 0
+    motion_bytes: int = 0
+    control_bytes: int = 0
+    malformed: int = 0
+    keyframes: int = 0
+    rendered: int = 0
+    render_skipped: int = 0  # decodable frames not rendered because newer ones were waiting
+    queue_dropped: int = 0
+    h264_frames: int = 0
+    keyframe_requests: int = 0
+    highest_seq: int = -1
+    first_seq: int | None = None
+    latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
+    render_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
+
+    @property
+    def loss(self) -> float:
+        """Fraction of motion sequence numbers never received (0..1)."""
+        if self.first_seq is None:
+            return 0.0
+        expected = self.highest_seq - self.first_seq + 1
+        return max(0.0, 1.0 - self.motion_packets / expected) if expected > 0 else 0.0
+
+
+class RateMeter:
+    """Bytes and events per second over a sliding window (for the live stats)."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int = 0) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._events.append((now, nbytes))
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()
+
+    def rates(self) -> tuple[float, float]:
+        """(events/s, kbit/s)."""
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            count = len(self._events)
+            total = sum(n for _, n in self._events)
+        return count / self.window_s, 8.0 * total / self.window_s / 1000.0
+
+
+class ReceiverSession:
+    """Receive one peer's video.
+
+    Args:
+        loaded: the codec model (``codec.zoo.LoadedModel``), or None (H.264 only).
+        show: called with (H×W×3 uint8 RGB frame, media time s) for every shown frame —
+            typically ``LatestFrame.put`` plus the recorder.
+        send_control: sends a control message back to the peer's sender.
+        live: render only the newest frame of each batch (a call); False renders every frame
+            (the demo's offline-quality recording and benchmarks).
+    """
+
+    def __init__(self, loaded, *, show: Callable[[np.ndarray, float], None],
+                 send_control: Callable[[object], None], live: bool = True) -> None:
+        self.loaded = loaded
+        self.show = show
+        self.send_control = send_control
+        self.live = live
+        self.mode = "neural"
+        self.decoder = None
+        self.stats = ReceiverStats()
+        self.clock: float | None = None
+        self._view = None
+        self.fps = 25.0
+        self.motion_meter = RateMeter()
+        self.render_meter = RateMeter()
+        self._pending: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._working = False  # the render thread is decoding a batch
+        self._last_request = -1e9
+        self._last_decoded_at = time.monotonic()
+        self._thread = threading.Thread(target=self._render_loop, name="receiver-render", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ input
+
+    def on_control(self, message) -> None:
+        if isinstance(message, StreamStart):
+            self._start_stream(message)
+        elif isinstance(message, Keyframe):
+            self._enqueue(message.packet)
+        elif isinstance(message, ModeSwitch):
+            log.info("sender switched to %s (%s)", message.mode, message.reason)
+            self.mode = message.mode
+
+    @property
+    def view(self):
+        """The free-view controls (codec.api.ViewControl) applied to every rendered frame."""
+        return self._view
+
+    @view.setter
+    def view(self, value) -> None:
+        self._view = value
+        if self.decoder is not None:
+            self.decoder.view = value
+
+    def _start_stream(self, message: StreamStart) -> None:
+        from codec.api import Decoder
+
+        self.clock, self.fps = message.clock, message.fps
+        if self.loaded is None:
+            self.send_control(ModeRequest(mode="h264", reason="receiver has no model"))
+            return
+        try:
+            decoder = Decoder.from_header(message.header, model=self.loaded)
+        except CodecError as exc:  # other weights, other geometry, bad header
+            log.warning("cannot decode this stream (%s): asking for H.264", exc)
+            self.stats.malformed += 1
+            self.send_control(ModeRequest(mode="h264", reason=f"receiver cannot decode: {exc}"))
+            return
+        if self._view is not None:
+            decoder.view = self._view
+        with self._cond:
+            self._pending.clear()
+            self.decoder = decoder
+
+    def on_motion(self, data: bytes) -> None:
+        """One message from the motion channel (any bytes: the decoder validates)."""
+        if not isinstance(data, bytes):
+            self.stats.malformed += 1
+            return
+        self.stats.motion_bytes += len(data)
+        self.motion_meter.add(len(data))
+        self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> None:
+        with self._cond:
+            if len(self._pending) >= MAX_PENDING_PACKETS:
+                self._pending.popleft()
+                self.stats.queue_dropped += 1
+            self._pending.append(data)
+            self._cond.notify()
+
+    def on_h264_frame(self, image: np.ndarray, media_time: float) -> None:
+        """A decoded frame of the H.264 RTP track (shown only in h264 mode)."""
+        self.stats.h264_frames += 1
+        if self.mode == "h264":
+            self.render_meter.add()
+            self.show(image, media_time)
+
+    # ------------------------------------------------------------------ loss handling
+
+    def _request_keyframe(self, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._last_request < KEYFRAME_REQUEST_INTERVAL_S:
+            return
+        self._last_request = now
+        self.stats.keyframe_requests += 1
+        log.info("asking for a keyframe: %s", reason)
+        self.send_control(KeyframeRequest(reason=reason))
+
+    def _track_sequence(self, seq: int) -> None:
+        stats = self.stats
+        stats.motion_packets += 1
+        if stats.first_seq is None:
+            stats.first_seq = seq
+        if seq > stats.highest_seq + GAP_FRAMES_FOR_KEYFRAME + 1 and stats.highest_seq >= 0:
+            self._request_keyframe(f"{seq - stats.highest_seq - 1} motion packets lost")
+        stats.highest_seq = max(stats.highest_seq, seq)
+
+    # ------------------------------------------------------------------ rendering
+
+    def _render_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait(timeout=0.25)
+                    self._check_stall()
+                if self._closed:
+                    return
+                batch = list(self._pending)
+                self._pending.clear()
+                decoder = self.decoder
+                self._working = True
+            try:
+                if decoder is not None:  # else: no stream header yet, or one we cannot decode
+                    self._decode_batch(decoder, batch)
+            finally:
+                with self._cond:
+                    self._working = False
+            self._check_stall()
+
+    def _decode_batch(self, decoder, batch: list[bytes]) -> None:
+        from codec.bitstream import KeyframePacket, MotionPacket, parse_packet
+
+        packets, motion_seqs = [], []
+        for data in batch:
+            try:
+                packet = parse_packet(data)
+            except CodecError:
+                self.stats.malformed += 1
+                continue
+            if isinstance(packet, MotionPacket):
+                self._track_sequence(packet.seq)
+                motion_seqs.append(packet.seq)
+            elif isinstance(packet, KeyframePacket):
+                self.stats.keyframes += 1
+            packets.append(data)
+        newest = max(motion_seqs) if motion_seqs and self.live else None
+        if newest is not None:
+            self.stats.render_skipped += len(motion_seqs) - 1
+        try:
+            started = time.perf_counter()
+            for frame in decoder.decode_stream(
+                    packets, render=(lambda seq: seq == newest) if newest is not None else None):
+                self.stats.render_ms.append(1000.0 * (time.perf_counter() - started))
+                self._emit(frame)
+                started = time.perf_counter()
+        except CodecError as exc:  # e.g. a keyframe image that does not decode
+            self.stats.malformed += 1
+            log.warning("dropped a malformed packet: %s", exc)
+        except Exception:  # noqa: BLE001 — the render thread must survive anything
+            log.exception("render failed")
+
+    def _emit(self, frame) -> None:
+        self._last_decoded_at = time.monotonic()
+        self.stats.rendered += 1
+        self.render_meter.add()
+        if self.clock is not None:
+            self.stats.latencies_ms.append(1000.0 * (time.time() - (self.clock + frame.timestamp)))
+        if self.mode == "neural":
+            self.show(frame.image, frame.timestamp)
+
+    def _check_stall(self) -> None:
+        decoder = self.decoder
+        if decoder is None or self.mode != "neural":
+            return
+        if time.monotonic() - self._last_decoded_at > STALL_S_FOR_KEYFRAME and self.stats.motion_packets:
+            self._request_keyframe("no decodable motion for a while")
+            self._last_decoded_at = time.monotonic()
+
+    # ------------------------------------------------------------------ reporting
+
+    def snapshot(self) -> dict[str, float | str | None]:
+        """Live numbers for the viewer page and the sender (numbers and the mode only)."""
+        stats = self.stats
+        fps, _ = self.render_meter.rates()
+        _, motion_kbps = self.motion_meter.rates()
+        latency = float(np.median(stats.latencies_ms)) if stats.latencies_ms else None
+        decoder = self.decoder
+        return {
+            "mode": self.mode,
+            "fps": round(fps, 2),
+            "motion_kbps": round(motion_kbps, 3),
+            "latency_ms": None if latency is None else round(latency, 1),
+            "loss": round(stats.loss, 4),
+            "rendered": stats.rendered,
+            "h264_frames": stats.h264_frames,
+            "malformed": stats.malformed,
+            "stale": decoder.stats.stale if decoder is not None else 0,
+            "missing_reference": decoder.stats.missing_reference if decoder is not None else 0,
+            "keyframes": stats.keyframes,
+            "keyframe_requests": stats.keyframe_requests,
+            "queue_dropped": stats.queue_dropped,
+        }
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until every queued packet has been decoded (tests, the demo's drain)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._pending and not self._working:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5.0)

@@ -1,0 +1,294 @@
+"""The sending half of a call: frames in, neural packets or H.264 out.
+
+A :class:`SenderSession` owns the face crop, the codec's :class:`~codec.api.Encoder` and the
+H.264 fallback track. Per frame it either encodes head motion (``neural`` mode: keyframes on
+the reliable ``control`` channel, one motion packet per frame on the unreliable ``motion``
+channel) or pushes the crop into the H.264 track (``h264`` mode). It switches to H.264 when
+the face is lost for more than ``face_lost_frames`` frames and back after a new keyframe.
+
+It knows nothing about signaling: :mod:`codec.call` hands it two open data channels and the
+track it added to the peer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from codec.bitstream.control import (
+    Keyframe,
+    KeyframeRequest,
+    ModeRequest,
+    ModeSwitch,
+    ReceiverStats,
+    StreamStart,
+    pack_control,
+)
+from codec.bitstream import KeyframePacket, parse_packet
+from codec.errors import CodecError, FaceNotFoundError
+
+log = logging.getLogger(__name__)
+
+# Motion messages waiting in the SCTP send buffer beyond this are stale by the time they
+# would leave: drop new ones instead of queueing (the channel is lossy by design anyway).
+MOTION_BUFFER_LIMIT_BYTES = 4_096
+KEYFRAME_REQUEST_MIN_INTERVAL_S = 0.5  # a burst of requests after a loss yields one keyframe
+
+
+@dataclass
+class SenderStats:
+    frames: int = 0
+    neural_frames: int = 0
+    h264_frames: int = 0
+    skipped_late: int = 0  # source frames dropped because the loop fell behind real time
+    motion_dropped: int = 0  # motion packets not sent because the channel was backed up
+    motion_bytes: int = 0
+    control_bytes: int = 0
+    keyframes: int = 0
+    keyframe_requests: int = 0
+    mode_switches: int = 0
+    encode_ms_total: float = 0.0
+    face_checks: int = 0
+
+    @property
+    def encode_ms_per_frame(self) -> float:
+        return self.encode_ms_total / max(self.neural_frames, 1)
+
+
+class SenderSession:
+    """Send one source over a connected peer.
+
+    Args:
+        frames: an iterator of H×W×3 uint8 RGB frames (a camera, a file, the default source).
+        fps: the call's frame rate; the loop paces the source to it.
+        encoder: the codec's Encoder (None: this peer has no model, H.264 only).
+        cropper: a :class:`codec.facecrop.FaceCropper` at the encoder's crop size.
+        h264_track: the :class:`sender.media_tracks.H264Track` added to the connection.
+        mode: ``neural`` or ``h264`` to start with (``auto`` is decided by :mod:`codec.call`).
+        face_check_every: run the (slow) face detector every N frames, off the frame loop.
+        face_lost_frames: switch to H.264 once the face is missing for more than N frames.
+        compare: also feed the H.264 track in neural mode (side-by-side comparisons).
+    """
+
+    def __init__(self, frames: Iterator[np.ndarray], *, fps: float, encoder, cropper,
+                 h264_track, mode: str = "neural", face_check_every: int = 5,
+                 face_lost_frames: int = 25, compare: bool = False,
+                 on_frame: Callable[[np.ndarray, float], None] | None = None) -> None:
+        if mode not in ("neural", "h264"):
+            raise ValueError("mode must be 'neural' or 'h264'")
+        if mode == "neural" and encoder is None:
+            raise ValueError("neural mode needs an encoder")
+        self.frames = frames
+        self.fps = fps
+        self.encoder = encoder
+        self.cropper = cropper
+        self.h264_track = h264_track
+        self.mode = mode
+        self.wanted_mode = mode  # what the peers agreed on; face loss overrides it for a while
+        self.face_check_every = face_check_every
+        self.face_lost_frames = face_lost_frames
+        self.compare = compare
+        self.on_frame = on_frame  # gets (crop, media time) of every sent frame (demo, benchmarks)
+        self.stats = SenderStats()
+        self.peer_stats: dict[str, float] = {}
+        self.box = None
+        self._control = None
+        self._motion = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-encode")
+        self._face_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-face")
+        self._face_job: asyncio.Future | None = None
+        self._frames_without_face = 0
+        self._last_keyframe_request = -1e9
+        self._stopped = asyncio.Event()
+        self.clock = 0.0  # wall clock at media time 0
+
+    # ------------------------------------------------------------------ control in
+
+    def on_control(self, message) -> None:
+        """A control message from the peer's receiver (routed here by :mod:`codec.call`)."""
+        if isinstance(message, KeyframeRequest):
+            now = time.monotonic()
+            self.stats.keyframe_requests += 1
+            if now - self._last_keyframe_request >= KEYFRAME_REQUEST_MIN_INTERVAL_S:
+                self._last_keyframe_request = now
+                log.info("peer asked for a keyframe (%s)", message.reason)
+                if self.encoder is not None:
+                    self.encoder.request_keyframe()
+                if self.h264_track is not None:
+                    self.h264_track.request_keyframe()
+        elif isinstance(message, ReceiverStats):
+            self.peer_stats = dict(message.values)
+        elif isinstance(message, ModeRequest):
+            if message.mode == "neural" and self.encoder is None:
+                log.warning("peer asked for neural mode, but this sender has no model")
+                return
+            log.info("peer asked for %s mode (%s)", message.mode, message.reason)
+            self.wanted_mode = message.mode
+            self._switch(message.mode, f"peer asked: {message.reason}")
+
+    # ------------------------------------------------------------------ sending
+
+    def _send_control(self, message) -> None:
+        if self._control is None or self._control.readyState != "open":
+            return
+        data = pack_control(message)
+        self.stats.control_bytes += len(data)
+        self._control.send(data)
+
+    def _send_packets(self, packets: list[bytes]) -> None:
+        for packet in packets:
+            if isinstance(parse_packet(packet), KeyframePacket):
+                self.stats.keyframes += 1
+                self._send_control(Keyframe(packet=packet))
+            elif self._motion is not None and self._motion.readyState == "open":
+                if self._motion.bufferedAmount > MOTION_BUFFER_LIMIT_BYTES:
+                    self.stats.motion_dropped += 1
+                    continue
+                self.stats.motion_bytes += len(packet)
+                self._motion.send(packet)
+
+    def _switch(self, mode: str, reason: str) -> None:
+        if mode == self.mode:
+            return
+        if mode == "neural":
+            # Back to neural only behind a fresh keyframe (the receiver may hold a stale one).
+            self.encoder.request_keyframe()
+        self.mode = mode
+        self.stats.mode_switches += 1
+        log.info("switching to %s: %s", mode, reason)
+        self._send_control(ModeSwitch(mode=mode, reason=reason))
+
+    def send_stream_start(self) -> None:
+        """(Re)send the stream header; the next frame carries a keyframe."""
+        if self.encoder is not None:
+            self._send_control(StreamStart(header=self.encoder.header(), clock=self.clock, fps=self.fps))
+            self.encoder.request_keyframe()
+        self._send_control(ModeSwitch(mode=self.mode, reason="call start"))
+
+    # ------------------------------------------------------------------ face tracking
+
+    def _fit_box(self, frame: np.ndarray):
+        try:
+            return self.cropper.fit([frame])
+        except FaceNotFoundError:
+            return None
+
+    def _check_face(self, frame: np.ndarray) -> tuple[bool, object]:
+        """(face present, new box or None) — runs on the face thread."""
+        from codec.facecrop import detect_landmarks
+
+        landmarks = detect_landmarks(frame)
+        if landmarks is None:
+            return False, None
+        if self.box is None or self.cropper.face_left_box(frame, self.box, landmarks=landmarks):
+            return True, self.cropper.box_for(landmarks)
+        return True, None
+
+    def _face_result(self, present: bool, new_box) -> None:
+        self.stats.face_checks += 1
+        if not present:
+            self._frames_without_face += self.face_check_every
+            if self._frames_without_face > self.face_lost_frames and self.mode == "neural":
+                self._switch("h264", f"face lost for {self._frames_without_face} frames")
+            return
+        self._frames_without_face = 0
+        if new_box is not None:
+            log.info("face moved out of the crop: new crop box and keyframe")
+            self.box = new_box
+            if self.encoder is not None:
+                self.encoder.request_keyframe()
+        if self.mode == "h264" and self.wanted_mode == "neural":
+            self._switch("neural", "face found again")
+
+    def _crop(self, frame: np.ndarray) -> np.ndarray:
+        if self.box is None:  # no face yet: a centred square, so H.264 still shows something
+            h, w = frame.shape[:2]
+            side = min(h, w)
+            y0, x0 = (h - side) // 2, (w - side) // 2
+            import cv2
+
+            return cv2.resize(frame[y0:y0 + side, x0:x0 + side], (self.cropper.out_size,) * 2,
+                              interpolation=cv2.INTER_AREA)
+        return self.cropper.crop(frame, self.box)
+
+    # ------------------------------------------------------------------ the loop
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def run(self, control, motion, *, duration: float | None = None,
+                  max_frames: int | None = None) -> SenderStats:
+        """Send frames at ``fps`` until the source ends, ``duration`` s, ``max_frames`` or stop()."""
+        loop = asyncio.get_running_loop()
+        self._control, self._motion = control, motion
+        first = await loop.run_in_executor(self._pool, next, self.frames, None)
+        if first is None:
+            raise CodecError("the video source gave no frames")
+        self.box = await loop.run_in_executor(self._face_pool, self._fit_box, first)
+        if self.box is None:
+            log.warning("no face in the first frame: sending H.264 until one is found")
+            if self.mode == "neural":
+                self.mode = "h264"
+        start = time.monotonic()
+        self.clock = time.time()
+        self.send_stream_start()
+        frame: np.ndarray | None = first
+        index = 0
+        while not self._stopped.is_set():
+            if frame is None:
+                break
+            t = index / self.fps
+            if duration is not None and t >= duration or max_frames is not None and index >= max_frames:
+                break
+            await self._send_frame(frame, t, index)
+            index += 1
+            # Pace to real time; a source that falls behind loses frames rather than lagging.
+            due = start + index / self.fps
+            delay = due - time.monotonic()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+            frame = await loop.run_in_executor(self._pool, next, self.frames, None)
+            while frame is not None and time.monotonic() - (start + index / self.fps) > 1.0 / self.fps:
+                self.stats.skipped_late += 1
+                index += 1
+                frame = await loop.run_in_executor(self._pool, next, self.frames, None)
+        return self.stats
+
+    async def _send_frame(self, frame: np.ndarray, t: float, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        if self._face_job is not None and self._face_job.done():
+            try:
+                self._face_result(*self._face_job.result())
+            except Exception:  # noqa: BLE001 — a detector failure must not end the call
+                log.exception("face check failed")
+            self._face_job = None
+        if self._face_job is None and index % self.face_check_every == 0 and index > 0:
+            self._face_job = loop.run_in_executor(self._face_pool, self._check_face, frame)
+        crop = self._crop(frame)
+        self.stats.frames += 1
+        if self.on_frame is not None:
+            self.on_frame(crop, t)
+        if self.mode == "neural":
+            started = time.perf_counter()
+            packets = await loop.run_in_executor(self._pool, self.encoder.encode, crop, t)
+            self.stats.encode_ms_total += 1000.0 * (time.perf_counter() - started)
+            self.stats.neural_frames += 1
+            self._send_packets(packets)
+        if self.mode == "h264" or self.compare:
+            if self.mode == "h264":
+                self.stats.h264_frames += 1
+            if self.h264_track is not None:
+                self.h264_track.push(crop, t)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._face_pool.shutdown(wait=False, cancel_futures=True)
