@@ -61,6 +61,8 @@ class ReceiverStats:
     first_seq: int | None = None
     latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
     render_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
+    # (seq, decoded motion vector) of recently rendered frames: lets tests check for drift.
+    recent_motion: collections.deque = field(default_factory=lambda: collections.deque(maxlen=500))
 
     @property
     def loss(self) -> float:
@@ -277,6 +279,7 @@ class ReceiverSession:
     def _emit(self, frame) -> None:
         self._last_decoded_at = time.monotonic()
         self.stats.rendered += 1
+        self.stats.recent_motion.append((frame.seq, frame.motion.to_vector()))
         self.render_meter.add()
         if self.clock is not None:
             self.stats.latencies_ms.append(1000.0 * (time.time() - (self.clock + frame.timestamp)))

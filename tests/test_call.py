@@ -1,0 +1,207 @@
+"""Calls over real WebRTC (aiortc, ICE/DTLS/SCTP/RTP on this machine) with the tiny seeded
+UNTRAINED model: loopback in one process, loss and recovery, fallback switching, malformed
+input, and the control-channel format."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codec.bitstream import MotionPacket, StreamHeader, parse_packet
+from codec.bitstream.control import (
+    Bye,
+    Keyframe,
+    KeyframeRequest,
+    ModeRequest,
+    ModeSwitch,
+    ReceiverStats,
+    StreamStart,
+    pack_control,
+    parse_control,
+)
+from codec.call import Call, CallOptions, choose_mode, local_capabilities
+from codec.errors import BitstreamError, CodecError
+from codec.motion_coding import MotionDecoder
+from sender.sources import default_source
+from signaling.client import InMemorySignaling
+from signaling.messages import Capabilities
+
+CALL_TIMEOUT_S = 90.0
+
+
+# ------------------------------------------------------------------------------ control format
+
+
+def test_control_messages_round_trip():
+    for message in [StreamStart(b"hdr", 1.5, 25.0), Keyframe(b"\x01\x02"), KeyframeRequest("gap"),
+                    ModeSwitch("h264", "face lost"), ModeRequest("neural", "why"),
+                    ReceiverStats({"fps": 24.5, "loss": 0.1}), Bye("hang up")]:
+        assert parse_control(pack_control(message)) == message
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", b"\x93\x01\x02\x03", "text",
+                                  pack_control(Bye("x")).replace(b"bye", b"bzz"),
+                                  pack_control(ModeSwitch("h264", "x")).replace(b"h264", b"h265")])
+def test_malformed_control_messages_raise_typed_errors(data):
+    with pytest.raises(BitstreamError):
+        parse_control(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_control_parser_only_raises_codec_errors(data):
+    try:
+        parse_control(data)
+    except CodecError:
+        pass
+
+
+def test_auto_mode_needs_same_weights_and_render_speed(tiny_model):
+    same = Capabilities(has_weights=True, model=tiny_model.name,
+                        weights_sha256_prefix=tiny_model.sha256_prefix.hex(), untrained=True,
+                        render_fps=100.0, codecs=["neural", "h264"])
+    assert choose_mode("auto", tiny_model, same, 25.0)[0] == "neural"
+    slow = Capabilities(**{**same.to_dict(), "render_fps": 3.0})
+    assert choose_mode("auto", tiny_model, slow, 25.0)[0] == "h264"
+    other = Capabilities(**{**same.to_dict(), "weights_sha256_prefix": "00" * 8})
+    assert choose_mode("auto", tiny_model, other, 25.0)[0] == "h264"
+    assert choose_mode("auto", tiny_model, Capabilities(), 25.0)[0] == "h264"
+    assert choose_mode("auto", None, same, 25.0)[0] == "h264"
+    assert choose_mode("neural", tiny_model, None, 25.0)[0] == "neural"
+
+
+# ------------------------------------------------------------------------------ loopback calls
+
+
+async def loopback(sender_model, receiver_model, frames, *, seconds: float, options: CallOptions,
+                   tap_motion=None, before_send=None):
+    """Run a one-way call A -> B in this process; returns (A, B, what B showed)."""
+    a_caps = local_capabilities(sender_model, options.fps, measure_frames=1)
+    b_caps = local_capabilities(receiver_model, options.fps, measure_frames=1)
+    a, b = InMemorySignaling.pair(a_caps, b_caps)
+    shown: list[float] = []
+    sender = Call(a, loaded=sender_model, frames=iter(frames), options=options)
+    receiver = Call(b, loaded=receiver_model, frames=None, options=CallOptions(fps=options.fps),
+                    show=lambda image, t: shown.append(t))
+    receiving = asyncio.ensure_future(receiver.run(duration=None))
+    try:
+        if tap_motion is not None:
+            async def install() -> None:  # wrap B's motion input once its session exists
+                while receiver.receiver is None:
+                    await asyncio.sleep(0.01)
+                original = receiver.receiver.on_motion
+                receiver.receiver.on_motion = lambda data: tap_motion(data, original)
+            await install()
+        if before_send is not None:
+            asyncio.ensure_future(before_send(sender, receiver))
+        await asyncio.wait_for(sender.run(duration=seconds), CALL_TIMEOUT_S)
+        await asyncio.sleep(0.5)  # let the last packets land and render
+        await sender.say_goodbye("test done")
+        await asyncio.wait_for(receiving, 10.0)
+    finally:
+        await sender.close()
+        await receiver.close()
+    return sender, receiver, shown
+
+
+@pytest.fixture(scope="module")
+def clip() -> list[np.ndarray]:
+    return list(default_source(num_frames=100, size=(256, 256)))
+
+
+def test_loopback_neural_call_delivers_frames_within_budget(tiny_model, clip):
+    seconds = 3.0
+    sender, receiver, shown = asyncio.run(loopback(
+        tiny_model, tiny_model, clip, seconds=seconds, options=CallOptions(mode="neural")))
+    tx, rx = sender.sender.stats, receiver.receiver
+    assert sender.sender.mode == "neural", sender.mode_reason
+    assert tx.neural_frames >= 0.9 * seconds * 25
+    assert rx.stats.rendered >= 0.8 * tx.neural_frames, rx.snapshot()
+    assert len(shown) == rx.stats.rendered
+    assert rx.stats.keyframes == 1 and rx.stats.malformed == 0
+    # The motion stream's budget: well under x264's floor (~10 kbit/s at 256 px).
+    motion_kbps = 8 * tx.motion_bytes / seconds / 1000
+    assert 0 < motion_kbps < 10.0
+    assert rx.stats.latencies_ms and np.median(rx.stats.latencies_ms) < 2000
+
+
+def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip):
+    """10 % random loss plus a burst of 8: the call goes on, the receiver asks for a keyframe,
+    and every frame rendered after the last loss has exactly the lossless motion."""
+    rng = random.Random(7)
+    received: list[bytes] = []
+    dropped: list[int] = []
+
+    def tap(data: bytes, forward) -> None:
+        seq = parse_packet(data).seq
+        received.append(data)
+        if rng.random() < 0.10 or 30 <= seq < 38:
+            dropped.append(seq)
+            return
+        forward(data)
+
+    sender, receiver, shown = asyncio.run(loopback(
+        tiny_model, tiny_model, clip, seconds=3.6, options=CallOptions(mode="neural"), tap_motion=tap))
+    rx = receiver.receiver
+    assert len(dropped) >= 10
+    assert rx.stats.keyframe_requests >= 1
+    assert sender.sender.stats.keyframes >= 2 and rx.stats.keyframes >= 2  # recovered by keyframe
+    assert 0.05 < rx.stats.loss < 0.4
+    # No drift: decode every packet losslessly and compare with what B rendered after a loss.
+    header = StreamHeader.parse(sender.sender.encoder.header())
+    lossless = MotionDecoder(header.quant_table, header.num_kp)
+    truth = {}
+    for data in sorted(received, key=lambda d: parse_packet(d).seq):
+        packet = parse_packet(data)
+        if isinstance(packet, MotionPacket):
+            truth[packet.seq] = lossless.decode(packet.intra, packet.seq, packet.payload).to_vector()
+    after = [(seq, v) for seq, v in rx.stats.recent_motion if seq > max(dropped)]
+    assert after, "nothing rendered after the last loss"
+    for seq, vector in after:
+        np.testing.assert_allclose(vector, truth[seq], atol=1e-6)
+
+
+def test_face_loss_switches_to_h264_and_back_after_a_keyframe(tiny_model, clip):
+    blank = np.full_like(clip[0], 128)
+    frames = clip[:25] + [blank] * 40 + clip[25:85]
+    sender, receiver, shown = asyncio.run(loopback(
+        tiny_model, tiny_model, frames, seconds=5.0,
+        options=CallOptions(mode="neural", face_lost_frames=10)))
+    tx, rx = sender.sender.stats, receiver.receiver
+    assert tx.mode_switches >= 2, tx  # neural -> h264 -> neural
+    assert tx.h264_frames > 10 and rx.stats.h264_frames > 5
+    assert sender.sender.mode == "neural"
+    assert tx.keyframes >= 2 and rx.stats.keyframes >= 2
+
+
+def test_auto_mode_sends_h264_to_a_peer_without_the_model(tiny_model, clip):
+    sender, receiver, shown = asyncio.run(loopback(
+        tiny_model, None, clip, seconds=2.0, options=CallOptions(mode="auto")))
+    assert sender.sender.mode == "h264"
+    assert "no model" in sender.mode_reason
+    assert receiver.receiver.stats.h264_frames > 20
+    assert len(shown) == receiver.receiver.stats.h264_frames
+
+
+def test_malformed_packets_are_counted_not_fatal(tiny_model, clip):
+    async def inject(sender, receiver) -> None:
+        while sender.motion is None or sender.motion.readyState != "open" or \
+                receiver.receiver is None or receiver.receiver.decoder is None:
+            await asyncio.sleep(0.02)
+        for junk in (b"", b"\x00", b"\xff" * 40, b"\x02\x05\x05\x7f"):
+            sender.motion.send(junk)
+            sender.control.send(junk)
+        sender.motion.send("text on a binary channel")
+
+    sender, receiver, shown = asyncio.run(loopback(
+        tiny_model, tiny_model, clip, seconds=2.0, options=CallOptions(mode="neural"),
+        before_send=inject))
+    rx = receiver.receiver
+    assert rx.stats.malformed >= 4
+    assert receiver.control_malformed >= 4
+    assert rx.stats.rendered > 20  # and the call went on
