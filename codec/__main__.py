@@ -245,9 +245,9 @@ def cmd_call(args: argparse.Namespace) -> int:
         report = asyncio.run(run())
     finally:
         recording = recorder.close() if recorder is not None else None
-    report.recording = recording
     from dataclasses import asdict
 
+    report.recording = asdict(recording) if recording is not None else None
     text = json.dumps(asdict(report), indent=2, default=str)
     print(text)
     if args.report is not None:
@@ -277,12 +277,6 @@ def _call_source(args: argparse.Namespace):
         frames = iter(VideoFileSource(args.source, fps=args.fps, loop=args.loop))
         audio = None if args.no_audio else PcmAudioTrack.from_file(args.source, loop=args.loop)
     return frames, audio
-
-
-def cmd_serve_signaling(args: argparse.Namespace) -> int:
-    from signaling.__main__ import main as signaling_main
-
-    return signaling_main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,10 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=cmd_roundtrip)
 
-    p = sub.add_parser("serve-signaling", help="run the signaling server (rooms of two, token)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of `python -m signaling`")
-    p.set_defaults(func=cmd_serve_signaling)
+    # Listed for --help only: main() hands `serve-signaling ...` to `python -m signaling`.
+    sub.add_parser("serve-signaling", help="run the signaling server (rooms of two, token); "
+                                           "see `facecodec serve-signaling --help`")
 
     p = sub.add_parser("call", help="join a room on a signaling server and call the other peer")
     p.add_argument("--signaling", default="ws://127.0.0.1:8765/ws", help="the server's WebSocket URL")
@@ -372,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve-signaling"]:  # its options belong to `python -m signaling`
+        from signaling.__main__ import main as signaling_main
+
+        return signaling_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

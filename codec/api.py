@@ -141,6 +141,10 @@ class Encoder:
         """Send a keyframe with the next frame (start of call, receiver request, face moved)."""
         self._keyframe_requested = True
 
+    def request_intra(self) -> None:
+        """Make the next motion packet absolute (the receiver lost one; no keyframe needed)."""
+        self._motion.force_intra()
+
     @torch.inference_mode()
     def encode(self, frame: np.ndarray, timestamp: float | None = None) -> list[bytes]:
         """One square RGB crop (H×W×3 uint8) at ``timestamp`` seconds -> its packets.

@@ -133,8 +133,10 @@ class Call:
     def __init__(self, signaling, *, loaded, frames: Iterator[np.ndarray] | None, audio=None,
                  options: CallOptions | None = None,
                  show: Callable[[np.ndarray, float], None] | None = None, recorder=None,
-                 on_sent_frame: Callable[[np.ndarray, float], None] | None = None) -> None:
+                 on_sent_frame: Callable[[np.ndarray, float], None] | None = None,
+                 epoch: float | None = None) -> None:
         self.signaling = signaling
+        self.epoch = epoch  # time.monotonic() at which the recording starts (kept across rejoins)
         self.loaded = loaded
         self.frames = frames
         self.audio = audio
@@ -161,7 +163,7 @@ class Call:
         if self._show_cb is not None:
             self._show_cb(image, media_time)
         if self.recorder is not None:
-            self.recorder.write(image, time.monotonic() - self._started)
+            self.recorder.write(image, time.monotonic() - self.epoch)
 
     def _send_control(self, message) -> None:
         if self.control is not None and self.control.readyState == "open":
@@ -329,7 +331,8 @@ class Call:
         from sender.media_tracks import H264Track
 
         self._loop = asyncio.get_running_loop()
-        self._started = time.monotonic()
+        if self.epoch is None:
+            self.epoch = time.monotonic()
         options = self.options
         size = self.loaded.model.config.image_size if self.loaded is not None else 256
         if self.frames is not None:
@@ -434,7 +437,8 @@ async def run_peer(*, url: str, token: str, room: str, loaded, frames, audio, op
     capabilities = local_capabilities(loaded, options.fps)
     log.info("capabilities: %s", capabilities.to_dict())
     report = CallReport(end_reasons=[])
-    deadline = time.monotonic() + duration
+    epoch = time.monotonic()
+    deadline = epoch + duration
     client = None
     try:
         while time.monotonic() < deadline:
@@ -452,7 +456,7 @@ async def run_peer(*, url: str, token: str, room: str, loaded, frames, audio, op
                 client = None
                 continue
             call = Call(client, loaded=loaded, frames=frames, audio=audio, options=options,
-                        show=show, recorder=recorder)
+                        show=show, recorder=recorder, epoch=epoch)
             report.calls += 1
             if on_call is not None:
                 on_call(call)  # e.g. the viewer reads this call's stats and steers its view

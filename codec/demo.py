@@ -104,7 +104,7 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
             "wall_s": wall,
             "sender_stats": asdict(stats) if stats else None,
             "receiver": rx.snapshot() if rx is not None else None,
-            "recording": recording,
+            "recording": asdict(recording),
         },
     }
 

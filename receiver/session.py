@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from codec.bitstream.control import (
+    IntraRequest,
     Keyframe,
     KeyframeRequest,
     ModeRequest,
@@ -43,6 +44,7 @@ MAX_PENDING_PACKETS = 2_000  # ~80 s of motion at 25 fps; beyond this the oldest
 GAP_FRAMES_FOR_KEYFRAME = 5  # a jump of more than this many sequence numbers asks for a keyframe
 STALL_S_FOR_KEYFRAME = 1.0  # packets arrive but none decodes for this long: ask for a keyframe
 KEYFRAME_REQUEST_INTERVAL_S = 1.0
+INTRA_REQUEST_INTERVAL_S = 0.1  # about one round trip plus a frame on a LAN
 
 
 @dataclass
@@ -57,6 +59,7 @@ class ReceiverStats:
     queue_dropped: int = 0
     h264_frames: int = 0
     keyframe_requests: int = 0
+    intra_requests: int = 0
     highest_seq: int = -1
     first_seq: int | None = None
     latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
@@ -132,6 +135,7 @@ class ReceiverSession:
         self._closed = False
         self._working = False  # the render thread is decoding a batch
         self._last_request = -1e9
+        self._last_intra_request = -1e9
         self._last_decoded_at = time.monotonic()
         self._thread = threading.Thread(target=self._render_loop, name="receiver-render", daemon=True)
         self._thread.start()
@@ -213,6 +217,14 @@ class ReceiverSession:
         log.info("asking for a keyframe: %s", reason)
         self.send_control(KeyframeRequest(reason=reason))
 
+    def _request_intra(self) -> None:
+        now = time.monotonic()
+        if now - self._last_intra_request < INTRA_REQUEST_INTERVAL_S:
+            return
+        self._last_intra_request = now
+        self.stats.intra_requests += 1
+        self.send_control(IntraRequest(reason="motion reference lost"))
+
     def _track_sequence(self, seq: int) -> None:
         stats = self.stats
         stats.motion_packets += 1
@@ -263,6 +275,7 @@ class ReceiverSession:
         newest = max(motion_seqs) if motion_seqs and self.live else None
         if newest is not None:
             self.stats.render_skipped += len(motion_seqs) - 1
+        missing_before = decoder.stats.missing_reference
         try:
             started = time.perf_counter()
             for frame in decoder.decode_stream(
@@ -275,6 +288,8 @@ class ReceiverSession:
             log.warning("dropped a malformed packet: %s", exc)
         except Exception:  # noqa: BLE001 — the render thread must survive anything
             log.exception("render failed")
+        if decoder.stats.missing_reference > missing_before:
+            self._request_intra()
 
     def _emit(self, frame) -> None:
         self._last_decoded_at = time.monotonic()
@@ -316,6 +331,7 @@ class ReceiverSession:
             "missing_reference": decoder.stats.missing_reference if decoder is not None else 0,
             "keyframes": stats.keyframes,
             "keyframe_requests": stats.keyframe_requests,
+            "intra_requests": stats.intra_requests,
             "queue_dropped": stats.queue_dropped,
         }
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from codec.bitstream.control import (
+    IntraRequest,
     Keyframe,
     KeyframeRequest,
     ModeRequest,
@@ -52,6 +53,7 @@ class SenderStats:
     control_bytes: int = 0
     keyframes: int = 0
     keyframe_requests: int = 0
+    intra_requests: int = 0
     mode_switches: int = 0
     encode_ms_total: float = 0.0
     face_checks: int = 0
@@ -122,6 +124,10 @@ class SenderSession:
                     self.encoder.request_keyframe()
                 if self.h264_track is not None:
                     self.h264_track.request_keyframe()
+        elif isinstance(message, IntraRequest):
+            self.stats.intra_requests += 1
+            if self.encoder is not None:
+                self.encoder.request_intra()
         elif isinstance(message, ReceiverStats):
             self.peer_stats = dict(message.values)
         elif isinstance(message, ModeRequest):

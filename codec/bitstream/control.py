@@ -50,6 +50,16 @@ class KeyframeRequest:
 
 
 @dataclass(frozen=True)
+class IntraRequest:
+    """Receiver -> sender: a motion packet was lost; make the next one absolute (intra).
+
+    Costs the sender one larger motion packet instead of a keyframe image: on a LAN the
+    chain is whole again one round trip after the loss, not at the next periodic intra."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class ModeSwitch:
     """Which path carries video from now on: ``neural`` (data channels) or ``h264`` (RTP)."""
 
@@ -77,12 +87,14 @@ class Bye:
     reason: str = ""
 
 
-ControlMessage = StreamStart | Keyframe | KeyframeRequest | ModeSwitch | ModeRequest | ReceiverStats | Bye
+ControlMessage = (StreamStart | Keyframe | KeyframeRequest | IntraRequest | ModeSwitch | ModeRequest
+                  | ReceiverStats | Bye)
 # Which side of a call reads each message (both peers share the two channels).
 FOR_RECEIVER = (StreamStart, Keyframe, ModeSwitch)
-FOR_SENDER = (KeyframeRequest, ModeRequest, ReceiverStats)
+FOR_SENDER = (KeyframeRequest, IntraRequest, ModeRequest, ReceiverStats)
 
 _NAMES = {StreamStart: "start", Keyframe: "keyframe", KeyframeRequest: "keyframe_request",
+          IntraRequest: "intra_request",
           ModeSwitch: "mode", ModeRequest: "mode_request", ReceiverStats: "stats", Bye: "bye"}
 
 
@@ -93,7 +105,7 @@ def pack_control(message: ControlMessage) -> bytes:
         body.update(header=message.header, clock=float(message.clock), fps=float(message.fps))
     elif isinstance(message, Keyframe):
         body.update(packet=message.packet)
-    elif isinstance(message, KeyframeRequest | Bye):
+    elif isinstance(message, KeyframeRequest | IntraRequest | Bye):
         body.update(reason=message.reason)
     elif isinstance(message, ModeSwitch | ModeRequest):
         if message.mode not in MODES:
@@ -146,6 +158,8 @@ def parse_control(data: bytes | str) -> ControlMessage:
         return Keyframe(packet=_field(body, "packet", bytes))
     if kind == "keyframe_request":
         return KeyframeRequest(reason=_field(body, "reason", str))
+    if kind == "intra_request":
+        return IntraRequest(reason=_field(body, "reason", str))
     if kind == "mode":
         mode = _field(body, "mode", str)
         if mode not in MODES:

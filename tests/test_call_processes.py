@@ -1,0 +1,200 @@
+"""Calls between separate processes through the real signaling server (`facecodec
+serve-signaling` + two `facecodec call`), on 127.0.0.1 and across two network namespaces
+joined by a veth pair with netem loss and delay. Tiny seeded UNTRAINED model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import av
+import pytest
+
+from conftest import REPO
+
+TOKEN = "test-token-" + uuid.uuid4().hex[:8]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def facecodec(*args: str, netns: str | None = None, **kwargs) -> subprocess.Popen:
+    command = [sys.executable, "-m", "codec", *args]
+    if netns is not None:
+        command = ["ip", "netns", "exec", netns, *command]
+    env = {**os.environ, "FACECODEC_SIGNALING_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0, netns: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if netns is None:
+            with socket.socket() as s:
+                if s.connect_ex((host, port)) == 0:
+                    return
+        elif subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c",
+                             f"import socket; socket.create_connection(('{host}', {port}), 1)"],
+                            capture_output=True).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"process did not finish in {timeout} s:\n{err[-3000:]}")
+    return process.returncode, out, err
+
+
+def call_args(url: str, room: str, seconds: float, record: Path, report: Path, *extra: str) -> list[str]:
+    return ["call", "--signaling", url, "--room", room, "--seconds", str(seconds), "--model", "tiny",
+            "--untrained", "--mode", "neural", "--record", str(record), "--report", str(report), *extra]
+
+
+def check_recording(path: Path, min_seconds: float) -> None:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        assert container.streams.audio, "no audio in the recording"
+        frames = sum(1 for _ in container.decode(video))
+    assert frames >= min_seconds * 25 * 0.8, frames
+
+
+@pytest.mark.slow
+def test_two_processes_call_through_the_signaling_server(tmp_path):
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/ws"
+    server = facecodec("serve-signaling", "--port", str(port))
+    peers = []
+    try:
+        wait_for_port("127.0.0.1", port)
+        seconds = 8.0
+        for name in ("a", "b"):
+            peers.append(facecodec(*call_args(url, "room1", seconds, tmp_path / f"{name}.mp4",
+                                              tmp_path / f"{name}.json")))
+        for peer in peers:
+            code, out, err = finish(peer, timeout=120)
+            assert code == 0, err[-3000:]
+    finally:
+        for process in [server, *peers]:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
+    reports = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+    for name, other in (("a", "b"), ("b", "a")):
+        report, sent = reports[name], reports[other]["sender"]
+        assert report["calls"] >= 1
+        assert sent["neural_frames"] >= 0.4 * seconds * 25, sent  # the rest went to set-up
+        # Each side rendered most of what the other sent (a loaded CPU skips some).
+        assert report["receiver"]["rendered"] >= 0.6 * sent["neural_frames"], report
+        assert report["receiver"]["malformed"] == 0
+        # Each side sent its own motion stream; under 10 kbit/s of payload.
+        assert 0 < 8 * sent["motion_bytes"] / (sent["frames"] / 25) / 1000 < 10
+        check_recording(tmp_path / f"{name}.mp4", min_seconds=0.6 * sent["frames"] / 25)
+
+
+def _netns_available() -> str | None:
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "iproute2 (ip, tc) is not installed"
+    name = "fcprobe" + uuid.uuid4().hex[:6]
+    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot create network namespaces here: {probe.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
+@pytest.fixture
+def veth_pair():
+    """Two namespaces joined by veth, 10 % random loss each way (netem, with 20 ms delay; or
+    iptables where the kernel has no netem)."""
+    reason = _netns_available()
+    if reason:
+        pytest.skip(reason)
+    tag = uuid.uuid4().hex[:6]
+    ns_a, ns_b = f"fca{tag}", f"fcb{tag}"
+    commands = [
+        ["ip", "netns", "add", ns_a], ["ip", "netns", "add", ns_b],
+        ["ip", "link", "add", f"va{tag}", "type", "veth", "peer", "name", f"vb{tag}"],
+        ["ip", "link", "set", f"va{tag}", "netns", ns_a], ["ip", "link", "set", f"vb{tag}", "netns", ns_b],
+        ["ip", "-n", ns_a, "addr", "add", "10.231.0.1/24", "dev", f"va{tag}"],
+        ["ip", "-n", ns_b, "addr", "add", "10.231.0.2/24", "dev", f"vb{tag}"],
+        ["ip", "-n", ns_a, "link", "set", f"va{tag}", "up"], ["ip", "-n", ns_b, "link", "set", f"vb{tag}", "up"],
+        ["ip", "-n", ns_a, "link", "set", "lo", "up"], ["ip", "-n", ns_b, "link", "set", "lo", "up"],
+    ]
+    netem = [["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
+              "loss", "10%", "delay", "20ms"] for ns, dev in ((ns_a, f"va{tag}"), (ns_b, f"vb{tag}"))]
+    # Kernels without sch_netem (some containers) still have iptables' statistic match:
+    # the same 10 % random loss on what each namespace receives, without the delay.
+    iptables = [["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-i", dev, "-m", "statistic",
+                 "--mode", "random", "--probability", "0.1", "-j", "DROP"]
+                for ns, dev in ((ns_a, f"va{tag}"), (ns_b, f"vb{tag}"))]
+
+    def run(command: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(command, capture_output=True, text=True)
+
+    try:
+        for command in commands:
+            result = run(command)
+            if result.returncode != 0:
+                pytest.skip(f"network namespace set-up refused: {' '.join(command)}: {result.stderr.strip()}")
+        failed = [r.stderr.strip() for r in map(run, netem) if r.returncode != 0]
+        if failed:
+            if shutil.which("iptables") is None:
+                pytest.skip(f"netem unavailable ({failed[0]}) and iptables is not installed")
+            for command in iptables:
+                result = run(command)
+                if result.returncode != 0:
+                    pytest.skip(f"netem unavailable ({failed[0]}); iptables refused: {result.stderr.strip()}")
+        yield ns_a, ns_b
+    finally:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.slow
+def test_call_across_network_namespaces_with_loss_and_delay(tmp_path, veth_pair):
+    ns_a, ns_b = veth_pair
+    port = free_port()
+    url = f"ws://10.231.0.1:{port}/ws"
+    server = facecodec("serve-signaling", "--host", "10.231.0.1", "--port", str(port), netns=ns_a)
+    peers = []
+    try:
+        wait_for_port("10.231.0.1", port, netns=ns_a)
+        seconds = 10.0
+        for name, ns in (("a", ns_a), ("b", ns_b)):
+            peers.append(facecodec(*call_args(url, "lossy", seconds, tmp_path / f"{name}.mp4",
+                                              tmp_path / f"{name}.json"), netns=ns))
+        for peer in peers:
+            code, out, err = finish(peer, timeout=150)
+            assert code == 0, err[-3000:]
+    finally:
+        for process in [server, *peers]:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
+    reports = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+    for name, other in (("a", "b"), ("b", "a")):
+        report, sent = reports[name], reports[other]["sender"]
+        rx = report["receiver"]
+        assert report["calls"] >= 1
+        assert sent["neural_frames"] >= 0.3 * seconds * 25, sent
+        assert rx["rendered"] >= 0.4 * sent["neural_frames"], report  # kept going under loss
+        assert rx["loss"] > 0.02, rx  # the netem loss was really there
+        assert rx["keyframe_requests"] >= 1 or rx["missing_reference"] > 0
+        check_recording(tmp_path / f"{name}.mp4", min_seconds=0.4 * sent["frames"] / 25)
