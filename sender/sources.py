@@ -20,10 +20,12 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from codec.errors import MediaError
 from codec.media import MediaInfo, probe, read_frames
 
 __all__ = [
     "CameraPose",
+    "CameraSource",
     "FrameSource",
     "ScriptedCameraSource",
     "VideoFileSource",
@@ -81,6 +83,55 @@ class VideoFileSource:
                 yield item.image
             if not self.loop or count == 0:
                 return
+
+
+class CameraSource:
+    """Live RGB frames from a V4L2 camera (Linux) through PyAV/FFmpeg.
+
+    The device is opened on construction (fail early). Frames the driver delivers at
+    another size than asked for are scaled to ``size``.
+
+    Args:
+        device: the V4L2 device node.
+        size: (width, height) asked of the driver.
+        fps: frame rate asked of the driver.
+
+    Raises:
+        MediaError: the device does not exist or cannot be opened as a camera.
+    """
+
+    def __init__(
+        self, device: str = "/dev/video0", size: tuple[int, int] = (640, 480), fps: float = 25.0
+    ) -> None:
+        import av  # lazy, as in codec.media
+
+        self.device = device
+        self.size = (int(size[0]), int(size[1]))
+        self.fps = float(fps)
+        if not os.path.exists(device):
+            raise MediaError(f"{device}: no such camera device")
+        options = {"video_size": f"{self.size[0]}x{self.size[1]}", "framerate": f"{self.fps:g}"}
+        try:
+            self._container = av.open(device, format="v4l2", options=options)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise MediaError(f"{device}: cannot open as a V4L2 camera: {exc}") from exc
+        if not self._container.streams.video:
+            self._container.close()
+            raise MediaError(f"{device}: opened, but it gives no video stream")
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import av
+
+        width, height = self.size
+        try:
+            for frame in self._container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24", width=width, height=height)
+        except av.FFmpegError as exc:
+            raise MediaError(f"{self.device}: camera read failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Release the device (idempotent)."""
+        self._container.close()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,83 @@
+"""aiortc helpers every WebRTC peer of the project uses.
+
+No trickle ICE: aiortc's ``setLocalDescription`` returns only after ICE gathering is
+complete and puts every candidate in ``localDescription.sdp``. So one ``offer`` and one
+``answer`` message carry everything; ``candidate`` messages exist in the protocol only for
+peers (browsers) that trickle.
+
+Usage::
+
+    allow_loopback_candidates()
+    pc = new_peer_connection()
+    await pc.setLocalDescription(await pc.createOffer())
+    await signaling.send(sdp_to_dict(pc.localDescription))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from signaling.errors import MalformedMessageError
+
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
+_SDP_TYPES = ("offer", "answer", "pranswer", "rollback")
+
+
+def allow_loopback_candidates() -> None:
+    """Make aioice offer loopback addresses as host candidates. Idempotent, process-wide.
+
+    Why: ``aioice.ice.get_host_addresses`` (called by ``Connection.gather_candidates``)
+    deliberately drops 127.0.0.1 and ::1. On a machine (or network namespace) whose only
+    interface is loopback, both peers then gather no candidates at all and ICE fails, so a
+    loopback call or a CI test cannot connect. We wrap the function to append the loopback
+    addresses. ``gather_candidates`` looks the name up in the module at call time, so
+    replacing the module attribute is enough. Between two real hosts the extra candidate pairs
+    just fail their checks and are ignored; loopback addresses reveal nothing about the host.
+    """
+    current = aioice.ice.get_host_addresses
+    if getattr(current, "_facecodec_loopback", False):
+        return
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = list(current(use_ipv4, use_ipv6))
+        if use_ipv4 and "127.0.0.1" not in addresses:
+            addresses.append("127.0.0.1")
+        if use_ipv6 and "::1" not in addresses:
+            addresses.append("::1")
+        return addresses
+
+    get_host_addresses._facecodec_loopback = True  # type: ignore[attr-defined]
+    get_host_addresses.__doc__ = current.__doc__
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def new_peer_connection(*, loopback: bool = True) -> RTCPeerConnection:
+    """An RTCPeerConnection with no ICE servers.
+
+    aiortc's default is a public Google STUN server, which is unreachable here (and would
+    only slow gathering down by its timeout). ``loopback`` also calls
+    ``allow_loopback_candidates()`` so two peers on one machine can always connect.
+    """
+    if loopback:
+        allow_loopback_candidates()
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+def sdp_to_dict(desc: RTCSessionDescription) -> dict[str, Any]:
+    """``{"type": "offer"|"answer", "sdp": str}``: also a valid signaling message as is."""
+    return {"type": desc.type, "sdp": desc.sdp}
+
+
+def dict_to_sdp(obj: Any) -> RTCSessionDescription:
+    """The inverse of ``sdp_to_dict`` (extra keys ignored); raises MalformedMessageError."""
+    if not isinstance(obj, dict):
+        raise MalformedMessageError("a session description must be a JSON object")
+    kind, sdp = obj.get("type"), obj.get("sdp")
+    if kind not in _SDP_TYPES:
+        raise MalformedMessageError(f"session description type must be one of {_SDP_TYPES}")
+    if not isinstance(sdp, str):
+        raise MalformedMessageError("session description needs a string 'sdp'")
+    return RTCSessionDescription(sdp=sdp, type=kind)

@@ -1,0 +1,382 @@
+"""The sender's media tracks: low-rate H.264 (encoder, decoder, aiortc track), PCM audio,
+and the typed errors of a machine without microphone or camera."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from aiortc.mediastreams import MediaStreamError
+
+from codec.errors import CodecError, MediaError
+from sender.media_tracks import (
+    AUDIO_FRAME_SAMPLES,
+    H264Decoder,
+    H264Encoder,
+    H264Track,
+    PcmAudioTrack,
+    forward_keyframe_requests,
+    microphone_track,
+    split_annexb,
+)
+from sender.sources import CameraSource, default_source
+
+SIZE = (256, 256)
+FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def clip() -> list[np.ndarray]:
+    """10 s of the moving default clip at 256×256, 25 fps."""
+    return list(default_source(num_frames=250, fps=FPS, size=SIZE))
+
+
+def nal_types(data: bytes) -> list[int]:
+    return [unit[0] & 0x1F for unit in split_annexb(data)]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def run_async(coro, timeout: float):
+    """Run a coroutine with an overall limit, so nothing can hang the suite."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+# ---------------------------------------------------------------------------- encoder
+
+
+def test_split_annexb_handles_3_and_4_byte_start_codes():
+    data = b"\x00\x00\x00\x01\x67AB" + b"\x00\x00\x01\x68C" + b"\x00\x00\x00\x01\x65DEF\x00"
+    assert split_annexb(data) == [b"\x67AB", b"\x68C", b"\x65DEF\x00"]
+
+
+@pytest.mark.parametrize("target_kbps", [10.0, 30.0, 60.0])
+def test_encoder_hits_its_target_rate(clip, target_kbps):
+    encoder = H264Encoder(SIZE, FPS, target_kbps)
+    total = sum(len(data) for frame in clip for data in encoder.encode(frame))
+    measured = total * 8 / (len(clip) / FPS) / 1000
+    print(f"H.264 {SIZE[0]}×{SIZE[1]} {FPS:g} fps: target {target_kbps:g}, measured {measured:.2f} kbit/s")
+    assert 0.6 * target_kbps <= measured <= 1.4 * target_kbps
+
+
+def test_rate_follows_the_target(clip):
+    rates = []
+    for target in (20.0, 60.0):
+        encoder = H264Encoder(SIZE, FPS, target)
+        rates.append(sum(len(d) for f in clip[:100] for d in encoder.encode(f)))
+    assert rates[1] > 1.8 * rates[0]
+
+
+def test_decoder_decodes_every_packet_at_the_right_size(clip):
+    encoder, decoder = H264Encoder(SIZE, FPS, 30.0), H264Decoder()
+    qualities = []
+    for frame in clip[:50]:
+        packets = encoder.encode(frame)
+        assert len(packets) == 1  # zerolatency: one frame in, one frame out
+        images = decoder.decode(packets[0])
+        assert len(images) == 1
+        assert images[0].shape == (SIZE[1], SIZE[0], 3) and images[0].dtype == np.uint8
+        qualities.append(psnr(images[0], frame))
+    assert decoder.flush() == []
+    assert decoder.frames_decoded == 50
+    assert np.mean(qualities) > 18.0, qualities  # a picture of the clip, not noise
+
+
+def test_keyframe_request_yields_an_idr_a_late_joiner_can_start_from(clip):
+    encoder = H264Encoder(SIZE, FPS, 30.0)
+    units = []
+    for i, frame in enumerate(clip[:20]):
+        if i == 12:
+            encoder.request_keyframe()
+        units += encoder.encode_units(frame)
+    keyframes = [i for i, unit in enumerate(units) if unit.keyframe]
+    assert keyframes == [0, 12]
+    for i, unit in enumerate(units):
+        types = nal_types(unit.data)
+        if i in keyframes:
+            assert types[:3] == [7, 8, 5]  # SPS, PPS repeated before every IDR
+        else:
+            assert 5 not in types and 7 not in types
+        assert 6 not in types  # x264's version SEI is stripped
+    late = H264Decoder()
+    images = [image for unit in units[12:] for image in late.decode(unit.data)]
+    assert len(images) == 8
+    assert [u.pts for u in units] == [round(i * 90_000 / FPS) for i in range(20)]
+
+
+def test_sei_kept_when_asked(clip):
+    encoder = H264Encoder(SIZE, FPS, 30.0, strip_sei=False)
+    first = encoder.encode(clip[0])[0]
+    assert 6 in nal_types(first)
+
+
+def test_encoder_rejects_bad_input(clip):
+    encoder = H264Encoder(SIZE, FPS, 30.0)
+    with pytest.raises(ValueError):
+        encoder.encode(clip[0][:128])
+    encoder.encode(clip[0], pts=1000)
+    with pytest.raises(ValueError):
+        encoder.encode(clip[1], pts=1000)
+    with pytest.raises(ValueError):
+        H264Encoder((255, 256))
+    with pytest.raises(MediaError):
+        H264Encoder(SIZE, preset="no-such-preset")
+
+
+def test_decoder_raises_a_typed_error_on_garbage():
+    decoder = H264Decoder()
+    with pytest.raises(MediaError):
+        for _ in range(3):
+            decoder.decode(b"\x00\x00\x00\x01\x67" + bytes(range(256)) * 4)
+
+
+# ---------------------------------------------------------------------------- the track
+
+
+def test_track_returns_packets_with_90khz_pts(clip):
+    async def scenario() -> list[av.Packet]:
+        track = H264Track(SIZE, FPS, 30.0, queue_size=8)
+        start = 100.0  # any clock: pts count from the first pushed frame
+        for i in range(6):
+            track.push(clip[i], start + i / FPS)
+        packets = [await asyncio.wait_for(track.recv(), 5) for _ in range(6)]
+        assert track.stats.frames_in == 6 and track.stats.frames_encoded == 6
+        assert track.stats.frames_dropped == 0 and track.stats.keyframes == 1
+        assert track.stats.bytes == sum(p.size for p in packets)
+        return packets
+
+    packets = run_async(scenario(), 20)
+    assert all(isinstance(p, av.Packet) for p in packets)
+    assert all(p.time_base == Fraction(1, 90_000) for p in packets)
+    assert [p.pts for p in packets] == [i * 3600 for i in range(6)]
+    assert [p.is_keyframe for p in packets] == [True] + [False] * 5
+
+
+def test_track_queue_drops_the_oldest_when_full(clip):
+    async def scenario() -> list[int]:
+        track = H264Track(SIZE, FPS, 30.0, queue_size=2)
+        for i in range(5):
+            track.push(clip[i], i * 1.0)
+        assert track.stats.frames_dropped == 3 and track.queued == 2
+        return [(await asyncio.wait_for(track.recv(), 5)).pts for _ in range(2)]
+
+    # frames at t = 3 s and 4 s survive (pts counts from the first pushed frame)
+    assert run_async(scenario(), 20) == [3 * 90_000, 4 * 90_000]
+
+
+def test_track_waits_for_a_frame_pushed_from_another_thread(clip):
+    async def scenario() -> av.Packet:
+        track = H264Track(SIZE, FPS, 30.0)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(track.recv(), 0.2)
+        timer = threading.Timer(0.1, track.push, args=(clip[0], 0.0))
+        timer.start()
+        try:
+            return await asyncio.wait_for(track.recv(), 5)
+        finally:
+            timer.cancel()
+
+    assert run_async(scenario(), 20).is_keyframe
+
+
+def test_track_keyframe_request_and_stop(clip):
+    async def scenario() -> None:
+        track = H264Track(SIZE, FPS, 30.0, queue_size=4)
+        for i in range(3):
+            track.push(clip[i], i / FPS)
+        flags = [(await asyncio.wait_for(track.recv(), 5)).is_keyframe for _ in range(2)]
+        track.request_keyframe()
+        flags.append((await asyncio.wait_for(track.recv(), 5)).is_keyframe)
+        assert flags == [True, False, True]
+        assert track.stats.keyframes == 2
+        waiting = asyncio.ensure_future(track.recv())
+        await asyncio.sleep(0.05)
+        track.stop()
+        with pytest.raises(MediaStreamError):
+            await asyncio.wait_for(waiting, 5)
+        with pytest.raises(MediaStreamError):
+            await asyncio.wait_for(track.recv(), 5)
+
+    run_async(scenario(), 20)
+
+
+def _loopback_host_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aioice skips 127.0.0.1 when it gathers host candidates; use it alone, so the test
+    # neither depends on nor leaks onto the machine's other interfaces
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+def test_aiortc_loopback_delivers_h264_frames_and_pli(clip, monkeypatch):
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
+
+    _loopback_host_addresses(monkeypatch)
+
+    async def scenario() -> None:
+        sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        track = H264Track(SIZE, FPS, 30.0, queue_size=2)
+        remote: asyncio.Future = asyncio.get_running_loop().create_future()
+        receiver_pc.on("track", lambda t: remote.done() or remote.set_result(t))
+        transceiver = sender_pc.addTransceiver(track, direction="sendonly")
+        h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        transceiver.setCodecPreferences(h264)
+
+        stop_pushing = asyncio.Event()
+
+        async def push_frames() -> None:
+            start = time.monotonic()
+            i = 0
+            while not stop_pushing.is_set():
+                track.push(clip[i % len(clip)], time.monotonic() - start)
+                i += 1
+                await asyncio.sleep(1 / FPS)
+
+        pusher = asyncio.ensure_future(push_frames())
+        try:
+            await sender_pc.setLocalDescription(await sender_pc.createOffer())
+            await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+            await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+            await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+            assert "H264" in sender_pc.remoteDescription.sdp
+            try:
+                incoming = await asyncio.wait_for(remote, 10)
+                frames = [await asyncio.wait_for(incoming.recv(), 10) for _ in range(10)]
+            except TimeoutError:
+                pytest.skip(f"loopback call did not connect (ICE state {sender_pc.iceConnectionState})")
+            assert all((f.width, f.height) == SIZE for f in frames)
+            times = [f.time for f in frames]
+            assert times == sorted(times) and times[-1] > times[0]
+            assert track.stats.keyframes == 1
+
+            # a PLI from the receiver: aiortc 1.16 does not tell a packet track...
+            sender = transceiver.sender
+            rtp_receiver = receiver_pc.getReceivers()[0]
+            await asyncio.wait_for(rtp_receiver._send_rtcp_pli(sender._ssrc), 5)
+            await asyncio.sleep(0.5)
+            assert track.stats.keyframes == 1, "aiortc now forwards PLI: forward_keyframe_requests is moot"
+            # ...but forward_keyframe_requests does
+            forward_keyframe_requests(sender, track)
+            await asyncio.wait_for(rtp_receiver._send_rtcp_pli(sender._ssrc), 5)
+            deadline = time.monotonic() + 5
+            while track.stats.keyframes < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert track.stats.keyframes == 2
+            frame = await asyncio.wait_for(incoming.recv(), 10)
+            assert (frame.width, frame.height) == SIZE
+        finally:
+            stop_pushing.set()
+            await asyncio.wait_for(pusher, 5)
+            await asyncio.wait_for(sender_pc.close(), 10)
+            await asyncio.wait_for(receiver_pc.close(), 10)
+
+    run_async(scenario(), 60)
+
+
+# ---------------------------------------------------------------------------- audio
+
+
+def test_pcm_track_frames_pts_and_silence_after_the_end():
+    pcm = np.linspace(-0.5, 0.5, 3 * AUDIO_FRAME_SAMPLES + 100, dtype=np.float32)
+
+    async def scenario() -> list[av.AudioFrame]:
+        track = PcmAudioTrack(pcm, paced=False)
+        frames = [await asyncio.wait_for(track.recv(), 2) for _ in range(6)]
+        assert track.finished
+        return frames
+
+    frames = run_async(scenario(), 10)
+    assert all(f.samples == AUDIO_FRAME_SAMPLES for f in frames)
+    assert all(f.format.name == "s16" and f.layout.name == "mono" and f.sample_rate == 48_000 for f in frames)
+    assert [f.pts for f in frames] == [i * AUDIO_FRAME_SAMPLES for i in range(6)]
+    assert all(f.time_base == Fraction(1, 48_000) for f in frames)
+    played = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+    expected = np.round(pcm * 32767).astype(np.int16)
+    np.testing.assert_array_equal(played[: len(pcm)], expected)
+    assert not played[len(pcm) :].any()  # silence after the end
+
+
+def test_pcm_track_loops():
+    pcm = np.full(AUDIO_FRAME_SAMPLES + 10, 0.25, np.float32)
+    pcm[0] = -0.25  # marks each pass's start
+
+    async def scenario() -> np.ndarray:
+        track = PcmAudioTrack(pcm, loop=True, paced=False)
+        frames = [await asyncio.wait_for(track.recv(), 2) for _ in range(3)]
+        assert not track.finished
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+
+    played = run_async(scenario(), 10)
+    starts = np.flatnonzero(played < 0)
+    assert list(starts) == [0, len(pcm), 2 * len(pcm)]
+    assert (played != 0).all()
+
+
+def test_pcm_track_is_paced_in_real_time():
+    async def scenario() -> float:
+        track = PcmAudioTrack(np.zeros(48_000, np.float32))
+        begin = time.monotonic()
+        for _ in range(11):
+            await asyncio.wait_for(track.recv(), 2)
+        return time.monotonic() - begin
+
+    elapsed = run_async(scenario(), 10)
+    assert 0.18 <= elapsed < 1.0  # 10 frames after the first, 20 ms each
+
+
+def test_pcm_track_from_file(tmp_path):
+    from codec.media import encode_pcm_opus, frames_to_video
+    from sender.sources import default_audio
+
+    frames = [np.full((64, 64, 3), 100, np.uint8)] * 25
+    silent = tmp_path / "silent.mp4"
+    frames_to_video(silent, frames, fps=25)
+    with pytest.raises(MediaError, match="no audio"):
+        PcmAudioTrack.from_file(silent)
+    with pytest.raises(MediaError, match="no such file"):
+        PcmAudioTrack.from_file(tmp_path / "missing.mp4")
+
+    voiced = tmp_path / "voiced.mp4"
+    frames_to_video(voiced, frames, fps=25, audio=encode_pcm_opus(default_audio(1.0)))
+    track = PcmAudioTrack.from_file(voiced, loop=True)
+    assert track.loop and abs(track.duration - 1.0) < 0.05
+
+    async def first_frames() -> np.ndarray:
+        frames = [await asyncio.wait_for(track.recv(), 2) for _ in range(10)]
+        return np.concatenate([frame.to_ndarray() for frame in frames], axis=1)
+
+    assert np.abs(run_async(first_frames(), 10)).max() > 1000  # the tone, not silence
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def test_microphone_track_raises_a_typed_error_without_a_microphone():
+    try:
+        track = microphone_track()
+    except MediaError as exc:
+        assert isinstance(exc, CodecError)
+        assert "no microphone available" in str(exc)
+    else:  # a machine with a microphone: it must give an audio track
+        assert track.kind == "audio"
+        track.stop()
+    with pytest.raises(MediaError, match="no microphone"):
+        microphone_track("alsa:no-such-device-here")
+
+
+def test_camera_source_raises_a_typed_error(tmp_path):
+    with pytest.raises(MediaError, match="no such camera device"):
+        CameraSource(str(tmp_path / "video0"))
+    not_a_camera = tmp_path / "video1"
+    not_a_camera.write_bytes(b"\0" * 64)
+    with pytest.raises(MediaError, match="cannot open"):
+        CameraSource(str(not_a_camera))
