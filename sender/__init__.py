@@ -1,2 +1,7 @@
-"""The sending side of a call: frame sources, face tracking, encoding; the WebRTC call
-layer comes later."""
+"""The sending side of a call.
+
+- :mod:`sender.sources`: frames from a camera, a video file (optionally looping) or the built-in
+  default (a public-domain portrait under a scripted camera path);
+- :mod:`sender.session`: face crop and tracking, the codec's Encoder, neural/H.264 modes;
+- :mod:`sender.media_tracks`: the low-rate H.264 track (our own PyAV encoder) and audio tracks.
+"""

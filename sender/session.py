@@ -55,12 +55,19 @@ class SenderStats:
     keyframe_requests: int = 0
     intra_requests: int = 0
     mode_switches: int = 0
-    encode_ms_total: float = 0.0
+    encode_ms_total: float = 0.0  # wall time of Encoder.encode (neural frames)
+    encode_cpu_ms_total: float = 0.0  # CPU time of the encoding thread for those frames
+    face_cpu_ms_total: float = 0.0  # CPU time of the face checks (the detector thread)
     face_checks: int = 0
 
     @property
     def encode_ms_per_frame(self) -> float:
         return self.encode_ms_total / max(self.neural_frames, 1)
+
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        """Sender CPU per sent frame: motion encoding plus its share of face tracking."""
+        return (self.encode_cpu_ms_total + self.face_cpu_ms_total) / max(self.frames, 1)
 
 
 class SenderSession:
@@ -189,7 +196,11 @@ class SenderSession:
         """(face present, new box or None) — runs on the face thread."""
         from codec.facecrop import detect_landmarks
 
-        landmarks = detect_landmarks(frame)
+        started = time.thread_time()
+        try:
+            landmarks = detect_landmarks(frame)
+        finally:
+            self.stats.face_cpu_ms_total += 1000.0 * (time.thread_time() - started)
         if landmarks is None:
             return False, None
         if self.box is None or self.cropper.face_left_box(frame, self.box, landmarks=landmarks):
@@ -285,7 +296,7 @@ class SenderSession:
             self.on_frame(crop, t)
         if self.mode == "neural":
             started = time.perf_counter()
-            packets = await loop.run_in_executor(self._pool, self.encoder.encode, crop, t)
+            packets = await loop.run_in_executor(self._pool, self._encode, crop, t)
             self.stats.encode_ms_total += 1000.0 * (time.perf_counter() - started)
             self.stats.neural_frames += 1
             self._send_packets(packets)
@@ -294,6 +305,13 @@ class SenderSession:
                 self.stats.h264_frames += 1
             if self.h264_track is not None:
                 self.h264_track.push(crop, t)
+
+    def _encode(self, crop: np.ndarray, t: float) -> list[bytes]:
+        started = time.thread_time()
+        try:
+            return self.encoder.encode(crop, t)
+        finally:
+            self.stats.encode_cpu_ms_total += 1000.0 * (time.thread_time() - started)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
