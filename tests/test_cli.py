@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import av
+
 import pytest
 
 from codec.__main__ import main
@@ -52,3 +54,29 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
                  "--untrained", "--model", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 4
+
+
+@pytest.mark.slow
+def test_demo_writes_side_by_side_recording_and_report(tmp_path, capsys):
+    """The README's main job, with the tiny model to keep it short."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--untrained", "--model", "tiny", "--seconds", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["untrained"] is True and report["mode"] == "neural"
+    assert report["frames_rendered"] >= 0.9 * report["frames_sent"] >= 0.9 * 25  # a busy CPU skips some
+    assert 0 < report["data_channel_payload_kbps"] < report["data_channel_wire_kbps_estimate"]
+    assert report["h264_kbps"] > 0 and report["latency_ms_median"] is not None
+    with av.open(str(out / "side_by_side.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (3 * 64, 64)
+        assert container.streams.audio
+        assert sum(1 for _ in container.decode(stream)) == 50
+    with av.open(str(out / "received.mp4")) as container:
+        assert container.streams.audio and container.streams.video
+    assert "UNTRAINED" in capsys.readouterr().out
+
+
+def test_call_without_token_is_refused(capsys, monkeypatch):
+    monkeypatch.delenv("FACECODEC_SIGNALING_TOKEN", raising=False)
+    assert main(["call", "--room", "r", "--untrained"]) == 2
+    assert "token" in capsys.readouterr().err
