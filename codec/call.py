@@ -44,7 +44,7 @@ class CallOptions:
     quality: int | None = None  # None: the codec's default motion quality
     compare: bool = False  # also send H.264 while in neural mode
     face_lost_frames: int = 25
-    live: bool = True  # False: the receiver renders every frame (demo recordings)
+    live: bool = True  # False: every frame is sent and rendered, however late (demo recordings)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -387,7 +387,8 @@ class Call:
         self.sender = SenderSession(self.frames, fps=options.fps, encoder=encoder,
                                     cropper=FaceCropper(out_size=size), h264_track=self.h264_track,
                                     mode=mode, face_lost_frames=options.face_lost_frames,
-                                    compare=options.compare, on_frame=self.on_sent_frame)
+                                    compare=options.compare, drop_late=options.live,
+                                    on_frame=self.on_sent_frame)
         await self.sender.run(self.control, self.motion, duration=duration)
 
     async def say_goodbye(self, reason: str = "hang up") -> None:

@@ -118,7 +118,9 @@ def run_demo(loaded, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "ne
     from sender.sources import default_audio
 
     out.mkdir(parents=True, exist_ok=True)
-    options = CallOptions(fps=fps, mode=mode, quality=quality)
+    # Not live: the sender sends every frame and the receiver renders every frame, however
+    # slow the CPU, so the recording and the side-by-side hold the whole clip.
+    options = CallOptions(fps=fps, mode=mode, quality=quality, live=False)
     result = asyncio.run(_loopback(loaded, seconds, options, out))
     report = result["report"]
     n = int(round(seconds * fps))

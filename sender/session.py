@@ -83,11 +83,13 @@ class SenderSession:
         face_check_every: run the (slow) face detector every N frames, off the frame loop.
         face_lost_frames: switch to H.264 once the face is missing for more than N frames.
         compare: also feed the H.264 track in neural mode (side-by-side comparisons).
+        drop_late: skip source frames when the loop falls behind real time (a live call);
+            False sends every frame however late (the demo's recording).
     """
 
     def __init__(self, frames: Iterator[np.ndarray], *, fps: float, encoder, cropper,
                  h264_track, mode: str = "neural", face_check_every: int = 5,
-                 face_lost_frames: int = 25, compare: bool = False,
+                 face_lost_frames: int = 25, compare: bool = False, drop_late: bool = True,
                  on_frame: Callable[[np.ndarray, float], None] | None = None) -> None:
         if mode not in ("neural", "h264"):
             raise ValueError("mode must be 'neural' or 'h264'")
@@ -103,6 +105,7 @@ class SenderSession:
         self.face_check_every = face_check_every
         self.face_lost_frames = face_lost_frames
         self.compare = compare
+        self.drop_late = drop_late
         self.on_frame = on_frame  # gets (crop, media time) of every sent frame (demo, benchmarks)
         self.stats = SenderStats()
         self.peer_stats: dict[str, float] = {}
@@ -274,7 +277,8 @@ class SenderSession:
                 except TimeoutError:
                     pass
             frame = await loop.run_in_executor(self._pool, next, self.frames, None)
-            while frame is not None and time.monotonic() - (start + index / self.fps) > 1.0 / self.fps:
+            while self.drop_late and frame is not None and \
+                    time.monotonic() - (start + index / self.fps) > 1.0 / self.fps:
                 self.stats.skipped_late += 1
                 index += 1
                 frame = await loop.run_in_executor(self._pool, next, self.frames, None)
