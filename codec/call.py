@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 MODES = ("neural", "h264", "auto")
 CONNECT_TIMEOUT_S = 30.0
 STATS_INTERVAL_S = 1.0
+# Why this side ended a call (anything else means the peer or the network ended it).
+DURATION_REACHED = "duration reached"
+SOURCE_ENDED = "the source ended"
 
 
 @dataclass
@@ -156,6 +159,7 @@ class Call:
         self._end_reason = ""
         self._tasks: list[asyncio.Task] = []
         self._channels_open = asyncio.Event()
+        self.connected = False  # the data channels opened: this was a call, not a failed set-up
 
     # ------------------------------------------------------------------ plumbing
 
@@ -345,6 +349,7 @@ class Call:
         except TimeoutError:
             await self.close()
             raise CallEnded("could not connect to the peer in time") from None
+        self.connected = True
         log.info("connected (%s)", self.signaling.role)
         self._tasks += [asyncio.ensure_future(self._watch_signaling()),
                         asyncio.ensure_future(self._push_stats())]
@@ -362,9 +367,9 @@ class Call:
                 log.error("sending failed: %s", exc)
                 self._end(f"sending failed: {exc}")
             else:
-                self._end("the source ended" if duration is None else "duration reached")
+                self._end(SOURCE_ENDED if duration is None else DURATION_REACHED)
         elif not done:
-            self._end("duration reached")
+            self._end(DURATION_REACHED)
         for waiter in waiters:
             waiter.cancel()
         return self._end_reason
@@ -458,7 +463,6 @@ async def run_peer(*, url: str, token: str, room: str, loaded, frames, audio, op
                 continue
             call = Call(client, loaded=loaded, frames=frames, audio=audio, options=options,
                         show=show, recorder=recorder, epoch=epoch)
-            report.calls += 1
             if on_call is not None:
                 on_call(call)  # e.g. the viewer reads this call's stats and steers its view
             started = time.monotonic()
@@ -466,16 +470,24 @@ async def run_peer(*, url: str, token: str, room: str, loaded, frames, audio, op
                 reason = await call.run(duration=max(0.0, deadline - time.monotonic()))
             except (CallEnded, SignalingError) as exc:
                 reason = str(exc)
+            if not call.connected:
+                # The peer vanished before the media path came up (e.g. its previous session
+                # was still leaving the room when we joined): not a call, wait for the next.
+                log.warning("call set-up failed (%s); waiting for the peer again", reason)
+                await call.close()
+                continue
+            report.calls += 1
             report.end_reasons.append(reason)
             report.seconds += time.monotonic() - started
             if call.sender is not None:
                 report.sender = asdict(call.sender.stats)
             if call.receiver is not None:
                 report.receiver = call.receiver.snapshot()
-            if "duration reached" in reason or "source ended" in reason:
+            we_hung_up = reason in (DURATION_REACHED, SOURCE_ENDED)
+            if we_hung_up:
                 await call.say_goodbye(reason)
             await call.close()
-            if not rejoin or "duration reached" in reason or "source ended" in reason:
+            if not rejoin or we_hung_up:
                 break
             # The peer left: the server keeps our seat; a fresh client avoids stale messages.
             await client.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,12 @@ def landmark_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> 
     return path
 
 
+# dlib's detector and shape predictor keep scratch state inside the object: two threads using
+# the shared pair at once crash the process (seen with two senders in one process). Every use
+# holds this lock.
+_DLIB_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
 def _dlib_models() -> tuple[Any, Any]:
     """(detector, 68-point shape predictor), loaded once (the predictor is ~100 MB)."""
@@ -107,6 +114,11 @@ def detect_landmarks(
         68×2 float64 array of (x, y) in source pixels, or None.
     """
     _check_rgb(frame_rgb)
+    with _DLIB_LOCK:
+        return _detect_landmarks_locked(frame_rgb, upsample, max_side)
+
+
+def _detect_landmarks_locked(frame_rgb: np.ndarray, upsample: int | None, max_side: int) -> np.ndarray | None:
     import dlib  # lazy
 
     detector, predictor = _dlib_models()
