@@ -286,7 +286,7 @@ class ReceiverSession:
         except CodecError as exc:  # e.g. a keyframe image that does not decode
             self.stats.malformed += 1
             log.warning("dropped a malformed packet: %s", exc)
-        except Exception:  # noqa: BLE001 — the render thread must survive anything
+        except Exception:
             log.exception("render failed")
         if decoder.stats.missing_reference > missing_before:
             self._request_intra()

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     # codec.api pulls in torch; import it only where a view is actually built.
     from codec.api import ViewControl
 
-__all__ = ["LatestFrameTrack", "ViewerServer", "MAX_VIEW_ANGLE"]
+__all__ = ["MAX_VIEW_ANGLE", "LatestFrameTrack", "ViewerServer"]
 
 log = logging.getLogger(__name__)
 

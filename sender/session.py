@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from codec.bitstream import KeyframePacket, parse_packet
 from codec.bitstream.control import (
     IntraRequest,
     Keyframe,
@@ -31,7 +32,6 @@ from codec.bitstream.control import (
     StreamStart,
     pack_control,
 )
-from codec.bitstream import KeyframePacket, parse_packet
 from codec.errors import CodecError, FaceNotFoundError
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class SenderSession:
         if self._face_job is not None and self._face_job.done():
             try:
                 self._face_result(*self._face_job.result())
-            except Exception:  # noqa: BLE001 — a detector failure must not end the call
+            except Exception:
                 log.exception("face check failed")
             self._face_job = None
         if self._face_job is None and index % self.face_check_every == 0 and index > 0:

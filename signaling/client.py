@@ -151,7 +151,7 @@ class _Inbox:
         """
         try:
             item = await asyncio.wait_for(self._inbox.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SignalingTimeoutError(f"no signaling message within {timeout:g} s") from None
         if item is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # every later receive raises too
@@ -235,8 +235,7 @@ class SignalingClient(_Inbox):
                     self._session.ws_connect(self.url, max_msg_size=self.max_msg_size, autoping=True),
                     self.join_timeout)
                 break
-            except (aiohttp.ClientConnectionError, aiohttp.WSServerHandshakeError, OSError,
-                    asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.WSServerHandshakeError, OSError) as exc:
                 # A 4xx handshake answer (wrong path) will not change on retry.
                 permanent = isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status < 500
                 if permanent or attempt >= retries:
@@ -267,7 +266,7 @@ class SignalingClient(_Inbox):
 
         try:
             msg = await ws.receive(timeout=self.join_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SignalingTimeoutError(f"no reply to join within {self.join_timeout:g} s") from None
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise SignalingClosedError("the server closed the connection during join", ws.close_code)

@@ -187,7 +187,7 @@ class SignalingServer:
         if closes:
             try:
                 await asyncio.wait_for(asyncio.gather(*closes, return_exceptions=True), timeout=5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("some peers did not acknowledge the close; dropping them")
         runner, self._runner = self._runner, None
         await runner.cleanup()
@@ -248,7 +248,7 @@ class SignalingServer:
                                       close=WSCloseCode.POLICY_VIOLATION)
             try:
                 msg = await ws.receive(timeout=timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue  # the deadline check above answers it
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return

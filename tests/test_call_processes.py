@@ -16,7 +16,6 @@ from pathlib import Path
 
 import av
 import pytest
-
 from conftest import REPO
 
 TOKEN = "test-token-" + uuid.uuid4().hex[:8]

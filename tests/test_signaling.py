@@ -68,11 +68,10 @@ async def joined_pair(server: SignalingServer, room: str = "room1") -> tuple[Sig
 
 
 async def health(server: SignalingServer) -> dict[str, int]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{server.port}/health",
-                               timeout=aiohttp.ClientTimeout(total=T)) as response:
-            assert response.status == 200
-            return await response.json()
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.port}/health",
+                           timeout=aiohttp.ClientTimeout(total=T)) as response:
+        assert response.status == 200
+        return await response.json()
 
 
 async def raw_ws(session: aiohttp.ClientSession, server: SignalingServer) -> aiohttp.ClientWebSocketResponse:

@@ -23,8 +23,8 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("aiortc")
 
-from receiver.frames import LatestFrame  # noqa: E402
-from receiver.viewer import PLACEHOLDER_SIZE, LatestFrameTrack, ViewerServer  # noqa: E402
+from receiver.frames import LatestFrame
+from receiver.viewer import PLACEHOLDER_SIZE, LatestFrameTrack, ViewerServer
 
 FRAME_SIZE = 128
 FEED_FPS = 25.0
@@ -226,7 +226,7 @@ def test_offer_gets_a_playing_stream_and_viewers_are_limited():
     frames.put(moving_frame(9), 0.0)
 
     async def scenario() -> None:
-        server = ViewerServer(frames, lambda: {}, max_viewers=1)
+        server = ViewerServer(frames, dict, max_viewers=1)
         async with server, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             # aiortc plays the browser here; test_headless_chromium_plays_the_stream uses a real one.
             client = RTCPeerConnection(RTCConfiguration(iceServers=[]))

@@ -142,7 +142,7 @@ def parse_control(data: bytes | str) -> ControlMessage:
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_CONTROL_BYTES,
                                max_str_len=4096, max_array_len=0, max_map_len=64)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001 — msgpack raises several unrelated types on garbage
         raise BitstreamError(f"control message is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise BitstreamError("control message is not a map")
