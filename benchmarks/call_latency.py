@@ -36,7 +36,8 @@ async def _one_run(loaded, seconds: float, mode: str, fps: float) -> dict:
     caps = local_capabilities(loaded, fps)
     a, b = InMemorySignaling.pair(caps, caps)
     n = int(round(seconds * fps))
-    sender = Call(a, loaded=loaded, frames=iter(default_source(num_frames=n, fps=fps, size=(512, 512))),
+    sender = Call(a, loaded=loaded, frames=iter(default_source(num_frames=n, fps=fps, size=(512, 512),
+                                                                  model=loaded)),
                   options=CallOptions(fps=fps, mode=mode))
     receiver = Call(b, loaded=loaded, frames=None, options=CallOptions(fps=fps, live=True))
     receiving = asyncio.ensure_future(receiver.run(duration=None))

@@ -186,7 +186,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         print("*** UNTRAINED MODEL: neural video is not meaningful ***", file=sys.stderr)
     frames = audio = None
     if args.source != "none":
-        frames, audio = _call_source(args)
+        frames, audio = _call_source(args, loaded)
     recorder = None
     show = None
     sinks = []
@@ -255,12 +255,12 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0 if report.calls else 1
 
 
-def _call_source(args: argparse.Namespace):
+def _call_source(args: argparse.Namespace, loaded):
     from sender.media_tracks import PcmAudioTrack
     from sender.sources import CameraSource, VideoFileSource, default_audio, default_source
 
     if args.source == "default":
-        frames = iter(default_source(num_frames=None, fps=args.fps, size=(512, 512)))
+        frames = iter(default_source(num_frames=None, fps=args.fps, size=(512, 512), model=loaded))
         audio = None if args.no_audio else PcmAudioTrack(default_audio(20.0), loop=True)
     elif args.source.startswith("camera"):
         device = args.source.partition(":")[2] or "/dev/video0"

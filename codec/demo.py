@@ -54,7 +54,8 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
     shown: list[tuple[float, np.ndarray]] = []
     size = loaded.model.config.image_size
     recorder = Mp4Recorder(out / "received.mp4", fps=fps, size=(size, size))
-    sender = Call(a, loaded=loaded, frames=iter(default_source(num_frames=n, fps=fps, size=(512, 512))),
+    sender = Call(a, loaded=loaded, frames=iter(default_source(num_frames=n, fps=fps, size=(512, 512),
+                                                                  model=loaded)),
                   audio=PcmAudioTrack(default_audio(seconds + 1.0)), options=options,
                   on_sent_frame=lambda image, t: sent.append((t, image)))
     receiver = Call(b, loaded=loaded, frames=None,

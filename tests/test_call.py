@@ -247,3 +247,17 @@ def test_peer_leaves_and_rejoins_and_a_call_survives_a_signaling_restart(tiny_mo
     # B2 kept receiving A's motion to the end, across the server restart.
     assert b2.end_reasons == ["duration reached"], b2.end_reasons
     assert b1.receiver["rendered"] > 10 and b2.receiver["rendered"] > 25, (b1, b2)
+
+
+def test_free_view_portrait_source_turns_the_head(tiny_model):
+    from sender.sources import FreeViewPortraitSource, ScriptedCameraSource, head_pose_path
+
+    source = FreeViewPortraitSource(tiny_model, num_frames=6, fps=25.0)
+    frames = list(source)
+    size = tiny_model.model.config.image_size
+    assert len(frames) == 6 and frames[0].shape == (size, size, 3) and frames[0].dtype == np.uint8
+    assert head_pose_path(0.0) == (0.0, 0.0, 0.0) and head_pose_path(1.0)[0] == pytest.approx(20.0)
+    # The head turns, so the (even untrained) render changes with the pose.
+    assert np.abs(frames[0].astype(int) - source.frame_at(1.0).astype(int)).mean() > 0
+    # An untrained model never drives the default: it would render noise.
+    assert isinstance(default_source(num_frames=2, model=tiny_model), ScriptedCameraSource)
