@@ -396,6 +396,16 @@ class Call:
                                     on_frame=self.on_sent_frame)
         await self.sender.run(self.control, self.motion, duration=duration)
 
+    async def transport_totals(self) -> tuple[int, int]:
+        """(UDP payload bytes, UDP packets) this side's DTLS transport has sent so far:
+        data-channel messages with their SCTP/DTLS framing, RTP/RTCP, as aiortc counts them.
+        Add 28 bytes per packet (IPv4 + UDP) for what crosses the wire."""
+        if self.pc is None:
+            return 0, 0
+        report = await self.pc.getStats()
+        stats = [s for s in report.values() if getattr(s, "type", None) == "transport"]
+        return sum(s.bytesSent for s in stats), sum(s.packetsSent for s in stats)
+
     async def say_goodbye(self, reason: str = "hang up") -> None:
         with contextlib.suppress(Exception):
             self._send_now(Bye(reason=reason))

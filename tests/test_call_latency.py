@@ -19,3 +19,5 @@ def test_call_latency_benchmark_writes_json(tmp_path):
     assert run["mode"] == "neural" and run["frames_rendered"] > 10
     assert 0 < run["latency_ms"]["median"] < 5000
     assert run["sender_cpu_ms_per_frame"] > 0
+    # aiortc's own counters: at least the payload, plus per-packet framing
+    assert run["wire_kbps_measured"] > run["data_channel_payload_kbps"] > 0
