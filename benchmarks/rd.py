@@ -25,6 +25,13 @@ Bits counted:
 
 Metrics come from ``codec.metrics`` (PSNR on RGB, SSIM, MS-SSIM, LPIPS AlexNet v0.1, AKD and
 AED from dlib), per frame, then per clip (mean over frames), then averaged over clips.
+
+``--metric-every K`` (default 1) scores only frames 0, K, 2K, …: every codec still encodes
+and decodes every frame, and the rates count every frame's bits, but the quality metrics
+(and, for our codec, the generator call that rebuilds a frame) are spent on the sampled
+frames only. Our decoder still parses every motion packet (the prediction chain needs it)
+and renders only the sampled frames (``Decoder.decode_stream(render=...)``). Each row
+records ``metric_every`` and ``scored_frames``.
 """
 
 from __future__ import annotations
@@ -188,14 +195,35 @@ class CodecRun:
     """What one codec setting did on one clip.
 
     ``frame_bytes[i]`` are the bytes attributed to frame i (for ours: its keyframe packet,
-    if any, plus its motion packet; the stream header goes to frame 0)."""
+    if any, plus its motion packet; the stream header goes to frame 0). ``decoded`` holds
+    every frame, or only the frames ``scored`` names when the codec was asked to rebuild
+    just those (ours with ``metric_every`` > 1)."""
 
-    decoded: list[np.ndarray]  # N× H×W×3 uint8 RGB at the crop size
+    decoded: list[np.ndarray]  # N (or len(scored)) × H×W×3 uint8 RGB at the crop size
     frame_bytes: np.ndarray  # N int
     wire_bytes: int  # payload + per-message/per-packet transport overhead
     encode_s: float
     decode_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    scored: np.ndarray | None = None  # frame indices ``decoded`` holds when not all frames
+    rendered: int | None = None  # frames actually rebuilt (decode_s covers these), if not N
+
+    def scored_frames(self, metric_every: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(indices, decoded frames) of frames 0, K, 2K, … (K = ``metric_every``)."""
+        n = len(self.frame_bytes)
+        wanted = scored_indices(n, metric_every)
+        if self.scored is not None:
+            if not np.array_equal(self.scored, wanted):
+                raise ValueError(f"run holds frames {self.scored[:4]}…, not every {metric_every}th")
+            return wanted, list(self.decoded)
+        return wanted, [self.decoded[i] for i in wanted]
+
+
+def scored_indices(n: int, metric_every: int) -> np.ndarray:
+    """Frames 0, K, 2K, … below n: the frames whose quality is measured."""
+    if metric_every < 1:
+        raise ValueError("metric_every must be >= 1")
+    return np.arange(0, n, metric_every, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -355,10 +383,14 @@ def run_frozen(crops: np.ndarray) -> CodecRun:
 
 
 def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
-             fps: float = FPS, progress: Progress | None = None) -> CodecRun:
+             fps: float = FPS, progress: Progress | None = None,
+             metric_every: int = 1) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
-    ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds."""
+    ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds. Every frame
+    is encoded and every packet decoded, but with ``metric_every`` = K > 1 only frames 0, K,
+    2K, … are rendered by the generator (the others advance the motion chain only), and
+    ``decoded`` holds just those."""
     import cv2
 
     from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, Decoder, Encoder
@@ -384,17 +416,19 @@ def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
     encode_s = time.perf_counter() - started
     decoder = Decoder.from_header(header, model=loaded)
     decoded: list[np.ndarray] = []
+    wanted = scored_indices(n, metric_every)
+    render = None if metric_every == 1 else (lambda seq: seq % metric_every == 0)
     started = time.perf_counter()
-    for frame in decoder.decode_stream(stream, batch_size=1):
+    for frame in decoder.decode_stream(stream, batch_size=1, render=render):
         image = frame.image
         if image.shape[0] != size:  # e.g. the tiny model renders 64 px; compare at crop size
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
         decoded.append(image)
         if progress is not None:
-            progress.update()
+            progress.update(metric_every)
     decode_s = time.perf_counter() - started
-    if len(decoded) != n:
-        raise RuntimeError(f"our decoder returned {len(decoded)} frames for {n}")
+    if len(decoded) != len(wanted):
+        raise RuntimeError(f"our decoder returned {len(decoded)} frames for {len(wanted)}")
     stats = encoder.stats
     return CodecRun(
         decoded=decoded, frame_bytes=frame_bytes,
@@ -405,7 +439,10 @@ def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
                "header_bytes": len(header), "messages": messages,
                "model_size": loaded.model.config.image_size,
-               "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES})
+               "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES,
+               "rendered_frames": len(decoded)},
+        scored=None if metric_every == 1 else wanted,
+        rendered=None if metric_every == 1 else len(decoded))
 
 
 # --------------------------------------------------------------------------- metrics
@@ -520,8 +557,14 @@ class MetricSuite:
         return out, side
 
 
-def summarize(metrics: dict[str, np.ndarray], run: CodecRun, fps: float = FPS) -> dict[str, Any]:
-    """One clip's row: means over frames, rates and speeds."""
+def summarize(metrics: dict[str, np.ndarray], run: CodecRun, fps: float = FPS,
+              metric_every: int = 1) -> dict[str, Any]:
+    """One clip's row: metric means over the scored frames (0, K, 2K, … with K =
+    ``metric_every``), rates over every frame, and speeds.
+
+    ``decode_ms_per_frame`` divides by the frames the decoder rebuilt: all of them for the
+    PyAV codecs and the frozen keyframe, only the scored ones for ours when K > 1 (its
+    skipped frames cost a motion-packet parse, not a generator call)."""
     n = len(run.frame_bytes)
     duration = n / fps
     total = int(run.frame_bytes.sum())
@@ -530,8 +573,12 @@ def summarize(metrics: dict[str, np.ndarray], run: CodecRun, fps: float = FPS) -
     row.update(frames=n, bytes=total, bits_per_frame=8.0 * total / n,
                payload_kbps=8.0 * total / duration / 1000.0,
                wire_kbps=8.0 * run.wire_bytes / duration / 1000.0,
+               metric_every=int(metric_every),
+               scored_frames=int(len(scored_indices(n, metric_every))),
+               decoded_frames=int(run.rendered if run.rendered is not None else n),
                encode_ms_per_frame=1000.0 * run.encode_s / n,
-               decode_ms_per_frame=1000.0 * run.decode_s / n)
+               decode_ms_per_frame=1000.0 * run.decode_s / max(
+                   run.rendered if run.rendered is not None else n, 1))
     if "x264_sei_bytes" in run.extra:
         row["kbps_with_sei"] = 8.0 * (total + run.extra["x264_sei_bytes"]) / duration / 1000.0
     return row
@@ -540,33 +587,51 @@ def summarize(metrics: dict[str, np.ndarray], run: CodecRun, fps: float = FPS) -
 # --------------------------------------------------------------------------- curve maths
 
 
+def _envelope(rates: Sequence[float], values: Sequence[float],
+              sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log-rates, sign·quality) of a curve's monotone envelope: points sorted by rate, each
+    kept only if it improves on every cheaper point (``sign`` = −1 for lower-is-better)."""
+    pts = sorted((float(r), float(v)) for r, v in zip(rates, values)
+                 if v is not None and np.isfinite(r) and np.isfinite(v) and r > 0)
+    kept: list[tuple[float, float]] = []
+    for r, v in pts:
+        if not kept or sign * v > kept[-1][1]:
+            kept.append((r, sign * v))
+    return np.log([k[0] for k in kept]), np.array([k[1] for k in kept])
+
+
 def bd_rate(rate_a: Sequence[float], metric_a: Sequence[float], rate_b: Sequence[float],
-            metric_b: Sequence[float]) -> float | None:
+            metric_b: Sequence[float], lower_is_better: bool | None = None) -> float | None:
     """Bjøntegaard delta rate of curve B against curve A, in percent.
 
-    Fits log(rate) as a cubic polynomial of the metric for each curve (a lower degree when a
-    curve has fewer than 4 points), integrates both over the metric interval where the curves
-    overlap, and turns the mean log-rate difference into a percentage: −50 means B needs half
-    A's rate for the same quality. Works for either metric direction (the integral is over
-    quality, not rate). None when the curves do not overlap or have < 2 points."""
-    curves = []
-    for rates, values in ((rate_a, metric_a), (rate_b, metric_b)):
-        r, m = np.asarray(rates, float), np.asarray(values, float)
-        keep = np.isfinite(r) & np.isfinite(m) & (r > 0)
-        r, m = r[keep], m[keep]
-        if len(np.unique(m)) < 2:
+    Each curve is reduced to its monotone envelope (a point that is no better than a cheaper
+    one is dropped), log(rate) is interpolated piecewise-linearly in the metric between the
+    envelope's points, both are averaged over the metric interval where the curves overlap,
+    and the mean log-rate difference becomes a percentage: −50 means B needs half A's rate
+    for the same quality. Piecewise-linear rather than the classic cubic fit, because a cubic
+    through a curve with a knee (x264 near its floor) swings far outside the measured rates
+    and gives absurd answers such as −100 %. ``lower_is_better`` (inferred from curve A's
+    ends when None) picks the metric's direction. None when the curves do not overlap or
+    have fewer than 2 envelope points."""
+    if lower_is_better is None:
+        pts = sorted((float(r), float(v)) for r, v in zip(rate_a, metric_a)
+                     if v is not None and np.isfinite(r) and np.isfinite(v) and r > 0)
+        if len(pts) < 2:
             return None
-        curves.append((np.log(r), m))
-    low = max(curves[0][1].min(), curves[1][1].min())
-    high = min(curves[0][1].max(), curves[1][1].max())
+        lower_is_better = pts[-1][1] < pts[0][1]
+    sign = -1.0 if lower_is_better else 1.0
+    curves = [_envelope(rate_a, metric_a, sign), _envelope(rate_b, metric_b, sign)]
+    if any(len(q) < 2 for _, q in curves):
+        return None
+    low = max(q[0] for _, q in curves)
+    high = min(q[-1] for _, q in curves)
     if not high > low:
         return None
-    integrals = []
-    for log_rate, m in curves:
-        degree = min(3, len(np.unique(m)) - 1)
-        poly = np.polyint(np.polyfit(m, log_rate, degree))
-        integrals.append((np.polyval(poly, high) - np.polyval(poly, low)) / (high - low))
-    return float((math.exp(integrals[1] - integrals[0]) - 1.0) * 100.0)
+    # Piecewise-linear integrands: the trapezoid rule over every breakpoint is exact.
+    grid = np.unique(np.concatenate([[low, high]] + [q[(q > low) & (q < high)] for _, q in curves]))
+    means = [float(np.trapezoid(np.interp(grid, q, log_rate), grid)) / (high - low)
+             for log_rate, q in curves]
+    return float((math.exp(means[1] - means[0]) - 1.0) * 100.0)
 
 
 def rate_for_quality(rates: Sequence[float], values: Sequence[float], target: float,
@@ -649,8 +714,10 @@ class ResultStore:
 
     @staticmethod
     def key(row: dict[str, Any]) -> tuple:
-        return (row["codec"], row["setting"], row["clip"], row["size"], row["frames"],
-                row.get("model"))
+        # frames_requested: --frames (a short clip's row has fewer "frames" than asked for)
+        return (row["codec"], row["setting"], row["clip"], row["size"],
+                row.get("frames_requested", row["frames"]), row.get("model"),
+                row.get("metric_every", 1))
 
     def has(self, **key: Any) -> bool:
         wanted = self.key(key)
@@ -730,7 +797,7 @@ def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
             a = [(p["payload_kbps"], p.get(metric)) for p in x264 if p.get(metric) is not None]
             b = [(p["payload_kbps"], p.get(metric)) for p in points if p.get(metric) is not None]
             if len(a) >= 2 and len(b) >= 2:
-                value = bd_rate(*zip(*a), *zip(*b))
+                value = bd_rate(*zip(*a), *zip(*b), lower_is_better=metric in LOWER_IS_BETTER)
                 out["bd_rate_vs_x264"].setdefault(label, {})[metric] = value
     return out
 
@@ -909,15 +976,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-TABLE_COLUMNS = ("codec", "setting", "clips", "payload_kbps", "wire_kbps", "bits_per_frame",
-                 "psnr", "ssim", "ms_ssim", "lpips", "akd", "aed", "encode_ms_per_frame",
+TABLE_COLUMNS = ("codec", "setting", "clips", "scored_frames", "payload_kbps", "wire_kbps",
+                 "bits_per_frame", "psnr", "ssim", "ms_ssim", "lpips", "akd", "aed", "encode_ms_per_frame",
                  "decode_ms_per_frame")
 
 
 def markdown_table(averages: list[dict[str, Any]]) -> str:
     """The averaged results as a markdown table (untrained rows flagged)."""
-    head = ["codec", "setting", "clips", "payload kbit/s", "on-wire kbit/s", "bits/frame", "PSNR",
-            "SSIM", "MS-SSIM", "LPIPS", "AKD", "AED", "enc ms/f", "dec ms/f"]
+    head = ["codec", "setting", "clips", "scored frames/clip", "payload kbit/s", "on-wire kbit/s",
+            "bits/frame", "PSNR", "SSIM", "MS-SSIM", "LPIPS", "AKD", "AED", "enc ms/f", "dec ms/f"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in averages:
         cells = []
@@ -925,6 +992,8 @@ def markdown_table(averages: list[dict[str, Any]]) -> str:
             value = row.get(key)
             if key == "codec" and row.get("untrained"):
                 value = f"{value} (UNTRAINED)"
+            if key == "scored_frames" and value is not None and row.get("frames") is not None:
+                value = f"{value:.4g} of {row['frames']:.4g}"
             cells.append(_fmt(value, 4 if key in ("ssim", "ms_ssim", "lpips") else 3))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -941,6 +1010,8 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
               f"- git sha: `{env.get('git_sha')}`; torch {env.get('torch')}, PyAV {env.get('av')}, "
               f"{env.get('device')} with {env.get('cpu_threads')} threads",
               f"- protocol: {data.get('protocol', '')}",
+              "- **metric sampling: " + metric_sampling_text(
+                  data.get("metric_every", 1), data.get("frames_requested") or 250) + ".**",
               f"- clips: {', '.join(data.get('clips', [])) or 'none'}"]
     if data.get("skipped"):
         lines.append("- skipped: " + "; ".join(f"{k} ({v})" for k, v in data["skipped"].items()))
@@ -962,7 +1033,8 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
         lines.append("")
     if ana.get("bd_rate_vs_x264"):
         lines += ["## BD-rate against x264 (payload kbit/s; negative = fewer bits for the same "
-                  "quality; n/a = no overlap)", "",
+                  "quality; log-rate interpolated piecewise-linearly on each curve's monotone "
+                  "envelope; n/a = no overlap)", "",
                   "| curve | " + " | ".join(m.upper() for m in METRICS) + " |",
                   "|" + " --- |" * (len(METRICS) + 1)]
         for label, values in ana["bd_rate_vs_x264"].items():
@@ -998,12 +1070,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--qualities", default="0,1,2,3,4,5")
     p.add_argument("--keyframe-refresh", default="0",
-                   help="comma list of keyframe refresh periods in seconds (0 = one keyframe)")
+                   help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
+                        "each run at every --qualities value; R@Q runs period R at quality Q "
+                        "only (e.g. 0,4@3)")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="subset of psnr,ssim,ms_ssim,lpips,akd,aed (SSIM/MS-SSIM cost ~0.5 s/frame "
                         "each on the 2-core machine); the rest are n/a")
+    p.add_argument("--metric-every", type=int, default=1, metavar="K",
+                   help="score quality metrics on frames 0, K, 2K, ... only (every frame is still "
+                        "encoded and decoded and its bits counted; ours renders only the scored "
+                        "frames). Default 1: every frame")
     p.add_argument("--sweep", choices=("full", "quick"), default="full",
                    help="quick: 2-5 points per baseline codec (smoke runs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own, at most the CPU count)")
     p.add_argument("--name", default=None, help="run name in the JSON (default: the out folder's)")
     return p.parse_args(argv)
 
@@ -1021,8 +1101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.manifest.is_file():
         print(f"manifest not found: {args.manifest}", file=sys.stderr)
         return 2
+    if args.metric_every < 1:
+        print("--metric-every must be >= 1", file=sys.stderr)
+        return 2
+    every = args.metric_every
     qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
-    refreshes = [float(r) for r in args.keyframe_refresh.split(",") if r.strip()]
+    try:
+        ours_points = ours_sweep(args.keyframe_refresh, qualities)
+    except ValueError as exc:
+        print(f"--keyframe-refresh: {exc}", file=sys.stderr)
+        return 2
     loaded = None
     if "ours" in codecs:
         from codec.errors import CodecError
@@ -1035,7 +1123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if loaded.untrained:
             print(f"*** {UNTRAINED_MARK} ***", file=sys.stderr)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    threads = args.threads if args.threads else torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     clips = manifest_clips(args.manifest, args.split, args.folder)
@@ -1048,7 +1137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "name": args.name or out.name, "env": environment(), "command": command,
         "untrained": untrained, "marker": UNTRAINED_MARK if untrained else None,
         "protocol": (f"face crop fitted on the first {FIT_FRAMES} frames and fixed, {args.size}px, "
-                     f"{FPS:g} fps, first {args.frames} frames, split {args.split}"),
+                     f"{FPS:g} fps, first {args.frames} frames, split {args.split}; "
+                     + metric_sampling_text(every, args.frames)),
+        "metric_every": every, "frames_requested": args.frames,
         "x264_sei_included": False,
         "notes": [
             "x264 bytes are raw Annex-B without x264's version SEI (~600 B, first packet); "
@@ -1063,7 +1154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rates are averaged over clips per setting; the headline and BD-rates use those "
             "averaged curves; per-frame arrays are in perframe/*.npz.",
             "encode/decode ms/frame are wall times on this machine's CPU, single-threaded for the "
-            "PyAV codecs (colour conversion included).",
+            "PyAV codecs (colour conversion included)"
+            + ("." if every == 1 else
+               "; ours' decode ms/frame is per rendered (scored) frame: the other frames' "
+               "packets are parsed but not rendered."),
+            metric_sampling_text(every, args.frames) + " (each row: metric_every, scored_frames).",
         ]})
     store.data["codecs"] = codecs
     store.data.setdefault("skipped", {})
@@ -1076,7 +1171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.append(Setting("frozen", "webp-q90", {}))
         elif codec == "ours":
             settings += [Setting("ours", f"q{q}-kf{r:g}", {"quality": q, "refresh": r})
-                         for r in refreshes for q in qualities]
+                         for r, q in ours_points]
     suite: MetricSuite | None = None
     cache_dir = out / "crops"
     frame_dir = out / "perframe"
@@ -1087,7 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_tag = loaded.name if loaded is not None else None
         pending = [s for s in settings if not store.has(
             codec=s.codec, setting=s.name, clip=clip.name, size=args.size, frames=args.frames,
-            model=model_tag if s.codec == "ours" else None)]
+            model=model_tag if s.codec == "ours" else None, metric_every=every)]
         try:
             crops = load_crops(clip, args.size, args.frames, cache_dir)
         except SkipClip as exc:
@@ -1106,28 +1201,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             if setting.codec == "ours":
                 bar = Progress(label + " codec", 2 * len(crops))
                 run = run_ours(crops, loaded, setting.params["quality"], setting.params["refresh"],
-                               progress=bar)
+                               progress=bar, metric_every=every)
                 bar.close()
             elif setting.codec == "frozen":
                 run = run_frozen(crops)
             else:
                 run = run_pyav(crops, setting.params)
-            bar = Progress(label + " metrics", len(crops))
-            values, side = suite.per_frame(run.decoded, crops, clip.name, progress=bar)
+            index, decoded = run.scored_frames(every)
+            bar = Progress(label + " metrics", len(index))
+            metric_started = time.perf_counter()
+            values, side = suite.per_frame(decoded, crops[index], f"{clip.name}@every{every}",
+                                           progress=bar)
+            metric_s = time.perf_counter() - metric_started
             bar.close()
             row = {"codec": setting.codec, "setting": setting.name, "clip": clip.name,
-                   "size": args.size, "frames": len(crops),
+                   "size": args.size, "frames": len(crops), "frames_requested": args.frames,
                    "model": model_tag if setting.codec == "ours" else None,
                    "untrained": bool(setting.codec == "ours" and untrained)}
-            row.update(summarize(values, run))
+            row.update(summarize(values, run, metric_every=every))
+            row["metric_ms_per_scored_frame"] = 1000.0 * metric_s / max(len(index), 1)
             row.update(side)
             row["extra"] = run.extra
             np.savez_compressed(frame_dir / f"{slug(setting.codec + '_' + setting.name + '_' + clip.name)}.npz",
-                                frame_bytes=run.frame_bytes, **values)
+                                frame_bytes=run.frame_bytes, scored=index, **values)
             store.data["metrics_unavailable"].update(suite.unavailable)
             store.add(row)
-    rows = [r for r in store.data["results"] if r["size"] == args.size and r["frames"] == args.frames
-            and r["clip"] in used_clips and r["codec"] in codecs]
+    rows = [r for r in store.data["results"] if r["size"] == args.size
+            and r.get("frames_requested", r["frames"]) == args.frames
+            and r.get("metric_every", 1) == every and r["clip"] in used_clips
+            and (r["codec"], r["setting"]) in {(s.codec, s.name) for s in settings}
+            and (r["codec"] != "ours" or r.get("model") == (loaded.name if loaded else None))]
     averages = average_rows(rows)
     store.data["clips"] = used_clips
     store.data["averages"] = averages
@@ -1135,7 +1238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plots, backend = plot_all(averages, out, untrained)
     store.data["plots"] = [p.name for p in plots]
     store.data["plot_backend"] = backend
-    store.data["wall_s"] = time.perf_counter() - started
+    store.data["wall_s"] = time.perf_counter() - started  # this invocation
+    # a resumed run: every invocation's wall time, so the total cost stays on record
+    store.data["wall_s_invocations"] = store.data.get("wall_s_invocations", []) + [
+        store.data["wall_s"]]
     store.save()
     (out / "summary.md").write_text(markdown_summary(store.data, [p.name for p in plots]))
     print(f"wrote {out / 'results.json'}, {out / 'summary.md'} and {len(plots)} plots "
@@ -1143,6 +1249,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if untrained:
         print(f"*** {UNTRAINED_MARK} ***", file=sys.stderr)
     return 0
+
+
+def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float, int]]:
+    """(refresh seconds, quality) pairs of our codec's sweep from ``--keyframe-refresh``:
+    "R" runs every quality at period R, "R@Q" quality Q only; order kept, duplicates dropped."""
+    out: list[tuple[float, int]] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        period, _, only = item.partition("@")
+        refresh = float(period)
+        if refresh < 0 or not math.isfinite(refresh):
+            raise ValueError(f"bad refresh period {item!r}")
+        for q in ([int(only)] if only else qualities):
+            if (refresh, q) not in out:
+                out.append((refresh, q))
+    return out
+
+
+def metric_sampling_text(metric_every: int, frames: int) -> str:
+    """The plain statement of which frames the quality metrics cover (JSON, summary, README)."""
+    if metric_every == 1:
+        return "quality metrics on every frame; rates count every frame"
+    return (f"quality metrics sampled on every {metric_every}th frame (frames 0, {metric_every}, "
+            f"{2 * metric_every}, …: {len(scored_indices(frames, metric_every))} of {frames}) "
+            f"while rates count all frames (every frame is encoded and decoded)")
 
 
 def iter_rows(path: Path) -> Iterator[dict[str, Any]]:

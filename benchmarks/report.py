@@ -1,10 +1,20 @@
-"""Write the README's "## Results" section from a benchmarks.rd results.json.
+"""Write the README's "## Results" section from a benchmarks.rd results.json (and, optionally,
+a benchmarks.speed JSON).
 
     python -m benchmarks.report out/rd/results.json --readme README.md
+    python -m benchmarks.report out/rd-dev/results.json --speed out/speed-cpu/speed.json \\
+        --publish benchmarks/results --readme README.md
 
 Only the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced
 (the markers and an empty section are appended at the end of the file when absent), so the
-numbers in the README always come from a results file and are never typed by hand.
+numbers in the README always come from a results file and are never typed by hand. The
+README is read just before it is written, so edits elsewhere in it are kept.
+
+``--publish DIR`` first copies what the section is built from into a committed folder:
+the rd JSON (per-clip rows and averages, floats rounded, no per-frame arrays), its
+markdown summary, its PNG plots (losslessly recompressed) and the speed JSON, all named
+after the run. The README then links to those copies, so the plots render on the
+repository page. Nothing from the data set (crops, frames, video) is ever copied.
 """
 
 from __future__ import annotations
@@ -12,44 +22,197 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rd import UNTRAINED_MARK, _fmt, markdown_table
+from benchmarks.rd import UNTRAINED_MARK, _fmt, markdown_summary, markdown_table, metric_sampling_text
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
+# Per-clip "extra" keys that repeat the run's notes (encoder options): left out when publishing.
+_REPEATED_EXTRA = ("options",)
 
 
-def results_section(data: dict[str, Any], results_path: Path, readme_dir: Path) -> str:
-    """The markdown that goes between the markers (without them)."""
+def _round(value: Any, digits: int = 6) -> Any:
+    """Floats rounded to ``digits`` significant digits (recursively): a smaller committed JSON."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    return value
+
+
+def _wall_s(data: dict[str, Any]) -> float | None:
+    """The run's wall time: the sum over its invocations when it was resumed."""
+    runs = data.get("wall_s_invocations")
+    return float(sum(runs)) if runs else data.get("wall_s")
+
+
+def publish(data: dict[str, Any], results_path: Path, folder: Path,
+            speed: dict[str, Any] | None, speed_path: Path | None
+            ) -> tuple[dict[str, Any], Path, dict[str, Any] | None, Path | None]:
+    """Copy the rd JSON (compacted), its summary, its plots and the speed JSON into ``folder``;
+    return the published data and paths (the README section is built from those)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = data.get("name") or results_path.parent.name
+    plots = []
+    for plot in data.get("plots", []):
+        source = results_path.parent / plot
+        if not source.is_file():
+            print(f"plot {source} not found: left out", file=sys.stderr)
+            continue
+        target = folder / f"{name}_{Path(plot).name}"
+        try:
+            import cv2
+
+            image = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+            if image is None or not cv2.imwrite(str(target), image,
+                                                [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+                raise OSError(f"cannot recompress {source}")
+        except ImportError:
+            shutil.copyfile(source, target)
+        plots.append(target.name)
+    rows = []
+    for row in data.get("results", []):
+        row = dict(row)
+        if isinstance(row.get("extra"), dict):
+            row["extra"] = {k: v for k, v in row["extra"].items() if k not in _REPEATED_EXTRA}
+        rows.append(row)
+    out = _round(dict(data) | {"results": rows, "plots": plots,
+                               "published_from": results_path.as_posix()})
+    json_path = folder / f"{name}.json"
+    json_path.write_text(json.dumps(out, indent=None, separators=(",", ":")) + "\n")
+    (folder / f"{name}-summary.md").write_text(markdown_summary(out, plots))
+    speed_out, speed_out_path = speed, speed_path
+    if speed is not None and speed_path is not None:
+        speed_out = _round(dict(speed) | {"published_from": speed_path.as_posix()})
+        speed_out_path = folder / f"{speed_path.parent.name or 'speed'}.json"
+        speed_out_path.write_text(json.dumps(speed_out, indent=1) + "\n")
+    return out, json_path, speed_out, speed_out_path
+
+
+def _rel(path: Path, readme_dir: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), readme_dir)).as_posix()
+
+
+def face_missing(data: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Per setting: (frames where AKD had no face in either frame, frames scored), summed over
+    the per-clip rows of the averaged settings; only settings with a missing face."""
+    wanted = {(a["codec"], a["setting"]) for a in data.get("averages", [])}
+    clips = set(data.get("clips", []))
+    out: dict[str, list[int]] = {}
+    for row in data.get("results", []):
+        key = (row.get("codec"), row.get("setting"))
+        if key not in wanted or (clips and row.get("clip") not in clips):
+            continue
+        if row.get("akd_face_missing") is None:
+            continue
+        tally = out.setdefault(f"{key[0]} {key[1]}", [0, 0])
+        tally[0] += int(row["akd_face_missing"])
+        tally[1] += int(row.get("scored_frames", row.get("frames", 0)))
+    return {k: (m, n) for k, (m, n) in out.items() if m}
+
+
+def speed_section(speed: dict[str, Any], speed_path: Path, readme_dir: Path) -> list[str]:
+    """The speed table (one row per stage × precision × mode) with what it ran on."""
+    env = speed.get("env", {})
+    load = env.get("load_average_1_5_15")
+    lines = ["### Speed", "",
+             f"From `{speed.get('command', 'python -m benchmarks.speed')}` "
+             f"([JSON]({_rel(speed_path, readme_dir)})) at git sha `{env.get('git_sha')}`: "
+             f"config {speed.get('config')}, batch 1, {env.get('device')} "
+             f"({env.get('device_name')}), {env.get('threads')} torch threads, torch "
+             f"{env.get('torch')}"
+             + (f", {speed['wall_s']:.0f} s wall" if speed.get("wall_s") else "")
+             + (f", load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+                "(1/5/15 min; the machine is shared, so CPU times are indicative)" if load else "")
+             + ".", "",
+             f"> Weights: {speed.get('weights', '')}", "",
+             "| stage | precision | mode | status | median ms | p99 ms | frames | frames/s |",
+             "|" + " --- |" * 8]
+    for row in speed.get("results", []):
+        lines.append(f"| {row.get('stage')} | {row.get('precision')} | {row.get('mode')} | "
+                     f"{row.get('status')} | {_fmt(row.get('median_ms'))} | "
+                     f"{_fmt(row.get('p99_ms'))} | {row.get('frames')} | "
+                     f"{_fmt(row.get('frames_per_s')) if row.get('frames_per_s') else ''} |")
+    costs = speed.get("costs", {})
+    flops = [f"{name.split('.')[-1]} {costs[name]['gflops']:.1f} GFLOP/frame"
+             for name in ("receiver.M", "receiver.G") if costs.get(name, {}).get("gflops")]
+    if flops:
+        lines += ["", "Cost per frame (convolutions and matrix products): " + ", ".join(flops) + "."]
+    return lines
+
+
+def results_section(data: dict[str, Any], results_path: Path, readme_dir: Path,
+                    speed: dict[str, Any] | None = None, speed_path: Path | None = None,
+                    command: str | None = None, heading: bool = True) -> str:
+    """The markdown that goes between the markers (without them); ``heading``: start with
+    "## Results" (left out when the README already has that heading above the markers)."""
     env = data.get("env", {})
-    lines = ["## Results", "",
-             f"Generated by `python -m benchmarks.report {results_path.as_posix()}` from a run of "
-             f"`{data.get('command', '?')}` at git sha `{env.get('git_sha') or 'unknown'}` "
-             f"(torch {env.get('torch')}, PyAV {env.get('av')}, {env.get('device')}, "
-             f"{env.get('cpu_threads')} threads). Do not edit by hand.", ""]
+    command = command or f"python -m benchmarks.report {results_path.as_posix()}"
+    wall = _wall_s(data)
+    lines = (["## Results", ""] if heading else []) + [
+             f"Generated by `{command}` from a run of `{data.get('command', '?')}` at git sha "
+             f"`{env.get('git_sha') or 'unknown'}` (torch {env.get('torch')}, PyAV {env.get('av')}, "
+             f"{env.get('device')}, {env.get('cpu_threads')} threads"
+             + (f", {wall / 60:.0f} min wall" if wall else "") + "). Do not edit by hand.", ""]
     if data.get("untrained"):
-        lines += [f"> **{UNTRAINED_MARK}.** These rows come from randomly initialised weights "
-                  "and test the pipeline only.", ""]
+        lines += [f"> **{UNTRAINED_MARK}.** The rows marked UNTRAINED come from randomly "
+                  "initialised weights and test the pipeline only.", ""]
+    every = data.get("metric_every", 1)
+    frames = data.get("frames_requested") or 250
     lines += [f"Protocol: {data.get('protocol', '')}. Clips: {len(data.get('clips', []))} "
-              f"({', '.join(data.get('clips', []))}).", "",
-              markdown_table(data.get("averages", [])), ""]
+              f"({', '.join(data.get('clips', []))}).", ""]
+    if every != 1:
+        lines += [f"**Sampled metrics: {metric_sampling_text(every, frames)}.** PSNR, SSIM, "
+                  "MS-SSIM, LPIPS, AKD and AED are means over the sampled frames only.", ""]
+    if data.get("skipped"):
+        lines += ["Skipped clips: " + "; ".join(f"{k} ({v})" for k, v in data["skipped"].items())
+                  + ".", ""]
+    summary = results_path.parent / f"{results_path.stem}-summary.md"  # written by --publish
+    if summary.is_file():
+        lines += [f"Full summary (headline table, BD-rates, notes): [{summary.name}]"
+                  f"({_rel(summary, readme_dir)}); per-clip rows: "
+                  f"[{results_path.name}]({_rel(results_path, readme_dir)}).", ""]
+    lines += [markdown_table(data.get("averages", [])), ""]
+    missing = face_missing(data)
+    if missing:
+        lines += ["AKD and AED average only the scored frames where dlib finds a face in both the "
+                  "decoded and the source frame. Frames without one (missing / scored, all clips): "
+                  + ", ".join(f"{k} {m}/{n}" for k, (m, n) in missing.items()) + ".", ""]
+    headline = [h for h in data.get("analysis", {}).get("headline", [])
+                if h.get("rate_key") == "payload_kbps"]
     counted = [h for h in data.get("analysis", {}).get("headline", []) if h.get("counted")]
     if counted:
         best = ", ".join(f"{h['setting']} ({h['rate_key']}): {_fmt(h['ratio'])}×" for h in counted)
         lines += [f"Headline (x264 kbit/s at our LPIPS ÷ ours, where our AKD is no worse): {best}.",
                   ""]
     else:
-        lines += ["Headline (x264 kbit/s at our LPIPS ÷ ours): not counted for any setting "
-                  "(see the run's summary.md for why).", ""]
+        reasons: dict[str, list[str]] = {}
+        for h in headline:
+            reasons.setdefault(h.get("reason", "n/a"), []).append(h["setting"])
+        why = "; ".join(f"{reason}: {', '.join(names)}" for reason, names in reasons.items())
+        lines += ["Headline (x264 kbit/s at our LPIPS ÷ ours): not counted for any setting"
+                  + (f" ({why})" if why else " (see the run's summary.md for why)") + ".", ""]
     for name in data.get("plots", []):
         # Links relative to the README, so they render on the repository page.
         target = Path(os.path.relpath(results_path.parent / name, readme_dir)).as_posix()
         lines.append(f"![{Path(name).stem}]({target})")
+    if speed is not None and speed_path is not None:
+        lines += [""] + speed_section(speed, speed_path, readme_dir)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def has_results_heading(text: str) -> bool:
+    """Whether the last "## " heading above the start marker is already "## Results"."""
+    before = text[: text.find(START)] if START in text else text
+    headings = [line.strip() for line in before.splitlines() if line.startswith("## ")]
+    return bool(headings) and headings[-1] == "## Results"
 
 
 def replace_section(text: str, section: str) -> str:
@@ -65,16 +228,32 @@ def replace_section(text: str, section: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
-    parser.add_argument("results", type=Path)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("results", type=Path, help="a benchmarks.rd results.json")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--speed", type=Path, default=None,
+                        help="a benchmarks.speed JSON: adds the speed table")
+    parser.add_argument("--publish", type=Path, default=None, metavar="DIR",
+                        help="copy the JSON, summary and plots here (a committed folder) and "
+                             "link the README to the copies")
     args = parser.parse_args(argv)
-    if not args.results.is_file():
-        print(f"no such results file: {args.results}", file=sys.stderr)
-        return 2
+    for path in (args.results, args.speed):
+        if path is not None and not path.is_file():
+            print(f"no such results file: {path}", file=sys.stderr)
+            return 2
+    command = "python -m benchmarks.report " + " ".join(
+        sys.argv[1:] if argv is None else list(argv))
     data = json.loads(args.results.read_text())
+    speed = json.loads(args.speed.read_text()) if args.speed is not None else None
+    results_path, speed_path = args.results, args.speed
+    if args.publish is not None:
+        data, results_path, speed, speed_path = publish(data, args.results, args.publish,
+                                                        speed, args.speed)
+    # Read the README only now (others edit other parts of it) and change only the section.
     text = args.readme.read_text() if args.readme.is_file() else ""
-    section = results_section(data, args.results, args.readme.resolve().parent)
+    section = results_section(data, results_path, args.readme.resolve().parent, speed,
+                              speed_path, command, heading=not has_results_heading(text))
     args.readme.write_text(replace_section(text, section))
     print(f"rewrote the results section of {args.readme}", file=sys.stderr)
     return 0

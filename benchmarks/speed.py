@@ -1053,9 +1053,14 @@ def main(argv: list[str] | None = None) -> int:
     precisions = args.precisions or (list(PRECISIONS) if cuda else ["fp32", "bf16"])
     # CPU compile takes minutes on 2 cores and CUDA graphs are CUDA-only: opt in on the CPU
     modes = args.modes or (list(MODES) if cuda else ["eager"])
+    started = time.perf_counter()
     report = run(args.config, args.device, args.threads, precisions, modes,
                  args.frames, args.warmup, args.cpu_heavy_frames, args.cpu_heavy_warmup,
                  args.compile_mode, args.compile_timeout or None, stages)
+    # what produced the numbers (benchmarks.report prints it beside the table)
+    report["command"] = "python -m benchmarks.speed " + " ".join(
+        sys.argv[1:] if argv is None else list(argv))
+    report["wall_s"] = time.perf_counter() - started
     costs = report["costs"]
     for name in ("receiver.M", "receiver.G"):
         c = costs[name]

@@ -105,6 +105,7 @@ def test_report_rewrites_only_between_markers(tmp_path) -> None:
     first = readme.read_text()
     assert first.startswith("# Title\n\nintro\n")
     assert report.START in first and report.END in first and "abc123" in first
+    assert first.count("## Results") == 1  # no heading above the markers: the section has it
     assert "UNTRAINED" in first and "rd/rd_lpips.png" in first
     # Text after the section survives a rewrite; the section is replaced, not duplicated.
     readme.write_text(first + "\n## After\n\nkept\n")
@@ -115,3 +116,148 @@ def test_report_rewrites_only_between_markers(tmp_path) -> None:
     assert second.count(report.START) == 1 and second.endswith("## After\n\nkept\n")
     assert "7.25" in second and "9.5 " not in second
     assert second.split(report.START)[0] == first.split(report.START)[0]
+
+
+def _moving_clip(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """A small synthetic clip with motion (no face: only pixel metrics apply)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    frames = []
+    for t in range(n):
+        base = 128 + 60 * np.sin((xx + 3 * t) / 9.0) * np.cos((yy - 2 * t) / 13.0)
+        image = np.stack([base, np.roll(base, 5, axis=1), 255 - base], axis=-1)
+        frames.append(np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def test_scored_indices_and_ours_renders_only_scored_frames(tiny_model) -> None:
+    assert rd.scored_indices(12, 5).tolist() == [0, 5, 10]
+    assert rd.scored_indices(3, 1).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError):
+        rd.scored_indices(3, 0)
+    crops = _moving_clip(12, 64)
+    full = rd.run_ours(crops, tiny_model, quality=2, keyframe_refresh_s=0.0)
+    model = tiny_model.model
+    calls = []
+    original = model.render
+    model.render = lambda *a, **k: calls.append(a[1].shape[0]) or original(*a, **k)
+    try:
+        sampled = rd.run_ours(crops, tiny_model, quality=2, keyframe_refresh_s=0.0, metric_every=5)
+    finally:
+        del model.render
+    # Every frame is encoded and its bits counted; only frames 0, 5, 10 cost a generator call.
+    assert np.array_equal(sampled.frame_bytes, full.frame_bytes) and len(full.frame_bytes) == 12
+    assert sum(calls) == 3 and sampled.rendered == 3 and full.rendered is None
+    index, decoded = sampled.scored_frames(5)
+    assert index.tolist() == [0, 5, 10] and len(decoded) == 3
+    # Skipped frames still advance the motion chain, so the rendered ones match a full decode.
+    for i, image in zip(index, decoded):
+        assert np.array_equal(image, full.decoded[i])
+    full_index, full_decoded = full.scored_frames(5)
+    assert full_index.tolist() == [0, 5, 10] and np.array_equal(full_decoded[2], full.decoded[10])
+    with pytest.raises(ValueError):
+        sampled.scored_frames(4)
+    row = rd.summarize({"psnr": np.ones(3)}, sampled, metric_every=5)
+    assert row["frames"] == 12 and row["scored_frames"] == 3 and row["metric_every"] == 5
+    assert row["decoded_frames"] == 3
+    assert row["payload_kbps"] == pytest.approx(8 * full.frame_bytes.sum() / (12 / rd.FPS) / 1000)
+
+
+def test_main_metric_every_end_to_end(tmp_path, tiny_model) -> None:
+    """The driver on a cached synthetic 'clip': rows, JSON, summary and resume all carry the
+    sampling; bits count all 10 frames, metrics only frames 0, 4, 8."""
+    frames, every = 10, 4
+    manifest = tmp_path / "MANIFEST.tsv"
+    manifest.write_text("path\tsplit\nsynthetic/a.mp4\tdev\n")
+    out = tmp_path / "rd"
+    (out / "crops").mkdir(parents=True)
+    np.save(out / "crops" / f"{rd.slug('synthetic/a.mp4')}_256px_{frames}f.npy",
+            _moving_clip(frames, 256))
+    argv = ["--manifest", str(manifest), "--split", "dev", "--frames", str(frames),
+            "--out", str(out), "--codecs", "ours,x264,frozen", "--model", "tiny", "--untrained",
+            "--qualities", "0,3", "--keyframe-refresh", "0,0.2@3", "--sweep", "quick",
+            "--metric-every", str(every), "--metrics", "psnr", "--threads", "1"]
+    assert rd.main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["metric_every"] == every and data["untrained"] is True
+    assert "every 4th frame" in data["protocol"]
+    assert any("every 4th frame" in note for note in data["notes"])
+    settings = {(r["codec"], r["setting"]) for r in data["results"]}
+    assert {("ours", "q0-kf0"), ("ours", "q3-kf0"), ("ours", "q3-kf0.2"),
+            ("frozen", "webp-q90"), ("x264", "crf51")} <= settings
+    assert ("ours", "q0-kf0.2") not in settings  # "R@Q": that refresh at quality Q only
+    for row in data["results"]:
+        assert row["metric_every"] == every and row["scored_frames"] == 3
+        assert row["frames"] == frames and row["psnr"] is not None and row["lpips"] is None
+        name = rd.slug(f"{row['codec']}_{row['setting']}_synthetic/a.mp4")
+        perframe = np.load(out / "perframe" / f"{name}.npz")
+        assert perframe["frame_bytes"].shape == (frames,) and perframe["scored"].tolist() == [0, 4, 8]
+        assert perframe["psnr"].shape == (3,)
+    kf = next(r for r in data["results"] if r["setting"] == "q3-kf0.2")
+    assert kf["extra"]["keyframes"] == 2 and kf["extra"]["rendered_frames"] == 3
+    assert all(a["scored_frames"] == 3 for a in data["averages"])
+    summary = (out / "summary.md").read_text()
+    assert "UNTRAINED" in summary and "every 4th frame" in summary and "3 of 10" in summary
+    # Resumed: nothing to re-run, and the wall time of each invocation is kept.
+    assert rd.main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert len(again["results"]) == len(data["results"])
+    assert len(again["wall_s_invocations"]) == 2
+
+
+def test_report_publish_with_speed(tmp_path) -> None:
+    """--publish copies the JSON (compact), summary and plots into a committed folder and the
+    README links to the copies; --speed adds the speed table; only the block changes."""
+    import cv2
+
+    run = tmp_path / "out" / "rd-dev"
+    run.mkdir(parents=True)
+    cv2.imwrite(str(run / "rd_lpips.png"), np.full((20, 30, 3), 200, np.uint8))
+    row = {"codec": "ours", "setting": "q0-kf0", "clips": 1, "payload_kbps": 1.23456789,
+           "frames": 250.0, "scored_frames": 10.0, "lpips": 0.5, "untrained": True}
+    clip_row = row | {"clip": "a.mp4", "akd_face_missing": 2,
+                      "extra": {"options": {"crf": "51"}, "keyframes": 1}}
+    results = run / "results.json"
+    results.write_text(json.dumps({
+        "name": "rd-dev", "env": {"git_sha": "abc123"}, "command": "python -m benchmarks.rd",
+        "untrained": True, "metric_every": 25, "frames_requested": 250, "averages": [row],
+        "results": [clip_row], "plots": ["rd_lpips.png"], "clips": ["a.mp4"],
+        "wall_s_invocations": [1800.0, 60.0],
+        "analysis": {"headline": [{"setting": "q0-kf0", "rate_key": "payload_kbps",
+                                   "counted": False, "reason": "our LPIPS is worse"}]}}))
+    speed = tmp_path / "out" / "speed-cpu" / "speed.json"
+    speed.parent.mkdir()
+    speed.write_text(json.dumps({
+        "name": "speed", "command": "python -m benchmarks.speed --threads 2", "config": "vox256",
+        "weights": "UNTRAINED (seeded random weights)",
+        "env": {"git_sha": "abc123", "device": "cpu", "device_name": "Some CPU", "threads": 2,
+                "load_average_1_5_15": [1.0, 1.5, 2.0]},
+        "costs": {"receiver.M": {"gflops": 21.2}, "receiver.G": {"gflops": 45.8}},
+        "results": [{"stage": "receiver.render", "precision": "fp32", "mode": "eager",
+                     "status": "ok", "median_ms": 612.5, "p99_ms": 700.1, "frames": 20,
+                     "frames_per_s": 1.63}]}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\n## Results\n\nbefore\n\n{report.START}\nold\n{report.END}\n\nafter\n")
+    published = tmp_path / "benchmarks" / "results"
+    assert report.main([str(results), "--speed", str(speed), "--publish", str(published),
+                        "--readme", str(readme)]) == 0
+    assert sorted(p.name for p in published.iterdir()) == [
+        "rd-dev-summary.md", "rd-dev.json", "rd-dev_rd_lpips.png", "speed-cpu.json"]
+    copy = json.loads((published / "rd-dev.json").read_text())
+    assert copy["averages"][0]["payload_kbps"] == 1.23457  # rounded to 6 significant digits
+    assert copy["results"][0]["extra"] == {"keyframes": 1}  # encoder options live in the notes
+    assert copy["plots"] == ["rd-dev_rd_lpips.png"]
+    assert "UNTRAINED" in (published / "rd-dev-summary.md").read_text()
+    text = readme.read_text()
+    assert text.startswith("# T\n\n## Results\n\nbefore\n\n")
+    assert text.endswith(f"{report.END}\n\nafter\n") and text.count("## Results") == 1
+    section = text.split(report.START)[1].split(report.END)[0]
+    assert "old" not in section and "UNTRAINED" in section and "abc123" in section
+    assert "every 25th frame" in section and "10 of 250" in section and "31 min wall" in section
+    assert "](benchmarks/results/rd-dev_rd_lpips.png)" in section
+    assert "](benchmarks/results/rd-dev-summary.md)" in section
+    assert "| receiver.render | fp32 | eager | ok | 612 |" in section
+    assert "2 torch threads" in section and "python -m benchmarks.speed --threads 2" in section
+    assert "--publish" in section
+    assert "our LPIPS is worse" in section
+    assert "(missing / scored, all clips): ours q0-kf0 2/10." in section
