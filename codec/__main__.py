@@ -275,7 +275,12 @@ def _call_source(args: argparse.Namespace, loaded):
                 log.warning("no microphone (%s): sending no audio", exc)
     else:
         frames = iter(VideoFileSource(args.source, fps=args.fps, loop=args.loop))
-        audio = None if args.no_audio else PcmAudioTrack.from_file(args.source, loop=args.loop)
+        audio = None
+        if not args.no_audio:
+            try:
+                audio = PcmAudioTrack.from_file(args.source, loop=args.loop)
+            except CodecError as exc:  # a silent clip is still a call
+                log.warning("no audio from %s (%s): sending video only", args.source, exc)
     return frames, audio
 
 

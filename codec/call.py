@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from codec.bitstream.control import FOR_RECEIVER, FOR_SENDER, Bye, ReceiverStats, pack_control, parse_control
+from codec.bitstream.control import FOR_RECEIVER, FOR_SENDER, Bye, StatsReport, pack_control, parse_control
 from codec.errors import CodecError
 
 log = logging.getLogger(__name__)
@@ -160,10 +161,16 @@ class Call:
         self._tasks: list[asyncio.Task] = []
         self._channels_open = asyncio.Event()
         self.connected = False  # the data channels opened: this was a call, not a failed set-up
+        self._show_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
 
     def _show(self, image: np.ndarray, media_time: float) -> None:
+        # Neural frames come from the render thread, H.264 ones from the event loop.
+        with self._show_lock:
+            self._show_locked(image, media_time)
+
+    def _show_locked(self, image: np.ndarray, media_time: float) -> None:
         if self._show_cb is not None:
             self._show_cb(image, media_time)
         if self.recorder is not None:
@@ -323,7 +330,7 @@ class Call:
             if self.receiver is not None and self.receiver.decoder is not None:
                 numbers = {k: float(v) for k, v in self.receiver.snapshot().items()
                            if isinstance(v, int | float) and not isinstance(v, bool)}
-                self._send_control(ReceiverStats(values=numbers))
+                self._send_control(StatsReport(values=numbers))
 
     # ------------------------------------------------------------------ the call
 

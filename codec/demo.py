@@ -94,7 +94,6 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
             "mode_reason": sender.mode_reason,
             "data_channel_payload_kbps": 8.0 * data_bytes / duration / 1000.0,
             "motion_kbps": 8.0 * (stats.motion_bytes if stats else 0) / duration / 1000.0,
-            "keyframe_bytes": None,
             "data_channel_wire_kbps_estimate": 8.0 * (data_bytes + messages * DATA_CHANNEL_OVERHEAD_BYTES)
             / duration / 1000.0,
             "data_channel_overhead_bytes_per_message": DATA_CHANNEL_OVERHEAD_BYTES,

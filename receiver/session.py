@@ -316,7 +316,8 @@ class ReceiverSession:
         stats = self.stats
         fps, _ = self.render_meter.rates()
         _, motion_kbps = self.motion_meter.rates()
-        latency = float(np.median(stats.latencies_ms)) if stats.latencies_ms else None
+        latencies = list(stats.latencies_ms)  # a copy: the render thread appends meanwhile
+        latency = float(np.median(latencies)) if latencies else None
         decoder = self.decoder
         return {
             "mode": self.mode,

@@ -28,7 +28,7 @@ from codec.bitstream.control import (
     KeyframeRequest,
     ModeRequest,
     ModeSwitch,
-    ReceiverStats,
+    StatsReport,
     StreamStart,
     pack_control,
 )
@@ -138,7 +138,7 @@ class SenderSession:
             self.stats.intra_requests += 1
             if self.encoder is not None:
                 self.encoder.request_intra()
-        elif isinstance(message, ReceiverStats):
+        elif isinstance(message, StatsReport):
             self.peer_stats = dict(message.values)
         elif isinstance(message, ModeRequest):
             if message.mode == "neural" and self.encoder is None:

@@ -20,7 +20,7 @@ from codec.bitstream.control import (
     KeyframeRequest,
     ModeRequest,
     ModeSwitch,
-    ReceiverStats,
+    StatsReport,
     StreamStart,
     pack_control,
     parse_control,
@@ -41,7 +41,7 @@ CALL_TIMEOUT_S = 90.0
 def test_control_messages_round_trip():
     for message in [StreamStart(b"hdr", 1.5, 25.0), Keyframe(b"\x01\x02"), KeyframeRequest("gap"),
                     IntraRequest("lost"), ModeSwitch("h264", "face lost"), ModeRequest("neural", "why"),
-                    ReceiverStats({"fps": 24.5, "loss": 0.1}), Bye("hang up")]:
+                    StatsReport({"fps": 24.5, "loss": 0.1}), Bye("hang up")]:
         assert parse_control(pack_control(message)) == message
 
 

@@ -76,8 +76,8 @@ class ModeRequest:
 
 
 @dataclass(frozen=True)
-class ReceiverStats:
-    """What the receiver measured (shown by the sender; numbers only)."""
+class StatsReport:
+    """Receiver -> sender: what the receiver measured, once a second (numbers only)."""
 
     values: dict[str, float] = field(default_factory=dict)
 
@@ -88,14 +88,14 @@ class Bye:
 
 
 ControlMessage = (StreamStart | Keyframe | KeyframeRequest | IntraRequest | ModeSwitch | ModeRequest
-                  | ReceiverStats | Bye)
+                  | StatsReport | Bye)
 # Which side of a call reads each message (both peers share the two channels).
 FOR_RECEIVER = (StreamStart, Keyframe, ModeSwitch)
-FOR_SENDER = (KeyframeRequest, IntraRequest, ModeRequest, ReceiverStats)
+FOR_SENDER = (KeyframeRequest, IntraRequest, ModeRequest, StatsReport)
 
 _NAMES = {StreamStart: "start", Keyframe: "keyframe", KeyframeRequest: "keyframe_request",
           IntraRequest: "intra_request",
-          ModeSwitch: "mode", ModeRequest: "mode_request", ReceiverStats: "stats", Bye: "bye"}
+          ModeSwitch: "mode", ModeRequest: "mode_request", StatsReport: "stats", Bye: "bye"}
 
 
 def pack_control(message: ControlMessage) -> bytes:
@@ -111,7 +111,7 @@ def pack_control(message: ControlMessage) -> bytes:
         if message.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         body.update(mode=message.mode, reason=message.reason)
-    elif isinstance(message, ReceiverStats):
+    elif isinstance(message, StatsReport):
         body.update(values={str(k): float(v) for k, v in message.values.items()})
     data = msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_CONTROL_BYTES:
@@ -177,7 +177,7 @@ def parse_control(data: bytes | str) -> ControlMessage:
             if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
                 raise BitstreamError("stats values must be name -> number")
             out[key] = float(value)
-        return ReceiverStats(values=out)
+        return StatsReport(values=out)
     if kind == "bye":
         return Bye(reason=_field(body, "reason", str))
     raise BitstreamError(f"unknown control message type {kind!r}")
