@@ -32,31 +32,25 @@ UDP_IPV4_HEADER_BYTES = 28
 
 
 async def _one_run(loaded, seconds: float, mode: str, fps: float) -> dict:
-    from codec.call import Call, CallOptions, local_capabilities
+    from codec.call import CallOptions, run_loopback
     from sender.sources import default_source
-    from signaling.client import InMemorySignaling
 
-    caps = local_capabilities(loaded, fps)
-    a, b = InMemorySignaling.pair(caps, caps)
     n = int(round(seconds * fps))
-    sender = Call(a, loaded=loaded, frames=iter(default_source(num_frames=n, fps=fps, size=(512, 512),
-                                                                  model=loaded)),
-                  options=CallOptions(fps=fps, mode=mode))
-    receiver = Call(b, loaded=loaded, frames=None, options=CallOptions(fps=fps, live=True))
-    receiving = asyncio.ensure_future(receiver.run(duration=None))
-    started = time.monotonic()
-    try:
-        await sender.run(duration=seconds)
+    counters: dict[str, int] = {}
+
+    async def read_counters(sender, receiver) -> None:
         # What actually left the sender's socket during the call (aiortc's transport counters),
         # against the constant the codec's reports use to estimate it.
-        sent_bytes, sent_packets = await sender.transport_totals()
-        await asyncio.sleep(1.0)
-        await sender.say_goodbye("benchmark done")
-        await asyncio.wait_for(receiving, 10.0)
-    finally:
-        wall = time.monotonic() - started
-        await sender.close()
-        await receiver.close()
+        counters["bytes"], counters["packets"] = await sender.transport_totals()
+        await asyncio.sleep(1.0)  # the last packets land and render
+
+    started = time.monotonic()
+    sender, receiver = await run_loopback(
+        loaded, loaded, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=loaded)),
+        seconds=seconds, options=CallOptions(fps=fps, mode=mode),
+        receiver_options=CallOptions(fps=fps, live=True), finished=read_counters)
+    wall = time.monotonic() - started
+    sent_bytes, sent_packets = counters["bytes"], counters["packets"]
     tx, rx = sender.sender.stats, receiver.receiver.stats
     latencies = np.asarray(rx.latencies_ms, dtype=float)
     render = np.asarray(rx.render_ms, dtype=float)

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -513,3 +513,47 @@ async def run_peer(*, url: str, token: str, room: str, loaded, frames, audio, op
         if client is not None:
             await client.close()
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# A one-way call inside one process: the demo, the latency benchmark and the tests.
+
+
+async def run_loopback(sender_model, receiver_model, frames: Iterator[np.ndarray], *, seconds: float,
+                       options: CallOptions, receiver_options: CallOptions | None = None, audio=None,
+                       show: Callable[[np.ndarray, float], None] | None = None, recorder=None,
+                       on_sent_frame: Callable[[np.ndarray, float], None] | None = None,
+                       started: Callable[[Call, Call], Awaitable[None]] | None = None,
+                       finished: Callable[[Call, Call], Awaitable[None]] | None = None,
+                       timeout: float | None = None) -> tuple[Call, Call]:
+    """Send ``frames`` from peer A to peer B over real WebRTC on this machine (in-memory
+    signaling), for ``seconds`` of media; returns the two closed :class:`Call` objects.
+
+    ``started(a, b)`` runs once B's receiving session exists, before A sends (hooks that tap
+    or inject); ``finished(a, b)`` runs after A's last frame, before the goodbye (drain the
+    receiver, read counters)."""
+    from signaling.client import InMemorySignaling
+
+    sender_caps = local_capabilities(sender_model, options.fps)  # measures the render rate
+    receiver_caps = sender_caps if receiver_model is sender_model else \
+        local_capabilities(receiver_model, options.fps)
+    a, b = InMemorySignaling.pair(sender_caps, receiver_caps)
+    sender = Call(a, loaded=sender_model, frames=frames, audio=audio, options=options,
+                  on_sent_frame=on_sent_frame)
+    receiver = Call(b, loaded=receiver_model, frames=None,
+                    options=receiver_options or CallOptions(fps=options.fps), show=show, recorder=recorder)
+    receiving = asyncio.ensure_future(receiver.run(duration=None))
+    try:
+        if started is not None:
+            while receiver.receiver is None:  # Call.run builds its session first thing
+                await asyncio.sleep(0.01)
+            await started(sender, receiver)
+        await asyncio.wait_for(sender.run(duration=seconds), timeout)
+        if finished is not None:
+            await finished(sender, receiver)
+        await sender.say_goodbye("loopback done")
+        await asyncio.wait_for(receiving, 10.0)
+    finally:
+        await sender.close()
+        await receiver.close()
+    return sender, receiver

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.call import Call, CallOptions, local_capabilities
+from codec.call import Call, CallOptions, run_loopback
 
 log = logging.getLogger(__name__)
 
@@ -44,38 +44,28 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
     from receiver.sinks import Mp4Recorder
     from sender.media_tracks import PcmAudioTrack
     from sender.sources import default_audio, default_source
-    from signaling.client import InMemorySignaling
 
     fps = options.fps
     n = int(round(seconds * fps))
-    caps = local_capabilities(loaded, fps)
-    a, b = InMemorySignaling.pair(caps, caps)
     sent: list[tuple[float, np.ndarray]] = []
     shown: list[tuple[float, np.ndarray]] = []
     size = loaded.model.config.image_size
     recorder = Mp4Recorder(out / "received.mp4", fps=fps, size=(size, size))
-    sender = Call(a, loaded=loaded, frames=iter(default_source(num_frames=n, fps=fps, size=(512, 512),
-                                                                  model=loaded)),
-                  audio=PcmAudioTrack(default_audio(seconds + 1.0)), options=options,
-                  on_sent_frame=lambda image, t: sent.append((t, image)))
-    receiver = Call(b, loaded=loaded, frames=None,
-                    options=CallOptions(fps=fps, mode=options.mode, live=False),
-                    show=lambda image, t: shown.append((t, image)), recorder=recorder)
+
+    async def drain(sender: Call, receiver: Call) -> None:
+        log.info("sender done; waiting for the receiver to render what it got")
+        await asyncio.get_running_loop().run_in_executor(None, receiver.receiver.wait_idle, 600.0)
+
     started = time.monotonic()
-    receiving = asyncio.ensure_future(receiver.run(duration=None))
     try:
-        reason = await sender.run(duration=seconds)
-        log.info("sender done (%s); waiting for the receiver to render what it got", reason)
-        session = receiver.receiver
-        loop = asyncio.get_running_loop()
-        if session is not None:
-            await loop.run_in_executor(None, session.wait_idle, 600.0)
-        await sender.say_goodbye("demo done")
-        await asyncio.wait_for(receiving, timeout=10.0)
+        sender, receiver = await run_loopback(
+            loaded, loaded, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=loaded)),
+            seconds=seconds, options=options,
+            receiver_options=CallOptions(fps=fps, mode=options.mode, live=False),
+            audio=PcmAudioTrack(default_audio(seconds + 1.0)), show=lambda image, t: shown.append((t, image)),
+            recorder=recorder, on_sent_frame=lambda image, t: sent.append((t, image)), finished=drain)
     finally:
         wall = time.monotonic() - started
-        await sender.close()
-        await receiver.close()
         recording = recorder.close()
     stats = sender.sender.stats if sender.sender is not None else None
     rx = receiver.receiver

@@ -25,11 +25,10 @@ from codec.bitstream.control import (
     pack_control,
     parse_control,
 )
-from codec.call import Call, CallOptions, choose_mode, local_capabilities
+from codec.call import Call, CallOptions, choose_mode, run_loopback
 from codec.errors import BitstreamError, CodecError
 from codec.motion_coding import MotionDecoder
 from sender.sources import default_source
-from signaling.client import InMemorySignaling
 from signaling.messages import Capabilities
 
 CALL_TIMEOUT_S = 90.0
@@ -82,31 +81,21 @@ def test_auto_mode_needs_same_weights_and_render_speed(tiny_model):
 async def loopback(sender_model, receiver_model, frames, *, seconds: float, options: CallOptions,
                    tap_motion=None, before_send=None):
     """Run a one-way call A -> B in this process; returns (A, B, what B showed)."""
-    a_caps = local_capabilities(sender_model, options.fps, measure_frames=1)
-    b_caps = local_capabilities(receiver_model, options.fps, measure_frames=1)
-    a, b = InMemorySignaling.pair(a_caps, b_caps)
     shown: list[float] = []
-    sender = Call(a, loaded=sender_model, frames=iter(frames), options=options)
-    receiver = Call(b, loaded=receiver_model, frames=None, options=CallOptions(fps=options.fps),
-                    show=lambda image, t: shown.append(t))
-    receiving = asyncio.ensure_future(receiver.run(duration=None))
-    try:
-        if tap_motion is not None:
-            async def install() -> None:  # wrap B's motion input once its session exists
-                while receiver.receiver is None:
-                    await asyncio.sleep(0.01)
-                original = receiver.receiver.on_motion
-                receiver.receiver.on_motion = lambda data: tap_motion(data, original)
-            await install()
+
+    async def started(sender: Call, receiver: Call) -> None:
+        if tap_motion is not None:  # wrap B's motion input
+            original = receiver.receiver.on_motion
+            receiver.receiver.on_motion = lambda data: tap_motion(data, original)
         if before_send is not None:
             asyncio.ensure_future(before_send(sender, receiver))
-        await asyncio.wait_for(sender.run(duration=seconds), CALL_TIMEOUT_S)
+
+    async def settle(sender: Call, receiver: Call) -> None:
         await asyncio.sleep(0.5)  # let the last packets land and render
-        await sender.say_goodbye("test done")
-        await asyncio.wait_for(receiving, 10.0)
-    finally:
-        await sender.close()
-        await receiver.close()
+
+    sender, receiver = await run_loopback(
+        sender_model, receiver_model, iter(frames), seconds=seconds, options=options,
+        show=lambda image, t: shown.append(t), started=started, finished=settle, timeout=CALL_TIMEOUT_S)
     return sender, receiver, shown
 
 
