@@ -240,11 +240,15 @@ class Call:
     async def _consume_audio(self, track) -> None:
         from aiortc.mediastreams import MediaStreamError
 
+        from receiver.sinks import consume_audio
+
+        if self.recorder is not None:
+            # On the recorder's clock, so the peer's first audio lines up with the video.
+            await consume_audio(track, self.recorder, clock=lambda: time.monotonic() - self.epoch)
+            return
         try:
-            while True:
-                frame = await track.recv()
-                if self.recorder is not None:
-                    self.recorder.add_audio(frame)
+            while True:  # nobody records it: still read, or aiortc's queue grows without bound
+                await track.recv()
         except MediaStreamError:
             pass
 
