@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codec.bitstream import KeyframePacket, parse_packet
+from codec.bitstream import PacketType
 from codec.bitstream.control import (
     IntraRequest,
     Keyframe,
@@ -159,7 +159,7 @@ class SenderSession:
 
     def _send_packets(self, packets: list[bytes]) -> None:
         for packet in packets:
-            if isinstance(parse_packet(packet), KeyframePacket):
+            if packet[0] == PacketType.KEYFRAME:  # our own encoder's output: the type byte says it
                 self.stats.keyframes += 1
                 self._send_control(Keyframe(packet=packet))
             elif self._motion is not None and self._motion.readyState == "open":
@@ -227,15 +227,13 @@ class SenderSession:
             self._switch("neural", "face found again")
 
     def _crop(self, frame: np.ndarray) -> np.ndarray:
-        if self.box is None:  # no face yet: a centred square, so H.264 still shows something
-            h, w = frame.shape[:2]
-            side = min(h, w)
-            y0, x0 = (h - side) // 2, (w - side) // 2
-            import cv2
+        box = self.box
+        if box is None:  # no face yet: a centred square, so H.264 still shows something
+            from codec.facecrop import CropBox
 
-            return cv2.resize(frame[y0:y0 + side, x0:x0 + side], (self.cropper.out_size,) * 2,
-                              interpolation=cv2.INTER_AREA)
-        return self.cropper.crop(frame, self.box)
+            h, w = frame.shape[:2]
+            box = CropBox(w / 2, h / 2, min(h, w))
+        return self.cropper.crop(frame, box)
 
     # ------------------------------------------------------------------ the loop
 
