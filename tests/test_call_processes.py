@@ -74,27 +74,34 @@ def check_recording(path: Path, min_seconds: float) -> None:
     assert frames >= min_seconds * 25 * 0.8, frames
 
 
-@pytest.mark.slow
-def test_two_processes_call_through_the_signaling_server(tmp_path):
-    port = free_port()
-    url = f"ws://127.0.0.1:{port}/ws"
-    server = facecodec("serve-signaling", "--port", str(port))
+def call_pair(server: subprocess.Popen, host: str, port: int, room: str, seconds: float, tmp_path: Path,
+              timeout: float, namespaces: tuple[str | None, str | None] = (None, None)) -> dict[str, dict]:
+    """Two `facecodec call` peers ("a", "b") through ``server``; their JSON reports by name.
+    Every process started here is ended before returning."""
+    url = f"ws://{host}:{port}/ws"
     peers = []
     try:
-        wait_for_port("127.0.0.1", port)
-        seconds = 8.0
-        for name in ("a", "b"):
-            peers.append(facecodec(*call_args(url, "room1", seconds, tmp_path / f"{name}.mp4",
-                                              tmp_path / f"{name}.json")))
+        wait_for_port(host, port, netns=namespaces[0])
+        for name, ns in zip(("a", "b"), namespaces):
+            peers.append(facecodec(*call_args(url, room, seconds, tmp_path / f"{name}.mp4",
+                                              tmp_path / f"{name}.json"), netns=ns))
         for peer in peers:
-            code, out, err = finish(peer, timeout=120)
+            code, out, err = finish(peer, timeout=timeout)
             assert code == 0, err[-3000:]
     finally:
         for process in [server, *peers]:
             if process.poll() is None:
                 process.terminate()
                 process.wait(timeout=10)
-    reports = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+    return {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+
+
+@pytest.mark.slow
+def test_two_processes_call_through_the_signaling_server(tmp_path):
+    port = free_port()
+    server = facecodec("serve-signaling", "--port", str(port))
+    seconds = 8.0
+    reports = call_pair(server, "127.0.0.1", port, "room1", seconds, tmp_path, timeout=120)
     for name, other in (("a", "b"), ("b", "a")):
         report, sent = reports[name], reports[other]["sender"]
         assert report["calls"] >= 1
@@ -170,24 +177,10 @@ def veth_pair():
 def test_call_across_network_namespaces_with_loss_and_delay(tmp_path, veth_pair):
     ns_a, ns_b = veth_pair
     port = free_port()
-    url = f"ws://10.231.0.1:{port}/ws"
     server = facecodec("serve-signaling", "--host", "10.231.0.1", "--port", str(port), netns=ns_a)
-    peers = []
-    try:
-        wait_for_port("10.231.0.1", port, netns=ns_a)
-        seconds = 10.0
-        for name, ns in (("a", ns_a), ("b", ns_b)):
-            peers.append(facecodec(*call_args(url, "lossy", seconds, tmp_path / f"{name}.mp4",
-                                              tmp_path / f"{name}.json"), netns=ns))
-        for peer in peers:
-            code, out, err = finish(peer, timeout=150)
-            assert code == 0, err[-3000:]
-    finally:
-        for process in [server, *peers]:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=10)
-    reports = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+    seconds = 10.0
+    reports = call_pair(server, "10.231.0.1", port, "lossy", seconds, tmp_path, timeout=150,
+                        namespaces=(ns_a, ns_b))
     for name, other in (("a", "b"), ("b", "a")):
         report, sent = reports[name], reports[other]["sender"]
         rx = report["receiver"]
