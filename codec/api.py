@@ -317,9 +317,10 @@ class Decoder:
         frames = list(self.decode_stream([data]))
         return frames[0] if frames else None
 
-    def decode_stream(self, packets: Iterable[bytes], batch_size: int = 1,
+    def decode_stream(self, packets: Iterable[bytes | KeyframePacket | MotionPacket], batch_size: int = 1,
                       render: Callable[[int], bool] | None = None) -> Iterator[DecodedFrame]:
-        """Decode many packets, rendering up to ``batch_size`` frames per generator call.
+        """Decode many packets (bytes, or packets the caller already parsed), rendering up to
+        ``batch_size`` frames per generator call.
 
         ``render(seq)`` picks the frames to rebuild; the others still advance the motion
         prediction chain (so later frames decode exactly) but cost no generator call and are
@@ -340,7 +341,7 @@ class Decoder:
             motions.clear()
 
         for data in packets:
-            packet = parse_packet(data)
+            packet = data if isinstance(data, KeyframePacket | MotionPacket) else parse_packet(data)
             if isinstance(packet, KeyframePacket):
                 yield from flush()  # frames before the new keyframe render against the old one
                 self._set_keyframe(packet)

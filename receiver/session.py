@@ -271,7 +271,7 @@ class ReceiverSession:
                 motion_seqs.append(packet.seq)
             elif isinstance(packet, KeyframePacket):
                 self.stats.keyframes += 1
-            packets.append(data)
+            packets.append(packet)  # parsed once: the decoder takes it as it is
         newest = max(motion_seqs) if motion_seqs and self.live else None
         if newest is not None:
             self.stats.render_skipped += len(motion_seqs) - 1

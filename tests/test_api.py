@@ -220,3 +220,14 @@ def test_render_filter_skips_frames_but_keeps_the_motion_chain(tiny_model, crops
     assert decoder.stats.frames == 3
     for frame in picked:  # inter frames after skipped ones decode exactly as without skipping
         np.testing.assert_array_equal(frame.image, full[frame.seq].image)
+
+
+def test_decode_stream_takes_parsed_packets_too(tiny_model, crops):
+    encoder = Encoder(tiny_model)
+    packets = stream(encoder, crops[:4])
+    from_bytes = list(Decoder.from_header(encoder.header(), model=tiny_model).decode_stream(packets))
+    parsed = [parse_packet(p) for p in packets]
+    from_parsed = list(Decoder.from_header(encoder.header(), model=tiny_model).decode_stream(parsed))
+    assert [f.seq for f in from_parsed] == [f.seq for f in from_bytes] == [0, 1, 2, 3]
+    for a, b in zip(from_bytes, from_parsed):
+        np.testing.assert_array_equal(a.image, b.image)
