@@ -256,10 +256,9 @@ class Call:
 
     async def _negotiate(self) -> None:
         from sender.media_tracks import forward_keyframe_requests
-        from signaling.rtc import allow_loopback_candidates, dict_to_sdp, new_peer_connection, sdp_to_dict
+        from signaling.rtc import dict_to_sdp, new_peer_connection, sdp_to_dict
 
-        allow_loopback_candidates()
-        pc = self.pc = new_peer_connection()
+        pc = self.pc = new_peer_connection()  # with loopback candidates: peers on one host connect
 
         @pc.on("datachannel")
         def on_datachannel(channel) -> None:

@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError
 
 from receiver.frames import LatestFrame
+from signaling.rtc import new_peer_connection
 
 if TYPE_CHECKING:
     # codec.api pulls in torch; import it only where a view is actually built.
@@ -302,9 +303,9 @@ class ViewerServer:
             return _json_error(503, f"too many viewers (at most {self.max_viewers}); "
                                     "close another viewer tab and retry")
 
-        # No ICE servers: the default is a public STUN server, which a local viewer neither
-        # needs nor can reach offline.
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # No ICE servers (a local viewer neither needs nor can reach a public STUN server
+        # offline) and no process-wide loopback patch: the browser is on this host's addresses.
+        pc = new_peer_connection(loopback=False)
         self._peers.add(pc)  # holds the slot from here, so concurrent offers cannot overshoot
         try:
             try:
