@@ -38,29 +38,35 @@ from codec.bitstream import (
     read_container,
 )
 from codec.errors import CodecError
+from codec.families.base import ModelFamily
 from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table
 
-NUM_KP = 10
+EXPRESSION_VALUES = 16
 QUALITY = 3
 INTRA_PERIOD = 4
 INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF)
 MAX_FAILURES_SHOWN = 5
 
 
-def build_seeds(num_kp: int = NUM_KP, quality: int = QUALITY) -> dict[str, list[bytes]]:
+def build_seeds(expression_count: int = EXPRESSION_VALUES, quality: int = QUALITY) -> dict[str, list[bytes]]:
     """Valid inputs for each target: header, frame packets, a container, motion payloads."""
-    table = quant_table(quality)
+    from codec.families.landmark import pack_keyframe_info
+
+    table = quant_table(quality, ModelFamily.LANDMARK)
     rng = np.random.default_rng(0)
-    encoder = MotionEncoder(table, num_kp, INTRA_PERIOD)
-    vector = np.zeros(6 + 3 * num_kp, np.float32)
+    encoder = MotionEncoder(table, expression_count, INTRA_PERIOD)
+    vector = np.zeros(6 + expression_count, np.float32)
     motion = []
     for seq in range(12):
         vector = vector + rng.normal(0, 0.01, vector.shape).astype(np.float32)
         vector[:3] = [10 * np.sin(seq / 5), 5 * np.cos(seq / 7), seq / 4]
         motion.append((seq, *encoder.encode_vector(vector, seq)))
-    header = StreamHeader("fv2v-fuzz", bytes(range(8)), 256, 256, num_kp, 1000, quality,
-                          INTRA_PERIOD, table, KeyframeCodec.WEBP, HeaderFlags.UNTRAINED)
-    packets = [KeyframePacket(0, 0, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPtiny").pack()]
+    header = StreamHeader("fv2v-fuzz", bytes(range(8)), 256, 256, int(ModelFamily.LANDMARK),
+                          expression_count, 1000, quality, INTRA_PERIOD, table, KeyframeCodec.WEBP,
+                          HeaderFlags.UNTRAINED)
+    landmarks = np.stack([np.linspace(60, 200, 68), np.linspace(80, 220, 68)], axis=1)
+    packets = [KeyframePacket(0, 0, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPtiny",
+                              pack_keyframe_info(landmarks)).pack()]
     packets += [MotionPacket(seq + 1, 40 * seq, intra, payload).pack()
                 for seq, intra, payload in motion]
     output = io.BytesIO()
@@ -115,40 +121,40 @@ def fix_header_crc(data: bytes) -> bytes:
 class MotionTarget:
     """Feeds payloads to a MotionDecoder that holds a valid reference, and checks bounds."""
 
-    def __init__(self, num_kp: int, quality: int, first_intra_payload: bytes) -> None:
-        self.table = quant_table(quality)
-        self.num_kp = num_kp
+    def __init__(self, expression_count: int, quality: int, first_intra_payload: bytes) -> None:
+        self.table = quant_table(quality, ModelFamily.LANDMARK)
+        self.expression_count = expression_count
         self.first_intra_payload = first_intra_payload
-        self.limit = self.table.bounds_vector(num_kp) + self.table.steps_vector(num_kp)
+        self.limit = self.table.bounds_vector(expression_count) + self.table.steps_vector(expression_count)
         self.rng = random.Random(1)
-        self.decoder = MotionDecoder(self.table, num_kp)
-        self.decoder.decode(True, 0, first_intra_payload)
+        self.decoder = MotionDecoder(self.table, expression_count)
+        self.decoder.decode_vector(True, 0, first_intra_payload)
 
     def __call__(self, payload: bytes) -> None:
         if self.rng.random() < 0.05:  # sometimes start over from a fresh decoder
-            self.decoder = MotionDecoder(self.table, self.num_kp)
-            self.decoder.decode(True, 0, self.first_intra_payload)
+            self.decoder = MotionDecoder(self.table, self.expression_count)
+            self.decoder.decode_vector(True, 0, self.first_intra_payload)
         last_seq = self.decoder.last_seq if self.decoder.last_seq is not None else 0
         seq = last_seq + 1 if self.rng.random() < 0.9 else self.rng.randrange(2**20)
-        motion = self.decoder.decode(self.rng.random() < 0.5, seq, payload)
-        vector = motion.to_vector()
+        vector = self.decoder.decode_vector(self.rng.random() < 0.5, seq, payload)
         if not (np.all(np.isfinite(vector)) and np.all(np.abs(vector) <= self.limit)):
             raise AssertionError(f"decoded motion out of bounds: {vector}")
 
 
 class DecoderTarget:
-    """Feeds packets to the full receiver (tiny seeded model) after a valid keyframe, so
-    mutated motion and keyframe packets reach keyframe decoding, F/L/H and the renderer."""
+    """Feeds packets to the full receiver (the default landmark model) after a valid keyframe,
+    so mutated motion and keyframe packets reach keyframe decoding, the keyframe's landmark
+    info, the motion decoder and the warp."""
 
     def __init__(self) -> None:
         from codec.api import Decoder, Encoder
         from codec.facecrop import FaceCropper
-        from codec.zoo import build_untrained
+        from codec.zoo import resolve_model
         from sender.sources import default_source
 
-        self.model = build_untrained("tiny", seed=0)
+        self.model = resolve_model()
         frames = list(default_source(num_frames=10, size=(256, 256)))
-        cropper = FaceCropper(out_size=self.model.model.config.image_size)
+        cropper = FaceCropper(out_size=self.model.image_size)
         box = cropper.fit(frames[:3])
         encoder = Encoder(self.model, intra_period=INTRA_PERIOD)
         self.header = encoder.header()
@@ -177,7 +183,7 @@ def run(num_inputs: int, seed: int, decoder: bool = True) -> tuple[Counter[str],
         "header": StreamHeader.parse,
         "packet": parse_packet,
         "container": read_container,
-        "motion": MotionTarget(NUM_KP, QUALITY, seeds["motion"][0]),
+        "motion": MotionTarget(EXPRESSION_VALUES, QUALITY, seeds["motion"][0]),
     }
     if decoder:
         receiver = DecoderTarget()

@@ -438,7 +438,7 @@ def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
                "keyframe_refresh_s": keyframe_refresh_s, "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
                "header_bytes": len(header), "messages": messages,
-               "model_size": loaded.model.config.image_size,
+               "model_size": loaded.image_size,
                "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES,
                "rendered_frames": len(decoded)},
         scored=None if metric_every == 1 else wanted,
@@ -1064,7 +1064,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=256, choices=(256, 512))
     p.add_argument("--out", type=Path, default=Path("out/rd"))
     p.add_argument("--codecs", default=",".join(ALL_CODECS))
-    p.add_argument("--model", default="vox256")
+    p.add_argument("--model", default="landmark", help="model name (default: %(default)s)")
     p.add_argument("--untrained", action="store_true",
                    help="run our codec with seeded random weights (every output marked UNTRAINED)")
     p.add_argument("--weights", type=Path, default=None)

@@ -1,7 +1,9 @@
 """The ``facecodec`` command: compress / decompress / info / roundtrip / serve-signaling / call / demo.
 
-Every subcommand that runs the model refuses to start without trained weights unless
-``--untrained`` is given, because an untrained generator's output is noise.
+The default model is the landmark family, which needs no training. The vid2vid family
+(``--model vox256`` / ``tiny``) has no trained weights yet: those subcommands refuse to
+run it unless ``--untrained`` is given, because an untrained generator's output is
+noise, and then mark every frame as untrained.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ log = logging.getLogger("facecodec")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="registered model name (default: vox256)")
+    from codec.zoo import DEFAULT_MODEL, model_names
+
+    parser.add_argument("--model", default=None,
+                        help=f"model name: {', '.join(model_names())} (default: {DEFAULT_MODEL})")
     parser.add_argument("--weights", type=Path, default=None,
-                        help="a weights file exported by the trainer, instead of the registered one")
+                        help="a file to load instead of the registered one: a face model for the "
+                             "landmark family, trainer-exported weights for vid2vid")
     parser.add_argument("--untrained", action="store_true",
-                        help="run the UNTRAINED architecture (seeded random weights). For tests and "
-                             "format work only: the output is not meaningful and is marked as such")
+                        help="vid2vid only: run the UNTRAINED architecture (seeded random weights). "
+                             "For tests and format work: the output is not meaningful and is marked")
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained model")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
@@ -88,7 +94,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "untrained": header.untrained,
         "frame_rate": header.frame_rate,
         "size": [header.width, header.height],
-        "num_kp": header.num_kp,
+        "family": header.family,
+        "expression_values": header.expression_count,
         "quality": header.quality,
         "intra_period": header.intra_period,
         "video_packets": len(container.video_packets),
@@ -126,7 +133,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     from codec.facecrop import CropBox
 
     box = CropBox(*report.crop)
-    size = model.model.config.image_size
+    size = model.image_size
     originals = (box.crop(f.image, size) for f in read_frames(source, fps=args.fps,
                                                                 max_frames=report.frames))
     rebuilt = (f.image for f in read_frames(decoded, fps=None))
@@ -193,7 +200,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     if args.record is not None:
         from receiver.sinks import Mp4Recorder
 
-        size = loaded.model.config.image_size if loaded is not None else 256
+        size = loaded.image_size if loaded is not None else 256
         recorder = Mp4Recorder(args.record, fps=args.fps, size=(size, size))
     if args.window:
         from receiver.sinks import WindowSink

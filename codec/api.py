@@ -5,10 +5,10 @@ frame after ``request_keyframe``) also yields a keyframe packet; every frame yie
 one motion packet with its head pose and expression.
 
 Decoder (receiver side): packets in, rebuilt frames out. A keyframe packet sets the
-cached source state (F, L and H/Δ on the decoded keyframe); each motion packet is
-rendered with M and G. Sequence numbers are frame numbers, shared by a frame's
-keyframe and motion packets, so the motion prediction chain is never broken by a
-keyframe.
+cached source state (``model.prepare_source``); each motion packet is rendered from it
+(``model.render``). Both go through the model interface of :mod:`codec.families`, so
+either family works. Sequence numbers are frame numbers, shared by a frame's keyframe
+and motion packets, so the motion prediction chain is never broken by a keyframe.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from codec.bitstream import (
     HeaderFlags,
@@ -31,12 +30,15 @@ from codec.bitstream import (
     parse_packet,
 )
 from codec.errors import MediaError, MissingReferenceError, ModelMismatchError
+from codec.families.base import TalkingHeadModel, ViewControl
 from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
-from codec.keypoints import HeadMotion, angles_to_rotation, apply_free_view, frontalize
-from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table
-from codec.zoo import DEFAULT_MODEL, LoadedModel, resolve_model
+from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
+from codec.zoo import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CompressReport", "DecodedFrame", "Decoder", "DecoderStats", "DecompressReport", "Encoder",
+           "EncoderStats", "ViewControl", "compress", "decompress", "fit_square", "stamp_untrained"]
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
@@ -46,22 +48,16 @@ DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
 DATA_CHANNEL_OVERHEAD_BYTES = 93
 
 
-def image_to_tensor(image: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
-    """H×W×3 uint8 RGB -> 1×3×size×size float in [0, 1]."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {image.shape} {image.dtype}")
-    if image.shape[0] != size or image.shape[1] != size:
-        shrinking = image.shape[0] > size
-        image = cv2.resize(image, (size, size),
-                           interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-    return tensor.permute(2, 0, 1)[None].float() / 255.0
-
-
-def tensor_to_images(batch: torch.Tensor) -> list[np.ndarray]:
-    """B×3×H×W in [0, 1] -> list of H×W×3 uint8 RGB."""
-    array = (batch.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
-    return list(array.permute(0, 2, 3, 1).cpu().numpy())
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An H×W×3 uint8 RGB image resized to size×size (unchanged when it already is)."""
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            and image.dtype == np.uint8):
+        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {getattr(image, 'shape', None)} "
+                         f"{getattr(image, 'dtype', None)}")
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    shrinking = image.shape[0] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def stamp_untrained(image: np.ndarray) -> np.ndarray:
@@ -88,24 +84,22 @@ class EncoderStats:
 class Encoder:
     """Sender side of the codec: square RGB face crops -> packets (bytes)."""
 
-    def __init__(self, loaded: LoadedModel, *, quality: int = DEFAULT_QUALITY,
+    def __init__(self, model: TalkingHeadModel, *, quality: int = DEFAULT_QUALITY,
                  intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = "webp",
                  keyframe_quality: int = 90, timebase: int = DEFAULT_TIMEBASE,
                  frame_rate: float = 25.0) -> None:
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
-        self.loaded = loaded
-        self.model = loaded.model
-        self.config = loaded.model.config
-        self.device = next(self.model.parameters()).device
+        self.model = model
         self.quality = quality
-        self.table = quant_table(quality)
+        self.table = quant_table_for(model.layout, quality)
         self.intra_period = intra_period
         self.keyframe_codec = keyframe_codec
         self.keyframe_quality = keyframe_quality
         self.timebase = timebase
         self.frame_rate = frame_rate
-        self._motion = MotionEncoder(self.table, self.config.num_kp, intra_period)
+        self._tracker = model.motion_tracker()
+        self._motion = MotionEncoder(self.table, model.layout.expression_count, intra_period)
         self._seq = 0
         self._keyframe_requested = True
         self.stats = EncoderStats()
@@ -113,23 +107,25 @@ class Encoder:
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
                         weights: Path | str | None = None, seed: int = 0,
-                        device: str | torch.device = "cpu", **settings) -> Encoder:
+                        device: str = "cpu", **settings) -> Encoder:
         return cls(resolve_model(name, untrained=untrained, weights=weights, seed=seed,
                                  device=device), **settings)
 
     def stream_header(self) -> StreamHeader:
+        model = self.model
         return StreamHeader(
-            model_name=self.loaded.name,
-            weights_sha256_prefix=self.loaded.sha256_prefix,
-            width=self.config.image_size,
-            height=self.config.image_size,
-            num_kp=self.config.num_kp,
+            model_name=model.name,
+            weights_sha256_prefix=model.sha256_prefix,
+            width=model.image_size,
+            height=model.image_size,
+            family=int(model.family),
+            expression_count=model.layout.expression_count,
             timebase=self.timebase,
             quality=self.quality,
             intra_period=self.intra_period,
             quant_table=self.table,
             keyframe_codec=KEYFRAME_CODEC_IDS[self.keyframe_codec],
-            flags=int(HeaderFlags.UNTRAINED) if self.loaded.untrained else 0,
+            flags=int(HeaderFlags.UNTRAINED) if model.untrained else 0,
             frame_rate_millihz=int(round(self.frame_rate * 1000)),
         )
 
@@ -145,35 +141,30 @@ class Encoder:
         """Make the next motion packet absolute (the receiver lost one; no keyframe needed)."""
         self._motion.force_intra()
 
-    @torch.inference_mode()
     def encode(self, frame: np.ndarray, timestamp: float | None = None) -> list[bytes]:
         """One square RGB crop (H×W×3 uint8) at ``timestamp`` seconds -> its packets.
 
         Without a timestamp, frames are taken to be evenly spaced at the frame rate."""
         if timestamp is None:
             timestamp = self._seq / self.frame_rate
-        size = self.config.image_size
-        image = image_to_tensor(frame, size, self.device)
+        crop = fit_square(frame, self.model.image_size)
         seq = self._seq
         self._seq += 1
         ticks = max(0, int(round(timestamp * self.timebase)))
+        vector = self._tracker.motion(crop)
         packets: list[bytes] = []
         if self._keyframe_requested:
-            small = frame if frame.shape[:2] == (size, size) else tensor_to_images(image)[0]
-            data = encode_keyframe(small, self.keyframe_codec, self.keyframe_quality)
+            data = encode_keyframe(crop, self.keyframe_codec, self.keyframe_quality)
             packet = KeyframePacket(seq=seq, timestamp=ticks,
                                     codec_id=KEYFRAME_CODEC_IDS[self.keyframe_codec],
-                                    image_bytes=data).pack()
+                                    image_bytes=data, info=self._tracker.keyframe_info(crop)).pack()
             packets.append(packet)
             self.stats.keyframes += 1
             self.stats.keyframe_bytes += len(packet)
             self._keyframe_requested = False
             # A fresh keyframe is a natural resync point for the motion chain too.
             self._motion.force_intra()
-        pose = self.model.estimate_motion(image)
-        angles = torch.stack([pose.yaw, pose.pitch, pose.roll], dim=-1)
-        motion = HeadMotion.from_tensors(angles, pose.translation, pose.expression)[0]
-        intra, payload = self._motion.encode(motion, seq)
+        intra, payload = self._motion.encode_vector(vector, seq)
         packet = MotionPacket(seq=seq, timestamp=ticks, intra=intra, payload=payload).pack()
         packets.append(packet)
         self.stats.frames += 1
@@ -184,28 +175,11 @@ class Encoder:
 
 
 @dataclass
-class ViewControl:
-    """Free-view controls applied at the receiver: optional frontalization, then extra
-    yaw/pitch/roll (degrees) and translation in the normalised volume cube."""
-
-    yaw: float = 0.0
-    pitch: float = 0.0
-    roll: float = 0.0
-    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    frontalize: bool = False
-
-    @property
-    def is_identity(self) -> bool:
-        return (not self.frontalize and self.yaw == self.pitch == self.roll == 0.0
-                and not any(self.translation))
-
-
-@dataclass
 class DecodedFrame:
     seq: int
     timestamp: float  # seconds
     image: np.ndarray  # H×W×3 uint8 RGB
-    motion: HeadMotion
+    motion: np.ndarray  # the decoded motion vector (6 + N float32)
     untrained: bool
 
 
@@ -221,33 +195,32 @@ class DecoderStats:
 class Decoder:
     """Receiver side of the codec: packets (bytes) -> rebuilt frames."""
 
-    def __init__(self, header: StreamHeader, loaded: LoadedModel) -> None:
-        if header.model_name != loaded.name or header.weights_sha256_prefix != loaded.sha256_prefix:
+    def __init__(self, header: StreamHeader, model: TalkingHeadModel) -> None:
+        if header.model_name != model.name or header.weights_sha256_prefix != model.sha256_prefix:
             raise ModelMismatchError(
                 f"stream was made with model {header.model_name!r} weights "
-                f"{header.weights_sha256_prefix.hex()}, this receiver has {loaded.name!r} "
-                f"weights {loaded.sha256_prefix.hex()}")
-        if header.num_kp != loaded.model.config.num_kp or header.width != loaded.model.config.image_size:
-            raise ModelMismatchError("stream geometry does not match the receiver's model config")
+                f"{header.weights_sha256_prefix.hex()}, this receiver has {model.name!r} "
+                f"weights {model.sha256_prefix.hex()}")
+        if (header.family != int(model.family) or header.expression_count != model.layout.expression_count
+                or header.width != model.image_size or header.height != model.image_size):
+            raise ModelMismatchError("stream geometry (family, motion layout or size) does not match "
+                                     "the receiver's model")
         self.header = header
-        self.loaded = loaded
-        self.model = loaded.model
-        self.device = next(self.model.parameters()).device
+        self.model = model
         self.untrained = header.untrained
-        self._motion = MotionDecoder(header.quant_table, header.num_kp)
+        self._motion = MotionDecoder(header.quant_table, header.expression_count)
         self._source = None
         self.view = ViewControl()
         self.stats = DecoderStats()
 
     @classmethod
     def from_header(cls, header: bytes | StreamHeader, *, untrained: bool = False,
-                    weights: Path | str | None = None, model: LoadedModel | None = None,
-                    seed: int = 0, device: str | torch.device = "cpu") -> Decoder:
+                    weights: Path | str | None = None, model: TalkingHeadModel | None = None,
+                    seed: int = 0, device: str = "cpu") -> Decoder:
         if isinstance(header, (bytes, bytearray, memoryview)):
             header = StreamHeader.parse(bytes(header))
-        stream_untrained = header.untrained
         if model is None:
-            if stream_untrained and not untrained and weights is None:
+            if header.untrained and not untrained and weights is None:
                 raise ModelMismatchError(
                     "this stream was made with an UNTRAINED model; decoding it needs the same "
                     "untrained model: pass --untrained (API: untrained=True)")
@@ -260,38 +233,17 @@ class Decoder:
         return self._source is not None
 
     def _set_keyframe(self, packet: KeyframePacket) -> None:
-        image = decode_keyframe(packet.image_bytes, packet.codec_id)
-        tensor = image_to_tensor(image, self.model.config.image_size, self.device)
-        self._source = self.model.prepare_source(tensor)
+        image = fit_square(decode_keyframe(packet.image_bytes, packet.codec_id), self.model.image_size)
+        self._source = self.model.prepare_source(image, packet.info)
         self.stats.keyframes += 1
 
-    def _driving(self, motions: list[HeadMotion]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rotations, translations, expressions = zip(*(m.to_tensors(self.device) for m in motions))
-        rotation = torch.cat(rotations)
-        translation = torch.cat(translations)
-        expression = torch.cat(expressions)
-        view = self.view
-        if view.frontalize:
-            rotation, translation = frontalize(rotation, translation)
-        if not view.is_identity:
-            n = rotation.shape[0]
-            full = torch.full((n,), 1.0, device=self.device)
-            view_rotation = angles_to_rotation(full * view.yaw, full * view.pitch, full * view.roll)
-            view_translation = torch.tensor(view.translation, device=self.device).expand(n, 3)
-            rotation, translation = apply_free_view(rotation, translation, view_rotation,
-                                                    view_translation)
-        return rotation, translation, expression
-
-    @torch.inference_mode()
-    def render(self, motions: list[HeadMotion]) -> list[np.ndarray]:
-        """Render a batch of decoded motions against the current keyframe."""
+    def render(self, motions: list[np.ndarray]) -> list[np.ndarray]:
+        """Render a batch of decoded motion vectors against the current keyframe."""
         if self._source is None:
             raise RuntimeError("render() before any keyframe")
-        rotation, translation, expression = self._driving(motions)
-        images = self.model.render(self._source, rotation, translation, expression)
-        return tensor_to_images(images)
+        return self.model.render(self._source, np.stack(motions), self.view)
 
-    def _decode_motion(self, packet: MotionPacket) -> HeadMotion | None:
+    def _decode_motion(self, packet: MotionPacket) -> np.ndarray | None:
         last = self._motion.last_seq
         if last is not None and packet.seq <= last:
             # Duplicated or late (reordered) packet: the motion channel is unordered, and an
@@ -299,7 +251,7 @@ class Decoder:
             self.stats.stale += 1
             return None
         try:
-            motion = self._motion.decode(packet.intra, packet.seq, packet.payload)
+            motion = self._motion.decode_vector(packet.intra, packet.seq, packet.payload)
         except MissingReferenceError:
             self.stats.missing_reference += 1
             return None
@@ -327,7 +279,7 @@ class Decoder:
         not yielded. A receiver that falls behind, or a benchmark that scores every k-th
         frame, uses it."""
         pending: list[MotionPacket] = []
-        motions: list[HeadMotion] = []
+        motions: list[np.ndarray] = []
 
         def flush() -> Iterator[DecodedFrame]:
             if not motions:
@@ -453,7 +405,7 @@ class DecompressReport:
 FIT_FRAMES = 5  # frames the face crop is fitted on (median box, so one bad detection can't move it)
 
 
-def compress(video: Path | str, out_path: Path | str, *, model: LoadedModel,
+def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel,
              quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
              fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = "webp",
              keyframe_quality: int = 90, audio: bool = True,
@@ -477,7 +429,7 @@ def compress(video: Path | str, out_path: Path | str, *, model: LoadedModel,
             break
     if not first:
         raise MediaError(f"{video}: no video frames")
-    cropper = FaceCropper(out_size=model.model.config.image_size)
+    cropper = FaceCropper(out_size=model.image_size)
     box = cropper.fit(first)
     encoder = Encoder(model, quality=quality, intra_period=intra_period,
                       keyframe_codec=keyframe_codec, keyframe_quality=keyframe_quality,
@@ -522,10 +474,10 @@ def compress(video: Path | str, out_path: Path | str, *, model: LoadedModel,
         encode_seconds=time.perf_counter() - started, quality=quality)
 
 
-def decompress(path: Path | str, out_video: Path | str, *, model: LoadedModel | None = None,
+def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadModel | None = None,
                untrained: bool = False, weights: Path | str | None = None,
                view: ViewControl | None = None, batch_size: int = 4,
-               device: str | torch.device = "cpu", mark_untrained: bool = True,
+               device: str = "cpu", mark_untrained: bool = True,
                progress: Callable[[int], None] | None = None) -> DecompressReport:
     """Decode a container (.fvc) into a video file, with its audio when it has any."""
     from codec.bitstream import read_container

@@ -69,25 +69,19 @@ def local_capabilities(loaded, fps: float, measure_frames: int = 3):
 
 
 def measure_render_fps(loaded, frames: int = 3) -> float:
-    """Frames/s of keyframe-less rendering (motion -> generator) after one warm-up frame."""
-    import torch
+    """Frames/s of rendering a motion vector against a keyframe, after one warm-up frame.
 
-    from codec.keypoints import HeadMotion
-
-    model = loaded.model
-    size = model.config.image_size
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        source = model.prepare_source(torch.zeros(1, 3, size, size, device=device))
-        k = model.config.num_kp
-        motion = HeadMotion(angles=np.zeros(3, np.float32), translation=np.zeros(3, np.float32),
-                            expression=np.zeros((k, 3), np.float32))
-        rotation, translation, expression = motion.to_tensors(device)
-        times = []
-        for _ in range(frames + 1):
-            started = time.perf_counter()
-            model.render(source, rotation, translation, expression)
-            times.append(time.perf_counter() - started)
+    The keyframe is a flat grey image with the model's default keyframe description, so
+    the measurement needs no face and no sender."""
+    size = loaded.image_size
+    image = np.full((size, size, 3), 128, np.uint8)
+    source = loaded.prepare_source(image, loaded.default_keyframe_info())
+    motion = loaded.neutral_motion(source)[None]
+    times = []
+    for _ in range(frames + 1):
+        started = time.perf_counter()
+        loaded.render(source, motion)
+        times.append(time.perf_counter() - started)
     return 1.0 / max(float(np.median(times[1:])), 1e-6)
 
 
@@ -126,7 +120,7 @@ class Call:
 
     Args:
         signaling: a connected :class:`signaling.client.SignalingChannel` whose peer is there.
-        loaded: the codec model (``codec.zoo.LoadedModel``) or None (H.264 only).
+        loaded: the codec model (``codec.families.TalkingHeadModel``) or None (H.264 only).
         frames: what this peer sends (an iterator of RGB frames) or None (receive only).
         audio: an aiortc audio track to send, or None.
         show: gets every frame shown on this side (RGB, media time s).
@@ -348,7 +342,7 @@ class Call:
         if self.epoch is None:
             self.epoch = time.monotonic()
         options = self.options
-        size = self.loaded.model.config.image_size if self.loaded is not None else 256
+        size = self.loaded.image_size if self.loaded is not None else 256
         if self.frames is not None:
             self.h264_track = H264Track((size, size), fps=options.fps, bitrate_kbps=options.h264_kbps)
         self.receiver = ReceiverSession(self.loaded, show=self._show, send_control=self._send_control,
@@ -398,7 +392,7 @@ class Call:
         if self.loaded is not None:
             settings = {} if options.quality is None else {"quality": options.quality}
             encoder = Encoder(self.loaded, frame_rate=options.fps, **settings)
-        size = self.loaded.model.config.image_size if self.loaded is not None else 256
+        size = self.loaded.image_size if self.loaded is not None else 256
         self.sender = SenderSession(self.frames, fps=options.fps, encoder=encoder,
                                     cropper=FaceCropper(out_size=size), h264_track=self.h264_track,
                                     mode=mode, face_lost_frames=options.face_lost_frames,

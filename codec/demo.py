@@ -49,7 +49,7 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
     n = int(round(seconds * fps))
     sent: list[tuple[float, np.ndarray]] = []
     shown: list[tuple[float, np.ndarray]] = []
-    size = loaded.model.config.image_size
+    size = loaded.image_size
     recorder = Mp4Recorder(out / "received.mp4", fps=fps, size=(size, size))
 
     async def drain(sender: Call, receiver: Call) -> None:
@@ -114,7 +114,7 @@ def run_demo(loaded, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "ne
     result = asyncio.run(_loopback(loaded, seconds, options, out))
     report = result["report"]
     n = int(round(seconds * fps))
-    size = loaded.model.config.image_size
+    size = loaded.image_size
     inputs = _hold_to_grid(result["sent"], n, fps)
     ours = _hold_to_grid(result["shown"], n, fps)
     blank = np.zeros((size, size, 3), np.uint8)

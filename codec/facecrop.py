@@ -162,6 +162,40 @@ def _detect_landmarks_locked(frame_rgb: np.ndarray, upsample: int | None, max_si
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 
+def fit_landmarks(frame_rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """68 dlib landmarks fitted inside a given face box, without running the detector.
+
+    A tracker passes the box the previous frame's landmarks give (see
+    :func:`tracking_box`): the shape predictor alone costs ~1 ms, the detector 7–30 ms.
+
+    Args:
+        frame_rgb: H×W×3 uint8 RGB image.
+        box: (left, top, right, bottom) in pixels, like dlib's detector boxes.
+
+    Returns:
+        68×2 float64 (x, y) in pixels.
+    """
+    import dlib  # lazy
+
+    _check_rgb(frame_rgb)
+    left, top, right, bottom = (int(round(v)) for v in box)
+    with _DLIB_LOCK:
+        _, predictor = _dlib_models()
+        shape = predictor(np.ascontiguousarray(frame_rgb), dlib.rectangle(left, top, right, bottom))
+    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+
+def tracking_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    """The detector-like box (left, top, right, bottom) for 68 landmarks: dlib's frontal
+    detector frames the face from the jaw's sides and just above the brows to the chin,
+    so the landmarks' bounding box, widened a little, puts the predictor where it was trained."""
+    pts = np.asarray(landmarks, np.float64)
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    w, h = x1 - x0, y1 - y0
+    return (x0 - 0.05 * w, y0 - 0.12 * h, x1 + 0.05 * w, y1 + 0.03 * h)
+
+
 def face_height(landmarks: np.ndarray) -> float:
     """Brow-to-chin extent of 68 landmarks measured perpendicular to the eye line.
 

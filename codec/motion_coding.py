@@ -1,9 +1,10 @@
 """Quantization, temporal prediction and entropy coding of per-frame head motion.
 
-A frame's motion is the flat vector of :meth:`codec.keypoints.HeadMotion.to_vector`,
-``[yaw, pitch, roll, tx, ty, tz, δ_0x, δ_0y, δ_0z, …]`` (length 6 + 3K), in three
-parameter groups: angles (degrees), translation and expression (normalised volume
-units). Each group has its own uniform quantizer (:class:`GroupQuant`).
+A frame's motion is the flat vector ``[yaw, pitch, roll, t0, t1, t2, e_0 … e_{N-1}]``
+(length 6 + N; :mod:`codec.families.base`), in three parameter groups: angles
+(degrees), translation and expression, whose units the model family defines. Each
+group has its own uniform quantizer (:class:`GroupQuant`); each family has its own
+quality ladder (:func:`quant_table`).
 
 - **Intra** packets code the absolute indices with a zero-centred Laplace prior.
 - **Inter** packets code the index difference from the previous frame's indices,
@@ -14,9 +15,7 @@ units). Each group has its own uniform quantizer (:class:`GroupQuant`).
 Entropy-model scales come from the :class:`QuantTable` alone (scale / step, in index
 units), so encoder and decoder agree without any adaptive state.
 
-This module is pure numpy + stdlib; the range coder loads constriction on first use,
-and :class:`codec.keypoints.HeadMotion` (which needs torch) is only imported by
-:meth:`MotionDecoder.decode`. Use the ``*_vector`` methods to stay torch-free.
+This module is pure numpy + stdlib; the range coder loads constriction on first use.
 """
 
 from __future__ import annotations
@@ -24,25 +23,22 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from codec.entropy.coder import DiscreteModel, decode_symbols, encode_symbols, laplace_model
 from codec.errors import BitstreamError, MissingReferenceError
-
-if TYPE_CHECKING:
-    from codec.keypoints import HeadMotion
+from codec.families.base import ModelFamily, MotionLayout
 
 # Index alphabets stay ≤ 2·MAX_INDEX + 1 symbols (bounds model-table size and cost).
 MAX_INDEX = 8191
-MAX_NUM_KP = 255
-NUM_POSE_PARAMS = 6  # yaw, pitch, roll, tx, ty, tz
+MAX_EXPRESSION_VALUES = 765  # 3 × 255 keypoints of the vid2vid family
+NUM_POSE_PARAMS = 6  # yaw, pitch, roll and three translation values
 
 
-def motion_vector_length(num_kp: int) -> int:
-    """Length of the flat motion vector for ``num_kp`` keypoints: 6 + 3K."""
-    return NUM_POSE_PARAMS + 3 * num_kp
+def motion_vector_length(expression_count: int) -> int:
+    """Length of the flat motion vector with ``expression_count`` expression values: 6 + N."""
+    return NUM_POSE_PARAMS + expression_count
 
 
 def _float32(value: float) -> float:
@@ -122,70 +118,91 @@ class QuantTable:
             raise BitstreamError(f"invalid quant table: {error}") from error
         return cls(*groups)
 
-    def steps_vector(self, num_kp: int) -> np.ndarray:
-        """Per-parameter step, float32 of length 6 + 3K (handy for error checks)."""
-        return self._per_parameter(num_kp, "step")
+    def steps_vector(self, expression_count: int) -> np.ndarray:
+        """Per-parameter step, float32 of length 6 + N (handy for error checks)."""
+        return self._per_parameter(expression_count, "step")
 
-    def bounds_vector(self, num_kp: int) -> np.ndarray:
-        """Per-parameter clamp bound, float32 of length 6 + 3K."""
-        return self._per_parameter(num_kp, "bound")
+    def bounds_vector(self, expression_count: int) -> np.ndarray:
+        """Per-parameter clamp bound, float32 of length 6 + N."""
+        return self._per_parameter(expression_count, "bound")
 
-    def _per_parameter(self, num_kp: int, name: str) -> np.ndarray:
+    def _per_parameter(self, expression_count: int, name: str) -> np.ndarray:
         return np.concatenate([
             np.full(3, getattr(self.angles, name), np.float32),
             np.full(3, getattr(self.translation, name), np.float32),
-            np.full(3 * num_kp, getattr(self.expression, name), np.float32),
+            np.full(expression_count, getattr(self.expression, name), np.float32),
         ])
 
 
-# Quality ladder. Why these numbers:
-# - Keypoints live in [-1, 1]^3; a point at radius ~0.5 moves ~0.0087 units per degree,
-#   so an angle step of s degrees matches a translation/expression step of ~0.01·s. At
-#   256 px one volume unit is 128 px: step 0.02 ≈ 2.6 px (coarse), 0.001 ≈ 0.13 px.
-# - Bounds: 90° covers every usable head pose; |t| < 0.3 and |δ| < 0.1 in practice,
-#   so ±1 never clips real motion while keeping alphabets ≤ 2001 symbols.
-# - Scales (physical units, shared by all levels; the coder divides by the step):
-#   intra priors ≈ typical magnitudes (15°, 0.1, 0.03); residual scales ≈ mean absolute
-#   change per frame at 25 fps of a talking head (0.5°, 0.003, 0.003).
-_ANGLE_STEPS = (2.0, 1.0, 0.5, 0.25, 0.15, 0.1)
-_TRANSLATION_STEPS = (0.02, 0.01, 0.005, 0.0025, 0.0015, 0.001)
-_EXPRESSION_STEPS = (0.02, 0.01, 0.005, 0.0025, 0.0015, 0.001)
+# Quality ladders, one per family (index 0 = fewest bits). Bounds never clip real motion
+# and keep alphabets ≤ 2·MAX_INDEX + 1 symbols; scales are the Laplace priors (physical
+# units, shared by all levels; the coder divides by the step).
+#
+# vid2vid: keypoints live in [-1, 1]^3; a point at radius ~0.5 moves ~0.0087 units per
+# degree, so an angle step of s degrees matches a translation/expression step of ~0.01·s.
+# At 256 px one volume unit is 128 px: step 0.02 ≈ 2.6 px (coarse), 0.001 ≈ 0.13 px.
+# Intra priors ≈ typical magnitudes (15°, 0.1, 0.03); residual scales ≈ mean absolute
+# change per frame at 25 fps of a talking head (0.5°, 0.003, 0.003).
+_VID2VID_ANGLE_STEPS = (2.0, 1.0, 0.5, 0.25, 0.15, 0.1)
+_VID2VID_TRANSLATION_STEPS = (0.02, 0.01, 0.005, 0.0025, 0.0015, 0.001)
+_VID2VID_EXPRESSION_STEPS = (0.02, 0.01, 0.005, 0.0025, 0.0015, 0.001)
+#
+# landmark: a face ~120 px tall at 256 px spans ~0.9 normalised units, so 1° of yaw moves
+# its edge ~1 px; t (normalised crop units, 1 = 128 px) and ln s steps of 0.004 are
+# ~0.5 px; an expression coefficient of 0.05 moves the points ~0.25 px RMS. The default
+# level keeps each value's rounding error under the landmarks' own jitter (~0.5–1 px).
+# Scales were measured on the train split (fit_face_model prints them): absolute
+# spread (intra) and mean absolute change per frame at 25 fps (inter).
+_LANDMARK_ANGLE_STEPS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35)
+_LANDMARK_TRANSLATION_STEPS = (0.012, 0.008, 0.006, 0.004, 0.003, 0.002)
+_LANDMARK_EXPRESSION_STEPS = (0.16, 0.11, 0.08, 0.055, 0.04, 0.028)
 ANGLE_BOUND = 90.0
 TRANSLATION_BOUND = 1.0
 EXPRESSION_BOUND = 1.0
-NUM_QUALITIES = len(_ANGLE_STEPS)
+LANDMARK_TRANSLATION_BOUND = 3.0  # t within ±3 crop half-widths, ln s within ±3
+LANDMARK_EXPRESSION_BOUND = 4.0
+NUM_QUALITIES = len(_VID2VID_ANGLE_STEPS)
 DEFAULT_QUALITY = 3
 
 
-def quant_table(quality: int) -> QuantTable:
+def quant_table(quality: int, family: ModelFamily = ModelFamily.VID2VID) -> QuantTable:
     """The table for ``quality`` in 0 … NUM_QUALITIES−1 (0 = fewest bits, highest = finest)."""
     if not isinstance(quality, int) or not 0 <= quality < NUM_QUALITIES:
         raise ValueError(f"quality must be an int in [0, {NUM_QUALITIES - 1}], got {quality!r}")
+    if family == ModelFamily.LANDMARK:
+        return QuantTable(
+            angles=GroupQuant(_LANDMARK_ANGLE_STEPS[quality], ANGLE_BOUND, 8.0, 0.8),
+            translation=GroupQuant(_LANDMARK_TRANSLATION_STEPS[quality], LANDMARK_TRANSLATION_BOUND,
+                                   0.5, 0.007),
+            expression=GroupQuant(_LANDMARK_EXPRESSION_STEPS[quality], LANDMARK_EXPRESSION_BOUND,
+                                  0.15, 0.03),
+        )
     return QuantTable(
-        angles=GroupQuant(_ANGLE_STEPS[quality], ANGLE_BOUND, 15.0, 0.5),
-        translation=GroupQuant(_TRANSLATION_STEPS[quality], TRANSLATION_BOUND, 0.1, 0.003),
-        expression=GroupQuant(_EXPRESSION_STEPS[quality], EXPRESSION_BOUND, 0.03, 0.003),
+        angles=GroupQuant(_VID2VID_ANGLE_STEPS[quality], ANGLE_BOUND, 15.0, 0.5),
+        translation=GroupQuant(_VID2VID_TRANSLATION_STEPS[quality], TRANSLATION_BOUND, 0.1, 0.003),
+        expression=GroupQuant(_VID2VID_EXPRESSION_STEPS[quality], EXPRESSION_BOUND, 0.03, 0.003),
     )
 
 
-class _MotionLike(Protocol):
-    """Anything with HeadMotion's flat-vector view (keeps this module torch-free)."""
-
-    def to_vector(self) -> np.ndarray: ...
+def quant_table_for(layout: MotionLayout, quality: int) -> QuantTable:
+    """The family's table for a motion layout."""
+    return quant_table(quality, layout.family)
 
 
 class _MotionQuantizer:
     """Shared per-parameter quantization and model layout for encoder and decoder."""
 
-    def __init__(self, table: QuantTable, num_kp: int) -> None:
-        if not isinstance(num_kp, int) or not 1 <= num_kp <= MAX_NUM_KP:
-            raise ValueError(f"num_kp must be in [1, {MAX_NUM_KP}], got {num_kp!r}")
+    def __init__(self, table: QuantTable, expression_count: int) -> None:
+        if (not isinstance(expression_count, int) or isinstance(expression_count, bool)
+                or not 1 <= expression_count <= MAX_EXPRESSION_VALUES):
+            raise ValueError(f"expression_count must be in [1, {MAX_EXPRESSION_VALUES}], "
+                             f"got {expression_count!r}")
         self.table = table
-        self.num_kp = num_kp
-        self.vector_length = motion_vector_length(num_kp)
-        self.steps = table.steps_vector(num_kp)
-        self.bounds = table.bounds_vector(num_kp).astype(np.float64)
-        counts = (3, 3, 3 * num_kp)
+        self.expression_count = expression_count
+        self.vector_length = motion_vector_length(expression_count)
+        self.steps = table.steps_vector(expression_count)
+        self.bounds = table.bounds_vector(expression_count).astype(np.float64)
+        counts = (3, 3, expression_count)
         self.max_indices = np.concatenate(
             [np.full(n, g.max_index, np.int64) for n, g in zip(counts, table.groups())])
         self.alphabet_sizes = 2 * self.max_indices + 1
@@ -199,7 +216,7 @@ class _MotionQuantizer:
         values = np.asarray(vector, np.float64).reshape(-1)
         if values.shape != (self.vector_length,):
             raise ValueError(f"motion vector has {values.size} values, "
-                             f"expected {self.vector_length} for K={self.num_kp}")
+                             f"expected {self.vector_length} (6 + {self.expression_count})")
         clamped = np.clip(values, -self.bounds, self.bounds)  # ±inf clamp to ±bound
         finite = np.isfinite(clamped)
         indices = np.rint(np.where(finite, clamped, 0.0) / self.steps).astype(np.int64)
@@ -216,17 +233,17 @@ class _MotionQuantizer:
 
 
 class MotionEncoder:
-    """Quantizes and codes one HeadMotion per frame into intra or inter payloads.
+    """Quantizes and codes one motion vector per frame into intra or inter payloads.
 
     Intra when: no previous frame, ``force_intra()`` was called, the sequence number
     is not exactly the previous one + 1, or ``intra_period`` frames have passed since
     the last intra (intra_period = 1 makes every packet intra).
     """
 
-    def __init__(self, table: QuantTable, num_kp: int, intra_period: int) -> None:
+    def __init__(self, table: QuantTable, expression_count: int, intra_period: int) -> None:
         if not isinstance(intra_period, int) or intra_period < 1:
             raise ValueError(f"intra_period must be an int ≥ 1, got {intra_period!r}")
-        self._quantizer = _MotionQuantizer(table, num_kp)
+        self._quantizer = _MotionQuantizer(table, expression_count)
         self.intra_period = intra_period
         self._previous_indices: np.ndarray | None = None
         self._previous_seq: int | None = None
@@ -238,19 +255,15 @@ class MotionEncoder:
         return self._quantizer.table
 
     @property
-    def num_kp(self) -> int:
-        return self._quantizer.num_kp
+    def expression_count(self) -> int:
+        return self._quantizer.expression_count
 
     def force_intra(self) -> None:
         """Make the next packet intra (after a keyframe or a loss report)."""
         self._intra_forced = True
 
-    def encode(self, motion: HeadMotion | _MotionLike, seq: int) -> tuple[bool, bytes]:
-        """Code one frame; returns (is_intra, payload)."""
-        return self.encode_vector(motion.to_vector(), seq)
-
     def encode_vector(self, vector: np.ndarray, seq: int) -> tuple[bool, bytes]:
-        """Like :meth:`encode`, from the flat 6+3K vector."""
+        """Code one frame's flat 6 + N vector; returns (is_intra, payload)."""
         if not isinstance(seq, int) or seq < 0:
             raise ValueError(f"seq must be a non-negative int, got {seq!r}")
         quantizer = self._quantizer
@@ -284,8 +297,8 @@ class MotionDecoder:
     packets: drop stale ones (seq ≤ ``last_seq``) before calling it.
     """
 
-    def __init__(self, table: QuantTable, num_kp: int) -> None:
-        self._quantizer = _MotionQuantizer(table, num_kp)
+    def __init__(self, table: QuantTable, expression_count: int) -> None:
+        self._quantizer = _MotionQuantizer(table, expression_count)
         self._previous_indices: np.ndarray | None = None
         self._previous_seq: int | None = None
 
@@ -294,8 +307,8 @@ class MotionDecoder:
         return self._quantizer.table
 
     @property
-    def num_kp(self) -> int:
-        return self._quantizer.num_kp
+    def expression_count(self) -> int:
+        return self._quantizer.expression_count
 
     @property
     def last_seq(self) -> int | None:
@@ -307,15 +320,8 @@ class MotionDecoder:
         self._previous_indices = None
         self._previous_seq = None
 
-    def decode(self, is_intra: bool, seq: int, payload: bytes) -> HeadMotion:
-        """Decode one payload into a HeadMotion (imports codec.keypoints, hence torch)."""
-        from codec.keypoints import HeadMotion
-
-        vector = self.decode_vector(is_intra, seq, payload)
-        return HeadMotion.from_vector(vector, self.num_kp)
-
     def decode_vector(self, is_intra: bool, seq: int, payload: bytes) -> np.ndarray:
-        """Decode one payload into the flat float32 6+3K vector (torch-free).
+        """Decode one payload into the flat float32 6 + N vector.
 
         Raises MissingReferenceError for an inter packet without its reference and
         BitstreamError for a malformed payload; on either, the state is unchanged.

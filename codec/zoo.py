@@ -1,13 +1,16 @@
-"""Weights registry: model name -> committed safetensors file, its sha256 and its config.
+"""Model registry: model name -> a ready :class:`codec.families.TalkingHeadModel`.
 
-Our weights are trained by this project (no pretrained weights of this model family
-can be had). They are committed as fp16 safetensors under codec/weights/ with a
-model card beside them, and every load checks the file's sha256 against the value
-recorded here, so a corrupted or swapped file fails loudly instead of rendering
-garbage.
+- ``landmark`` (the default): the landmark family. Its only data file is the face model
+  (mean 3D face + expression basis) fitted on the train split by
+  ``python -m codec.training.fit_face_model``, committed under codec/weights/landmark/
+  with a card beside it.
+- ``vox256`` / ``tiny``: the vid2vid family. Our weights would be trained by this project
+  (no pretrained weights of this model family can be had); until a trained entry exists,
+  the only way to get one is ``build_untrained``, which every caller must ask for
+  explicitly and which marks itself as untrained.
 
-Until a trained entry exists, the only way to get a model is ``build_untrained``,
-which every caller must ask for explicitly and which marks itself as untrained.
+Every load checks the file's sha256 against the value recorded here, so a corrupted or
+swapped file fails loudly instead of rendering garbage.
 """
 
 from __future__ import annotations
@@ -20,14 +23,96 @@ from pathlib import Path
 
 import torch
 
-from codec.config import ModelConfig, get_config
+from codec.config import CONFIGS, ModelConfig, get_config
 from codec.errors import WeightsError
+from codec.families.base import TalkingHeadModel
+from codec.families.vid2vid import Vid2VidModel
 from codec.models import FaceVid2Vid, build_model
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "vox256"
+DEFAULT_MODEL = "landmark"
+
+
+@dataclass(frozen=True)
+class LandmarkEntry:
+    """One landmark-family model: its face model file and how it is used."""
+
+    name: str
+    filename: str  # under WEIGHTS_DIR
+    sha256: str
+    coefficients: int  # expression values per frame (N)
+    image_size: int
+    card: str
+
+
+LANDMARK_MODELS: dict[str, LandmarkEntry] = {
+    "landmark": LandmarkEntry(
+        name="landmark", filename="landmark/face_model.safetensors",
+        sha256="84ef3aefb4a3e9e64c267414812b1a3c21038e361fe5b72f4dde84ba4d61c2ff", coefficients=12, image_size=256,
+        card="landmark/MODEL_CARD.md"),
+}
+FACE_MODEL_FORMAT = "facecodec-face-model-v1"
+
+
+def load_face_model(path: Path | str, expected_sha256: str | None = None):
+    """A :class:`codec.face3d.FaceModel` from its safetensors file (sha256 checked)."""
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    from codec.face3d import NUM_LANDMARKS, FaceModel
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"face model file not found: {path}")
+    digest = file_sha256(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise WeightsError(f"face model {path} has sha256 {digest[:16]}…, expected {expected_sha256[:16]}…: "
+                           "the file is corrupted or not the registered version")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            info = json.loads((f.metadata() or {}).get("facecodec", "null"))
+            arrays = {key: f.get_tensor(key).astype(np.float64) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"face model {path} is not readable safetensors: {exc}") from exc
+    if not isinstance(info, dict) or info.get("format") != FACE_MODEL_FORMAT:
+        raise WeightsError(f"face model {path} carries no {FACE_MODEL_FORMAT} metadata")
+    try:
+        model = FaceModel(arrays["mean_shape"], arrays["basis"], arrays["basis_mean"], arrays["scales"])
+    except KeyError as exc:
+        raise WeightsError(f"face model {path} lacks {exc}") from exc
+    k = model.basis.shape[0]
+    if (model.mean_shape.shape != (NUM_LANDMARKS, 3) or model.basis.shape != (k, 2 * NUM_LANDMARKS)
+            or model.basis_mean.shape != (2 * NUM_LANDMARKS,) or model.scales.shape != (k,)):
+        raise WeightsError(f"face model {path} has unexpected shapes")
+    return model
+
+
+def load_landmark_model(name: str = DEFAULT_MODEL, *, face_model: Path | str | None = None,
+                        coefficients: int | None = None) -> TalkingHeadModel:
+    """A landmark-family model: the registered face model, or ``face_model`` (a file you fitted)."""
+    from codec.families.landmark import LandmarkModel
+
+    entry = LANDMARK_MODELS.get(name)
+    if entry is None:
+        raise WeightsError(f"unknown landmark model {name!r} (known: {', '.join(LANDMARK_MODELS)})")
+    if face_model is None:
+        face = load_face_model(WEIGHTS_DIR / entry.filename, expected_sha256=entry.sha256)
+        digest = entry.sha256
+    else:
+        face = load_face_model(face_model)
+        digest = file_sha256(Path(face_model))
+    k = coefficients or entry.coefficients
+    # The stream's identity covers the face model and how many coefficients are sent.
+    identity = hashlib.sha256(f"{digest}:{k}".encode()).hexdigest()
+    return LandmarkModel(face, name=entry.name, sha256=identity, image_size=entry.image_size,
+                         coefficients=k)
+
+
+def model_names() -> list[str]:
+    """Every name ``resolve_model`` takes: the landmark models, then the vid2vid configs."""
+    return list(LANDMARK_MODELS) + sorted(CONFIGS)
 
 
 @dataclass(frozen=True)
@@ -43,21 +128,6 @@ class WeightsEntry:
 
 # Trained weights land here, one entry per shipped version (sha256 of the file).
 REGISTRY: dict[str, WeightsEntry] = {}
-
-
-@dataclass
-class LoadedModel:
-    """A ready-to-run model and what identifies it in a stream header."""
-
-    model: FaceVid2Vid
-    name: str
-    sha256: str
-    untrained: bool
-
-    @property
-    def sha256_prefix(self) -> bytes:
-        """First 8 bytes of the weights' sha256, as carried in the stream header."""
-        return bytes.fromhex(self.sha256[:16])
 
 
 def file_sha256(path: Path) -> str:
@@ -104,7 +174,7 @@ def export_weights(model: FaceVid2Vid, path: Path) -> str:
 
 
 def load_weights_file(path: Path | str, expected_sha256: str | None = None,
-                      device: str | torch.device = "cpu") -> LoadedModel:
+                      device: str | torch.device = "cpu") -> Vid2VidModel:
     """Load a weights file written by ``export_weights``; check its sha256 if one is given."""
     from safetensors import SafetensorError, safe_open
 
@@ -144,10 +214,10 @@ def load_weights_file(path: Path | str, expected_sha256: str | None = None,
         state[key] = tensor.to(expected[key].dtype)
     model.load_state_dict(state)
     model.to(device).eval()
-    return LoadedModel(model=model, name=config.name, sha256=digest, untrained=False)
+    return Vid2VidModel(model, name=config.name, sha256=digest, untrained=False)
 
 
-def load_pretrained(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu") -> LoadedModel:
+def load_pretrained(name: str = "vox256", device: str | torch.device = "cpu") -> Vid2VidModel:
     """The registered trained weights for ``name``; a clear WeightsError when there are none."""
     entry = REGISTRY.get(name)
     if entry is None:
@@ -164,23 +234,31 @@ def load_pretrained(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu
     return loaded
 
 
-def build_untrained(config_name: str = DEFAULT_MODEL, seed: int = 0,
-                    device: str | torch.device = "cpu") -> LoadedModel:
+def build_untrained(config_name: str = "vox256", seed: int = 0,
+                    device: str | torch.device = "cpu") -> Vid2VidModel:
     """A seeded, randomly initialised model. Its output is not a working codec; it is for
     tests, speed measurements and format work, and every stream it makes is flagged UNTRAINED."""
     config = get_config(config_name)
     model = build_model(config, seed=seed)
     log.warning("using an UNTRAINED %s model (seed %d): output frames are not meaningful",
                 config.name, seed)
-    loaded = LoadedModel(model=model, name=config.name, sha256=state_sha256(model), untrained=True)
+    loaded = Vid2VidModel(model, name=config.name, sha256=state_sha256(model), untrained=True)
     model.to(device).eval()
     return loaded
 
 
 def resolve_model(name: str = DEFAULT_MODEL, *, untrained: bool = False,
                   weights: Path | str | None = None, seed: int = 0,
-                  device: str | torch.device = "cpu") -> LoadedModel:
-    """The one place the CLI and API turn user choices into a model."""
+                  device: str | torch.device = "cpu") -> TalkingHeadModel:
+    """The one place the CLI and API turn user choices into a model.
+
+    A landmark model needs no training, so ``untrained`` does not apply to it; ``weights``
+    is then a face model file. For the vid2vid family, ``weights`` is a file the trainer
+    exported and ``untrained`` asks for the seeded, untrained network."""
+    if name in LANDMARK_MODELS:
+        return load_landmark_model(name, face_model=weights)
+    if name not in CONFIGS:
+        raise WeightsError(f"unknown model {name!r} (known: {', '.join(model_names())})")
     if weights is not None:
         return load_weights_file(weights, device=device)
     if untrained:

@@ -108,7 +108,7 @@ class ReceiverSession:
     """Receive one peer's video.
 
     Args:
-        loaded: the codec model (``codec.zoo.LoadedModel``), or None (H.264 only).
+        loaded: the codec model (``codec.families.TalkingHeadModel``), or None (H.264 only).
         show: called with (H×W×3 uint8 RGB frame, media time s) for every shown frame —
             typically ``LatestFrame.put`` plus the recorder.
         send_control: sends a control message back to the peer's sender.
@@ -294,7 +294,7 @@ class ReceiverSession:
     def _emit(self, frame) -> None:
         self._last_decoded_at = time.monotonic()
         self.stats.rendered += 1
-        self.stats.recent_motion.append((frame.seq, frame.motion.to_vector()))
+        self.stats.recent_motion.append((frame.seq, frame.motion))
         self.render_meter.add()
         if self.clock is not None:
             self.stats.latencies_ms.append(1000.0 * (time.time() - (self.clock + frame.timestamp)))

@@ -235,26 +235,23 @@ def head_pose_path(t: float) -> tuple[float, float, float]:
     """The scripted head turn of the free-view default: (yaw, pitch, roll) degrees at ``t`` s.
 
     Incommensurate periods (4, 3 and 5 s), so the path does not repeat within a benchmark clip;
-    amplitudes inside what face vid2vid's free view renders well (±20° yaw)."""
-    return (20.0 * math.sin(2 * math.pi * t / 4.0), 8.0 * math.sin(2 * math.pi * t / 3.0),
+    amplitudes inside what a one-shot free view renders well (±15° yaw)."""
+    return (15.0 * math.sin(2 * math.pi * t / 4.0), 6.0 * math.sin(2 * math.pi * t / 3.0),
             5.0 * math.sin(2 * math.pi * t / 5.0))
 
 
 class FreeViewPortraitSource:
-    """A still portrait turned in 3D by the codec's own generator (free view, one-shot).
+    """A still portrait turned in 3D by the codec's own model (free view, one-shot).
 
-    The photo is face-cropped once, becomes the generator's source, and every frame re-renders
-    it with the photo's own expression and translation but the head rotated by
-    :func:`head_pose_path`. Frames are the model's resolution (e.g. 256×256). Only meaningful
-    with trained weights: an untrained generator renders noise, so :func:`default_source` uses
-    it only when trained weights are loaded.
+    The photo is face-cropped once and becomes the model's source; every frame re-renders
+    it with the photo's own expression and position but the head rotated by
+    :func:`head_pose_path`. Frames are the model's resolution (e.g. 256×256). Only
+    meaningful with a working model (the landmark family, or trained vid2vid weights): an
+    untrained generator renders noise, so :func:`default_source` uses it only then.
     """
 
     def __init__(self, loaded, image: np.ndarray | None = None, num_frames: int | None = 250,
                  fps: float = 25.0) -> None:
-        import torch
-
-        from codec.api import image_to_tensor
         from codec.facecrop import FaceCropper
 
         if image is None:
@@ -264,16 +261,13 @@ class FreeViewPortraitSource:
         self.loaded = loaded
         self.fps = fps
         self.num_frames = num_frames
-        model = loaded.model
-        size = model.config.image_size
-        box = FaceCropper(out_size=size).fit([image])
-        self._device = next(model.parameters()).device
-        with torch.inference_mode():
-            tensor = image_to_tensor(box.crop(image, size), size, self._device)
-            pose = model.estimate_motion(tensor)
-            self._source = model.prepare_source(tensor)
-        self._base = (pose.yaw, pose.pitch, pose.roll)
-        self._translation, self._expression = pose.translation, pose.expression
+        size = loaded.image_size
+        crop = FaceCropper(out_size=size).fit([image]).crop(image, size)
+        tracker = loaded.motion_tracker()
+        self._base = tracker.motion(crop).astype(np.float32)
+        if not np.all(np.isfinite(self._base)):
+            raise ValueError("the portrait has no face the model can track")
+        self._source = loaded.prepare_source(crop, tracker.keyframe_info(crop))
 
     def __len__(self) -> int:
         if self.num_frames is None:
@@ -281,17 +275,9 @@ class FreeViewPortraitSource:
         return self.num_frames
 
     def frame_at(self, t: float) -> np.ndarray:
-        import torch
-
-        from codec.api import tensor_to_images
-        from codec.keypoints import angles_to_rotation
-
-        dyaw, dpitch, droll = head_pose_path(t)
-        yaw, pitch, roll = self._base
-        with torch.inference_mode():
-            rotation = angles_to_rotation(yaw + dyaw, pitch + dpitch, roll + droll)
-            image = self.loaded.model.render(self._source, rotation, self._translation, self._expression)
-        return tensor_to_images(image)[0]
+        motion = self._base.copy()
+        motion[0:3] += np.asarray(head_pose_path(t), np.float32)
+        return self.loaded.render(self._source, motion[None])[0]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         index = 0
@@ -312,10 +298,10 @@ def default_source(
         fps: frame rate.
         size: (width, height) of the frames (the photo is 512×512).
 
-        model: trained weights (``codec.zoo.LoadedModel``): the portrait then turns its head in
-            3D along a scripted path through the generator's free view
-            (:class:`FreeViewPortraitSource`, frames at the model's size). Without a model, or
-            with an untrained one, the photo moves under a 2D hand-held camera path instead.
+        model: a working model (``codec.families.TalkingHeadModel``, not untrained): the
+            portrait then turns its head in 3D along a scripted path through the model's free
+            view (:class:`FreeViewPortraitSource`, frames at the model's size). Without a
+            model, or with an untrained one, the photo moves under a 2D hand-held camera path.
 
     Returns:
         An iterable of H×W×3 uint8 RGB frames with an ``fps`` attribute.

@@ -19,6 +19,7 @@ import pytest
 from codec.bitstream import (
     CONTAINER_MAGIC,
     MAX_KEYFRAME_BYTES,
+    MAX_KEYFRAME_INFO_BYTES,
     MAX_MOTION_PAYLOAD_BYTES,
     MAX_PACKET_BYTES,
     STREAM_MAGIC,
@@ -42,24 +43,30 @@ from codec.errors import (
     TruncatedError,
     UnsupportedVersionError,
 )
+from codec.families.base import ModelFamily
 from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table
 
 EXPECTED_DIR = Path(__file__).parent / "expected"
-GOLDEN_STREAM = EXPECTED_DIR / "stream_v1.bin"
-GOLDEN_CONTAINER = EXPECTED_DIR / "container_v1.fvvf"
-GOLDEN_NUM_KP = 4
+GOLDEN_STREAM = EXPECTED_DIR / "stream_v2.bin"
+GOLDEN_CONTAINER = EXPECTED_DIR / "container_v2.fvvf"
+# Format version 1 files, kept to prove they are refused with a clear error.
+V1_STREAM = EXPECTED_DIR / "stream_v1.bin"
+V1_CONTAINER = EXPECTED_DIR / "container_v1.fvvf"
+GOLDEN_EXPRESSION_VALUES = 16  # the landmark family's default N
 GOLDEN_FRAMES = 12
 GOLDEN_QUALITY = 3
 GOLDEN_INTRA_PERIOD = 5
 GOLDEN_FRAME_TICKS = 40  # 25 fps at a 1000-tick timebase
 FAKE_IMAGE = b"RIFF\x10\x00\x00\x00WEBPfake-keyframe"
+FAKE_INFO = bytes(range(40))  # keyframe info bytes (opaque to the bitstream layer)
 
 
-def make_header(num_kp: int = GOLDEN_NUM_KP, flags: int = HeaderFlags.UNTRAINED) -> StreamHeader:
+def make_header(expression_count: int = GOLDEN_EXPRESSION_VALUES, flags: int = 0) -> StreamHeader:
     return StreamHeader(
         model_name="fv2v-test", weights_sha256_prefix=bytes(range(8)), width=256, height=256,
-        num_kp=num_kp, timebase=1000, quality=GOLDEN_QUALITY,
-        intra_period=GOLDEN_INTRA_PERIOD, quant_table=quant_table(GOLDEN_QUALITY),
+        family=int(ModelFamily.LANDMARK), expression_count=expression_count, timebase=1000,
+        quality=GOLDEN_QUALITY, intra_period=GOLDEN_INTRA_PERIOD,
+        quant_table=quant_table(GOLDEN_QUALITY, ModelFamily.LANDMARK),
         keyframe_codec=KeyframeCodec.WEBP, flags=int(flags))
 
 
@@ -68,13 +75,13 @@ def golden_motion_vectors() -> list[np.ndarray]:
     platforms and versions, and float32 division is exact IEEE), so the bytes never depend
     on numpy's RNG or libm."""
     rng = random.Random(20240601)
-    length = 6 + 3 * GOLDEN_NUM_KP
+    length = 6 + GOLDEN_EXPRESSION_VALUES
     units = [0] * length
     vectors = []
     for _ in range(GOLDEN_FRAMES):
         units = [u + rng.randint(-60, 60) for u in units]
         values = np.array(units, np.float32)
-        # Angles in hundredths of a degree, translation and δ in 1e-4 units.
+        # Angles in hundredths of a degree, translation and coefficients in 1e-4 units.
         scale = np.array([100.0] * 3 + [10000.0] * (length - 3), np.float32)
         vectors.append(values / scale)
     return vectors
@@ -82,8 +89,9 @@ def golden_motion_vectors() -> list[np.ndarray]:
 
 def golden_packets() -> list[bytes]:
     """Keyframe packet then GOLDEN_FRAMES motion packets (seq 1…, intra every 5)."""
-    encoder = MotionEncoder(quant_table(GOLDEN_QUALITY), GOLDEN_NUM_KP, GOLDEN_INTRA_PERIOD)
-    packets = [KeyframePacket(0, 0, KeyframeCodec.WEBP, FAKE_IMAGE).pack()]
+    encoder = MotionEncoder(quant_table(GOLDEN_QUALITY, ModelFamily.LANDMARK), GOLDEN_EXPRESSION_VALUES,
+                            GOLDEN_INTRA_PERIOD)
+    packets = [KeyframePacket(0, 0, KeyframeCodec.WEBP, FAKE_IMAGE, FAKE_INFO).pack()]
     for frame, vector in enumerate(golden_motion_vectors()):
         seq = frame + 1
         intra, payload = encoder.encode_vector(vector, seq)
@@ -170,15 +178,17 @@ def test_header_round_trip_and_layout() -> None:
     header = make_header()
     data = header.pack()
     name_length = len(header.model_name)
-    assert len(data) == 85 + name_length
-    assert struct.unpack_from("<I", data, 25 + name_length)[0] == header.frame_rate_millihz
-    assert data[:4] == STREAM_MAGIC and data[4] == 1
-    assert struct.unpack_from("<H", data, 5)[0] == HeaderFlags.UNTRAINED
+    assert len(data) == 87 + name_length
+    assert data[20 + name_length] == ModelFamily.LANDMARK
+    assert struct.unpack_from("<H", data, 21 + name_length)[0] == GOLDEN_EXPRESSION_VALUES
+    assert struct.unpack_from("<I", data, 27 + name_length)[0] == header.frame_rate_millihz
+    assert data[:4] == STREAM_MAGIC and data[4] == 2
+    assert struct.unpack_from("<H", data, 5)[0] == 0
     assert data[7] == name_length and data[8:8 + name_length] == b"fv2v-test"
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
     parsed = StreamHeader.parse(data)
-    assert parsed == header and parsed.untrained
-    assert not StreamHeader.parse(make_header(flags=0).pack()).untrained
+    assert parsed == header and not parsed.untrained
+    assert StreamHeader.parse(make_header(flags=HeaderFlags.UNTRAINED).pack()).untrained
 
 
 def test_header_every_truncation_raises() -> None:
@@ -197,7 +207,12 @@ def test_header_errors() -> None:
     with pytest.raises(BitstreamError):
         StreamHeader.parse(b"XXXX" + data[4:])
     with pytest.raises(UnsupportedVersionError):
-        StreamHeader.parse(_with_crc(data[:4] + b"\x02" + data[5:-4]))
+        StreamHeader.parse(_with_crc(data[:4] + b"\x03" + data[5:-4]))
+    family_offset = 8 + len("fv2v-test") + 12
+    with pytest.raises(BitstreamError):  # unknown family
+        StreamHeader.parse(_with_crc(data[:family_offset] + b"\x09" + data[family_offset + 1:-4]))
+    with pytest.raises(BitstreamError):  # no expression values
+        StreamHeader.parse(_with_crc(data[:family_offset + 1] + b"\0\0" + data[family_offset + 3:-4]))
     with pytest.raises(BitstreamError, match="CRC"):
         StreamHeader.parse(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(BitstreamError, match="trailing"):
@@ -222,18 +237,20 @@ def test_header_validation() -> None:
     with pytest.raises(ValueError):
         make_header(flags=0x8000)
     with pytest.raises(ValueError):
-        StreamHeader("bad name!", bytes(8), 1, 1, 1, 1, 0, 1, quant_table(0), 1)
+        StreamHeader("bad name!", bytes(8), 1, 1, 2, 1, 1, 0, 1, quant_table(0), 1)
     with pytest.raises(ValueError):
-        StreamHeader("m", bytes(7), 1, 1, 1, 1, 0, 1, quant_table(0), 1)
+        StreamHeader("m", bytes(7), 1, 1, 2, 1, 1, 0, 1, quant_table(0), 1)
     with pytest.raises(ValueError):
-        StreamHeader("m", bytes(8), 1, 1, 1, 1, 0, 1, quant_table(0), 99)
+        StreamHeader("m", bytes(8), 1, 1, 2, 1, 1, 0, 1, quant_table(0), 99)
+    with pytest.raises(ValueError):  # unknown family
+        StreamHeader("m", bytes(8), 1, 1, 7, 1, 1, 0, 1, quant_table(0), 1)
 
 
 # --- frame packets ----------------------------------------------------------------------
 
 def sample_packets() -> list[bytes]:
     return [
-        KeyframePacket(7, 123456, KeyframeCodec.JPEG, b"\xff\xd8jpeg").pack(),
+        KeyframePacket(7, 123456, KeyframeCodec.JPEG, b"\xff\xd8jpeg", b"info").pack(),
         MotionPacket(2**40, 2**63, True, b"\x01\x02\x03\x04").pack(),
         MotionPacket(0, 0, False, b"").pack(),
         MotionPacket(300, 40, False, bytes(range(200))).pack(),
@@ -243,8 +260,11 @@ def sample_packets() -> list[bytes]:
 def test_packet_round_trip_and_layout() -> None:
     keyframe = KeyframePacket(7, 300, KeyframeCodec.JPEG, b"abc")
     data = keyframe.pack()
-    assert data == b"\x01\x07\xac\x02\x02\x03abc"
+    assert data == b"\x01\x07\xac\x02\x02\x03abc\x00"  # empty keyframe info
     assert parse_packet(data) == keyframe
+    with_info = KeyframePacket(7, 300, KeyframeCodec.JPEG, b"abc", b"xy")
+    assert with_info.pack() == b"\x01\x07\xac\x02\x02\x03abc\x02xy"
+    assert parse_packet(with_info.pack()) == with_info
     motion = MotionPacket(5, 200, False, b"wxyz")
     assert motion.pack() == b"\x03\x05\xc8\x01\x04wxyz"
     assert parse_packet(motion.pack()) == motion
@@ -284,6 +304,10 @@ def test_packet_size_limits() -> None:
         parse_packet(b"\x02\x00\x00" + oversized_motion_length)
     with pytest.raises(OversizedError):
         parse_packet(b"\x01\x00\x00\x01" + encode_uvarint(MAX_KEYFRAME_BYTES + 1))
+    with pytest.raises(OversizedError):  # keyframe info over its limit
+        parse_packet(b"\x01\x00\x00\x01\x01a" + encode_uvarint(MAX_KEYFRAME_INFO_BYTES + 1))
+    with pytest.raises(OversizedError):
+        KeyframePacket(0, 0, KeyframeCodec.WEBP, b"a", bytes(MAX_KEYFRAME_INFO_BYTES + 1)).pack()
     with pytest.raises(OversizedError):
         parse_packet(b"\x02\x00\x00" + encode_uvarint(2**64 - 1))
     with pytest.raises(OversizedError):
@@ -293,7 +317,7 @@ def test_packet_size_limits() -> None:
     with pytest.raises(OversizedError):
         KeyframePacket(0, 0, KeyframeCodec.WEBP, bytes(MAX_KEYFRAME_BYTES + 1)).pack()
     biggest = KeyframePacket(2**64 - 1, 2**64 - 1, KeyframeCodec.WEBP,
-                             bytes(MAX_KEYFRAME_BYTES)).pack()
+                             bytes(MAX_KEYFRAME_BYTES), bytes(MAX_KEYFRAME_INFO_BYTES)).pack()
     assert len(biggest) <= MAX_PACKET_BYTES
     assert len(parse_packet(biggest).image_bytes) == MAX_KEYFRAME_BYTES
     with pytest.raises(ValueError):
@@ -447,8 +471,9 @@ def test_golden_stream_decodes() -> None:
     assert header == make_header()
     keyframe = parse_packet(messages[1])
     assert isinstance(keyframe, KeyframePacket) and keyframe.image_bytes == FAKE_IMAGE
-    decoder = MotionDecoder(header.quant_table, header.num_kp)
-    steps = header.quant_table.steps_vector(header.num_kp)
+    assert keyframe.info == FAKE_INFO
+    decoder = MotionDecoder(header.quant_table, header.expression_count)
+    steps = header.quant_table.steps_vector(header.expression_count)
     intra_seqs = []
     for message, vector in zip(messages[2:], golden_motion_vectors(), strict=True):
         packet = parse_packet(message)
@@ -461,3 +486,13 @@ def test_golden_stream_decodes() -> None:
     container = read_container(GOLDEN_CONTAINER.read_bytes())
     assert container.video_packets == messages[1:]
     assert len(container.audio_packets) == 6
+
+
+def test_version_1_files_are_refused_clearly() -> None:
+    """Streams written before the landmark family (format version 1) get a typed error
+    that says what to do, never a misparse."""
+    messages = split_stream(V1_STREAM.read_bytes())
+    with pytest.raises(UnsupportedVersionError, match="version 1"):
+        StreamHeader.parse(messages[0])
+    with pytest.raises(UnsupportedVersionError, match="version 1"):
+        read_container(V1_CONTAINER.read_bytes())

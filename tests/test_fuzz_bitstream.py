@@ -29,6 +29,8 @@ from codec.bitstream import (
     read_container,
 )
 from codec.errors import CodecError
+from codec.families.base import ModelFamily
+from codec.families.landmark import pack_keyframe_info
 from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2000"))
@@ -36,15 +38,15 @@ FUZZ_SETTINGS = settings(
     max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-NUM_KP = 6
+EXPRESSION_VALUES = 12  # the landmark family's default
 QUALITY = 2
-TABLE = quant_table(QUALITY)
+TABLE = quant_table(QUALITY, ModelFamily.LANDMARK)
 
 
 def _motion_payloads() -> list[tuple[bool, bytes]]:
     rng = np.random.default_rng(0)
-    encoder = MotionEncoder(TABLE, NUM_KP, intra_period=4)
-    vector = np.zeros(6 + 3 * NUM_KP, np.float32)
+    encoder = MotionEncoder(TABLE, EXPRESSION_VALUES, intra_period=4)
+    vector = np.zeros(6 + EXPRESSION_VALUES, np.float32)
     payloads = []
     for seq in range(8):
         vector = vector + rng.normal(0, 0.01, vector.shape).astype(np.float32)
@@ -54,9 +56,11 @@ def _motion_payloads() -> list[tuple[bool, bytes]]:
 
 
 MOTION_PAYLOADS = _motion_payloads()
-HEADER = StreamHeader("fv2v-fuzz", bytes(8), 256, 256, NUM_KP, 1000, QUALITY, 4, TABLE,
-                      KeyframeCodec.WEBP, HeaderFlags.UNTRAINED)
-PACKETS = [KeyframePacket(0, 0, KeyframeCodec.JPEG, b"\xff\xd8\xff\xe0tiny").pack()] + [
+HEADER = StreamHeader("fv2v-fuzz", bytes(8), 256, 256, int(ModelFamily.LANDMARK), EXPRESSION_VALUES,
+                      1000, QUALITY, 4, TABLE, KeyframeCodec.WEBP, HeaderFlags.UNTRAINED)
+LANDMARKS = np.stack([np.linspace(60, 200, 68), np.linspace(80, 220, 68)], axis=1)
+PACKETS = [KeyframePacket(0, 0, KeyframeCodec.JPEG, b"\xff\xd8\xff\xe0tiny",
+                          pack_keyframe_info(LANDMARKS)).pack()] + [
     MotionPacket(seq + 1, 40 * seq, intra, payload).pack()
     for seq, (intra, payload) in enumerate(MOTION_PAYLOADS)]
 
@@ -139,7 +143,7 @@ def test_fuzz_read_container(data: bytes) -> None:
 @FUZZ_SETTINGS
 @given(fuzz_input("motion"), st.booleans(), st.booleans())
 def test_fuzz_motion_decoder(data: bytes, is_intra: bool, in_sequence: bool) -> None:
-    decoder = MotionDecoder(TABLE, NUM_KP)
+    decoder = MotionDecoder(TABLE, EXPRESSION_VALUES)
     decoder.decode(True, 0, MOTION_PAYLOADS[0][1])
     seq = 1 if in_sequence else 5
     try:
@@ -147,5 +151,5 @@ def test_fuzz_motion_decoder(data: bytes, is_intra: bool, in_sequence: bool) -> 
     except CodecError:
         return
     vector = motion.to_vector()
-    limit = TABLE.bounds_vector(NUM_KP) + TABLE.steps_vector(NUM_KP)
+    limit = TABLE.bounds_vector(EXPRESSION_VALUES) + TABLE.steps_vector(EXPRESSION_VALUES)
     assert np.all(np.isfinite(vector)) and np.all(np.abs(vector) <= limit)

@@ -1,6 +1,6 @@
 """The stream header and the frame packets: explicit little-endian layouts, never pickle.
 
-Stream header (sent once per call and at the start of a file), format version 1::
+Stream header (sent once per call and at the start of a file), format version 2::
 
     offset   size  field
     0        4     magic b"FVVS"
@@ -11,16 +11,23 @@ Stream header (sent once per call and at the start of a file), format version 1:
     8+n      8     weights sha256 prefix (first 8 bytes of the digest)
     16+n     2     width, uint16 (pixels, 1 … 16384)
     18+n     2     height, uint16
-    20+n     1     num_kp K, uint8 (1 … 255)
-    21+n     4     timebase, uint32 (timestamp ticks per second, ≥ 1)
-    25+n     4     nominal frame rate, uint32, in millihertz (25000 = 25 fps; 0 = unknown)
-    29+n     1     quality, uint8 (the quant_table level it was made with; informative)
-    30+n     2     intra_period, uint16 (≥ 1)
-    32+n     1     keyframe image codec id (KeyframeCodec)
-    33+n     48    QuantTable: angles, translation, expression × (step, bound, intra
+    20+n     1     model family (codec.families.ModelFamily: 1 vid2vid, 2 landmark)
+    21+n     2     N = expression values per frame, uint16 (1 … 765)
+    23+n     4     timebase, uint32 (timestamp ticks per second, ≥ 1)
+    27+n     4     nominal frame rate, uint32, in millihertz (25000 = 25 fps; 0 = unknown)
+    31+n     1     quality, uint8 (the quant_table level it was made with; informative)
+    32+n     2     intra_period, uint16 (≥ 1)
+    34+n     1     keyframe image codec id (KeyframeCodec)
+    35+n     48    QuantTable: angles, translation, expression × (step, bound, intra
                    scale, inter scale), float32
-    81+n     4     CRC32 (zlib) of bytes 0 … 80+n
-    total 85+n bytes
+    83+n     4     CRC32 (zlib) of bytes 0 … 82+n
+    total 87+n bytes
+
+The motion layout is family + N: every frame's motion vector is 3 angles (degrees), 3
+translation values and N expression values, quantized by the table's three groups;
+the family fixes what the translation and expression values mean
+(:class:`codec.families.ModelFamily`). Version 1 streams (a fixed 6 + 3K vid2vid
+layout, no family) are refused with UnsupportedVersionError.
 
 Frame packet (one data-channel message or one container record)::
 
@@ -30,6 +37,9 @@ Frame packet (one data-channel message or one container record)::
     1 byte   keyframe image codec id            (keyframe packets only)
     varint   payload length L (≤ the type's limit)
     L bytes  payload (image bytes, or range-coded motion)
+    varint   info length I (keyframe packets only; ≤ 4096)
+    I bytes  keyframe info: what the family's receiver needs beside the pixels (the
+             landmark family: the keyframe's 68 landmarks; vid2vid: nothing)
     nothing may follow.
 
 The explicit length makes every truncation detectable even though the transport
@@ -46,10 +56,11 @@ from enum import IntEnum, IntFlag
 
 from codec.bitstream.varint import MAX_VARINT_BYTES, ByteReader, encode_uvarint
 from codec.errors import BitstreamError, OversizedError, TruncatedError, UnsupportedVersionError
-from codec.motion_coding import MAX_NUM_KP, QuantTable
+from codec.families.base import ModelFamily
+from codec.motion_coding import MAX_EXPRESSION_VALUES, QuantTable
 
 STREAM_MAGIC = b"FVVS"
-STREAM_FORMAT_VERSION = 1
+STREAM_FORMAT_VERSION = 2
 
 MAX_MODEL_NAME_BYTES = 32
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_MODEL_NAME_BYTES)
@@ -57,9 +68,10 @@ WEIGHTS_PREFIX_BYTES = 8
 MAX_DIMENSION = 16384
 MAX_KEYFRAME_BYTES = 4 * 1024 * 1024
 MAX_MOTION_PAYLOAD_BYTES = 4 * 1024
-# type + seq + timestamp + codec id + payload length + payload.
-MAX_PACKET_BYTES = 1 + 3 * MAX_VARINT_BYTES + 1 + MAX_KEYFRAME_BYTES
-MAX_HEADER_BYTES = 85 + MAX_MODEL_NAME_BYTES
+MAX_KEYFRAME_INFO_BYTES = 4 * 1024
+# type + seq + timestamp + codec id + payload length + payload + info length + info.
+MAX_PACKET_BYTES = 1 + 4 * MAX_VARINT_BYTES + 1 + MAX_KEYFRAME_BYTES + MAX_KEYFRAME_INFO_BYTES
+MAX_HEADER_BYTES = 87 + MAX_MODEL_NAME_BYTES
 
 
 class HeaderFlags(IntFlag):
@@ -91,9 +103,10 @@ class PacketType(IntEnum):
 
 
 CONTROL_TYPE_RANGE = range(0x40, 0x80)
+KNOWN_FAMILIES = frozenset(int(family) for family in ModelFamily)
 KNOWN_KEYFRAME_CODECS = frozenset(int(codec) for codec in KeyframeCodec)
 
-_HEADER_FIXED_AFTER_NAME = struct.Struct("<8sHHBIIBHB")  # prefix … keyframe codec (25 bytes)
+_HEADER_FIXED_AFTER_NAME = struct.Struct("<8sHHBHIIBHB")  # prefix … keyframe codec (27 bytes)
 _HEADER_PREAMBLE = struct.Struct("<4sBHB")  # magic, version, flags, name length (8 bytes)
 _FLAGS = struct.Struct("<H")
 _CRC = struct.Struct("<I")
@@ -113,7 +126,8 @@ class StreamHeader:
     weights_sha256_prefix: bytes
     width: int
     height: int
-    num_kp: int
+    family: int  # a ModelFamily value
+    expression_count: int
     timebase: int
     quality: int
     intra_period: int
@@ -137,7 +151,10 @@ class StreamHeader:
             raise ValueError(f"weights prefix must be {WEIGHTS_PREFIX_BYTES} bytes")
         _check_uint("width", self.width, 1, MAX_DIMENSION)
         _check_uint("height", self.height, 1, MAX_DIMENSION)
-        _check_uint("num_kp", self.num_kp, 1, MAX_NUM_KP)
+        _check_uint("family", self.family, 0, 0xFF)
+        if self.family not in KNOWN_FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}")
+        _check_uint("expression_count", self.expression_count, 1, MAX_EXPRESSION_VALUES)
         _check_uint("timebase", self.timebase, 1, 0xFFFFFFFF)
         _check_uint("frame_rate_millihz", self.frame_rate_millihz, 0, 1_000_000)
         _check_uint("quality", self.quality, 0, 0xFF)
@@ -161,7 +178,8 @@ class StreamHeader:
             _HEADER_PREAMBLE.pack(STREAM_MAGIC, STREAM_FORMAT_VERSION, self.flags, len(name))
             + name
             + _HEADER_FIXED_AFTER_NAME.pack(
-                self.weights_sha256_prefix, self.width, self.height, self.num_kp,
+                self.weights_sha256_prefix, self.width, self.height, int(self.family),
+                self.expression_count,
                 self.timebase, self.frame_rate_millihz, self.quality, self.intra_period,
                 int(self.keyframe_codec))
             + self.quant_table.to_bytes()
@@ -180,6 +198,10 @@ class StreamHeader:
         if magic != STREAM_MAGIC:
             raise BitstreamError(f"not a stream header (magic {magic!r})")
         version = reader.read_u8("header version")
+        if version == 1:
+            raise UnsupportedVersionError(
+                "stream format version 1 (vid2vid only, before the landmark family) is no longer "
+                f"read; this build reads version {STREAM_FORMAT_VERSION}: compress the video again")
         if version != STREAM_FORMAT_VERSION:
             raise UnsupportedVersionError(f"stream format version {version} is not supported "
                                           f"(this build reads {STREAM_FORMAT_VERSION})")
@@ -195,11 +217,13 @@ class StreamHeader:
         reader.expect_end("stream header")
         if crc != zlib.crc32(bytes(memoryview(data)[:body_length])):
             raise BitstreamError("stream header CRC mismatch")
-        prefix, width, height, num_kp, timebase, frame_rate, quality, intra_period, codec = fixed
+        (prefix, width, height, family, expression_count, timebase, frame_rate, quality,
+         intra_period, codec) = fixed
         try:
             return cls(
                 model_name=name_bytes.decode("ascii"),
-                weights_sha256_prefix=prefix, width=width, height=height, num_kp=num_kp,
+                weights_sha256_prefix=prefix, width=width, height=height, family=family,
+                expression_count=expression_count,
                 timebase=timebase, quality=quality, intra_period=intra_period,
                 quant_table=QuantTable.from_bytes(table_bytes), keyframe_codec=codec,
                 flags=flags, frame_rate_millihz=frame_rate)
@@ -219,6 +243,7 @@ class KeyframePacket:
     timestamp: int
     codec_id: int
     image_bytes: bytes
+    info: bytes = b""  # the family's keyframe info (see the module docstring)
 
     def pack(self) -> bytes:
         """Serialise; OversizedError above MAX_KEYFRAME_BYTES, ValueError on bad fields."""
@@ -230,9 +255,11 @@ class KeyframePacket:
         if len(self.image_bytes) > MAX_KEYFRAME_BYTES:
             raise OversizedError(f"keyframe image of {len(self.image_bytes)} bytes exceeds "
                                  f"{MAX_KEYFRAME_BYTES}")
+        if len(self.info) > MAX_KEYFRAME_INFO_BYTES:
+            raise OversizedError(f"keyframe info of {len(self.info)} bytes exceeds {MAX_KEYFRAME_INFO_BYTES}")
         return (_packet_prefix(PacketType.KEYFRAME, self.seq, self.timestamp)
                 + bytes([self.codec_id]) + encode_uvarint(len(self.image_bytes))
-                + bytes(self.image_bytes))
+                + bytes(self.image_bytes) + encode_uvarint(len(self.info)) + bytes(self.info))
 
 
 @dataclass(frozen=True)
@@ -286,8 +313,10 @@ def parse_packet(data: bytes | bytearray | memoryview) -> KeyframePacket | Motio
         if length == 0:
             raise BitstreamError("keyframe image is empty")
         image = reader.read_bytes(length, "keyframe image")
+        info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "keyframe info length")
+        info = reader.read_bytes(info_length, "keyframe info")
         reader.expect_end("keyframe packet")
-        return KeyframePacket(seq, timestamp, codec_id, image)
+        return KeyframePacket(seq, timestamp, codec_id, image, info)
     length = reader.read_length(MAX_MOTION_PAYLOAD_BYTES, "motion payload length")
     payload = reader.read_bytes(length, "motion payload")
     reader.expect_end("motion packet")
@@ -296,7 +325,7 @@ def parse_packet(data: bytes | bytearray | memoryview) -> KeyframePacket | Motio
 
 __all__ = [
     "CONTROL_TYPE_RANGE", "KNOWN_KEYFRAME_CODECS", "KNOWN_HEADER_FLAGS", "MAX_DIMENSION",
-    "MAX_HEADER_BYTES", "MAX_KEYFRAME_BYTES", "MAX_MODEL_NAME_BYTES", "MAX_MOTION_PAYLOAD_BYTES",
+    "MAX_HEADER_BYTES", "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES", "MAX_MODEL_NAME_BYTES", "MAX_MOTION_PAYLOAD_BYTES",
     "MAX_PACKET_BYTES",
     "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "FramePacket",
     "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket", "PacketType",

@@ -9,8 +9,12 @@ the arithmetic coding: each table goes to a ``Categorical(perfect=False)`` model
 built once per table and cached.
 
 Symbols are signed integers in ``[-half_width, half_width]``; the coder shifts them to
-constriction's ``{0, …, 2·half_width}`` alphabet. Compressed data are uint32 words,
-serialised little-endian, so a payload is always a multiple of 4 bytes.
+constriction's ``{0, …, 2·half_width}`` alphabet. Constriction writes uint32 words; we
+serialise them big-endian (so the last bytes are the least significant ones of the
+final word) and then drop trailing bytes for as long as the payload,
+zero-padded back to whole words (plus one zero word), still decodes to the same
+symbols. A motion packet carries ~40 bits of information, and whole words would round
+that up to 64–96 bits; trimmed, it costs about a byte more than its information.
 
 constriction is imported inside the functions that use it, so this module (and
 everything that imports it) loads without constriction installed.
@@ -176,7 +180,7 @@ def _runs(models: Sequence[DiscreteModel]) -> list[tuple[int, int, DiscreteModel
 
 
 def encode_symbols(symbols: np.ndarray, models: Sequence[DiscreteModel]) -> bytes:
-    """Range-code ``symbols`` (1-D ints, one model per position) into little-endian uint32 words.
+    """Range-code ``symbols`` (1-D ints, one model per position) into trimmed big-endian words.
 
     Raises ValueError if a symbol lies outside its model's alphabet or the lengths differ
     (both are caller bugs, not bad input). Zero symbols give an empty payload.
@@ -199,7 +203,32 @@ def encode_symbols(symbols: np.ndarray, models: Sequence[DiscreteModel]) -> byte
                              f"at positions {start}..{stop - 1}")
         # Constriction wants 1-D int32 in {0, …, 2N}.
         encoder.encode((run + model.half_width).astype(np.int32), _constriction_model(model))
-    return encoder.get_compressed().astype("<u4").tobytes()
+    data = encoder.get_compressed().astype(">u4").tobytes()
+    expected = values.astype(np.int64)
+    # Shortest prefix that still decodes exactly (the decoder pads with zeros).
+    while data:
+        shorter = data[:-1]
+        try:
+            if not np.array_equal(_decode_words(shorter, models), expected):
+                break
+        except Exception:  # noqa: BLE001 — a prefix constriction rejects is simply too short
+            break
+        data = shorter
+    return data
+
+
+def _decode_words(data: bytes, models: Sequence[DiscreteModel]) -> np.ndarray:
+    """Decode ``len(models)`` symbols from ``data`` zero-padded to whole words + one word."""
+    import constriction
+
+    padded = data + b"\xff" * (-len(data) % 4 + 4)
+    words = np.frombuffer(padded, ">u4").astype(np.uint32)  # native order for constriction
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    decoded = np.empty(len(models), np.int64)
+    for start, stop, model in _runs(models):
+        shifted = decoder.decode(_constriction_model(model), stop - start)
+        decoded[start:stop] = np.asarray(shifted, np.int64) - model.half_width
+    return decoded
 
 
 def decode_symbols(payload: bytes, models: Sequence[DiscreteModel]) -> np.ndarray:
@@ -211,21 +240,12 @@ def decode_symbols(payload: bytes, models: Sequence[DiscreteModel]) -> np.ndarra
     happens to decode is still rejected. Any malformed payload raises BitstreamError.
     """
     data = bytes(payload)
-    if len(data) % 4 != 0:
-        raise BitstreamError(f"entropy payload of {len(data)} bytes is not whole uint32 words")
     if len(models) == 0:
         if data:
             raise BitstreamError("entropy payload has data but no symbols to decode")
         return np.zeros(0, np.int32)
-    import constriction
-
-    decoded = np.empty(len(models), np.int32)
     try:
-        words = np.frombuffer(data, "<u4").astype(np.uint32)  # native order for constriction
-        decoder = constriction.stream.queue.RangeDecoder(words)
-        for start, stop, model in _runs(models):
-            shifted = decoder.decode(_constriction_model(model), stop - start)
-            decoded[start:stop] = np.asarray(shifted, np.int64) - model.half_width
+        decoded = _decode_words(data, models).astype(np.int32)
     except Exception as error:  # constriction signals invalid data with AssertionError
         raise BitstreamError(f"entropy payload is not valid for its models: {error}") from error
     if encode_symbols(decoded, models) != data:

@@ -1,0 +1,118 @@
+"""Quick dev check of the landmark family on the cached dev crops (no re-detection).
+
+Reads ``cache/dev256`` (written by ``codec.training.dataset_builder --split dev``: the
+rd protocol's fixed 256px crops, first 250 frames, with dlib landmarks per frame),
+takes frame 0 as the keyframe, and scores the rebuilt frames against the real ones:
+RGB PSNR and LPIPS (AlexNet), for the landmark warp and for the frozen keyframe, per
+segment. Motion goes through the real quantizer and range coder, so bits/frame are
+the codec's. It is the fast loop for choosing warp settings; the rd benchmark
+(``benchmarks.rd``) is the full protocol with the sender's own landmark tracking.
+
+    python -m benchmarks.landmark_dev --data cache/dev256 --every 5 --json out/landmark_dev.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from codec.families.landmark import LandmarkModel, motion_from_landmarks, pack_keyframe_info
+from codec.metrics import frames_to_tensor, lpips_model, psnr_frames
+from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
+
+
+def read_segment(data: Path, segment: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(N×S×S×3 uint8 RGB frames, N×68×2 landmarks) of one cached segment."""
+    capture = cv2.VideoCapture(str(data / segment["file"]))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    labels = np.load(data / segment["labels"])
+    landmarks = labels["landmarks"].astype(np.float64)
+    n = min(len(frames), len(landmarks))
+    return np.stack(frames[:n]), landmarks[:n]
+
+
+def evaluate_segment(model: LandmarkModel, frames: np.ndarray, landmarks: np.ndarray, every: int,
+                     quality: int, lpips) -> dict:
+    size = model.image_size
+    table = quant_table_for(model.layout, quality)
+    encoder = MotionEncoder(table, model.layout.expression_count, intra_period=25)
+    decoder = MotionDecoder(table, model.layout.expression_count)
+    source = model.prepare_source(frames[0], pack_keyframe_info(landmarks[0]))
+    motion_bytes = 0
+    scored, targets, render_ms = [], [], []
+    for i in range(len(frames)):
+        vector = motion_from_landmarks(landmarks[i], size, model.face)
+        intra, payload = encoder.encode_vector(vector, i)
+        motion_bytes += len(payload) + 4  # + type byte and the varints of a motion packet
+        decoded = decoder.decode_vector(intra, i, payload)
+        if i == 0 or i % every:
+            continue
+        started = time.perf_counter()
+        scored.append(model.render(source, decoded[None])[0])
+        render_ms.append(1000 * (time.perf_counter() - started))
+        targets.append(frames[i])
+    pred, real = np.stack(scored), np.stack(targets)
+    frozen = np.repeat(frames[:1], len(real), axis=0)
+    with torch.inference_mode():
+        lp_ours = lpips(frames_to_tensor(pred).float(), frames_to_tensor(real).float()).mean().item()
+        lp_frozen = lpips(frames_to_tensor(frozen).float(), frames_to_tensor(real).float()).mean().item()
+    return {"frames": len(frames), "scored": len(real),
+            "psnr": float(psnr_frames(pred, real).mean()), "lpips": lp_ours,
+            "frozen_psnr": float(psnr_frames(frozen, real).mean()), "frozen_lpips": lp_frozen,
+            "motion_bits_per_frame": 8.0 * motion_bytes / len(frames),
+            "render_ms_median": float(np.median(render_ms))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.landmark_dev", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("cache/dev256"), help="cached dev crops (default: %(default)s)")
+    p.add_argument("--every", type=int, default=5, help="score every N-th frame (default: %(default)s)")
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="motion quality (default: %(default)s)")
+    p.add_argument("--face-model", type=Path, default=None, help="face model file (default: the registered one)")
+    p.add_argument("--coefficients", type=int, default=None, help="expression coefficients N (default: the model's)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args(argv)
+    from codec.zoo import load_landmark_model
+
+    model = load_landmark_model(face_model=args.face_model, coefficients=args.coefficients)
+    index = json.loads((args.data / "index.json").read_text(encoding="utf-8"))
+    if index.get("split") != "dev":
+        p.error(f"{args.data} is not the dev split")
+    lpips = lpips_model("cpu")
+    rows = []
+    for segment in index["segments"]:
+        frames, landmarks = read_segment(args.data, segment)
+        row = {"segment": segment["name"], **evaluate_segment(model, frames, landmarks, args.every,
+                                                             args.quality, lpips)}
+        rows.append(row)
+        print(f"{row['segment'][:44]:44s} ours {row['psnr']:5.2f} dB {row['lpips']:.3f}  frozen "
+              f"{row['frozen_psnr']:5.2f} dB {row['frozen_lpips']:.3f}  {row['motion_bits_per_frame']:5.1f} b/f "
+              f"{row['render_ms_median']:4.1f} ms", flush=True)
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in
+            ("psnr", "lpips", "frozen_psnr", "frozen_lpips", "motion_bits_per_frame", "render_ms_median")}
+    worse = [r["segment"] for r in rows if r["psnr"] < r["frozen_psnr"] or r["lpips"] > r["frozen_lpips"]]
+    print(f"MEAN ours {mean['psnr']:.2f} dB LPIPS {mean['lpips']:.4f} | frozen {mean['frozen_psnr']:.2f} dB "
+          f"{mean['frozen_lpips']:.4f} | {mean['motion_bits_per_frame']:.1f} bits/frame | "
+          f"render {mean['render_ms_median']:.1f} ms | worse than frozen: {worse or 'none'}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"every": args.every, "quality": args.quality, "mean": mean,
+                                         "worse_than_frozen": worse, "segments": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""The landmark family (the default): geometry from dlib's 68 landmarks, an analytic warp.
+
+Sender, per frame: 68 landmarks on the crop (tracked: the shape predictor inside the
+box the last landmarks give; the detector only at the start or after a loss) → a
+weak-perspective pose against the mean 3D face (yaw, pitch, roll, t_x, t_y, ln s) → the
+expression offsets in the head frame, as N coefficients of the expression basis.
+
+Keyframe: its 68 landmarks travel in the keyframe packet (``keyframe_info``, 273 bytes),
+so the receiver needs no face detector and holds exactly the sender's points. From them
+it keeps the canonical 3D keypoints x_c = mean face + the keyframe's own offsets.
+
+Receiver, per frame: x_d = R_d·(x_c + δ_d) + t_d with δ_d = B·(c_d − c_k), projected
+(weak perspective). The mesh over x_c carries extra points the landmarks lack: a
+forehead row and a ring around the head that move rigidly with it (hair follows the
+head), and a frame of fixed points around the crop (the background stays put). The
+keyframe is warped piecewise-affinely over that mesh, drawn back to front
+(:class:`codec.warp.MeshWarp`), so a head turn folds the far cheek under the near one
+instead of tearing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from codec.errors import BitstreamError
+from codec.face3d import (
+    NUM_LANDMARKS,
+    FaceModel,
+    Pose,
+    expression_offsets,
+    fit_pose,
+    pixels_to_unit,
+    rotation_matrix,
+    unit_to_pixels,
+)
+from codec.families.base import ModelFamily, MotionLayout, MotionTracker, TalkingHeadModel, ViewControl
+from codec.warp import MeshWarp, delaunay_triangles
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COEFFICIENTS = 12
+
+# Keyframe info: one byte (68), then 68 × (x, y) int16 LE in 1/8 pixel of the crop.
+_INFO_SCALE = 8.0
+_INFO_STRUCT = struct.Struct("<B136h")
+KEYFRAME_INFO_BYTES = _INFO_STRUCT.size
+
+
+def pack_keyframe_info(landmarks: np.ndarray) -> bytes:
+    """68×2 crop-pixel landmarks → 273 bytes (1/8 px; clamped to ±4095 px)."""
+    values = np.clip(np.rint(np.asarray(landmarks, np.float64).reshape(-1) * _INFO_SCALE),
+                     -32768, 32767).astype(np.int64)
+    return _INFO_STRUCT.pack(NUM_LANDMARKS, *values.tolist())
+
+
+def unpack_keyframe_info(data: bytes) -> np.ndarray:
+    """Inverse of :func:`pack_keyframe_info`; BitstreamError when it is not 68 points."""
+    if len(data) != _INFO_STRUCT.size:
+        raise BitstreamError(f"landmark keyframe info needs {_INFO_STRUCT.size} bytes, got {len(data)}")
+    count, *values = _INFO_STRUCT.unpack(data)
+    if count != NUM_LANDMARKS:
+        raise BitstreamError(f"landmark keyframe info holds {count} points, expected {NUM_LANDMARKS}")
+    return np.array(values, np.float64).reshape(NUM_LANDMARKS, 2) / _INFO_SCALE
+
+
+def motion_from_landmarks(landmarks_px: np.ndarray, size: int, face: FaceModel) -> np.ndarray:
+    """68×2 crop-pixel landmarks → the motion vector [yaw, pitch, roll, t_x, t_y, ln s, c…]."""
+    unit = pixels_to_unit(landmarks_px, size)
+    pose = fit_pose(unit, face.mean_shape)
+    coefficients = face.coefficients(expression_offsets(unit, face.mean_shape, pose))
+    return np.concatenate([pose.angles, pose.translation, [np.log(pose.scale)], coefficients]).astype(np.float32)
+
+
+class LandmarkTracker(MotionTracker):
+    """Per-stream landmark tracking on the sender's crops."""
+
+    # A tracked fit whose landmarks moved this far (fraction of the face's size) from the
+    # last ones is re-checked with the detector: the predictor alone can lock onto a wrong spot.
+    REDETECT_JUMP = 0.25
+
+    def __init__(self, model: LandmarkModel) -> None:
+        self.model = model
+        self._last: np.ndarray | None = None  # landmarks of the last crop (crop pixels)
+
+    @property
+    def last_landmarks(self) -> np.ndarray | None:
+        return self._last
+
+    def landmarks(self, image: np.ndarray) -> np.ndarray | None:
+        """68×2 landmarks of one crop, or None when no face is there."""
+        from codec.facecrop import detect_landmarks, fit_landmarks, tracking_box
+
+        found = None
+        if self._last is not None:
+            found = fit_landmarks(image, tracking_box(self._last))
+            size = float(np.ptp(self._last[:, 1])) or 1.0
+            if float(np.median(np.linalg.norm(found - self._last, axis=1))) > self.REDETECT_JUMP * size:
+                found = None
+        if found is None:
+            found = detect_landmarks(image, upsample=0 if image.shape[0] >= 200 else 1)
+        self._last = found
+        return found
+
+    def motion(self, image: np.ndarray) -> np.ndarray:
+        self._check(image)
+        landmarks = self.landmarks(image)
+        if landmarks is None:
+            return np.full(self.model.layout.vector_length, np.nan, np.float32)
+        return motion_from_landmarks(landmarks, self.model.image_size, self.model.face)
+
+    def keyframe_info(self, image: np.ndarray) -> bytes:
+        landmarks = self._last
+        if landmarks is None:
+            landmarks = self.landmarks(image)
+        if landmarks is None:
+            # No face in the keyframe: the mean face where a centred crop puts it, so the
+            # receiver still holds a valid (if imprecise) mesh; the sender switches to
+            # H.264 when the face stays away.
+            landmarks = self.model.default_landmarks()
+        return pack_keyframe_info(landmarks)
+
+    def _check(self, image: np.ndarray) -> None:
+        size = self.model.image_size
+        if not (isinstance(image, np.ndarray) and image.shape == (size, size, 3) and image.dtype == np.uint8):
+            raise ValueError(f"expected a {size}×{size}×3 uint8 RGB crop, got "
+                             f"{getattr(image, 'shape', None)} {getattr(image, 'dtype', None)}")
+
+
+@dataclass
+class LandmarkSource:
+    """What the receiver keeps per keyframe."""
+
+    image: np.ndarray  # S×S×3 uint8
+    canonical: np.ndarray  # P×3 head-frame points: 68 landmarks, forehead, ring
+    pose: Pose  # the keyframe's pose
+    coefficients: np.ndarray  # N, the keyframe's own expression coefficients
+    source_px: np.ndarray  # (P + border)×2, where every mesh vertex sits in the keyframe
+
+
+# Mesh extras, in the head frame (units of the mean face: x/y RMS radius 1).
+_FOREHEAD_UP = (0.3, 0.6)  # rows above the brows, in brow-to-chin heights
+_RING_POINTS = 20
+_RING_SCALE = 1.15  # ring radii / the face's half extents
+_BORDER = 1.0  # fixed frame points, normalised crop units (the crop's own edge)
+
+
+def _head_extras(canonical68: np.ndarray) -> np.ndarray:
+    """Forehead rows and a ring around the head, from a face's 68 canonical points."""
+    brows = canonical68[17:27]
+    chin = canonical68[8]
+    height = chin[1] - brows[:, 1].min()
+    rows = []
+    for up in _FOREHEAD_UP:
+        widen = 1.0 + 0.25 * up
+        centre_x = brows[:, 0].mean()
+        row = brows[::3].copy()
+        row[:, 0] = centre_x + (row[:, 0] - centre_x) * widen
+        row[:, 1] = brows[:, 1].min() - up * height
+        row[:, 2] = brows[:, 2].mean() + 0.3 * up * height
+        rows.append(row)
+    jaw = canonical68[0:17]
+    top = brows[:, 1].min() - _FOREHEAD_UP[-1] * height
+    centre = np.array([jaw[:, 0].mean(), 0.5 * (top + chin[1])])
+    radii = np.array([0.5 * np.ptp(jaw[:, 0]), 0.5 * (chin[1] - top)]) * _RING_SCALE
+    angles = np.linspace(0.0, 2 * np.pi, _RING_POINTS, endpoint=False)
+    ring = np.stack([centre[0] + radii[0] * np.cos(angles), centre[1] + radii[1] * np.sin(angles),
+                     np.full(_RING_POINTS, 0.5 * (jaw[0, 2] + jaw[16, 2]))], axis=1)
+    return np.concatenate(rows + [ring])
+
+
+def _border_points() -> np.ndarray:
+    b = _BORDER
+    edge = np.linspace(-b, b, 5)
+    top = np.stack([edge, np.full(5, -b)], axis=1)
+    bottom = np.stack([edge, np.full(5, b)], axis=1)
+    left = np.stack([np.full(3, -b), edge[1:4]], axis=1)
+    right = np.stack([np.full(3, b), edge[1:4]], axis=1)
+    return np.concatenate([top, bottom, left, right])
+
+
+class LandmarkModel(TalkingHeadModel):
+    """The landmark family. ``face`` is the fitted face model (mean shape + basis)."""
+
+    family = ModelFamily.LANDMARK
+    free_view = True
+
+    def __init__(self, face: FaceModel, *, name: str, sha256: str, image_size: int = 256,
+                 coefficients: int = DEFAULT_COEFFICIENTS) -> None:
+        if not 1 <= coefficients <= face.num_coefficients:
+            raise ValueError(f"coefficients must be in [1, {face.num_coefficients}], got {coefficients}")
+        self.face = face.truncated(coefficients)
+        self.name = name
+        self.sha256 = sha256
+        self.untrained = False  # nothing here is learned: the geometry works as it is
+        self.image_size = int(image_size)
+        self.layout = MotionLayout(ModelFamily.LANDMARK, coefficients)
+        self._border = _border_points()
+        # One triangulation for every keyframe: over the mean face's frontal layout.
+        mean_points = np.concatenate([face.mean_shape, _head_extras(face.mean_shape)])
+        frontal = self._layout_frontal(mean_points)
+        self._triangles = delaunay_triangles(frontal)
+        self._warp = MeshWarp(self._triangles, self.image_size)
+
+    def _layout_frontal(self, points3d: np.ndarray) -> np.ndarray:
+        # Mean face where a typical crop holds it: centre slightly below the middle, ~0.3 scale.
+        frontal = 0.3 * points3d[:, :2] + np.array([0.0, 0.1])
+        return np.concatenate([frontal, self._border])
+
+    def default_landmarks(self) -> np.ndarray:
+        frontal = 0.3 * self.face.mean_shape[:, :2] + np.array([0.0, 0.1])
+        return unit_to_pixels(frontal, self.image_size)
+
+    def default_keyframe_info(self) -> bytes:
+        return pack_keyframe_info(self.default_landmarks())
+
+    def motion_tracker(self) -> LandmarkTracker:
+        return LandmarkTracker(self)
+
+    def prepare_source(self, image: np.ndarray, info: bytes = b"") -> LandmarkSource:
+        size = self.image_size
+        if image.shape != (size, size, 3):
+            raise ValueError(f"keyframe must be {size}×{size}×3, got {image.shape}")
+        landmarks = unpack_keyframe_info(bytes(info))
+        unit = pixels_to_unit(landmarks, size)
+        shape = self.face.mean_shape
+        pose = fit_pose(unit, shape)
+        offsets = expression_offsets(unit, shape, pose)
+        canonical68 = shape + self.face.with_depth(offsets)
+        canonical = np.concatenate([canonical68, _head_extras(canonical68)])
+        source_unit = self._project(canonical, pose)
+        source_px = unit_to_pixels(np.concatenate([source_unit, self._border]), size)
+        return LandmarkSource(image=np.ascontiguousarray(image), canonical=canonical, pose=pose,
+                              coefficients=self.face.coefficients(offsets), source_px=source_px)
+
+    @staticmethod
+    def _project(points: np.ndarray, pose: Pose) -> np.ndarray:
+        rotated = points @ pose.rotation.T
+        return pose.scale * rotated[:, :2] + pose.translation
+
+    def driving_points(self, source: LandmarkSource, motion: np.ndarray,
+                       view: ViewControl | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mesh vertices in output pixels, their depths) for one motion vector."""
+        motion = np.asarray(motion, np.float64)
+        angles, translation, log_scale = motion[0:3], motion[3:5], motion[5]
+        coefficients = motion[6:]
+        offsets = (coefficients - source.coefficients) @ self.face.basis  # δ_d = B·(c_d − c_k)
+        points = source.canonical.copy()
+        points[:NUM_LANDMARKS, :2] += offsets.reshape(NUM_LANDMARKS, 2)
+        rotation = rotation_matrix(*angles)
+        if view is not None and not view.is_identity:
+            if view.frontalize:
+                rotation = np.eye(3)
+            rotation = rotation_matrix(view.yaw, view.pitch, view.roll) @ rotation
+            translation = translation + np.asarray(view.translation[:2], np.float64)
+        rotated = points @ rotation.T
+        scale = float(np.exp(np.clip(log_scale, -3.0, 3.0)))
+        unit = scale * rotated[:, :2] + translation
+        depth = np.concatenate([rotated[:, 2], np.full(len(self._border), 1e6)])
+        pixels = unit_to_pixels(np.concatenate([unit, self._border]), self.image_size)
+        return pixels, depth
+
+    def render(self, source: LandmarkSource, motions: np.ndarray,
+               view: ViewControl | None = None) -> list[np.ndarray]:
+        frames = []
+        for motion in np.atleast_2d(np.asarray(motions, np.float32)):
+            driving, depth = self.driving_points(source, motion, view)
+            frames.append(self._warp.warp(source.image, source.source_px, driving, depth))
+        return frames
+
+    def neutral_motion(self, source: LandmarkSource) -> np.ndarray:
+        pose = source.pose
+        return np.concatenate([pose.angles, pose.translation, [np.log(pose.scale)],
+                               source.coefficients]).astype(np.float32)
