@@ -171,7 +171,7 @@ class DecoderTarget:
             self.decoder.decode(self.packets[0])
         frame = self.decoder.decode(data)
         if frame is not None:
-            if frame.image.dtype != np.uint8 or not np.all(np.isfinite(frame.motion.to_vector())):
+            if frame.image.dtype != np.uint8 or not np.all(np.isfinite(frame.motion)):
                 raise AssertionError("decoder produced a malformed frame")
 
 

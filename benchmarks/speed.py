@@ -439,7 +439,7 @@ class SpeedBenchmark:
         from codec.bitstream import MotionPacket
         from codec.motion_coding import MotionEncoder, quant_table
 
-        encoder = MotionEncoder(quant_table(MOTION_QUALITY), self.config.num_kp, INTRA_PERIOD)
+        encoder = MotionEncoder(quant_table(MOTION_QUALITY), 3 * self.config.num_kp, INTRA_PERIOD)
         packets = []
         for seq, vector in enumerate(vectors):
             intra, payload = encoder.encode_vector(vector, seq)
@@ -693,7 +693,7 @@ class SpeedBenchmark:
 
         notes.append("coded vector = H/Δ output + a synthetic talking-head trajectory (the "
                      "untrained H/Δ output barely moves and would code unrealistically cheaply)")
-        encoder = MotionEncoder(quant_table(MOTION_QUALITY), self.config.num_kp, INTRA_PERIOD)
+        encoder = MotionEncoder(quant_table(MOTION_QUALITY), 3 * self.config.num_kp, INTRA_PERIOD)
         vectors = self.motion_vectors
         counter = iter(range(1 << 62))
 
@@ -731,7 +731,7 @@ class SpeedBenchmark:
         from codec.bitstream import parse_packet
         from codec.motion_coding import MotionDecoder, quant_table
 
-        decoder = MotionDecoder(quant_table(MOTION_QUALITY), self.config.num_kp)
+        decoder = MotionDecoder(quant_table(MOTION_QUALITY), 3 * self.config.num_kp)
         packets = self.packets
         # cycle only over whole intra periods, so every wrap starts on an intra packet
         usable = len(packets) - len(packets) % INTRA_PERIOD or len(packets)
@@ -855,7 +855,7 @@ class SpeedBenchmark:
         from codec.motion_coding import MotionEncoder, quant_table
 
         if stage == "sender.motion_encode":
-            encoder = MotionEncoder(quant_table(MOTION_QUALITY), self.config.num_kp, INTRA_PERIOD)
+            encoder = MotionEncoder(quant_table(MOTION_QUALITY), 3 * self.config.num_kp, INTRA_PERIOD)
             vectors, counter = self.motion_vectors, iter(range(1 << 62))
 
             def step() -> bytes:

@@ -146,12 +146,12 @@ def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip):
     assert 0.05 < rx.stats.loss < 0.5
     # No drift: decode every packet losslessly and compare with what B rendered after a loss.
     header = StreamHeader.parse(sender.sender.encoder.header())
-    lossless = MotionDecoder(header.quant_table, header.num_kp)
+    lossless = MotionDecoder(header.quant_table, header.expression_count)
     truth = {}
     for data in sorted(received, key=lambda d: parse_packet(d).seq):
         packet = parse_packet(data)
         if isinstance(packet, MotionPacket):
-            truth[packet.seq] = lossless.decode(packet.intra, packet.seq, packet.payload).to_vector()
+            truth[packet.seq] = lossless.decode_vector(packet.intra, packet.seq, packet.payload)
     after = [(seq, v) for seq, v in rx.stats.recent_motion if seq > max(dropped)]
     assert after, "nothing rendered after the last loss"
     for seq, vector in after:
@@ -239,14 +239,21 @@ def test_peer_leaves_and_rejoins_and_a_call_survives_a_signaling_restart(tiny_mo
 
 
 def test_free_view_portrait_source_turns_the_head(tiny_model):
+    from codec.zoo import resolve_model
     from sender.sources import FreeViewPortraitSource, ScriptedCameraSource, head_pose_path
 
-    source = FreeViewPortraitSource(tiny_model, num_frames=6, fps=25.0)
+    model = resolve_model("landmark")
+    source = default_source(num_frames=6, fps=25.0, model=model)
+    assert isinstance(source, FreeViewPortraitSource)
     frames = list(source)
-    size = tiny_model.model.config.image_size
+    size = model.image_size
     assert len(frames) == 6 and frames[0].shape == (size, size, 3) and frames[0].dtype == np.uint8
-    assert head_pose_path(0.0) == (0.0, 0.0, 0.0) and head_pose_path(1.0)[0] == pytest.approx(20.0)
-    # The head turns, so the (even untrained) render changes with the pose.
-    assert np.abs(frames[0].astype(int) - source.frame_at(1.0).astype(int)).mean() > 0
+    assert head_pose_path(0.0) == (0.0, 0.0, 0.0) and head_pose_path(1.0)[0] == pytest.approx(15.0)
+    # The head turns, so the render changes with the pose, and the sender sees the turn.
+    turned = source.frame_at(1.0)
+    assert np.abs(frames[0].astype(int) - turned.astype(int)).mean() > 2.0
+    tracker = model.motion_tracker()
+    yaw_front, yaw_turned = tracker.motion(frames[0])[0], tracker.motion(turned)[0]
+    assert yaw_turned - yaw_front == pytest.approx(15.0, abs=5.0)
     # An untrained model never drives the default: it would render noise.
     assert isinstance(default_source(num_frames=2, model=tiny_model), ScriptedCameraSource)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import av
+import numpy as np
 
 import pytest
 
@@ -18,11 +19,24 @@ def clip(tmp_path_factory):
                               size=(256, 256))
 
 
-def test_refuses_to_run_without_weights(clip, tmp_path, capsys):
-    assert main(["compress", str(clip), str(tmp_path / "x.fvc")]) == 2
+def test_vid2vid_refuses_to_run_without_weights(clip, tmp_path, capsys):
+    assert main(["compress", str(clip), str(tmp_path / "x.fvc"), "--model", "vox256"]) == 2
     err = capsys.readouterr().err
     assert "no trained weights" in err and "--untrained" in err
     assert not (tmp_path / "x.fvc").exists()
+
+
+def test_default_model_compresses_and_decompresses(clip, tmp_path, capsys):
+    """No flags: the landmark family runs, nothing is marked untrained."""
+    stream = tmp_path / "d.fvc"
+    assert main(["compress", str(clip), str(stream)]) == 0
+    out = capsys.readouterr().out
+    assert "UNTRAINED" not in out and "bits/frame" in out
+    assert main(["info", str(stream)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "landmark" and not info["untrained"] and info["family"] == 2
+    assert main(["decompress", str(stream), str(tmp_path / "d.mp4")]) == 0
+    assert "12 frames" in capsys.readouterr().out
 
 
 def test_compress_info_decompress(clip, tmp_path, capsys):
@@ -58,22 +72,31 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_writes_side_by_side_recording_and_report(tmp_path, capsys):
-    """The README's main job, with the tiny model to keep it short."""
+    """The README's main job exactly as a user runs it (default model), only shorter."""
     out = tmp_path / "demo"
-    assert main(["demo", "--untrained", "--model", "tiny", "--seconds", "2", "--out", str(out)]) == 0
+    assert main(["demo", "--seconds", "2", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["untrained"] is True and report["mode"] == "neural"
-    assert report["frames_rendered"] >= 0.9 * report["frames_sent"] >= 0.9 * 25  # a busy CPU skips some
+    assert report["untrained"] is False and report["mode"] == "neural"
+    assert report["frames_rendered"] == report["frames_sent"] == 50
     assert 0 < report["data_channel_payload_kbps"] < report["data_channel_wire_kbps_estimate"]
     assert report["h264_kbps"] > 0 and report["latency_ms_median"] is not None
     with av.open(str(out / "side_by_side.mp4")) as container:
         stream = container.streams.video[0]
-        assert (stream.width, stream.height) == (3 * 64, 64)
+        assert (stream.width, stream.height) == (3 * 256, 256)
         assert container.streams.audio
-        assert sum(1 for _ in container.decode(stream)) == 50
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(frames) == 50
+    # The rebuilt face (middle third) moves with the input and stays close to it.
+    ours = [f[:, 256:512].astype(float) for f in frames]
+    inputs = [f[:, :256].astype(float) for f in frames]
+    assert np.abs(ours[0] - ours[25]).mean() > 3.0
+    assert max(np.abs(a - b).mean() for a, b in zip(ours[1:], inputs[1:])) < 12.0
     with av.open(str(out / "received.mp4")) as container:
         assert container.streams.audio and container.streams.video
-    assert "UNTRAINED" in capsys.readouterr().out
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert float(video.duration * video.time_base) == pytest.approx(2.0, abs=0.25)
+        assert float(audio.duration * audio.time_base) == pytest.approx(2.0, abs=0.25)
+    assert "UNTRAINED" not in capsys.readouterr().out
 
 
 def test_call_without_token_is_refused(capsys, monkeypatch):

@@ -137,7 +137,7 @@ def test_scored_indices_and_ours_renders_only_scored_frames(tiny_model) -> None:
         rd.scored_indices(3, 0)
     crops = _moving_clip(12, 64)
     full = rd.run_ours(crops, tiny_model, quality=2, keyframe_refresh_s=0.0)
-    model = tiny_model.model
+    model = tiny_model.network
     calls = []
     original = model.render
     model.render = lambda *a, **k: calls.append(a[1].shape[0]) or original(*a, **k)

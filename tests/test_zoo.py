@@ -20,20 +20,20 @@ from codec.zoo import (
 
 def test_export_then_load_round_trip(tmp_path, tiny_model):
     path = tmp_path / "tiny.safetensors"
-    digest = export_weights(tiny_model.model, path)
+    digest = export_weights(tiny_model.network, path)
     assert digest == file_sha256(path)
     loaded = load_weights_file(path, expected_sha256=digest)
     assert loaded.name == "tiny" and not loaded.untrained
-    for key, value in tiny_model.model.state_dict().items():
+    for key, value in tiny_model.network.state_dict().items():
         expected = value.half().to(value.dtype) if value.is_floating_point() else value
-        assert torch.equal(loaded.model.state_dict()[key], expected), key
+        assert torch.equal(loaded.network.state_dict()[key], expected), key
 
 
 def test_export_is_fp16_and_hash_is_stable(tmp_path, tiny_model):
     from safetensors import safe_open
 
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    assert export_weights(tiny_model.model, a) == export_weights(tiny_model.model, b)
+    assert export_weights(tiny_model.network, a) == export_weights(tiny_model.network, b)
     with safe_open(str(a), framework="pt") as f:
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}
     assert torch.float32 not in dtypes
@@ -42,7 +42,7 @@ def test_export_is_fp16_and_hash_is_stable(tmp_path, tiny_model):
 
 def test_sha256_mismatch_is_refused(tmp_path, tiny_model):
     path = tmp_path / "tiny.safetensors"
-    export_weights(tiny_model.model, path)
+    export_weights(tiny_model.network, path)
     with pytest.raises(WeightsError, match="sha256"):
         load_weights_file(path, expected_sha256="0" * 64)
 
@@ -51,7 +51,7 @@ def test_missing_and_corrupt_files_are_refused(tmp_path, tiny_model):
     with pytest.raises(WeightsError, match="not found"):
         load_weights_file(tmp_path / "nope.safetensors")
     path = tmp_path / "tiny.safetensors"
-    export_weights(tiny_model.model, path)
+    export_weights(tiny_model.network, path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(WeightsError):
         load_weights_file(path)
@@ -64,7 +64,7 @@ def test_weights_of_another_shape_are_refused(tmp_path, tiny_model):
     from safetensors.torch import load_file, save_file
 
     path = tmp_path / "tiny.safetensors"
-    export_weights(tiny_model.model, path)
+    export_weights(tiny_model.network, path)
     state = load_file(str(path))
     from safetensors import safe_open
 

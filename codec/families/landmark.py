@@ -24,6 +24,7 @@ import logging
 import struct
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from codec.errors import BitstreamError
@@ -67,11 +68,31 @@ def unpack_keyframe_info(data: bytes) -> np.ndarray:
     return np.array(values, np.float64).reshape(NUM_LANDMARKS, 2) / _INFO_SCALE
 
 
+def _checked_pose(unit: np.ndarray, face: FaceModel) -> tuple[Pose, np.ndarray]:
+    """(pose, head-frame offsets) of normalised landmarks; ValueError when they are not a
+    plausible face (non-finite, collapsed, or turned so far the fit is singular)."""
+    if not np.all(np.isfinite(unit)) or min(np.ptp(unit[:, 0]), np.ptp(unit[:, 1])) < 0.02:
+        raise ValueError("landmarks are not finite or collapse to a point or a line")
+    try:
+        pose = fit_pose(unit, face.mean_shape)
+        if not (np.isfinite(pose.scale) and pose.scale > 1e-3):
+            raise ValueError(f"landmarks give a degenerate scale {pose.scale}")
+        offsets = expression_offsets(unit, face.mean_shape, pose)
+    except np.linalg.LinAlgError as error:
+        raise ValueError(f"landmarks give a singular pose fit: {error}") from error
+    if not np.all(np.isfinite(offsets)):
+        raise ValueError("landmarks give non-finite expression offsets")
+    return pose, offsets
+
+
 def motion_from_landmarks(landmarks_px: np.ndarray, size: int, face: FaceModel) -> np.ndarray:
-    """68×2 crop-pixel landmarks → the motion vector [yaw, pitch, roll, t_x, t_y, ln s, c…]."""
-    unit = pixels_to_unit(landmarks_px, size)
-    pose = fit_pose(unit, face.mean_shape)
-    coefficients = face.coefficients(expression_offsets(unit, face.mean_shape, pose))
+    """68×2 crop-pixel landmarks → the motion vector [yaw, pitch, roll, t_x, t_y, ln s, c…]
+    (all NaN when the landmarks are not a plausible face: the coder then holds)."""
+    try:
+        pose, offsets = _checked_pose(pixels_to_unit(landmarks_px, size), face)
+    except ValueError:
+        return np.full(6 + face.num_coefficients, np.nan, np.float32)
+    coefficients = face.coefficients(offsets)
     return np.concatenate([pose.angles, pose.translation, [np.log(pose.scale)], coefficients]).astype(np.float32)
 
 
@@ -225,11 +246,11 @@ class LandmarkModel(TalkingHeadModel):
         if image.shape != (size, size, 3):
             raise ValueError(f"keyframe must be {size}×{size}×3, got {image.shape}")
         landmarks = unpack_keyframe_info(bytes(info))
-        unit = pixels_to_unit(landmarks, size)
-        shape = self.face.mean_shape
-        pose = fit_pose(unit, shape)
-        offsets = expression_offsets(unit, shape, pose)
-        canonical68 = shape + self.face.with_depth(offsets)
+        try:
+            pose, offsets = _checked_pose(pixels_to_unit(landmarks, size), self.face)
+        except ValueError as error:
+            raise BitstreamError(f"keyframe landmarks are unusable: {error}") from error
+        canonical68 = self.face.mean_shape + self.face.with_depth(offsets)
         canonical = np.concatenate([canonical68, _head_extras(canonical68)])
         source_unit = self._project(canonical, pose)
         source_px = unit_to_pixels(np.concatenate([source_unit, self._border]), size)
@@ -263,12 +284,19 @@ class LandmarkModel(TalkingHeadModel):
         pixels = unit_to_pixels(np.concatenate([unit, self._border]), self.image_size)
         return pixels, depth
 
+    def warp_maps(self, source: LandmarkSource, motion: np.ndarray,
+                  view: ViewControl | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(map_x, map_y) float32 S×S: where each output pixel samples the keyframe."""
+        driving, depth = self.driving_points(source, motion, view)
+        return self._warp.maps(source.source_px, driving, depth)
+
     def render(self, source: LandmarkSource, motions: np.ndarray,
                view: ViewControl | None = None) -> list[np.ndarray]:
         frames = []
         for motion in np.atleast_2d(np.asarray(motions, np.float32)):
-            driving, depth = self.driving_points(source, motion, view)
-            frames.append(self._warp.warp(source.image, source.source_px, driving, depth))
+            map_x, map_y = self.warp_maps(source, motion, view)
+            frames.append(cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REFLECT101))
         return frames
 
     def neutral_motion(self, source: LandmarkSource) -> np.ndarray:

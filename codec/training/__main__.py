@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         loaded = load_weights_file(args.weights, device=device)
-        report = evaluate_model(loaded.model, args.dev, frames=args.frames, out_dir=args.out,
+        report = evaluate_model(loaded.network, args.dev, frames=args.frames, out_dir=args.out,
                                 device=device, batch=args.batch, max_clips=args.clips,
                                 use_lpips=not args.no_lpips, use_akd=not args.no_akd)
         print(json.dumps({"average": report["average"], "notes": report["notes"]}, indent=2))

@@ -523,10 +523,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> ChunkResult:
         from codec.zoo import load_weights_file
 
         loaded = load_weights_file(Path(cfg.init_from) / "model.safetensors")
-        if loaded.model.config != model_config:
+        if loaded.network.config != model_config:
             raise ValueError(f"{cfg.init_from}/model.safetensors holds config {loaded.name!r}, "
                              f"not {model_config.name!r}")
-        model.load_state_dict(loaded.model.state_dict())
+        model.load_state_dict(loaded.network.state_dict())
         meta = load_discriminator_file(discriminator, Path(cfg.init_from) / "discriminator.safetensors")
         step = int(meta.get("step", 0))
         log.warning("initialised from %s (fp16 weights, step %d): Adam moments of G and D "

@@ -1,0 +1,139 @@
+"""Per-frame CPU cost of the landmark family, sender and receiver, stage by stage.
+
+    python -m benchmarks.landmark_speed --threads 2 --json out/landmark_speed.json
+
+Sender stages: ``landmarks`` (dlib shape predictor in the box of the last landmarks),
+``pose_expression`` (pose fit + expression coefficients), ``motion_code`` (quantize +
+range-code + packet), and ``encode_total`` (``Encoder.encode`` on an inter frame, all of the
+above). Receiver stages: ``motion_decode`` (parse + range-decode), ``warp_maps`` (driving
+points + mesh rasterisation), ``remap`` (sampling the keyframe), and ``decode_total``
+(``Decoder.decode`` of a motion packet, all of the above). Input: the first dev segment's
+256 px crops when ``cache/dev256`` exists, else the built-in default (the portrait turned by
+the model). Medians and p90 over ``--frames`` frames after ``--warmup``; the machine is
+shared, so compare stages within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def _input_frames(data: Path, frames: int, model) -> tuple[list[np.ndarray], str]:
+    index_file = data / "index.json"
+    if index_file.is_file():
+        from benchmarks.landmark_dev import read_segment
+
+        segment = json.loads(index_file.read_text(encoding="utf-8"))["segments"][0]
+        crops, _ = read_segment(data, segment)
+        return list(crops[:frames]), f"dev segment {segment['name']}"
+    from sender.sources import FreeViewPortraitSource
+
+    return list(FreeViewPortraitSource(model, num_frames=frames)), "built-in default portrait"
+
+
+def _summary(times_ms: list[float]) -> dict[str, float]:
+    values = np.asarray(times_ms)
+    return {"median_ms": float(np.median(values)), "p90_ms": float(np.percentile(values, 90)),
+            "min_ms": float(values.min()), "count": int(values.size)}
+
+
+def measure(frames: list[np.ndarray], model, warmup: int) -> dict[str, dict[str, float]]:
+    from codec.api import Decoder, Encoder
+    from codec.bitstream import MotionPacket, parse_packet
+    from codec.families.landmark import motion_from_landmarks
+    from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table_for
+
+    stages: dict[str, list[float]] = {name: [] for name in (
+        "landmarks", "pose_expression", "motion_code", "encode_total",
+        "motion_decode", "warp_maps", "remap", "decode_total")}
+    clock = time.perf_counter
+
+    # Stage by stage, on the same frames the end-to-end runs use.
+    tracker = model.motion_tracker()
+    table = quant_table_for(model.layout, 3)
+    coder = MotionEncoder(table, model.layout.expression_count, 25)
+    motion_decoder = MotionDecoder(table, model.layout.expression_count)
+    tracker.motion(frames[0])  # the keyframe's own landmarks (info falls back when it has no face)
+    source = model.prepare_source(frames[0], tracker.keyframe_info(frames[0]))
+    for i, frame in enumerate(frames):
+        t0 = clock()
+        landmarks = tracker.landmarks(frame)
+        t1 = clock()
+        vector = (motion_from_landmarks(landmarks, model.image_size, model.face) if landmarks is not None
+                  else np.full(model.layout.vector_length, np.nan, np.float32))
+        t2 = clock()
+        intra, payload = coder.encode_vector(vector, i)
+        packet = MotionPacket(i, 40 * i, intra, payload).pack()
+        t3 = clock()
+        parsed = parse_packet(packet)
+        decoded = motion_decoder.decode_vector(parsed.intra, parsed.seq, parsed.payload)
+        t4 = clock()
+        map_x, map_y = model.warp_maps(source, decoded)
+        t5 = clock()
+        cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        t6 = clock()
+        if i >= warmup:
+            for name, start, stop in (("landmarks", t0, t1), ("pose_expression", t1, t2), ("motion_code", t2, t3),
+                                      ("motion_decode", t3, t4), ("warp_maps", t4, t5), ("remap", t5, t6)):
+                stages[name].append(1000.0 * (stop - start))
+
+    # End to end through the API.
+    encoder = Encoder(model)
+    decoder = Decoder.from_header(encoder.header(), model=model)
+    for i, frame in enumerate(frames):
+        t0 = clock()
+        packets = encoder.encode(frame, i / 25)
+        t1 = clock()
+        for data in packets:
+            is_motion = isinstance(parse_packet(data), MotionPacket)
+            t2 = clock()
+            decoder.decode(data)
+            t3 = clock()
+            if i >= warmup and is_motion and i > 0:
+                stages["decode_total"].append(1000.0 * (t3 - t2))
+        if i >= warmup and i > 0:
+            stages["encode_total"].append(1000.0 * (t1 - t0))
+    return {name: _summary(values) for name, values in stages.items() if values}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.landmark_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="OpenCV threads (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=200, help="frames timed (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=10, help="frames not timed (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=Path("cache/dev256"),
+                   help="cached dev crops, if present (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args(argv)
+    import torch
+
+    from codec.zoo import resolve_model
+
+    cv2.setNumThreads(args.threads)
+    torch.set_num_threads(args.threads)
+    model = resolve_model("landmark")
+    frames, what = _input_frames(args.data, args.frames + args.warmup, model)
+    results = measure(frames, model, args.warmup)
+    for name, row in results.items():
+        print(f"{name:16s} median {row['median_ms']:6.2f} ms  p90 {row['p90_ms']:6.2f} ms  (n={row['count']})")
+    report = {"name": "landmark-speed", "input": what, "threads": args.threads, "model": model.name,
+              "env": {"machine": platform.machine(), "processor": platform.processor(),
+                      "python": platform.python_version(), "opencv": cv2.__version__},
+              "command": "python -m benchmarks.landmark_speed " + " ".join(argv or []),
+              "stages": results}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
