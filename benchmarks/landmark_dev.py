@@ -78,11 +78,14 @@ def evaluate_segment(model: LandmarkModel, frames: np.ndarray, landmarks: np.nda
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.landmark_dev", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("cache/dev256"), help="cached dev crops (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=Path("cache/dev256"),
+                   help="cached dev crops (default: %(default)s)")
     p.add_argument("--every", type=int, default=5, help="score every N-th frame (default: %(default)s)")
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="motion quality (default: %(default)s)")
-    p.add_argument("--face-model", type=Path, default=None, help="face model file (default: the registered one)")
-    p.add_argument("--coefficients", type=int, default=None, help="expression coefficients N (default: the model's)")
+    p.add_argument("--face-model", type=Path, default=None,
+                   help="face model file (default: the registered one)")
+    p.add_argument("--coefficients", type=int, default=None,
+                   help="expression coefficients N (default: the model's)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     from codec.zoo import load_landmark_model
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              args.quality, lpips)}
         rows.append(row)
         print(f"{row['segment'][:44]:44s} ours {row['psnr']:5.2f} dB {row['lpips']:.3f}  frozen "
-              f"{row['frozen_psnr']:5.2f} dB {row['frozen_lpips']:.3f}  {row['motion_bits_per_frame']:5.1f} b/f "
+              f"{row['frozen_psnr']:5.2f} dB {row['frozen_lpips']:.3f}  "
+              f"{row['motion_bits_per_frame']:5.1f} b/f "
               f"{row['render_ms_median']:4.1f} ms", flush=True)
     mean = {key: float(np.mean([r[key] for r in rows])) for key in
             ("psnr", "lpips", "frozen_psnr", "frozen_lpips", "motion_bits_per_frame", "render_ms_median")}

@@ -80,8 +80,9 @@ def measure(frames: list[np.ndarray], model, warmup: int) -> dict[str, dict[str,
         cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         t6 = clock()
         if i >= warmup:
-            for name, start, stop in (("landmarks", t0, t1), ("pose_expression", t1, t2), ("motion_code", t2, t3),
-                                      ("motion_decode", t3, t4), ("warp_maps", t4, t5), ("remap", t5, t6)):
+            for name, start, stop in (("landmarks", t0, t1), ("pose_expression", t1, t2),
+                                      ("motion_code", t2, t3), ("motion_decode", t3, t4),
+                                      ("warp_maps", t4, t5), ("remap", t5, t6)):
                 stages[name].append(1000.0 * (stop - start))
 
     # End to end through the API.

@@ -50,7 +50,8 @@ class LandmarkEntry:
 LANDMARK_MODELS: dict[str, LandmarkEntry] = {
     "landmark": LandmarkEntry(
         name="landmark", filename="landmark/face_model.safetensors",
-        sha256="84ef3aefb4a3e9e64c267414812b1a3c21038e361fe5b72f4dde84ba4d61c2ff", coefficients=12, image_size=256,
+        sha256="84ef3aefb4a3e9e64c267414812b1a3c21038e361fe5b72f4dde84ba4d61c2ff",
+        coefficients=12, image_size=256,
         card="landmark/MODEL_CARD.md"),
 }
 FACE_MODEL_FORMAT = "facecodec-face-model-v1"

@@ -6,7 +6,6 @@ import json
 
 import av
 import numpy as np
-
 import pytest
 
 from codec.__main__ import main

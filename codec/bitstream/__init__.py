@@ -38,7 +38,8 @@ from codec.bitstream.varint import ByteReader, decode_uvarint, encode_uvarint
 
 __all__ = [
     "CONTAINER_MAGIC", "CONTAINER_VERSION", "MAX_AUDIO_PACKET_BYTES", "MAX_HEADER_BYTES",
-    "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES", "MAX_MOTION_PAYLOAD_BYTES", "MAX_PACKET_BYTES", "STREAM_FORMAT_VERSION",
+    "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES", "MAX_MOTION_PAYLOAD_BYTES", "MAX_PACKET_BYTES",
+    "STREAM_FORMAT_VERSION",
     "STREAM_MAGIC", "AudioHeader", "AudioPacket", "ByteReader", "Container", "ContainerWriter",
     "FramePacket", "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket",
     "PacketType", "RecordKind", "StreamHeader", "decode_uvarint", "encode_uvarint",

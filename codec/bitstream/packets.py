@@ -325,7 +325,8 @@ def parse_packet(data: bytes | bytearray | memoryview) -> KeyframePacket | Motio
 
 __all__ = [
     "CONTROL_TYPE_RANGE", "KNOWN_KEYFRAME_CODECS", "KNOWN_HEADER_FLAGS", "MAX_DIMENSION",
-    "MAX_HEADER_BYTES", "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES", "MAX_MODEL_NAME_BYTES", "MAX_MOTION_PAYLOAD_BYTES",
+    "MAX_HEADER_BYTES", "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES",
+    "MAX_MODEL_NAME_BYTES", "MAX_MOTION_PAYLOAD_BYTES",
     "MAX_PACKET_BYTES",
     "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "FramePacket",
     "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket", "PacketType",

@@ -93,7 +93,8 @@ def motion_from_landmarks(landmarks_px: np.ndarray, size: int, face: FaceModel) 
     except ValueError:
         return np.full(6 + face.num_coefficients, np.nan, np.float32)
     coefficients = face.coefficients(offsets)
-    return np.concatenate([pose.angles, pose.translation, [np.log(pose.scale)], coefficients]).astype(np.float32)
+    values = np.concatenate([pose.angles, pose.translation, [np.log(pose.scale)], coefficients])
+    return values.astype(np.float32)
 
 
 class LandmarkTracker(MotionTracker):

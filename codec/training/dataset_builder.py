@@ -60,6 +60,7 @@ import cv2
 import numpy as np
 
 from codec.errors import FaceNotFoundError, MediaError
+from codec.face3d import rotation_angles
 from codec.facecrop import CropBox, FaceCropper, detect_landmarks
 from codec.training.dataset import VIDEO_SUFFIXES
 
@@ -110,15 +111,6 @@ _POSE_OBJ = np.array(list(FACE_MODEL_3D.values()), dtype=np.float64)
 # ------------------------------------------------------------------------------ head pose
 
 
-def _rotation_to_angles(rotation: np.ndarray) -> np.ndarray:
-    """3×3 rotation → (yaw, pitch, roll) degrees; same formula as codec.keypoints."""
-    r = rotation
-    yaw = np.arctan2(-r[2, 0], np.hypot(r[0, 0], r[1, 0]))
-    pitch = np.arctan2(r[2, 1], r[2, 2])
-    roll = np.arctan2(r[1, 0], r[0, 0])
-    return np.degrees(np.array([yaw, pitch, roll]))
-
-
 def head_pose_from_landmarks(
     landmarks: np.ndarray,
     image_size: float,
@@ -163,7 +155,7 @@ def head_pose_from_landmarks(
     if not ok or not (np.all(np.isfinite(rvec)) and float(tvec[2, 0]) > 0):
         return np.full(3, np.nan, np.float32), None
     rotation, _ = cv2.Rodrigues(rvec)
-    return _rotation_to_angles(rotation).astype(np.float32), (rvec, tvec)
+    return rotation_angles(rotation).astype(np.float32), (rvec, tvec)
 
 
 def head_poses(landmarks: np.ndarray, image_size: float) -> np.ndarray:
