@@ -10,6 +10,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Prepended to a subprocess's script: makes av, aiortc and constriction unimportable, as on
+# the accelerator machine, so a test proves the training path does without them.
+BLOCK_TRANSPORT_IMPORTS = """
+import importlib.abc, sys
+BLOCKED = {"av", "aiortc", "constriction"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"blocked import of {name}")
+        return None
+sys.meta_path.insert(0, Block())
+for name in list(sys.modules):
+    if name.split(".")[0] in BLOCKED:
+        del sys.modules[name]
+"""
+
 
 def shared_data_dir() -> Path | None:
     """../shared/data beside the repo (as in CI), or $FACECODEC_DATA; None when absent."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import BLOCK_TRANSPORT_IMPORTS
 from torch.utils.data import Dataset
 
 from codec.keypoints import degrees_to_bin
@@ -238,19 +239,6 @@ def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
     assert load_weights_file(out / "model.safetensors").name == "tiny"
 
 
-_BLOCKER = """
-import importlib.abc, sys
-BLOCKED = {"av", "aiortc", "constriction"}
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"blocked import of {name}")
-        return None
-sys.meta_path.insert(0, Block())
-for name in list(sys.modules):
-    if name.split(".")[0] in BLOCKED:
-        del sys.modules[name]
-"""
 
 
 @pytest.mark.slow
@@ -258,7 +246,7 @@ def test_training_path_needs_no_av_aiortc_constriction(tmp_path: Path) -> None:
     """In a subprocess where av/aiortc/constriction cannot be imported: import the training
     modules, train one step from a video file and evaluate the export on it."""
     clip = _write_clip(tmp_path / "clip.mp4")
-    script = _BLOCKER + f"""
+    script = BLOCK_TRANSPORT_IMPORTS + f"""
 import codec.training.trainer, codec.training.losses, codec.training.evaluate
 from codec.training.__main__ import main
 assert main(["train", "--config", "tiny", "--data", {str(clip)!r}, "--dev", {str(clip)!r},
