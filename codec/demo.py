@@ -102,7 +102,6 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
 def run_demo(loaded, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "neural",
              out: Path = Path("out/demo"), quality: int | None = None) -> dict:
     """Run the loopback call and write ``out``/side_by_side.mp4, received.mp4, report.json."""
-    from codec.api import stamp_untrained
     from codec.media import VideoWriter, encode_pcm_opus
     from sender.media_tracks import H264Decoder, H264Encoder
     from sender.sources import default_audio
@@ -138,9 +137,7 @@ def run_demo(loaded, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "ne
     with VideoWriter(side, fps=fps, size=(3 * size, size), audio=audio) as writer:
         for i in range(n):
             a = inputs[i] if inputs[i] is not None else blank
-            b = ours[i] if ours[i] is not None else blank
-            if loaded.untrained:
-                b = stamp_untrained(b)
+            b = ours[i] if ours[i] is not None else blank  # the receiver already bannered untrained frames
             c = h264_frames[i] if i < len(h264_frames) else blank
             writer.write(np.concatenate([a, b, c], axis=1))
     report["untrained"] = bool(loaded.untrained)

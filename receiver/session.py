@@ -299,7 +299,14 @@ class ReceiverSession:
         if self.clock is not None:
             self.stats.latencies_ms.append(1000.0 * (time.time() - (self.clock + frame.timestamp)))
         if self.mode == "neural":
-            self.show(frame.image, frame.timestamp)
+            # Every sink (recording, window, viewer) gets the banner: an untrained model's
+            # frames must never pass for codec output.
+            image = frame.image
+            if frame.untrained:
+                from codec.api import stamp_untrained  # lazy: codec.api loads the model zoo
+
+                image = stamp_untrained(image)
+            self.show(image, frame.timestamp)
 
     def _check_stall(self) -> None:
         decoder = self.decoder

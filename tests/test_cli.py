@@ -102,3 +102,22 @@ def test_call_without_token_is_refused(capsys, monkeypatch):
     monkeypatch.delenv("FACECODEC_SIGNALING_TOKEN", raising=False)
     assert main(["call", "--room", "r", "--untrained"]) == 2
     assert "token" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_untrained_recordings_carry_the_banner(tmp_path, capsys):
+    """Every output of an untrained model says so in the picture, the call's recording too."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--untrained", "--model", "tiny", "--seconds", "1", "--out", str(out)]) == 0
+    for name in ("received.mp4", "side_by_side.mp4"):
+        with av.open(str(out / name)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+        size = 64  # the tiny model's frames; the banner is a black band with red text on top
+        rebuilt = [f[:, size:2 * size] if name == "side_by_side.mp4" else f for f in frames]
+        shown = [f for f in rebuilt if f.mean() > 5]  # frames before the first render are black
+        assert shown, name
+        for frame in shown:
+            band = frame[:8].astype(int)
+            assert (band[..., 0] - band[..., 2]).max() > 60, name  # red text on the band
+            assert np.median(band) < 40, name  # the band itself is black
+    assert "UNTRAINED" in capsys.readouterr().out
