@@ -3,6 +3,12 @@
     python -m benchmarks.rd --manifest ../shared/data/talking/MANIFEST.tsv --split dev \
         --clips 10 --frames 250 --out out/rd --codecs ours,x264,vp8,vp9,av1,frozen
 
+    python -m benchmarks.rd --folder my_videos/ --codecs x264,frozen --frames 100 --out out/mine
+
+``--folder DIR`` alone benchmarks every video under DIR (recursively, sorted by path; each
+clip is named by its path under DIR). With ``--manifest`` it only says where the manifest's
+paths live. A run that scores no clip at all exits with status 2 and the reason.
+
 Protocol (docs/DESIGN.md, "Measuring"): a square face crop fitted on the first 5 frames and
 held fixed (as ``codec.api.compress`` does), 256×256 (512 where the source has the pixels,
 with ``--size 512``), resampled to 25 fps, the first 250 frames. The crops are cached per
@@ -132,10 +138,10 @@ def environment() -> dict[str, Any]:
 
 @dataclass
 class Clip:
-    """One manifest row to benchmark."""
+    """One clip to benchmark: a manifest row, or a video under ``--folder``."""
 
     path: Path
-    name: str  # the manifest's relative path: the clip's id in results
+    name: str  # the manifest's relative path (or the path under --folder): the clip's id
 
 
 def manifest_clips(manifest: Path, split: str, folder: Path | None = None) -> list[Clip]:
@@ -148,6 +154,27 @@ def manifest_clips(manifest: Path, split: str, folder: Path | None = None) -> li
             if row.get("split") == split:
                 clips.append(Clip(path=base / row["path"], name=row["path"]))
     return clips
+
+
+def folder_clips(folder: Path) -> list[Clip]:
+    """Every video under ``folder`` (recursively; ``codec.training.dataset.VIDEO_SUFFIXES``),
+    sorted by path, each named by its path relative to ``folder``."""
+    from codec.training.dataset_builder import jobs_from_folder
+
+    return [Clip(path=Path(job.path), name=job.source) for job in jobs_from_folder(folder)]
+
+
+def skip_summary(skipped: dict[str, str], clips: Sequence[Clip]) -> str:
+    """The skip reasons of ``clips`` counted, e.g. "not found: 3, no frames: 1" (the clip's
+    own path and any detail after the first colon are left out so equal reasons group)."""
+    counts: dict[str, int] = {}
+    for clip in clips:
+        reason = skipped.get(clip.name)
+        if reason is None:
+            continue
+        kind = reason.replace(str(clip.path), "").strip().split(":")[0].strip() or reason
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 class SkipClip(Exception):
@@ -1054,12 +1081,21 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     repo = Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser(prog="python -m benchmarks.rd", description=__doc__.split("\n")[0])
-    p.add_argument("--manifest", type=Path,
-                   default=repo.parent / "shared" / "data" / "talking" / "MANIFEST.tsv")
-    p.add_argument("--split", default="dev")
+    default_manifest = repo.parent / "shared" / "data" / "talking" / "MANIFEST.tsv"
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="TSV with 'path' and 'split' columns; its rows of --split are the clips "
+                        "(default: ../shared/data/talking/MANIFEST.tsv, unless --folder is "
+                        "given alone)")
+    p.add_argument("--split", default="dev",
+                   help="the manifest's split to run (default: %(default)s); does not apply "
+                        "to --folder without --manifest")
     p.add_argument("--folder", type=Path, default=None,
-                   help="where the manifest's paths live (default: the manifest's folder)")
-    p.add_argument("--clips", type=int, default=None, help="first N clips of the split")
+                   help="without --manifest: benchmark every video under this folder "
+                        "(recursively, sorted by path; clip name = path under the folder; "
+                        "--split does not apply). With --manifest: where the manifest's paths "
+                        "live (default: the manifest's folder)")
+    p.add_argument("--clips", type=int, default=None,
+                   help="first N clips (of the split, or of the folder)")
     p.add_argument("--frames", type=int, default=250)
     p.add_argument("--size", type=int, default=256, choices=(256, 512))
     p.add_argument("--out", type=Path, default=Path("out/rd"))
@@ -1085,7 +1121,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own, at most the CPU count)")
     p.add_argument("--name", default=None, help="run name in the JSON (default: the out folder's)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.folder_mode = args.manifest is None and args.folder is not None
+    if args.manifest is None and not args.folder_mode:
+        args.manifest = default_manifest
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1098,12 +1138,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown codecs {unknown}; have {list(ALL_CODECS)}", file=sys.stderr)
         return 2
-    if not args.manifest.is_file():
-        print(f"manifest not found: {args.manifest}", file=sys.stderr)
-        return 2
     if args.metric_every < 1:
         print("--metric-every must be >= 1", file=sys.stderr)
         return 2
+    if args.clips is not None and args.clips < 1:
+        print("--clips must be >= 1", file=sys.stderr)
+        return 2
+    if args.folder_mode:
+        if not args.folder.is_dir():
+            print(f"no clip to score: folder not found: {args.folder}", file=sys.stderr)
+            return 2
+        clips = folder_clips(args.folder)
+        source = "every video under --folder"
+        if not clips:
+            from codec.training.dataset import VIDEO_SUFFIXES
+
+            print(f"no clip to score: no video under {args.folder} (looked for "
+                  f"{' '.join(VIDEO_SUFFIXES)}, recursively)", file=sys.stderr)
+            return 2
+    else:
+        if not args.manifest.is_file():
+            print(f"manifest not found: {args.manifest}", file=sys.stderr)
+            return 2
+        clips = manifest_clips(args.manifest, args.split, args.folder)
+        source = f"split {args.split}"
+        if not clips:
+            print(f"no clip to score: no row of split {args.split!r} in {args.manifest}",
+                  file=sys.stderr)
+            return 2
+    if args.clips is not None:
+        clips = clips[: args.clips]
     every = args.metric_every
     qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
     try:
@@ -1127,9 +1191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    clips = manifest_clips(args.manifest, args.split, args.folder)
-    if args.clips is not None:
-        clips = clips[: args.clips]
     untrained = bool(loaded is not None and loaded.untrained)
     command = "python -m benchmarks.rd " + " ".join(
         sys.argv[1:] if argv is None else list(argv))
@@ -1137,7 +1198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "name": args.name or out.name, "env": environment(), "command": command,
         "untrained": untrained, "marker": UNTRAINED_MARK if untrained else None,
         "protocol": (f"face crop fitted on the first {FIT_FRAMES} frames and fixed, {args.size}px, "
-                     f"{FPS:g} fps, first {args.frames} frames, split {args.split}; "
+                     f"{FPS:g} fps, first {args.frames} frames, {source}; "
                      + metric_sampling_text(every, args.frames)),
         "metric_every": every, "frames_requested": args.frames,
         "x264_sei_included": False,
@@ -1231,6 +1292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             and r.get("metric_every", 1) == every and r["clip"] in used_clips
             and (r["codec"], r["setting"]) in {(s.codec, s.name) for s in settings}
             and (r["codec"] != "ours" or r.get("model") == (loaded.name if loaded else None))]
+    if not used_clips:
+        hint = ("" if args.folder_mode or args.folder is None else
+                "; with --manifest, --folder only relocates the manifest's paths (give --folder "
+                "alone to benchmark every video in it)")
+        print(f"no clip scored: all {len(clips)} clips skipped "
+              f"({skip_summary(store.data['skipped'], clips)}){hint}", file=sys.stderr)
+        return 2
     averages = average_rows(rows)
     store.data["clips"] = used_clips
     store.data["averages"] = averages

@@ -261,3 +261,78 @@ def test_report_publish_with_speed(tmp_path) -> None:
     assert "--publish" in section
     assert "our LPIPS is worse" in section
     assert "(missing / scored, all clips): ours q0-kf0 2/10." in section
+
+
+def test_main_folder_benchmarks_every_video_in_it(tmp_path, capsys) -> None:
+    """``--folder DIR`` alone: every video under DIR (recursively, sorted, named by its path
+    under DIR) is a clip; the default manifest and --split play no part."""
+    from sender.sources import write_default_clip
+
+    videos = tmp_path / "my_videos"
+    (videos / "sub").mkdir(parents=True)
+    write_default_clip(videos / "sub" / "b.mp4", num_frames=10, size=(256, 256), audio=False)
+    write_default_clip(videos / "a.mp4", num_frames=10, size=(256, 256))
+    (videos / "notes.txt").write_text("not a video\n")
+    out = tmp_path / "rd"
+    argv = ["--folder", str(videos), "--split", "no-such-split", "--codecs", "frozen,x264",
+            "--frames", "10", "--sweep", "quick", "--metrics", "psnr", "--threads", "1",
+            "--out", str(out)]
+    assert rd.main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["clips"] == ["a.mp4", "sub/b.mp4"] and data["skipped"] == {}
+    assert "every video under --folder" in data["protocol"]
+    for clip in ("a.mp4", "sub/b.mp4"):
+        rows = [r for r in data["results"] if r["clip"] == clip]
+        assert {r["codec"] for r in rows} == {"frozen", "x264"}
+        assert all(r["frames"] == 10 and r["psnr"] is not None and r["psnr"] > 15 for r in rows)
+    assert all(a["clips"] == 2 for a in data["averages"])
+    assert (out / "summary.md").is_file()
+    assert [c.name for c in rd.folder_clips(videos)] == ["a.mp4", "sub/b.mp4"]
+
+
+def test_main_exits_2_when_no_clip_is_scored(tmp_path, capsys) -> None:
+    """An empty or missing folder, and a run whose every clip is skipped, fail with one
+    stderr line saying why, and write no summary."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no videos here\n")
+    common = ["--codecs", "frozen", "--frames", "10", "--metrics", "psnr"]
+    out = tmp_path / "rd"
+    assert rd.main(["--folder", str(empty), "--out", str(out), *common]) == 2
+    assert "no clip to score: no video under" in capsys.readouterr().err
+    assert not out.exists()
+    assert rd.main(["--folder", str(tmp_path / "missing"), "--out", str(out), *common]) == 2
+    assert "no clip to score: folder not found" in capsys.readouterr().err
+    # --manifest with --folder relocates the manifest's paths: none exists there, all skipped.
+    manifest = tmp_path / "MANIFEST.tsv"
+    manifest.write_text("path\tsplit\nx/a.mp4\tdev\nx/b.mp4\tdev\ny/c.mp4\ttrain\n")
+    argv = ["--manifest", str(manifest), "--folder", str(empty), "--out", str(out), *common]
+    assert rd.main(argv) == 2
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "no clip scored" in line)
+    assert "all 2 clips skipped (not found: 2)" in line and "relocates" in line
+    assert not (out / "summary.md").exists()
+    assert set(json.loads((out / "results.json").read_text())["skipped"]) == {"x/a.mp4",
+                                                                             "x/b.mp4"}
+    assert rd.main(["--manifest", str(manifest), "--split", "test", "--out", str(out),
+                    *common]) == 2
+    assert "no row of split 'test'" in capsys.readouterr().err
+
+
+def test_folder_help_text() -> None:
+    """--help says what --folder, --manifest and --split do in each mode."""
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(SystemExit):
+        rd.parse_args(["--help"])
+    text = " ".join(buf.getvalue().split())
+    assert "without --manifest: benchmark every video under this folder" in text
+    assert "With --manifest: where the manifest's paths live" in text
+    assert "does not apply to --folder without --manifest" in text
+    alone = rd.parse_args(["--folder", "x"])
+    assert alone.folder_mode and alone.manifest is None
+    assert not rd.parse_args([]).folder_mode and rd.parse_args([]).manifest.name == "MANIFEST.tsv"
+    relocated = rd.parse_args(["--folder", "x", "--manifest", "m.tsv"])
+    assert not relocated.folder_mode and relocated.manifest.name == "m.tsv"
