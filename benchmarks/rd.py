@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.env import git_sha
+from codec.progress import ProgressBar
 
 log = logging.getLogger("benchmarks.rd")
 
@@ -88,32 +89,6 @@ QUICK = {"x264_crfs": (24, 36, 44, 51), "x264_kbps": (6,), "vpx_kbps": (10, 40),
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-class Progress:
-    """A plain progress bar on stderr (no dependency); one line rewritten with \\r."""
-
-    def __init__(self, label: str, total: int, stream=sys.stderr) -> None:
-        self.label, self.total, self.stream = label, max(total, 1), stream
-        self.count = 0
-        self.started = time.perf_counter()
-        self._last = 0.0
-
-    def update(self, step: int = 1) -> None:
-        self.count += step
-        now = time.perf_counter()
-        if now - self._last < 0.2 and self.count < self.total:
-            return  # redraw at most 5×/s: cheap on a shared 2-core machine
-        self._last = now
-        filled = int(30 * min(self.count, self.total) / self.total)
-        rate = self.count / max(now - self.started, 1e-9)
-        self.stream.write(f"\r{self.label[:48]:<48} [{'#' * filled}{'.' * (30 - filled)}] "
-                          f"{self.count}/{self.total} {rate:5.1f}/s")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
 
 
 def slug(text: str) -> str:
@@ -410,7 +385,7 @@ def run_frozen(crops: np.ndarray) -> CodecRun:
 
 
 def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
-             fps: float = FPS, progress: Progress | None = None,
+             fps: float = FPS, progress: ProgressBar | None = None,
              metric_every: int = 1) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
@@ -543,7 +518,7 @@ class MetricSuite:
             return np.full(pred.shape[0], np.nan)
 
     def per_frame(self, decoded: Sequence[np.ndarray], target: np.ndarray, clip_key: str,
-                  progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                  progress: ProgressBar | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Metric arrays (N values each; NaN where unavailable or no face) and side counts."""
         import torch
 
@@ -1260,7 +1235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for setting in pending:
             label = f"  {setting.codec} {setting.name}"
             if setting.codec == "ours":
-                bar = Progress(label + " codec", 2 * len(crops))
+                bar = ProgressBar(2 * len(crops), label.strip() + " codec")
                 run = run_ours(crops, loaded, setting.params["quality"], setting.params["refresh"],
                                progress=bar, metric_every=every)
                 bar.close()
@@ -1269,7 +1244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 run = run_pyav(crops, setting.params)
             index, decoded = run.scored_frames(every)
-            bar = Progress(label + " metrics", len(index))
+            bar = ProgressBar(len(index), label.strip() + " metrics")
             metric_started = time.perf_counter()
             values, side = suite.per_frame(decoded, crops[index], f"{clip.name}@every{every}",
                                            progress=bar)

@@ -42,22 +42,21 @@ def _model(args: argparse.Namespace, name: str | None = None):
 
 
 def _progress(total: int | None, label: str):
-    def report(count: int) -> None:
-        if sys.stderr.isatty() and (count % 10 == 0 or count == total):
-            end = f"/{total}" if total else ""
-            print(f"\r{label}: {count}{end} frames", end="", file=sys.stderr, flush=True)
-    return report
+    """A tqdm bar on a terminal (silent in pipes, files and CI); the API calls it per frame."""
+    from codec.progress import ProgressBar
+
+    return ProgressBar(total, label)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from codec.api import compress
 
-    report = compress(args.input, args.output, model=_model(args), quality=args.quality,
-                      intra_period=args.intra_period, fps=args.fps, max_frames=args.max_frames,
-                      keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
-                      audio=not args.no_audio, progress=_progress(args.max_frames, "compress"))
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    model = _model(args)
+    with _progress(args.max_frames, "compress") as bar:
+        report = compress(args.input, args.output, model=model, quality=args.quality,
+                          intra_period=args.intra_period, fps=args.fps, max_frames=args.max_frames,
+                          keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
+                          audio=not args.no_audio, progress=bar)
     print(report.summary())
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2))
@@ -71,11 +70,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     model = None
     if args.weights is not None or args.model is not None:
         model = _model(args)
-    report = decompress(args.input, args.output, model=model, untrained=args.untrained,
-                        weights=args.weights, view=view, batch_size=args.batch_size,
-                        device=args.device, progress=_progress(None, "decompress"))
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    with _progress(None, "decompress") as bar:
+        report = decompress(args.input, args.output, model=model, untrained=args.untrained,
+                            weights=args.weights, view=view, batch_size=args.batch_size,
+                            device=args.device, progress=bar)
     print(report.summary())
     return 0
 
@@ -122,12 +120,13 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
         print(f"built-in default input (scripted camera motion over a public-domain portrait): {source}")
     model = _model(args)
     stream = out / "stream.fvc"
-    report = compress(source, stream, model=model, quality=args.quality, fps=args.fps,
-                      max_frames=args.max_frames, progress=_progress(args.max_frames, "compress"))
+    with _progress(args.max_frames, "compress") as bar:
+        report = compress(source, stream, model=model, quality=args.quality, fps=args.fps,
+                          max_frames=args.max_frames, progress=bar)
     print(report.summary())
     decoded = out / "decoded.mp4"
-    dreport = decompress(stream, decoded, model=model, batch_size=args.batch_size,
-                         progress=_progress(report.frames, "decompress"))
+    with _progress(report.frames, "decompress") as bar:
+        dreport = decompress(stream, decoded, model=model, batch_size=args.batch_size, progress=bar)
     print(dreport.summary())
     # Side by side: the face crop the encoder saw | what the receiver rebuilt.
     from codec.facecrop import CropBox
@@ -291,30 +290,54 @@ def _call_source(args: argparse.Namespace, loaded):
     return frames, audio
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facecodec", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; options whose default is None or False say nothing."""
 
-    p = sub.add_parser("compress", help="video file -> .fvc stream file")
-    p.add_argument("input", type=Path)
-    p.add_argument("output", type=Path)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facecodec", formatter_class=_HelpFormatter,
+        description="A low-bandwidth talking-head video codec: one keyframe, then head pose and "
+                    "expression per frame. Default model: the landmark family (no training needed).",
+        epilog="Each command has its own --help.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    # -v also after the subcommand (`facecodec call ... -v`); SUPPRESS keeps the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common],
+                              formatter_class=_HelpFormatter)
+
+    p = add("compress", "video file -> .fvc stream file (face crop, keyframe, motion, Opus audio)")
+    p.add_argument("input", type=Path, help="a video file with a face (any format PyAV reads)")
+    p.add_argument("output", type=Path, help="the .fvc file to write")
     _add_model_args(p)
     p.add_argument("--quality", type=int, default=3,
                    help="motion quantization level, 0 (coarsest) to 5 (finest)")
     p.add_argument("--intra-period", type=int, default=25,
                    help="frames between absolute motion packets")
     p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
-    p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--keyframe-codec", choices=["webp", "jpeg"], default="webp")
-    p.add_argument("--keyframe-quality", type=int, default=90)
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="stop after this many frames (default: the whole file)")
+    p.add_argument("--keyframe-codec", choices=["webp", "jpeg"], default="webp",
+                   help="how the keyframe image is coded")
+    p.add_argument("--keyframe-quality", type=int, default=90, help="keyframe image quality, 1-100")
     p.add_argument("--no-audio", action="store_true", help="drop the audio track")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("decompress", help=".fvc stream file -> video file (with audio)")
-    p.add_argument("input", type=Path)
-    p.add_argument("output", type=Path)
+    p = add("decompress", ".fvc stream file -> video file of the rebuilt face crop (with audio)")
+    p.add_argument("input", type=Path, help="a .fvc file written by compress")
+    p.add_argument("output", type=Path, help="the video file to write (e.g. .mp4)")
     _add_model_args(p)
     p.add_argument("--batch-size", type=int, default=4, help="frames rendered per forward pass")
     p.add_argument("--frontalize", action="store_true", help="render the head facing the camera")
@@ -323,54 +346,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roll", type=float, default=0.0, help="free view: extra roll in degrees")
     p.set_defaults(func=cmd_decompress)
 
-    p = sub.add_parser("info", help="print a .fvc file's header and packet counts")
-    p.add_argument("input", type=Path)
+    p = add("info", "print a .fvc file's header and packet counts (JSON)")
+    p.add_argument("input", type=Path, help="a .fvc file")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("roundtrip", help="compress + decompress a clip (default: built-in) "
-                                         "and write a side-by-side video")
-    p.add_argument("input", type=Path, nargs="?", default=None)
-    p.add_argument("--out", type=Path, default=Path("out/roundtrip"))
+    p = add("roundtrip", "compress + decompress a clip and write a side-by-side video")
+    p.add_argument("input", type=Path, nargs="?", default=None,
+                   help="a video file (default: the built-in portrait clip)")
+    p.add_argument("--out", type=Path, default=Path("out/roundtrip"), help="output folder")
     _add_model_args(p)
-    p.add_argument("--quality", type=int, default=3)
-    p.add_argument("--fps", type=float, default=25.0)
-    p.add_argument("--max-frames", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--quality", type=int, default=3,
+                   help="motion quantization level, 0 (coarsest) to 5 (finest)")
+    p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
+    p.add_argument("--max-frames", type=int, default=100, help="frames to code")
+    p.add_argument("--batch-size", type=int, default=4, help="frames rendered per forward pass")
     p.set_defaults(func=cmd_roundtrip)
 
     # Listed for --help only: main() hands `serve-signaling ...` to `python -m signaling`.
     sub.add_parser("serve-signaling", help="run the signaling server (rooms of two, token); "
-                                           "see `facecodec serve-signaling --help`")
+                                           "options: facecodec serve-signaling --help")
 
-    p = sub.add_parser("call", help="join a room on a signaling server and call the other peer")
+    p = add("call", "join a room on a signaling server and call the other peer")
     p.add_argument("--signaling", default="ws://127.0.0.1:8765/ws", help="the server's WebSocket URL")
-    p.add_argument("--room", required=True)
+    p.add_argument("--room", required=True, help="room name; the two peers of a call use the same one")
     p.add_argument("--token", default=None, help="shared secret (or FACECODEC_SIGNALING_TOKEN)")
     p.add_argument("--source", default="default",
                    help="'default' (built-in), a video file, 'camera[:DEVICE]', or 'none' (receive only)")
     p.add_argument("--loop", action="store_true", help="loop a video file source")
-    p.add_argument("--no-audio", action="store_true")
-    p.add_argument("--mode", choices=["neural", "h264", "auto"], default="auto")
+    p.add_argument("--no-audio", action="store_true", help="send no audio")
+    p.add_argument("--mode", choices=["neural", "h264", "auto"], default="auto",
+                   help="auto: neural when the peer holds the same model and renders in real time")
     p.add_argument("--h264-kbps", type=float, default=30.0, help="H.264 fallback bitrate")
     p.add_argument("--quality", type=int, default=None, help="motion quality 0-5")
-    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--fps", type=float, default=25.0, help="frames per second sent")
     p.add_argument("--seconds", type=float, default=60.0, help="hang up after this long")
     p.add_argument("--record", type=Path, default=None, help="record what this side receives (MP4)")
     p.add_argument("--viewer", action="store_true", help="serve the web viewer on localhost")
-    p.add_argument("--viewer-port", type=int, default=8080)
+    p.add_argument("--viewer-port", type=int, default=8080, help="the web viewer's port")
     p.add_argument("--window", action="store_true", help="show the video in a window")
     p.add_argument("--no-rejoin", action="store_true", help="end when the peer leaves")
     p.add_argument("--report", type=Path, default=None, help="write the call report as JSON")
     _add_model_args(p)
     p.set_defaults(func=cmd_call)
 
-    p = sub.add_parser("demo", help="loopback call on the built-in default: side-by-side video "
-                                    "(input | ours | H.264 at the same rate) and a report")
-    p.add_argument("--out", type=Path, default=Path("out/demo"))
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--fps", type=float, default=25.0)
-    p.add_argument("--mode", choices=["neural", "h264", "auto"], default="neural")
-    p.add_argument("--quality", type=int, default=None)
+    p = add("demo", "loopback call on the built-in default: side-by-side video "
+                    "(input | ours | H.264 at the same rate), the recording and a report")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of the input clip")
+    p.add_argument("--fps", type=float, default=25.0, help="frames per second")
+    p.add_argument("--mode", choices=["neural", "h264", "auto"], default="neural",
+                   help="what the sender sends")
+    p.add_argument("--quality", type=int, default=None,
+                   help="motion quantization level 0-5 (default: the codec's, 3)")
     _add_model_args(p)
     p.set_defaults(func=cmd_demo)
     return parser

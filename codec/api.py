@@ -26,6 +26,7 @@ from codec.bitstream import (
     HeaderFlags,
     KeyframePacket,
     MotionPacket,
+    PacketType,
     StreamHeader,
     parse_packet,
 )
@@ -478,8 +479,10 @@ def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadMod
                untrained: bool = False, weights: Path | str | None = None,
                view: ViewControl | None = None, batch_size: int = 4,
                device: str = "cpu", mark_untrained: bool = True,
-               progress: Callable[[int], None] | None = None) -> DecompressReport:
-    """Decode a container (.fvc) into a video file, with its audio when it has any."""
+               progress: Callable[[int, int], None] | None = None) -> DecompressReport:
+    """Decode a container (.fvc) into a video file, with its audio when it has any.
+
+    ``progress(frames_done, frames_total)`` is called after every written frame."""
     from codec.bitstream import read_container
     from codec.media import VideoWriter
 
@@ -495,6 +498,9 @@ def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadMod
     fps = _stream_fps(container)
     size = (header.width, header.height)
     count = 0
+    # Frames to expect: one per motion packet (its type byte; no need to parse them twice).
+    motion_types = {int(PacketType.MOTION_INTRA), int(PacketType.MOTION_INTER)}
+    total = sum(1 for data in container.video_packets if data[:1] and data[0] in motion_types)
     track = read_audio_track(container)
     with VideoWriter(out_video, fps=fps, size=size, audio=track) as writer:
         for frame in decoder.decode_stream(container.video_packets, batch_size=batch_size):
@@ -502,7 +508,7 @@ def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadMod
             writer.write(image)
             count += 1
             if progress is not None:
-                progress(count)
+                progress(count, total)
     return DecompressReport(path=str(out_video), frames=count, fps=fps, untrained=decoder.untrained,
                             decode_seconds=time.perf_counter() - started,
                             has_audio=track is not None, stats=decoder.stats)

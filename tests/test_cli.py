@@ -121,3 +121,22 @@ def test_untrained_recordings_carry_the_banner(tmp_path, capsys):
             assert (band[..., 0] - band[..., 2]).max() > 60, name  # red text on the band
             assert np.median(band) < 40, name  # the band itself is black
     assert "UNTRAINED" in capsys.readouterr().out
+
+
+def test_help_lists_defaults_models_and_takes_v_after_the_command(capsys):
+    for command in ("compress", "decompress", "roundtrip", "demo", "call"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "(default: landmark)" in text and "vox256" in text, command
+        assert "(default: cpu)" in text, command
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: 3)" in text and "(default: webp)" in text and "a video file with a face" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "landmark family" in text
+    assert main(["info", "missing.fvc", "-v"]) == 2  # -v after the subcommand parses
