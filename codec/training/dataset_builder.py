@@ -666,16 +666,22 @@ def build_dataset(jobs: Sequence[ClipJob], cfg: BuildConfig, log: Any = sys.stdo
     # longest first, so parallel workers end together
     ordered = sorted(jobs, key=lambda j: -j.duration_s)[: cfg.limit]
     results: list[ClipResult] = []
-    if cfg.workers > 1:
-        with ProcessPoolExecutor(cfg.workers) as pool:
-            for res in pool.map(_process_star, [(j, cfg) for j in ordered]):
+    from codec.progress import ProgressBar
+
+    # The per-clip lines go to ``log`` (kept in files and CI); the bar only to a terminal.
+    with ProgressBar(len(ordered), f"{cfg.split} clips", unit="clip") as bar:
+        if cfg.workers > 1:
+            with ProcessPoolExecutor(cfg.workers) as pool:
+                for res in pool.map(_process_star, [(j, cfg) for j in ordered]):
+                    results.append(res)
+                    _log_clip(res, log)
+                    bar.update()
+        else:
+            for job in ordered:
+                res = process_clip(job, cfg)
                 results.append(res)
                 _log_clip(res, log)
-    else:
-        for job in ordered:
-            res = process_clip(job, cfg)
-            results.append(res)
-            _log_clip(res, log)
+                bar.update()
     results.sort(key=lambda r: r.source)
     segments = [s for r in results for s in r.segments]
     skips = [s for r in results for s in r.skips]
