@@ -386,19 +386,22 @@ def run_frozen(crops: np.ndarray) -> CodecRun:
 
 def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
-             metric_every: int = 1) -> CodecRun:
+             metric_every: int = 1, adaptive_db: float | None = None) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
-    ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds. Every frame
+    ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds.
+    ``adaptive_db``: the sender's closed loop instead (``codec.api.RefreshPolicy``): a new
+    keyframe when its own rebuild stays under that PSNR. Every frame
     is encoded and every packet decoded, but with ``metric_every`` = K > 1 only frames 0, K,
     2K, … are rendered by the generator (the others advance the motion chain only), and
     ``decoded`` holds just those."""
     import cv2
 
-    from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, Decoder, Encoder
+    from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, Decoder, Encoder, RefreshPolicy
 
     n, size = crops.shape[0], crops.shape[1]
-    encoder = Encoder(loaded, quality=quality, frame_rate=fps)
+    refresh = RefreshPolicy(threshold_db=adaptive_db) if adaptive_db is not None else None
+    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh)
     header = encoder.header()
     period = int(round(keyframe_refresh_s * fps)) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
@@ -437,7 +440,8 @@ def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
         wire_bytes=int(frame_bytes.sum()) + messages * DATA_CHANNEL_OVERHEAD_BYTES,
         encode_s=encode_s, decode_s=decode_s,
         extra={"model": loaded.name, "untrained": bool(loaded.untrained), "quality": quality,
-               "keyframe_refresh_s": keyframe_refresh_s, "keyframes": stats.keyframes,
+               "keyframe_refresh_s": keyframe_refresh_s, "adaptive_db": adaptive_db,
+               "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
                "header_bytes": len(header), "messages": messages,
                "model_size": loaded.image_size,
@@ -772,7 +776,11 @@ def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, 
     for row in averages:
         label = row["codec"]
         if label == "ours":
-            label = f"ours kf{row['setting'].split('-kf')[-1]}"
+            refresh = row["setting"].split("-", 1)[-1]  # kf0 | kf<seconds> | ad<dB>
+            # One curve across qualities with one keyframe, one across periodic refresh
+            # periods, one across the closed loop's thresholds.
+            label = ("ours kf0" if refresh == "kf0" else "ours adaptive" if refresh.startswith("ad")
+                     else "ours periodic")
         curves.setdefault(label, []).append(row)
     for points in curves.values():
         points.sort(key=lambda r: r["payload_kbps"])
@@ -1083,7 +1091,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
                         "each run at every --qualities value; R@Q runs period R at quality Q "
-                        "only (e.g. 0,4@3)")
+                        "only; aT (or aT@Q) the sender's closed-loop refresh at a T dB rebuild "
+                        "threshold (e.g. 0,4@3,a24@3)")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="subset of psnr,ssim,ms_ssim,lpips,akd,aed (SSIM/MS-SSIM cost ~0.5 s/frame "
                         "each on the 2-core machine); the rest are n/a")
@@ -1206,7 +1215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif codec == "frozen":
             settings.append(Setting("frozen", "webp-q90", {}))
         elif codec == "ours":
-            settings += [Setting("ours", f"q{q}-kf{r:g}", {"quality": q, "refresh": r})
+            settings += [Setting("ours", f"q{q}-{_refresh_name(r)}", {"quality": q, "refresh": r})
                          for r, q in ours_points]
     suite: MetricSuite | None = None
     cache_dir = out / "crops"
@@ -1236,7 +1245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             label = f"  {setting.codec} {setting.name}"
             if setting.codec == "ours":
                 bar = ProgressBar(2 * len(crops), label.strip() + " codec")
-                run = run_ours(crops, loaded, setting.params["quality"], setting.params["refresh"],
+                refresh = setting.params["refresh"]
+                periodic = refresh if isinstance(refresh, float) else 0.0
+                adaptive = float(refresh[1:]) if isinstance(refresh, str) else None
+                run = run_ours(crops, loaded, setting.params["quality"], periodic, adaptive_db=adaptive,
                                progress=bar, metric_every=every)
                 bar.close()
             elif setting.codec == "frozen":
@@ -1294,17 +1306,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float, int]]:
-    """(refresh seconds, quality) pairs of our codec's sweep from ``--keyframe-refresh``:
-    "R" runs every quality at period R, "R@Q" quality Q only; order kept, duplicates dropped."""
-    out: list[tuple[float, int]] = []
+def _refresh_name(refresh: float | str) -> str:
+    """kf<seconds> for a periodic refresh (kf0: one keyframe), ad<dB> for the closed loop."""
+    return f"ad{float(refresh[1:]):g}" if isinstance(refresh, str) else f"kf{refresh:g}"
+
+
+def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, int]]:
+    """(refresh, quality) pairs of our codec's sweep from ``--keyframe-refresh``: "R" runs
+    every quality at period R seconds, "R@Q" quality Q only; "aT" / "aT@Q" the sender's
+    closed-loop refresh at a T dB threshold (kept as the string "aT"). Order kept,
+    duplicates dropped."""
+    out: list[tuple[float | str, int]] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
         period, _, only = item.partition("@")
-        refresh = float(period)
-        if refresh < 0 or not math.isfinite(refresh):
-            raise ValueError(f"bad refresh period {item!r}")
+        refresh: float | str
+        if period.startswith("a"):
+            threshold = float(period[1:])
+            if not 0 < threshold < 100:
+                raise ValueError(f"bad adaptive threshold {item!r}")
+            refresh = f"a{threshold:g}"
+        else:
+            refresh = float(period)
+            if refresh < 0 or not math.isfinite(refresh):
+                raise ValueError(f"bad refresh period {item!r}")
         for q in ([int(only)] if only else qualities):
             if (refresh, q) not in out:
                 out.append((refresh, q))

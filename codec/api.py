@@ -39,7 +39,8 @@ from codec.zoo import DEFAULT_MODEL, resolve_model
 log = logging.getLogger(__name__)
 
 __all__ = ["CompressReport", "DecodedFrame", "Decoder", "DecoderStats", "DecompressReport", "Encoder",
-           "EncoderStats", "ViewControl", "compress", "decompress", "fit_square", "stamp_untrained"]
+           "EncoderStats", "RefreshPolicy", "ViewControl", "compress", "decompress", "fit_square",
+           "rebuild_psnr", "stamp_untrained"]
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
@@ -72,6 +73,38 @@ def stamp_untrained(image: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class RefreshPolicy:
+    """Closed-loop keyframe refresh: the sender renders what the receiver will show (the
+    decoded keyframe and the quantized motion, through the same model) and sends a new
+    keyframe when that rebuild drifts from the real frame.
+
+    threshold_db: refresh when the rebuilt frame's PSNR against the real crop (computed at
+        half resolution: cheap, and less swayed by sensor noise) stays below this ...
+    hold_checks: ... for this many checks in a row (hysteresis: one bad frame, e.g. a blink,
+        does not cost a keyframe);
+    check_every: render and score every N-th frame (sender CPU: one render, ~3 ms at 256 px);
+    min_interval_s: never two keyframes closer than this;
+    max_keyframe_kbps: keyframe bits per second over the stream so far stay under this,
+        after the first keyframe and one refresh of credit.
+    """
+
+    threshold_db: float
+    hold_checks: int = 3
+    check_every: int = 1
+    min_interval_s: float = 1.0
+    max_keyframe_kbps: float = 16.0
+
+
+def rebuild_psnr(rebuilt: np.ndarray, real: np.ndarray) -> float:
+    """PSNR (dB) of two S×S×3 uint8 frames at half resolution."""
+    size = (rebuilt.shape[1] // 2, rebuilt.shape[0] // 2)
+    a = cv2.resize(rebuilt, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    b = cv2.resize(real, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    mse = float(np.mean((a - b) ** 2))
+    return 10.0 * np.log10(255.0 ** 2 / max(mse, 1e-6))
+
+
 @dataclass
 class EncoderStats:
     frames: int = 0
@@ -80,6 +113,8 @@ class EncoderStats:
     motion_packets: int = 0
     motion_bytes: int = 0  # whole motion packets: type byte, varints and range-coded payload
     intra_packets: int = 0
+    refreshes: list[tuple[int, str]] = field(default_factory=list)  # (seq, why) of closed-loop keyframes
+    last_rebuild_db: float | None = None  # the closed loop's last score
 
 
 class Encoder:
@@ -88,7 +123,7 @@ class Encoder:
     def __init__(self, model: TalkingHeadModel, *, quality: int = DEFAULT_QUALITY,
                  intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = "webp",
                  keyframe_quality: int = 90, timebase: int = DEFAULT_TIMEBASE,
-                 frame_rate: float = 25.0) -> None:
+                 frame_rate: float = 25.0, refresh: RefreshPolicy | None = None) -> None:
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
@@ -104,6 +139,10 @@ class Encoder:
         self._seq = 0
         self._keyframe_requested = True
         self.stats = EncoderStats()
+        self.refresh = refresh
+        self._local_source = None  # the receiver's source state, for the closed loop
+        self._last_keyframe_seq: int | None = None
+        self._bad_checks = 0
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
@@ -156,9 +195,17 @@ class Encoder:
         packets: list[bytes] = []
         if self._keyframe_requested:
             data = encode_keyframe(crop, self.keyframe_codec, self.keyframe_quality)
+            info = self._tracker.keyframe_info(crop)
             packet = KeyframePacket(seq=seq, timestamp=ticks,
                                     codec_id=KEYFRAME_CODEC_IDS[self.keyframe_codec],
-                                    image_bytes=data, info=self._tracker.keyframe_info(crop)).pack()
+                                    image_bytes=data, info=info).pack()
+            if self.refresh is not None:
+                # Exactly what the receiver will hold: the decoded image, not the crop.
+                decoded = fit_square(decode_keyframe(data, KEYFRAME_CODEC_IDS[self.keyframe_codec]),
+                                     self.model.image_size)
+                self._local_source = self.model.prepare_source(decoded, info)
+                self._last_keyframe_seq = seq
+                self._bad_checks = 0
             packets.append(packet)
             self.stats.keyframes += 1
             self.stats.keyframe_bytes += len(packet)
@@ -172,7 +219,33 @@ class Encoder:
         self.stats.motion_packets += 1
         self.stats.motion_bytes += len(packet)
         self.stats.intra_packets += int(intra)
+        if self.refresh is not None and seq % self.refresh.check_every == 0:
+            self._check_rebuild(crop, seq)
         return packets
+
+    def _check_rebuild(self, crop: np.ndarray, seq: int) -> None:
+        """The closed loop: score the receiver's rebuild of this frame, refresh when due."""
+        policy = self.refresh
+        decoded = self._motion.last_decoded
+        if policy is None or self._local_source is None or decoded is None:
+            return
+        rebuilt = self.model.render(self._local_source, decoded[None])[0]
+        score = rebuild_psnr(rebuilt, crop)
+        self.stats.last_rebuild_db = score
+        self._bad_checks = self._bad_checks + 1 if score < policy.threshold_db else 0
+        if self._bad_checks < policy.hold_checks or self._keyframe_requested:
+            return
+        since = (seq - self._last_keyframe_seq) / self.frame_rate if self._last_keyframe_seq is not None else 1e9
+        elapsed = (seq + 1) / self.frame_rate
+        # Budget: the first keyframe and one refresh of credit, then max_keyframe_kbps.
+        average_keyframe = self.stats.keyframe_bytes / max(self.stats.keyframes, 1)
+        budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
+        if since < policy.min_interval_s or self.stats.keyframe_bytes + average_keyframe > budget_bytes:
+            return
+        self.stats.refreshes.append((seq, f"rebuild {score:.1f} dB < {policy.threshold_db:g} dB "
+                                          f"for {self._bad_checks} checks"))
+        log.info("keyframe refresh at frame %d: %s", seq, self.stats.refreshes[-1][1])
+        self.request_keyframe()
 
 
 @dataclass

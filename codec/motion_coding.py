@@ -262,6 +262,14 @@ class MotionEncoder:
         """Make the next packet intra (after a keyframe or a loss report)."""
         self._intra_forced = True
 
+    @property
+    def last_decoded(self) -> np.ndarray | None:
+        """The vector the decoder holds after the last packet (float32), or None before any:
+        what the receiver renders, so the sender can render it too."""
+        if self._previous_indices is None:
+            return None
+        return self._quantizer.dequantize(self._previous_indices)
+
     def encode_vector(self, vector: np.ndarray, seq: int) -> tuple[bool, bytes]:
         """Code one frame's flat 6 + N vector; returns (is_intra, payload)."""
         if not isinstance(seq, int) or seq < 0:
