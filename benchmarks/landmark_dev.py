@@ -44,12 +44,17 @@ def read_segment(data: Path, segment: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_segment(model: LandmarkModel, frames: np.ndarray, landmarks: np.ndarray, every: int,
-                     quality: int, lpips) -> dict:
+                     quality: int, lpips, keyframe_codec: str = "webp", keyframe_quality: int = 90) -> dict:
+    from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
+
     size = model.image_size
     table = quant_table_for(model.layout, quality)
     encoder = MotionEncoder(table, model.layout.expression_count, intra_period=25)
     decoder = MotionDecoder(table, model.layout.expression_count)
-    source = model.prepare_source(frames[0], pack_keyframe_info(landmarks[0]))
+    # The keyframe as the receiver holds it: coded and decoded.
+    keyframe_bytes = encode_keyframe(frames[0], keyframe_codec, keyframe_quality)
+    keyframe = decode_keyframe(keyframe_bytes, KEYFRAME_CODEC_IDS[keyframe_codec])
+    source = model.prepare_source(keyframe, pack_keyframe_info(landmarks[0]))
     motion_bytes = 0
     scored, targets, render_ms = [], [], []
     for i in range(len(frames)):
@@ -64,11 +69,11 @@ def evaluate_segment(model: LandmarkModel, frames: np.ndarray, landmarks: np.nda
         render_ms.append(1000 * (time.perf_counter() - started))
         targets.append(frames[i])
     pred, real = np.stack(scored), np.stack(targets)
-    frozen = np.repeat(frames[:1], len(real), axis=0)
+    frozen = np.repeat(keyframe[None], len(real), axis=0)
     with torch.inference_mode():
         lp_ours = lpips(frames_to_tensor(pred).float(), frames_to_tensor(real).float()).mean().item()
         lp_frozen = lpips(frames_to_tensor(frozen).float(), frames_to_tensor(real).float()).mean().item()
-    return {"frames": len(frames), "scored": len(real),
+    return {"frames": len(frames), "scored": len(real), "keyframe_bytes": len(keyframe_bytes),
             "psnr": float(psnr_frames(pred, real).mean()), "lpips": lp_ours,
             "frozen_psnr": float(psnr_frames(frozen, real).mean()), "frozen_lpips": lp_frozen,
             "motion_bits_per_frame": 8.0 * motion_bytes / len(frames),
@@ -86,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="face model file (default: the registered one)")
     p.add_argument("--coefficients", type=int, default=None,
                    help="expression coefficients N (default: the model's)")
+    p.add_argument("--keyframe-codec", default="webp", help="keyframe image codec (default: %(default)s)")
+    p.add_argument("--keyframe-quality", type=int, default=90, help="keyframe image quality (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     from codec.zoo import load_landmark_model
@@ -98,19 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for segment in index["segments"]:
         frames, landmarks = read_segment(args.data, segment)
-        row = {"segment": segment["name"], **evaluate_segment(model, frames, landmarks, args.every,
-                                                             args.quality, lpips)}
+        row = {"segment": segment["name"], **evaluate_segment(
+            model, frames, landmarks, args.every, args.quality, lpips, args.keyframe_codec,
+            args.keyframe_quality)}
         rows.append(row)
         print(f"{row['segment'][:44]:44s} ours {row['psnr']:5.2f} dB {row['lpips']:.3f}  frozen "
               f"{row['frozen_psnr']:5.2f} dB {row['frozen_lpips']:.3f}  "
               f"{row['motion_bits_per_frame']:5.1f} b/f "
               f"{row['render_ms_median']:4.1f} ms", flush=True)
     mean = {key: float(np.mean([r[key] for r in rows])) for key in
-            ("psnr", "lpips", "frozen_psnr", "frozen_lpips", "motion_bits_per_frame", "render_ms_median")}
+            ("psnr", "lpips", "frozen_psnr", "frozen_lpips", "motion_bits_per_frame", "render_ms_median",
+             "keyframe_bytes")}
     worse = [r["segment"] for r in rows if r["psnr"] < r["frozen_psnr"] or r["lpips"] > r["frozen_lpips"]]
     print(f"MEAN ours {mean['psnr']:.2f} dB LPIPS {mean['lpips']:.4f} | frozen {mean['frozen_psnr']:.2f} dB "
           f"{mean['frozen_lpips']:.4f} | {mean['motion_bits_per_frame']:.1f} bits/frame | "
-          f"render {mean['render_ms_median']:.1f} ms | worse than frozen: {worse or 'none'}")
+          f"render {mean['render_ms_median']:.1f} ms | keyframe {mean['keyframe_bytes']:.0f} B | "
+          f"worse than frozen: {worse or 'none'}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"every": args.every, "quality": args.quality, "mean": mean,
