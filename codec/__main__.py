@@ -171,36 +171,105 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# `facecodec call` exit codes, in its --help (CALL_EPILOG) and the README's Calls section.
+EXIT_NO_CALL = 1  # a peer joined but no call connected, or the call failed
+EXIT_NOBODY_JOINED = 3
+EXIT_BAD_TOKEN = 4
+EXIT_ROOM_FULL = 5
+EXIT_SIGNALING = 6  # the signaling server is unreachable, full or failed
+CALL_EPILOG = ("Exit codes: 0 the call ran; 1 a peer joined but no call connected, or the call "
+               "failed; 2 usage error (no token, a bad argument or input); 3 no one joined the room "
+               "within --wait; 4 the signaling server refused the token; 5 the room already holds "
+               "two peers; 6 the signaling server is unreachable or full. "
+               "FACECODEC_RTC_LOG=INFO (or DEBUG) also logs aiortc's and aioice's details.")
+
+
+def _add_call_wait_args(parser: argparse.ArgumentParser) -> None:
+    """`call`'s --wait and exit codes, kept beside cmd_call."""
+    from codec.call import WAIT_S
+
+    parser.add_argument("--wait", type=float, default=WAIT_S,
+                        help="give up when no one joins the room within this many seconds")
+    parser.epilog = CALL_EPILOG
+
+
+def _call_logging() -> None:
+    """A call's milestones (connected, the mode and why, switches) show without -v; aiortc's
+    and aioice's chatter (every ICE check) stays out even with -v unless FACECODEC_RTC_LOG
+    names a level."""
+    import os
+
+    logging.getLogger("facecodec.call").setLevel(logging.INFO)
+    logging.getLogger("facecodec.signaling").setLevel(logging.INFO)  # the client's reconnect retries
+    name = os.environ.get("FACECODEC_RTC_LOG", "WARNING").upper()
+    level = logging.getLevelNamesMapping().get(name, logging.WARNING)
+    for library in ("aiortc", "aioice"):
+        logging.getLogger(library).setLevel(level)
+
+
+def _call_model(args: argparse.Namespace):
+    """The model, or None where it cannot load: H.264 is the fallback, not a crash."""
+    if args.source != "none":
+        import numpy as np
+
+        from codec.facecrop import detect_landmarks
+
+        # Loads dlib's face models (~2 s) now, not after the call connects.
+        detect_landmarks(np.zeros((64, 64, 3), np.uint8))
+    try:
+        loaded = _model(args)
+    except CodecError as exc:  # e.g. no weights
+        log.warning("no usable model (%s): this peer sends and receives H.264 only", exc)
+        return None
+    if loaded.untrained:
+        print("*** UNTRAINED MODEL: neural video is not meaningful ***", file=sys.stderr)
+    return loaded
+
+
+def _call_failure(exc: Exception, room: str) -> tuple[int, str]:
+    """(exit code, one line for stderr) for a call that could not happen."""
+    from codec.call import NobodyJoined
+    from signaling.errors import BadTokenError, RoomFullError, SignalingError
+
+    if isinstance(exc, NobodyJoined):
+        return EXIT_NOBODY_JOINED, f"{exc} (--wait)"
+    if isinstance(exc, BadTokenError):
+        return EXIT_BAD_TOKEN, "the signaling server refused the token (--token or FACECODEC_SIGNALING_TOKEN)"
+    if isinstance(exc, RoomFullError):
+        return EXIT_ROOM_FULL, f"room {room!r} already holds two peers; pick another --room"
+    if isinstance(exc, SignalingError):
+        return EXIT_SIGNALING, f"signaling: {exc}"
+    return EXIT_NO_CALL, str(exc)
+
+
+def _close_recording(recorder):
+    """Finish the recording; an empty one (no call, nothing received) is dropped, not an error."""
+    if recorder is None:
+        return None
+    if recorder.stats.frames_written == 0:
+        try:
+            recorder.close()  # raises for an empty file, after removing its temporary files
+        except CodecError:
+            pass
+        return None
+    return recorder.close()
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     """Join a room on a signaling server and call whoever is there."""
     import asyncio
     import os
 
-    from codec.call import CallOptions, run_peer
+    from codec.call import CallEnded, CallOptions, join_room, run_peer
+    from signaling.errors import SignalingError
 
     token = args.token or os.environ.get("FACECODEC_SIGNALING_TOKEN")
     if not token:
         print("facecodec call: error: no token (--token or FACECODEC_SIGNALING_TOKEN)", file=sys.stderr)
         return 2
-    loaded = None
-    try:
-        loaded = _model(args)
-    except CodecError as exc:  # e.g. no weights: H.264 is the fallback, not a crash
-        log.warning("no usable model (%s): this peer sends and receives H.264 only", exc)
-        print(f"no usable model ({exc}): H.264 only", file=sys.stderr)
-    if loaded is not None and loaded.untrained:
-        print("*** UNTRAINED MODEL: neural video is not meaningful ***", file=sys.stderr)
-    frames = audio = None
-    if args.source != "none":
-        frames, audio = _call_source(args, loaded)
-    recorder = None
+    _call_logging()
     show = None
     sinks = []
-    if args.record is not None:
-        from receiver.sinks import Mp4Recorder
-
-        size = loaded.image_size if loaded is not None else 256
-        recorder = Mp4Recorder(args.record, fps=args.fps, size=(size, size))
     if args.window:
         from receiver.sinks import WindowSink
 
@@ -220,45 +289,65 @@ def cmd_call(args: argparse.Namespace) -> int:
     options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality)
 
     current: dict = {}
+    made: dict = {}  # the recorder, made once the model is loaded; closed below whatever happens
 
     async def run():
+        # The room before the model: a wrong token or a full room fails now, not after the load.
+        client = await join_room(args.signaling, token, args.room)
         viewer = None
-        if viewer_frames is not None:
-            from receiver.viewer import ViewerServer
-
-            def stats() -> dict:
-                call = current.get("call")
-                return call.receiver.snapshot() if call is not None and call.receiver else {}
-
-            def on_view(view) -> None:
-                call = current.get("call")
-                if call is not None and call.receiver is not None:
-                    call.receiver.view = view
-
-            viewer = ViewerServer(viewer_frames, stats=stats, on_view=on_view, port=args.viewer_port)
-            await viewer.start()
-            print(f"viewer: {viewer.url}", file=sys.stderr)
         try:
-            return await run_peer(url=args.signaling, token=token, room=args.room, loaded=loaded,
-                                  frames=frames, audio=audio, options=options, duration=args.seconds,
-                                  recorder=recorder, show=show, rejoin=not args.no_rejoin,
+            # In a thread, so the event loop keeps the signaling connection answering pings.
+            loaded = await asyncio.to_thread(_call_model, args)
+            frames = audio = None
+            if args.source != "none":
+                frames, audio = _call_source(args, loaded)
+            if args.record is not None:
+                from receiver.sinks import Mp4Recorder
+
+                size = loaded.image_size if loaded is not None else 256
+                made["recorder"] = Mp4Recorder(args.record, fps=args.fps, size=(size, size))
+            if viewer_frames is not None:
+                from receiver.viewer import ViewerServer
+
+                def stats() -> dict:
+                    call = current.get("call")
+                    return call.receiver.snapshot() if call is not None and call.receiver else {}
+
+                def on_view(view) -> None:
+                    call = current.get("call")
+                    if call is not None and call.receiver is not None:
+                        call.receiver.view = view
+
+                viewer = ViewerServer(viewer_frames, stats=stats, on_view=on_view, port=args.viewer_port)
+                await viewer.start()
+                print(f"viewer: {viewer.url}", file=sys.stderr)
+            return await run_peer(client=client, loaded=loaded, frames=frames, audio=audio,
+                                  options=options, duration=args.seconds, wait=args.wait,
+                                  recorder=made.get("recorder"), show=show, rejoin=not args.no_rejoin,
                                   on_call=lambda call: current.update(call=call))
         finally:
+            await client.close()
             if viewer is not None:
                 await viewer.stop()
 
     try:
         report = asyncio.run(run())
+    except (SignalingError, CallEnded) as exc:  # one line and an exit code, not a traceback
+        code, message = _call_failure(exc, args.room)
+        print(f"facecodec call: error: {message}", file=sys.stderr)
+        return code
     finally:
-        recording = recorder.close() if recorder is not None else None
+        recording = _close_recording(made.get("recorder"))
     from dataclasses import asdict
 
+    if args.record is not None and recording is None:
+        log.warning("nothing was received: no recording written")
     report.recording = asdict(recording) if recording is not None else None
     text = json.dumps(asdict(report), indent=2, default=str)
     print(text)
     if args.report is not None:
         args.report.write_text(text)
-    return 0 if report.calls else 1
+    return 0 if report.calls else EXIT_NO_CALL
 
 
 def _call_source(args: argparse.Namespace, loaded):
@@ -379,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h264-kbps", type=float, default=30.0, help="H.264 fallback bitrate")
     p.add_argument("--quality", type=int, default=None, help="motion quality 0-5")
     p.add_argument("--fps", type=float, default=25.0, help="frames per second sent")
-    p.add_argument("--seconds", type=float, default=60.0, help="hang up after this long")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="length of the call, counted from when it connects (waiting is --wait)")
+    _add_call_wait_args(p)  # --wait and the exit codes, kept beside cmd_call
     p.add_argument("--record", type=Path, default=None, help="record what this side receives (MP4)")
     p.add_argument("--viewer", action="store_true", help="serve the web viewer on localhost")
     p.add_argument("--viewer-port", type=int, default=8080, help="the web viewer's port")

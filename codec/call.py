@@ -13,6 +13,9 @@ and routes what arrives: control messages to the local sender or receiver (both 
 the two channels, each message type has one reader), motion packets to the receiver, RTP video
 and audio to the receiver and the recorder. ``auto`` mode picks ``neural`` when the peer holds
 the same weights and renders at the call's frame rate, ``h264`` otherwise.
+
+A call's milestones (connected, the mode chosen and why, each mode switch, the end) go to
+the ``facecodec.call`` logger at INFO, which ``facecodec call`` shows without ``-v``.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from codec.bitstream.control import FOR_RECEIVER, FOR_SENDER, Bye, StatsReport, 
 from codec.errors import CodecError
 
 log = logging.getLogger(__name__)
+events = logging.getLogger("facecodec.call")  # the few lines a user of `facecodec call` sees
 
 MODES = ("neural", "h264", "auto")
 CONNECT_TIMEOUT_S = 30.0
+WAIT_S = 120.0  # how long a peer waits for the other to join before giving up
 STATS_INTERVAL_S = 1.0
 # Why this side ended a call (anything else means the peer or the network ended it).
 DURATION_REACHED = "duration reached"
@@ -115,6 +120,10 @@ class CallEnded(Exception):
     """The peer left, said goodbye or the connection failed."""
 
 
+class NobodyJoined(CallEnded):
+    """No one joined the room within the wait: there was no call at all."""
+
+
 class Call:
     """One side of a call.
 
@@ -134,7 +143,9 @@ class Call:
                  on_sent_frame: Callable[[np.ndarray, float], None] | None = None,
                  epoch: float | None = None) -> None:
         self.signaling = signaling
-        self.epoch = epoch  # time.monotonic() at which the recording starts (kept across rejoins)
+        # time.monotonic() at which the recording starts: its first picture (the wait and the
+        # set-up are never recorded); a rejoined call gets the first call's.
+        self.epoch = epoch
         self.loaded = loaded
         self.frames = frames
         self.audio = audio
@@ -155,6 +166,7 @@ class Call:
         self._tasks: list[asyncio.Task] = []
         self._channels_open = asyncio.Event()
         self.connected = False  # the data channels opened: this was a call, not a failed set-up
+        self.connected_at: float | None = None  # time.monotonic() then
         self._show_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
@@ -168,7 +180,12 @@ class Call:
         if self._show_cb is not None:
             self._show_cb(image, media_time)
         if self.recorder is not None:
-            self.recorder.write(image, time.monotonic() - self.epoch)
+            if self.epoch is None:
+                self.epoch = time.monotonic()
+            self.recorder.write(image, self._recording_time())
+
+    def _recording_time(self) -> float:
+        return time.monotonic() - self.epoch
 
     def _send_control(self, message) -> None:
         if self.control is not None and self.control.readyState == "open":
@@ -182,7 +199,7 @@ class Call:
     def _end(self, reason: str) -> None:
         if not self._ended.is_set():
             self._end_reason = reason
-            log.info("call ends: %s", reason)
+            events.info("call ends: %s", reason)
             self._ended.set()
 
     def _on_control(self, data) -> None:
@@ -237,8 +254,13 @@ class Call:
         from receiver.sinks import consume_audio
 
         if self.recorder is not None:
+            try:
+                while self.epoch is None:  # the recording starts with its first picture
+                    await track.recv()
+            except MediaStreamError:
+                return
             # On the recorder's clock, so the peer's first audio lines up with the video.
-            await consume_audio(track, self.recorder, clock=lambda: time.monotonic() - self.epoch)
+            await consume_audio(track, self.recorder, clock=self._recording_time)
             return
         try:
             while True:  # nobody records it: still read, or aiortc's queue grows without bound
@@ -331,22 +353,23 @@ class Call:
 
     # ------------------------------------------------------------------ the call
 
-    async def run(self, duration: float | None = None) -> str:
-        """Connect, send and receive until ``duration`` s, the source ends or the peer leaves.
+    async def run(self, duration: float | None = None, *, until: float | None = None) -> str:
+        """Connect, then send and receive for ``duration`` s of media (or until
+        ``time.monotonic()`` reaches ``until``), until the source ends or the peer leaves.
+        None and None: no time limit. The wait for the peer and the set-up never count.
 
         Returns why the call ended."""
         from receiver.session import ReceiverSession
         from sender.media_tracks import H264Track
 
         self._loop = asyncio.get_running_loop()
-        if self.epoch is None:
-            self.epoch = time.monotonic()
         options = self.options
         size = self.loaded.image_size if self.loaded is not None else 256
         if self.frames is not None:
             self.h264_track = H264Track((size, size), fps=options.fps, bitrate_kbps=options.h264_kbps)
         self.receiver = ReceiverSession(self.loaded, show=self._show, send_control=self._send_control,
                                         live=options.live)
+        started = time.monotonic()
         try:
             await asyncio.wait_for(self._negotiate(), CONNECT_TIMEOUT_S)
             await asyncio.wait_for(self._channels_open.wait(), CONNECT_TIMEOUT_S)
@@ -354,7 +377,11 @@ class Call:
             await self.close()
             raise CallEnded("could not connect to the peer in time") from None
         self.connected = True
-        log.info("connected (%s)", self.signaling.role)
+        self.connected_at = time.monotonic()
+        if until is not None:
+            duration = max(0.0, until - self.connected_at)
+        events.info("connected to the peer in %.1f s (this side %ss)", self.connected_at - started,
+                    self.signaling.role)
         self._tasks += [asyncio.ensure_future(self._watch_signaling()),
                         asyncio.ensure_future(self._push_stats())]
         sending = None
@@ -387,7 +414,7 @@ class Call:
         peer = self.signaling.peer_capabilities
         mode, why = choose_mode(options.mode, self.loaded, peer, options.fps)
         self.mode_reason = why
-        log.info("sending %s: %s", mode, why)
+        events.info("sending %s: %s", mode, why)
         encoder = None
         if self.loaded is not None:
             settings = {} if options.quality is None else {"quality": options.quality}
@@ -443,56 +470,106 @@ class CallReport:
     recording: dict | None = None
 
 
-async def run_peer(*, url: str, token: str, room: str, loaded, frames, audio, options: CallOptions,
-                   duration: float, recorder=None, show=None, rejoin: bool = True,
-                   connect_retries: int = 20,
+async def join_room(url: str, token: str, room: str, *, retries: int = 5):
+    """Join ``room`` unannounced (``signaling.client.SignalingClient``, ``ready=False``).
+
+    Done before the model loads, so a wrong token, a full room or an unreachable server
+    fails in about a second with its typed error (BadTokenError, RoomFullError, ...); the
+    seat is held meanwhile, and the peer learns of this one when :func:`run_peer` announces
+    its capabilities."""
+    from signaling.client import SignalingClient
+    from signaling.messages import Capabilities
+
+    client = SignalingClient(url, token, room, Capabilities(), ready=False)
+    try:
+        await client.connect(retries=retries, backoff=0.5)
+    except BaseException:
+        await client.close()  # its HTTP session too: no "unclosed session" noise after the error
+        raise
+    return client
+
+
+async def run_peer(*, url: str = "", token: str = "", room: str = "", loaded, frames, audio,
+                   options: CallOptions, duration: float, wait: float = WAIT_S, client=None,
+                   recorder=None, show=None, rejoin: bool = True, connect_retries: int = 20,
                    on_call: Callable[[Call], None] | None = None) -> CallReport:
-    """Join ``room``, call whoever is there, and keep going (rejoining after a peer leaves or
-    the server restarts) until ``duration`` seconds of wall time have passed."""
+    """Wait up to ``wait`` s for the peer in ``room``, then call it for ``duration`` s from the
+    moment the first call connects (the wait and the set-up do not count), rejoining after
+    the peer leaves or the server restarts within that time.
+
+    ``client``: a connection :func:`join_room` made, announced here; without one this joins
+    ``room`` on ``url``. Raises :class:`NobodyJoined` when no one joined within ``wait`` s,
+    :class:`CallEnded` when a peer came but no call connected, and the server's refusals
+    (BadTokenError, RoomFullError, ...) as typed signaling errors."""
     from dataclasses import asdict
 
     from signaling.client import SignalingClient
-    from signaling.errors import SignalingError
+    from signaling.errors import SignalingClosedError, SignalingError, SignalingTimeoutError
 
     capabilities = local_capabilities(loaded, options.fps)
-    log.info("capabilities: %s", capabilities.to_dict())
+    log.debug("capabilities: %s", capabilities.to_dict())
     report = CallReport(end_reasons=[])
-    epoch = time.monotonic()
-    deadline = epoch + duration
-    client = None
+    joined = True
+    if client is None:
+        client = SignalingClient(url, token, room, capabilities)
     try:
-        while time.monotonic() < deadline:
-            if client is None:
-                client = SignalingClient(url, token, room, capabilities)
-                await client.connect(retries=connect_retries, backoff=0.5)
-                log.info("joined room %r as %s", room, client.role)
+        if not client.ready:
             try:
-                await client.wait_for_peer(timeout=max(0.1, deadline - time.monotonic()))
-            except SignalingError as exc:
-                if time.monotonic() >= deadline:
+                await client.announce(capabilities)
+            except SignalingClosedError:
+                joined = False  # the server went away during the model load: rejoin below
+        elif client.role is None:
+            joined = False
+        events.info("in room %r; waiting up to %g s for the peer", client.room, wait)
+        give_up = time.monotonic() + wait
+        first = None  # when the first call connected: `duration` counts from there
+        epoch = None  # the recording's start (its first picture), kept across rejoins
+        set_up_failed = ""
+        while True:
+            end = give_up if first is None else first + duration
+            if time.monotonic() >= end:
+                break
+            if not joined:
+                try:
+                    await client.connect(retries=connect_retries, backoff=0.5)
+                except SignalingError as exc:
+                    if first is None:
+                        raise
+                    log.warning("cannot rejoin room %r (%s): ending", client.room, exc)
                     break
+                joined = True
+            try:
+                await client.wait_for_peer(timeout=max(0.1, end - time.monotonic()))
+            except SignalingTimeoutError:
+                break
+            except SignalingError as exc:
                 log.warning("signaling: %s; reconnecting", exc)
                 await client.close()
-                client = None
+                joined = False
                 continue
             call = Call(client, loaded=loaded, frames=frames, audio=audio, options=options,
                         show=show, recorder=recorder, epoch=epoch)
             if on_call is not None:
                 on_call(call)  # e.g. the viewer reads this call's stats and steers its view
-            started = time.monotonic()
             try:
-                reason = await call.run(duration=max(0.0, deadline - time.monotonic()))
+                if first is None:
+                    reason = await call.run(duration=duration)
+                else:
+                    reason = await call.run(until=first + duration)
             except (CallEnded, SignalingError) as exc:
                 reason = str(exc)
             if not call.connected:
                 # The peer vanished before the media path came up (e.g. its previous session
                 # was still leaving the room when we joined): not a call, wait for the next.
                 log.warning("call set-up failed (%s); waiting for the peer again", reason)
+                set_up_failed = reason
                 await call.close()
                 continue
+            first = call.connected_at if first is None else first
+            epoch = call.epoch
             report.calls += 1
             report.end_reasons.append(reason)
-            report.seconds += time.monotonic() - started
+            report.seconds += time.monotonic() - call.connected_at
             if call.sender is not None:
                 report.sender = asdict(call.sender.stats)
             if call.receiver is not None:
@@ -503,12 +580,15 @@ async def run_peer(*, url: str, token: str, room: str, loaded, frames, audio, op
             await call.close()
             if not rejoin or we_hung_up:
                 break
-            # The peer left: the server keeps our seat; a fresh client avoids stale messages.
+            # The peer left: the server keeps our seat; a fresh connection avoids stale messages.
             await client.close()
-            client = None
+            joined = False
     finally:
-        if client is not None:
-            await client.close()
+        await client.close()
+    if not report.calls:
+        if set_up_failed:
+            raise CallEnded(f"a peer joined room {client.room!r} but no call connected ({set_up_failed})")
+        raise NobodyJoined(f"no one joined room {client.room!r} within {wait:g} s")
     return report
 
 

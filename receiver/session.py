@@ -39,6 +39,7 @@ from codec.bitstream.control import (
 from codec.errors import CodecError
 
 log = logging.getLogger(__name__)
+events = logging.getLogger("facecodec.call")  # the peer's mode: shown by `facecodec call` without -v
 
 MAX_PENDING_PACKETS = 2_000  # ~80 s of motion at 25 fps; beyond this the oldest are dropped
 GAP_FRAMES_FOR_KEYFRAME = 5  # a jump of more than this many sequence numbers asks for a keyframe
@@ -148,7 +149,10 @@ class ReceiverSession:
         elif isinstance(message, Keyframe):
             self._enqueue(message.packet)
         elif isinstance(message, ModeSwitch):
-            log.info("sender switched to %s (%s)", message.mode, message.reason)
+            if message.reason == "call start":
+                events.info("the peer sends %s", message.mode)
+            else:
+                events.info("the peer switched to %s: %s", message.mode, message.reason)
             self.mode = message.mode
 
     @property

@@ -35,6 +35,7 @@ from codec.bitstream.control import (
 from codec.errors import CodecError, FaceNotFoundError
 
 log = logging.getLogger(__name__)
+events = logging.getLogger("facecodec.call")  # mode switches: shown by `facecodec call` without -v
 
 # Motion messages waiting in the SCTP send buffer beyond this are stale by the time they
 # would leave: drop new ones instead of queueing (the channel is lossy by design anyway).
@@ -177,7 +178,7 @@ class SenderSession:
             self.encoder.request_keyframe()
         self.mode = mode
         self.stats.mode_switches += 1
-        log.info("switching to %s: %s", mode, reason)
+        events.info("switching to %s: %s", mode, reason)
         self._send_control(ModeSwitch(mode=mode, reason=reason))
 
     def send_stream_start(self) -> None:

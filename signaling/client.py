@@ -36,6 +36,7 @@ from signaling.messages import (
     JOINED,
     PEER,
     PEER_LEFT,
+    READY,
     RELAY_TYPES,
     ROLE_ANSWER,
     ROLE_OFFER,
@@ -190,14 +191,20 @@ class SignalingClient(_Inbox):
     ``connect()`` joins ``room`` with ``token``; then ``role`` and ``peer_capabilities`` are
     set and ``send`` / ``receive`` work. ``connect`` may be called again after the
     connection dropped (a server restart): it starts over with a fresh inbox.
+
+    With ``ready=False`` the join holds a seat without telling the other peer, which learns
+    of this one at ``announce(capabilities)``: a peer checks its token and seat before its
+    slow model load, and is called only once it can answer.
     """
 
     def __init__(self, url: str, token: str, room: str, capabilities: Capabilities, *,
-                 max_msg_size: int = 4 << 20, join_timeout: float = 10.0, max_backoff: float = 5.0):
+                 max_msg_size: int = 4 << 20, join_timeout: float = 10.0, max_backoff: float = 5.0,
+                 ready: bool = True):
         super().__init__(capabilities)
         self.url = url
         self._token = token
         self.room = room
+        self.ready = ready
         self.max_msg_size = max_msg_size
         self.join_timeout = join_timeout
         self.max_backoff = max_backoff
@@ -208,8 +215,21 @@ class SignalingClient(_Inbox):
         validate_message(self._join_message())
 
     def _join_message(self) -> dict[str, Any]:
-        return {"type": JOIN, "room": self.room, "token": self._token,
-                "capabilities": self.capabilities.to_dict()}
+        message = {"type": JOIN, "room": self.room, "token": self._token,
+                   "capabilities": self.capabilities.to_dict()}
+        if not self.ready:  # only then: a ready join is the same as before the field existed
+            message["ready"] = False
+        return message
+
+    async def announce(self, capabilities: Capabilities) -> None:
+        """Tell the other peer (now or when it joins) that this one is here, with these
+        capabilities. After a ``ready=False`` join; a later reconnect joins ready."""
+        if not isinstance(capabilities, Capabilities):
+            raise TypeError("capabilities must be a signaling.Capabilities")
+        self.capabilities = capabilities
+        if not self.ready:
+            self.ready = True
+            await self.send_raw(encode_message({"type": READY, "capabilities": capabilities.to_dict()}))
 
     def __repr__(self) -> str:  # never show the token
         return f"SignalingClient(url={self.url!r}, room={self.room!r}, role={self.role!r})"

@@ -2,7 +2,12 @@
 
 Client → server (first message must be ``join``)::
 
-    {"type": "join", "room": str, "token": str, "capabilities": {...}}
+    {"type": "join", "room": str, "token": str, "capabilities": {...}, "ready": bool}
+    {"type": "ready", "capabilities": {...}}       # after a join with "ready": false
+
+``"ready"`` is optional (default true). A peer that joins with ``"ready": false`` holds its
+seat (so a wrong token or a full room fails at once, before its slow model load) but the
+other peer learns of it only from its ``ready`` message, with its real capabilities.
 
 Server → client::
 
@@ -29,6 +34,7 @@ from signaling.errors import MalformedMessageError
 
 # Message types.
 JOIN = "join"
+READY = "ready"
 JOINED = "joined"
 PEER = "peer"
 PEER_LEFT = "peer_left"
@@ -42,7 +48,7 @@ APP = "app"
 #: Types the server relays verbatim to the other peer of the room.
 RELAY_TYPES = frozenset({OFFER, ANSWER, CANDIDATE, BYE, APP})
 #: Types a client may send.
-CLIENT_TYPES = frozenset({JOIN}) | RELAY_TYPES
+CLIENT_TYPES = frozenset({JOIN, READY}) | RELAY_TYPES
 #: Types only the server originates.
 SERVER_TYPES = frozenset({JOINED, PEER, PEER_LEFT, ERROR})
 MESSAGE_TYPES = CLIENT_TYPES | SERVER_TYPES
@@ -168,6 +174,10 @@ def validate_message(obj: Any) -> dict[str, Any]:
         if not ROOM_NAME_RE.fullmatch(room):
             raise _fail("room names are 1-64 characters of A-Z a-z 0-9 _ . -")
         _require_str(obj, "token", MAX_TOKEN_CHARS)
+        Capabilities.from_dict(obj.get("capabilities"))
+        if not isinstance(obj.get("ready", True), bool):
+            raise _fail("'join' message: 'ready' must be a boolean")
+    elif kind == READY:
         Capabilities.from_dict(obj.get("capabilities"))
     elif kind == JOINED:
         if obj.get("role") not in ROLES:

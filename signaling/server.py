@@ -9,6 +9,10 @@ call itself then runs peer to peer over WebRTC. Endpoints:
 Defences, all per connection: a join deadline, a size limit (a soft one answered with
 ``too_large`` and a hard one, aiohttp's ``max_msg_size``, that closes), a token bucket, and a
 cap on malformed messages. The token is compared in constant time and never logged.
+
+Logged at INFO, one line each, with the room and the peer's address: joins, ``ready``
+announcements, leaves and every refusal or error answered (bad token, room full,
+malformed, ...) with its reason; dropped-by-rate-limit messages only at DEBUG.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from signaling.messages import (
     JOINED,
     PEER,
     PEER_LEFT,
+    READY,
     ROLE_ANSWER,
     ROLE_OFFER,
     Capabilities,
@@ -66,9 +71,11 @@ class TokenBucket:
 class _Peer:
     ws: web.WebSocketResponse
     bucket: TokenBucket
+    remote: str = "?"  # the client's address, for the log
     room: _Room | None = None
     role: str | None = None
     capabilities: dict[str, Any] | None = None
+    ready: bool = True  # False: seated but not yet announced to the other peer
     strikes: int = 0  # malformed / not_joined / too_large messages so far
     # Dropped-by-rate-limit count that leaks 1/s: only sustained flooding reaches the limit.
     abuse: float = 0.0
@@ -221,7 +228,7 @@ class SignalingServer:
             return web.Response(status=503, text="shutting down")
         ws = web.WebSocketResponse(max_msg_size=self.hard_message_bytes, heartbeat=self.heartbeat)
         await ws.prepare(request)
-        peer = _Peer(ws=ws, bucket=TokenBucket(self.rate, self.burst))
+        peer = _Peer(ws=ws, bucket=TokenBucket(self.rate, self.burst), remote=request.remote or "?")
         self._peers.add(peer)
         close_code = WSCloseCode.OK
         try:
@@ -279,35 +286,52 @@ class SignalingServer:
                     await self._join(peer, message)
             elif peer.room is None:
                 await self._strike(peer, "not_joined", "the first message must be 'join'")
+            elif message["type"] == READY:
+                await self._ready(peer, message)
             else:
                 await self._relay(peer, msg.data)
 
     # ----------------------------------------------------------------- protocol
 
     async def _join(self, peer: _Peer, message: dict[str, Any]) -> None:
+        name = message["room"]  # validated: 1-64 chars of [A-Za-z0-9_.-], safe to log
         if not hmac.compare_digest(message["token"].encode("utf-8"), self._token):
-            await self._error(peer, "bad_token", "wrong token", close=WSCloseCode.POLICY_VIOLATION)
-        name = message["room"]
+            await self._error(peer, "bad_token", "wrong token", close=WSCloseCode.POLICY_VIOLATION, room=name)
         room = self._rooms.get(name)
         if room is None:
             if len(self._rooms) >= self.max_rooms:
                 await self._error(peer, "server_full", "the server holds its maximum number of rooms",
-                                  close=WSCloseCode.TRY_AGAIN_LATER)
+                                  close=WSCloseCode.TRY_AGAIN_LATER, room=name)
             room = self._rooms[name] = _Room(name)
         # The one already present keeps its role; the newcomer takes the free seat.
         free = [role for role in (ROLE_OFFER, ROLE_ANSWER) if room.seats[role] is None]
         if not free:
             await self._error(peer, "room_full", "the room already has two peers",
-                              close=WSCloseCode.POLICY_VIOLATION)
+                              close=WSCloseCode.POLICY_VIOLATION, room=name)
         peer.role = free[0]
         peer.room = room
         # Normalized, so the other side always sees every field.
         peer.capabilities = Capabilities.from_dict(message["capabilities"]).to_dict()
+        peer.ready = message.get("ready", True)
         room.seats[peer.role] = peer
         other = room.other(peer)
-        log.debug("peer joined a room as %s (%d rooms)", peer.role, len(self._rooms))
+        log.info("room %r: peer from %s joined as %s%s (%d of 2 seats taken)", name, peer.remote,
+                 peer.role, "" if peer.ready else ", not ready yet", 2 - len(free) + 1)
+        # An unannounced peer is invisible to the other until its `ready`.
         await self._send(peer, {"type": JOINED, "role": peer.role,
-                                "peer": other.capabilities if other else None})
+                                "peer": other.capabilities if other is not None and other.ready else None})
+        if other is not None and peer.ready:
+            await self._send(other, {"type": PEER, "capabilities": peer.capabilities})
+
+    async def _ready(self, peer: _Peer, message: dict[str, Any]) -> None:
+        assert peer.room is not None
+        if peer.ready:
+            await self._strike(peer, "malformed", "'ready' after a join that was already ready")
+            return
+        peer.capabilities = Capabilities.from_dict(message["capabilities"]).to_dict()
+        peer.ready = True
+        log.info("room %r: the %s peer from %s is ready", peer.room.name, peer.role, peer.remote)
+        other = peer.room.other(peer)
         if other is not None:
             await self._send(other, {"type": PEER, "capabilities": peer.capabilities})
 
@@ -333,9 +357,10 @@ class SignalingServer:
         if room.empty():
             if self._rooms.get(room.name) is room:
                 del self._rooms[room.name]
-        elif other is not None and not self._stopping:
-            await self._send(other, {"type": PEER_LEFT})
-        log.debug("peer left a room (%d rooms)", len(self._rooms))
+        elif other is not None and peer.ready and not self._stopping:
+            await self._send(other, {"type": PEER_LEFT})  # only one it was told about
+        log.info("room %r: the %s peer from %s left (%s)", room.name, peer.role, peer.remote,
+                 "room closed" if room.empty() else "1 of 2 seats taken")
 
     # ----------------------------------------------------------------- errors
 
@@ -347,8 +372,13 @@ class SignalingServer:
         except ConnectionError:
             pass
 
-    async def _error(self, peer: _Peer, code: str, message: str, *, close: int | None = None) -> None:
-        log.debug("signaling error %s: %s", code, message)
+    async def _error(self, peer: _Peer, code: str, message: str, *, close: int | None = None,
+                     room: str | None = None) -> None:
+        # One line per refusal, for whoever runs the server; plain rate-limit drops would flood it.
+        level = logging.DEBUG if code == "rate_limited" and close is None else logging.INFO
+        where = room if room is not None else peer.room.name if peer.room is not None else None
+        log.log(level, "%s: %s from %s: %s%s", "no room" if where is None else f"room {where!r}",
+                code, peer.remote, message, "; closing" if close is not None else "")
         await self._send(peer, error_message(code, message))
         if close is not None:
             raise _Close(close)

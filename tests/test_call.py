@@ -1,11 +1,15 @@
 """Calls over real WebRTC (aiortc, ICE/DTLS/SCTP/RTP on this machine) with the tiny seeded
 UNTRAINED model: loopback in one process, loss and recovery, fallback switching, malformed
-input, and the control-channel format."""
+input, the control-channel format, and `facecodec call` against a real signaling server
+(wait, refusals, exit codes, what it prints)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -158,7 +162,8 @@ def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip):
         np.testing.assert_allclose(vector, truth[seq], atol=1e-6)
 
 
-def test_face_loss_switches_to_h264_and_back_after_a_keyframe(tiny_model, clip):
+def test_face_loss_switches_to_h264_and_back_after_a_keyframe(tiny_model, clip, caplog):
+    caplog.set_level(logging.INFO, logger="facecodec.call")
     blank = np.full_like(clip[0], 128)
     frames = clip[:25] + [blank] * 60 + clip[25:100]
     sender, receiver, shown = asyncio.run(loopback(
@@ -169,6 +174,11 @@ def test_face_loss_switches_to_h264_and_back_after_a_keyframe(tiny_model, clip):
     assert tx.h264_frames > 20 and rx.stats.h264_frames > 5, (tx, rx.snapshot())
     assert sender.sender.mode == "neural"
     assert tx.keyframes >= 2 and rx.stats.keyframes >= 2
+    # One line per switch on each side, on the logger `facecodec call` shows without -v.
+    lines = [r.getMessage() for r in caplog.records if r.name == "facecodec.call"]
+    assert sum(line.startswith("switching to h264: face lost") for line in lines) == 1, lines
+    assert sum(line.startswith("switching to neural: face found again") for line in lines) == 1, lines
+    assert sum(line.startswith("the peer switched to h264: face lost") for line in lines) == 1, lines
 
 
 def test_auto_mode_sends_h264_to_a_peer_without_the_model(tiny_model, clip):
@@ -257,3 +267,140 @@ def test_free_view_portrait_source_turns_the_head(tiny_model):
     assert yaw_turned - yaw_front == pytest.approx(15.0, abs=5.0)
     # An untrained model never drives the default: it would render noise.
     assert isinstance(default_source(num_frames=2, model=tiny_model), ScriptedCameraSource)
+
+
+# ------------------------------------------------------------------------------ facecodec call
+
+TOKEN = "call-test-token"
+
+
+def source():
+    return iter(default_source(num_frames=None, size=(256, 256)))
+
+
+def test_a_late_peer_gets_the_whole_call_and_a_recording_without_black(tiny_model, tmp_path, caplog):
+    """A waits alone; B joins 3 s later. The call still lasts its 2 s, counted from when it
+    connects, and A's recording starts with its first picture, not when A started."""
+    from codec.call import run_peer
+    from receiver.sinks import Mp4Recorder
+    from signaling.server import SignalingServer
+
+    caplog.set_level(logging.INFO, logger="facecodec.call")
+    size = tiny_model.image_size
+    recorder = Mp4Recorder(tmp_path / "a.mp4", fps=25.0, size=(size, size))
+
+    async def scenario():
+        async with SignalingServer(TOKEN) as server:
+            common = {"url": server.url, "token": TOKEN, "room": "late", "loaded": tiny_model, "audio": None,
+                      "options": CallOptions(mode="neural"), "duration": 2.0}
+            a = asyncio.ensure_future(run_peer(frames=source(), recorder=recorder, **common))
+            await asyncio.sleep(3.0)
+            b = await run_peer(frames=source(), rejoin=False, **common)
+            return await asyncio.wait_for(a, 20.0), b
+
+    try:
+        a, b = asyncio.run(asyncio.wait_for(scenario(), 60.0))
+    finally:
+        recording = recorder.close()
+    assert a.calls == b.calls == 1, (a, b)
+    assert 2.0 <= a.seconds < 6.0 and 2.0 <= b.seconds < 6.0, (a.seconds, b.seconds)
+    assert b.sender["neural_frames"] >= 0.6 * 2.0 * 25
+    assert recording.frames_blank == 0 and recording.frames_written >= 1.2 * 25, recording
+    lines = [r.getMessage() for r in caplog.records if r.name == "facecodec.call"]
+    for expected in ("connected to the peer in", "sending neural: asked for neural", "the peer sends neural"):
+        assert sum(line.startswith(expected) for line in lines) == 2, (expected, lines)  # A and B
+
+
+@pytest.fixture
+def server_in_thread():
+    """A signaling server on 127.0.0.1 in its own thread and event loop, as if in another
+    process: the command under test runs its own asyncio.run. Yields (server, loop)."""
+    from signaling.server import SignalingServer
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = SignalingServer(TOKEN)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10.0)
+    try:
+        yield server, loop
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10.0)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        loop.close()
+
+
+def call_command(server, *args: str) -> int:
+    from codec.__main__ import main
+
+    return main(["call", "--signaling", server.url, *args])
+
+
+def test_call_command_refusals_are_one_line_and_come_before_any_model_load(server_in_thread,
+                                                                             monkeypatch, capsys):
+    from codec.__main__ import EXIT_BAD_TOKEN, EXIT_ROOM_FULL
+    from signaling import Capabilities, SignalingClient
+
+    server, loop = server_in_thread
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model loaded before the room was joined")
+
+    monkeypatch.setattr("codec.zoo.resolve_model", no_load)
+    monkeypatch.setattr("codec.facecrop.detect_landmarks", no_load)
+    started = time.monotonic()
+    assert call_command(server, "--room", "kitchen", "--token", "wrong") == EXIT_BAD_TOKEN
+
+    async def fill(room: str) -> list:
+        peers = [SignalingClient(server.url, TOKEN, room, Capabilities()) for _ in range(2)]
+        for peer in peers:
+            await peer.connect()
+        return peers
+
+    peers = asyncio.run_coroutine_threadsafe(fill("full"), loop).result(10.0)
+    try:
+        assert call_command(server, "--room", "full", "--token", TOKEN) == EXIT_ROOM_FULL
+    finally:
+        for peer in peers:
+            asyncio.run_coroutine_threadsafe(peer.close(), loop).result(10.0)
+    assert time.monotonic() - started < 10.0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "facecodec call: error: the signaling server refused the token (--token or FACECODEC_SIGNALING_TOKEN)",
+        "facecodec call: error: room 'full' already holds two peers; pick another --room"]
+
+
+def test_call_command_alone_in_the_room_ends_with_one_message(server_in_thread, tmp_path, capsys):
+    from codec.__main__ import EXIT_NOBODY_JOINED
+
+    server, _ = server_in_thread
+    record = tmp_path / "alone.mp4"
+    assert call_command(server, "--room", "alone", "--token", TOKEN, "--wait", "1", "--model", "tiny",
+                        "--untrained", "--source", "none", "--record", str(record)) == EXIT_NOBODY_JOINED
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert [line for line in err.splitlines() if "error" in line or "recorded" in line] == [
+        "facecodec call: error: no one joined room 'alone' within 1 s (--wait)"]
+    assert list(tmp_path.iterdir()) == []  # no recording, not even a partial one
+
+
+def test_call_command_logging_shows_milestones_and_keeps_ice_chatter_out(monkeypatch):
+    from codec.__main__ import _call_logging
+
+    names = ("facecodec.call", "facecodec.signaling", "aiortc", "aioice")
+    saved = {name: logging.getLogger(name).level for name in names} | {"": logging.getLogger().level}
+    try:
+        logging.getLogger().setLevel(logging.WARNING)  # no -v
+        _call_logging()
+        assert logging.getLogger("facecodec.call").isEnabledFor(logging.INFO)
+        logging.getLogger().setLevel(logging.INFO)  # -v: every ICE check would be an INFO line
+        assert not logging.getLogger("aioice.ice").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("aiortc.rtcpeerconnection").isEnabledFor(logging.INFO)
+        monkeypatch.setenv("FACECODEC_RTC_LOG", "debug")
+        _call_logging()
+        assert logging.getLogger("aioice.ice").isEnabledFor(logging.DEBUG)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

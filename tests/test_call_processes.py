@@ -88,6 +88,11 @@ def call_pair(server: subprocess.Popen, host: str, port: int, room: str, seconds
         for peer in peers:
             code, out, err = finish(peer, timeout=timeout)
             assert code == 0, err[-3000:]
+            # Without -v: the call says it connected and which mode it sends, and why;
+            # aiortc's and aioice's chatter (every ICE check) stays out.
+            for line in ("connected to the peer in", "sending neural: asked for neural"):
+                assert line in err, err[-3000:]
+            assert "aioice" not in err and "aiortc" not in err, err[-3000:]
     finally:
         for process in [server, *peers]:
             if process.poll() is None:

@@ -201,6 +201,74 @@ def test_server_full():
     run(body())
 
 
+def test_unannounced_peer_holds_its_seat_and_shows_up_when_ready():
+    """A peer joins with ready=False before its slow model load: the token and the seat are
+    checked at once, the other peer learns of it only at `announce`, with its real
+    capabilities, and a third peer is refused meanwhile."""
+    async def body():
+        async with SignalingServer(TOKEN) as server:
+            a = SignalingClient(server.url, TOKEN, "room1", caps("a", 30.0))
+            await asyncio.wait_for(a.connect(), T)
+            b = SignalingClient(server.url, TOKEN, "room1", Capabilities(), ready=False)
+            await asyncio.wait_for(b.connect(), T)
+            assert b.role == "answer" and b.peer_capabilities == caps("a", 30.0)
+            with pytest.raises(SignalingTimeoutError):
+                await a.wait_for_peer(timeout=0.3)  # a does not see b yet
+            c = SignalingClient(server.url, TOKEN, "room1", caps("c"))
+            with pytest.raises(RoomFullError):
+                await asyncio.wait_for(c.connect(), T)
+            await c.close()
+            await b.announce(caps("b", 12.5))
+            assert await a.receive(timeout=T) == {"type": "peer", "capabilities": caps("b", 12.5).to_dict()}
+            await b.send({"type": "app", "n": 1})
+            assert await a.receive(timeout=T) == {"type": "app", "n": 1}
+            await b.send_raw(json.dumps({"type": "ready", "capabilities": caps().to_dict()}))
+            with pytest.raises(MalformedMessageError):  # announcing twice is a client bug
+                await b.receive(timeout=T)
+            # An unannounced peer leaves without a trace: the other one was never told of it.
+            d = SignalingClient(server.url, TOKEN, "room2", caps("d"))
+            await asyncio.wait_for(d.connect(), T)
+            e = SignalingClient(server.url, TOKEN, "room2", Capabilities(), ready=False)
+            await asyncio.wait_for(e.connect(), T)
+            await e.close()
+            with pytest.raises(SignalingTimeoutError):
+                await d.receive(timeout=0.3)
+            for client in (a, b, d):
+                await client.close()
+    run(body())
+
+
+def test_server_logs_joins_leaves_and_refusals_with_the_room_never_the_token(caplog):
+    caplog.set_level(logging.INFO, logger="facecodec.signaling")
+
+    async def body():
+        async with SignalingServer(TOKEN) as server:
+            a, b = await joined_pair(server, "kitchen")
+            for client in (SignalingClient(server.url, TOKEN + "x", "kitchen", caps()),
+                           SignalingClient(server.url, TOKEN, "kitchen", caps())):
+                with pytest.raises((BadTokenError, RoomFullError)):
+                    await asyncio.wait_for(client.connect(), T)
+                await client.close()
+            await a.send_raw("{not json")
+            with pytest.raises(MalformedMessageError):
+                await a.receive(timeout=T)
+            await b.close()
+            assert await a.receive(timeout=T) == {"type": "peer_left"}
+            await a.close()
+    run(body())
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "facecodec.signaling" and r.levelno == logging.INFO]
+    for expected in ("room 'kitchen': peer from 127.0.0.1 joined as offer",
+                     "room 'kitchen': peer from 127.0.0.1 joined as answer",
+                     "room 'kitchen': bad_token from 127.0.0.1: wrong token",
+                     "room 'kitchen': room_full from 127.0.0.1: the room already has two peers",
+                     "room 'kitchen': malformed from 127.0.0.1: invalid JSON",
+                     "room 'kitchen': the answer peer from 127.0.0.1 left",
+                     "room 'kitchen': the offer peer from 127.0.0.1 left (room closed)"):
+        assert sum(line.startswith(expected) for line in lines) == 1, (expected, lines)
+    assert TOKEN not in caplog.text
+
+
 @pytest.mark.parametrize("text, why", [
     ("{not json", "invalid JSON"),
     ("[1, 2]", "not an object"),
