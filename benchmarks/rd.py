@@ -386,22 +386,21 @@ def run_frozen(crops: np.ndarray) -> CodecRun:
 
 def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
-             metric_every: int = 1, adaptive_db: float | None = None) -> CodecRun:
+             metric_every: int = 1, refresh_policy=None) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds.
-    ``adaptive_db``: the sender's closed loop instead (``codec.api.RefreshPolicy``): a new
-    keyframe when its own rebuild stays under that PSNR. Every frame
+    ``refresh_policy``: the sender's closed loop instead (``codec.api.RefreshPolicy``): a new
+    keyframe when its own rebuild stays under a PSNR threshold. Every frame
     is encoded and every packet decoded, but with ``metric_every`` = K > 1 only frames 0, K,
     2K, … are rendered by the generator (the others advance the motion chain only), and
     ``decoded`` holds just those."""
     import cv2
 
-    from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, Decoder, Encoder, RefreshPolicy
+    from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, Decoder, Encoder
 
     n, size = crops.shape[0], crops.shape[1]
-    refresh = RefreshPolicy(threshold_db=adaptive_db) if adaptive_db is not None else None
-    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh)
+    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy)
     header = encoder.header()
     period = int(round(keyframe_refresh_s * fps)) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
@@ -440,7 +439,8 @@ def run_ours(crops: np.ndarray, loaded, quality: int, keyframe_refresh_s: float,
         wire_bytes=int(frame_bytes.sum()) + messages * DATA_CHANNEL_OVERHEAD_BYTES,
         encode_s=encode_s, decode_s=decode_s,
         extra={"model": loaded.name, "untrained": bool(loaded.untrained), "quality": quality,
-               "keyframe_refresh_s": keyframe_refresh_s, "adaptive_db": adaptive_db,
+               "keyframe_refresh_s": keyframe_refresh_s,
+               "refresh_policy": None if refresh_policy is None else str(refresh_policy),
                "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
                "header_bytes": len(header), "messages": messages,
@@ -780,7 +780,7 @@ def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, 
             # One curve across qualities with one keyframe, one across periodic refresh
             # periods, one across the closed loop's thresholds.
             label = ("ours kf0" if refresh == "kf0" else "ours adaptive" if refresh.startswith("ad")
-                     else "ours periodic")
+                     else "ours adaptive (drop)" if refresh.startswith("dr") else "ours periodic")
         curves.setdefault(label, []).append(row)
     for points in curves.values():
         points.sort(key=lambda r: r["payload_kbps"])
@@ -1092,7 +1092,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
                         "each run at every --qualities value; R@Q runs period R at quality Q "
                         "only; aT (or aT@Q) the sender's closed-loop refresh at a T dB rebuild "
-                        "threshold (e.g. 0,4@3,a24@3)")
+                        "threshold, dT at T dB below the rebuild just after a keyframe "
+                        "(e.g. 0,4@3,a24@3,d6@3)")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="subset of psnr,ssim,ms_ssim,lpips,akd,aed (SSIM/MS-SSIM cost ~0.5 s/frame "
                         "each on the 2-core machine); the rest are n/a")
@@ -1247,8 +1248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bar = ProgressBar(2 * len(crops), label.strip() + " codec")
                 refresh = setting.params["refresh"]
                 periodic = refresh if isinstance(refresh, float) else 0.0
-                adaptive = float(refresh[1:]) if isinstance(refresh, str) else None
-                run = run_ours(crops, loaded, setting.params["quality"], periodic, adaptive_db=adaptive,
+                policy = None
+                if isinstance(refresh, str):
+                    from codec.api import RefreshPolicy
+
+                    value = float(refresh[1:])
+                    policy = (RefreshPolicy(threshold_db=value) if refresh[0] == "a"
+                              else RefreshPolicy(drop_db=value))
+                run = run_ours(crops, loaded, setting.params["quality"], periodic, refresh_policy=policy,
                                progress=bar, metric_every=every)
                 bar.close()
             elif setting.codec == "frozen":
@@ -1307,8 +1314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _refresh_name(refresh: float | str) -> str:
-    """kf<seconds> for a periodic refresh (kf0: one keyframe), ad<dB> for the closed loop."""
-    return f"ad{float(refresh[1:]):g}" if isinstance(refresh, str) else f"kf{refresh:g}"
+    """kf<seconds> for a periodic refresh (kf0: one keyframe); for the closed loop ad<dB>
+    (absolute threshold) or dr<dB> (drop below the first check after a keyframe)."""
+    if isinstance(refresh, str):
+        return ("ad" if refresh[0] == "a" else "dr") + f"{float(refresh[1:]):g}"
+    return f"kf{refresh:g}"
 
 
 def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, int]]:
@@ -1322,11 +1332,11 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
             continue
         period, _, only = item.partition("@")
         refresh: float | str
-        if period.startswith("a"):
+        if period[:1] in ("a", "d"):
             threshold = float(period[1:])
             if not 0 < threshold < 100:
                 raise ValueError(f"bad adaptive threshold {item!r}")
-            refresh = f"a{threshold:g}"
+            refresh = f"{period[0]}{threshold:g}"
         else:
             refresh = float(period)
             if refresh < 0 or not math.isfinite(refresh):

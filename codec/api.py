@@ -81,6 +81,9 @@ class RefreshPolicy:
 
     threshold_db: refresh when the rebuilt frame's PSNR against the real crop (computed at
         half resolution: cheap, and less swayed by sensor noise) stays below this ...
+    drop_db: ... or, when set, below the first check after the keyframe minus this many dB
+        (relative: a noisy webcam whose rebuild never reaches an absolute threshold is
+        judged against what a fresh keyframe gives it);
     hold_checks: ... for this many checks in a row (hysteresis: one bad frame, e.g. a blink,
         does not cost a keyframe);
     check_every: render and score every N-th frame (sender CPU: one render, ~3 ms at 256 px);
@@ -89,7 +92,8 @@ class RefreshPolicy:
         after the first keyframe and one refresh of credit.
     """
 
-    threshold_db: float
+    threshold_db: float = float("inf")
+    drop_db: float | None = None
     hold_checks: int = 3
     check_every: int = 1
     min_interval_s: float = 1.0
@@ -143,6 +147,7 @@ class Encoder:
         self._local_source = None  # the receiver's source state, for the closed loop
         self._last_keyframe_seq: int | None = None
         self._bad_checks = 0
+        self._reference_db: float | None = None  # the first check after the last keyframe
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
@@ -206,6 +211,7 @@ class Encoder:
                 self._local_source = self.model.prepare_source(decoded, info)
                 self._last_keyframe_seq = seq
                 self._bad_checks = 0
+                self._reference_db = None
             packets.append(packet)
             self.stats.keyframes += 1
             self.stats.keyframe_bytes += len(packet)
@@ -232,17 +238,23 @@ class Encoder:
         rebuilt = self.model.render(self._local_source, decoded[None])[0]
         score = rebuild_psnr(rebuilt, crop)
         self.stats.last_rebuild_db = score
-        self._bad_checks = self._bad_checks + 1 if score < policy.threshold_db else 0
+        if self._reference_db is None:
+            self._reference_db = score
+        threshold = policy.threshold_db
+        if policy.drop_db is not None:
+            threshold = min(threshold, self._reference_db - policy.drop_db)
+        self._bad_checks = self._bad_checks + 1 if score < threshold else 0
         if self._bad_checks < policy.hold_checks or self._keyframe_requested:
             return
-        since = (seq - self._last_keyframe_seq) / self.frame_rate if self._last_keyframe_seq is not None else 1e9
+        since = (1e9 if self._last_keyframe_seq is None
+                 else (seq - self._last_keyframe_seq) / self.frame_rate)
         elapsed = (seq + 1) / self.frame_rate
         # Budget: the first keyframe and one refresh of credit, then max_keyframe_kbps.
         average_keyframe = self.stats.keyframe_bytes / max(self.stats.keyframes, 1)
         budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
         if since < policy.min_interval_s or self.stats.keyframe_bytes + average_keyframe > budget_bytes:
             return
-        self.stats.refreshes.append((seq, f"rebuild {score:.1f} dB < {policy.threshold_db:g} dB "
+        self.stats.refreshes.append((seq, f"rebuild {score:.1f} dB < {threshold:.1f} dB "
                                           f"for {self._bad_checks} checks"))
         log.info("keyframe refresh at frame %d: %s", seq, self.stats.refreshes[-1][1])
         self.request_keyframe()
