@@ -64,3 +64,11 @@ def test_refreshes_respect_the_interval_and_the_byte_budget(clip):
     # The first keyframe and one refresh of credit, then 20 kbit/s.
     assert encoder.stats.keyframe_bytes * 8 / 1000 <= 20.0 * seconds + 2 * average_kbit + 1e-6
     assert len(encoder.stats.refreshes) < len(seqs)
+
+
+def test_relative_threshold_refreshes_on_the_cut_only(clip):
+    """drop_db judges each keyframe by its own first rebuild (~40 dB here): the turn before
+    the cut costs ~9 dB, the cut ~20."""
+    encoder, _ = run(RefreshPolicy(drop_db=12.0, hold_checks=3), clip)
+    seqs = [seq for seq, _ in encoder.stats.refreshes]
+    assert len(seqs) == 1 and 40 < seqs[0] <= 44, encoder.stats.refreshes
