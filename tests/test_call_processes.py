@@ -66,10 +66,12 @@ def call_args(url: str, room: str, seconds: float, record: Path, report: Path, *
             "--untrained", "--mode", "neural", "--record", str(record), "--report", str(report), *extra]
 
 
-def check_recording(path: Path, min_seconds: float) -> None:
+def check_recording(path: Path, min_seconds: float, report: dict | None = None) -> None:
+    """The recording has video of at least ``min_seconds`` and audio; ``report`` (the peer's
+    call report) goes into the failure message, to tell a lost audio track from a late one."""
     with av.open(str(path)) as container:
         video = container.streams.video[0]
-        assert container.streams.audio, "no audio in the recording"
+        assert container.streams.audio, f"no audio in the recording; report: {json.dumps(report)[:3000]}"
         frames = sum(1 for _ in container.decode(video))
     assert frames >= min_seconds * 25 * 0.8, frames
 
@@ -116,7 +118,7 @@ def test_two_processes_call_through_the_signaling_server(tmp_path):
         assert report["receiver"]["malformed"] == 0
         # Each side sent its own motion stream; under 10 kbit/s of payload.
         assert 0 < 8 * sent["motion_bytes"] / (sent["frames"] / 25) / 1000 < 10
-        check_recording(tmp_path / f"{name}.mp4", min_seconds=0.6 * sent["frames"] / 25)
+        check_recording(tmp_path / f"{name}.mp4", min_seconds=0.6 * sent["frames"] / 25, report=report)
 
 
 def _netns_available() -> str | None:
@@ -194,4 +196,4 @@ def test_call_across_network_namespaces_with_loss_and_delay(tmp_path, veth_pair)
         assert rx["rendered"] >= 0.4 * sent["neural_frames"], report  # kept going under loss
         assert rx["loss"] > 0.02, rx  # the netem loss was really there
         assert rx["keyframe_requests"] >= 1 or rx["missing_reference"] > 0
-        check_recording(tmp_path / f"{name}.mp4", min_seconds=0.4 * sent["frames"] / 25)
+        check_recording(tmp_path / f"{name}.mp4", min_seconds=0.4 * sent["frames"] / 25, report=report)
