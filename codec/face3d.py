@@ -148,11 +148,6 @@ class FaceModel:
         """68×2 offsets → K coefficients (projection on the basis)."""
         return self.basis @ (np.asarray(offsets, np.float64).reshape(-1) - self.basis_mean)
 
-    def offsets(self, coefficients: np.ndarray) -> np.ndarray:
-        """K coefficients → 68×2 offsets in the span of the basis."""
-        flat = self.basis_mean + np.asarray(coefficients, np.float64) @ self.basis
-        return flat.reshape(NUM_LANDMARKS, 2)
-
     def with_depth(self, offsets_xy: np.ndarray) -> np.ndarray:
         """68×2 offsets → 68×3 (z = 0)."""
         out = np.zeros((NUM_LANDMARKS, 3))

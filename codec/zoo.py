@@ -65,12 +65,7 @@ def load_face_model(path: Path | str, expected_sha256: str | None = None):
     from codec.face3d import NUM_LANDMARKS, FaceModel
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"face model file not found: {path}")
-    digest = file_sha256(path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise WeightsError(f"face model {path} has sha256 {digest[:16]}…, expected {expected_sha256[:16]}…: "
-                           "the file is corrupted or not the registered version")
+    verified_sha256(path, expected_sha256, "face model file")
     try:
         with safe_open(str(path), framework="numpy") as f:
             info = json.loads((f.metadata() or {}).get("facecodec", "null"))
@@ -139,6 +134,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verified_sha256(path: Path, expected_sha256: str | None, what: str) -> str:
+    """The file's sha256; WeightsError when it is missing or differs from ``expected_sha256``."""
+    if not path.is_file():
+        raise WeightsError(f"{what} not found: {path}")
+    digest = file_sha256(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise WeightsError(f"{what} {path} has sha256 {digest[:16]}…, expected {expected_sha256[:16]}…: "
+                           "the file is corrupted or not the registered version")
+    return digest
+
+
 def state_sha256(model: FaceVid2Vid) -> str:
     """sha256 of a model's inference weights as fp16 safetensors bytes (what export writes)."""
     from safetensors.torch import save
@@ -180,13 +186,7 @@ def load_weights_file(path: Path | str, expected_sha256: str | None = None,
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    digest = file_sha256(path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise WeightsError(
-            f"weights file {path} has sha256 {digest[:16]}…, expected {expected_sha256[:16]}…: "
-            "the file is corrupted or not the registered version")
+    digest = verified_sha256(path, expected_sha256, "weights file")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}

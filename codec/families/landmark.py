@@ -1,7 +1,7 @@
 """The landmark family (the default): geometry from dlib's 68 landmarks, an analytic warp.
 
-Sender, per frame: 68 landmarks on the crop (tracked: the shape predictor inside the
-box the last landmarks give; the detector only at the start or after a loss) → a
+Sender, per frame: 68 landmarks on the crop (the detector on every crop; the shape
+predictor in the last landmarks' box when the detector misses) → a
 weak-perspective pose against the mean 3D face (yaw, pitch, roll, t_x, t_y, ln s) → the
 expression offsets in the head frame, as N coefficients of the expression basis.
 
@@ -35,10 +35,18 @@ from codec.face3d import (
     expression_offsets,
     fit_pose,
     pixels_to_unit,
+    project,
     rotation_matrix,
     unit_to_pixels,
 )
-from codec.families.base import ModelFamily, MotionLayout, MotionTracker, TalkingHeadModel, ViewControl
+from codec.families.base import (
+    NUM_POSE_VALUES,
+    ModelFamily,
+    MotionLayout,
+    MotionTracker,
+    TalkingHeadModel,
+    ViewControl,
+)
 from codec.warp import MeshWarp, delaunay_triangles
 
 log = logging.getLogger(__name__)
@@ -85,16 +93,20 @@ def _checked_pose(unit: np.ndarray, face: FaceModel) -> tuple[Pose, np.ndarray]:
     return pose, offsets
 
 
+def _motion_vector(pose: Pose, coefficients: np.ndarray) -> np.ndarray:
+    """The family's motion vector: [yaw, pitch, roll, t_x, t_y, ln s, c_0 … c_{N-1}], float32."""
+    return np.concatenate([pose.angles, pose.translation, [np.log(pose.scale)],
+                           coefficients]).astype(np.float32)
+
+
 def motion_from_landmarks(landmarks_px: np.ndarray, size: int, face: FaceModel) -> np.ndarray:
-    """68×2 crop-pixel landmarks → the motion vector [yaw, pitch, roll, t_x, t_y, ln s, c…]
-    (all NaN when the landmarks are not a plausible face: the coder then holds)."""
+    """68×2 crop-pixel landmarks → the motion vector (:func:`_motion_vector`); all NaN
+    when the landmarks are not a plausible face (the coder then holds)."""
     try:
         pose, offsets = _checked_pose(pixels_to_unit(landmarks_px, size), face)
     except ValueError:
-        return np.full(6 + face.num_coefficients, np.nan, np.float32)
-    coefficients = face.coefficients(offsets)
-    values = np.concatenate([pose.angles, pose.translation, [np.log(pose.scale)], coefficients])
-    return values.astype(np.float32)
+        return np.full(NUM_POSE_VALUES + face.num_coefficients, np.nan, np.float32)
+    return _motion_vector(pose, face.coefficients(offsets))
 
 
 class LandmarkTracker(MotionTracker):
@@ -110,10 +122,6 @@ class LandmarkTracker(MotionTracker):
     def __init__(self, model: LandmarkModel) -> None:
         self.model = model
         self._last: np.ndarray | None = None  # landmarks of the last crop (crop pixels)
-
-    @property
-    def last_landmarks(self) -> np.ndarray | None:
-        return self._last
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         """68×2 landmarks of one crop, or None when no face is there."""
@@ -202,6 +210,12 @@ def _border_points() -> np.ndarray:
     return np.concatenate([top, bottom, left, right])
 
 
+def _frontal(points3d: np.ndarray) -> np.ndarray:
+    """Head-frame points → normalised crop points of a frontal face where a typical crop
+    holds it: ~0.3 scale, centre slightly below the middle."""
+    return 0.3 * points3d[:, :2] + np.array([0.0, 0.1])
+
+
 class LandmarkModel(TalkingHeadModel):
     """The landmark family. ``face`` is the fitted face model (mean shape + basis)."""
 
@@ -221,18 +235,12 @@ class LandmarkModel(TalkingHeadModel):
         self._border = _border_points()
         # One triangulation for every keyframe: over the mean face's frontal layout.
         mean_points = np.concatenate([face.mean_shape, _head_extras(face.mean_shape)])
-        frontal = self._layout_frontal(mean_points)
-        self._triangles = delaunay_triangles(frontal)
+        self._triangles = delaunay_triangles(np.concatenate([_frontal(mean_points), self._border]))
         self._warp = MeshWarp(self._triangles, self.image_size)
 
-    def _layout_frontal(self, points3d: np.ndarray) -> np.ndarray:
-        # Mean face where a typical crop holds it: centre slightly below the middle, ~0.3 scale.
-        frontal = 0.3 * points3d[:, :2] + np.array([0.0, 0.1])
-        return np.concatenate([frontal, self._border])
-
     def default_landmarks(self) -> np.ndarray:
-        frontal = 0.3 * self.face.mean_shape[:, :2] + np.array([0.0, 0.1])
-        return unit_to_pixels(frontal, self.image_size)
+        """The mean face's 68 points where a typical crop holds a frontal face (crop pixels)."""
+        return unit_to_pixels(_frontal(self.face.mean_shape), self.image_size)
 
     def default_keyframe_info(self) -> bytes:
         return pack_keyframe_info(self.default_landmarks())
@@ -251,15 +259,10 @@ class LandmarkModel(TalkingHeadModel):
             raise BitstreamError(f"keyframe landmarks are unusable: {error}") from error
         canonical68 = self.face.mean_shape + self.face.with_depth(offsets)
         canonical = np.concatenate([canonical68, _head_extras(canonical68)])
-        source_unit = self._project(canonical, pose)
+        source_unit = project(canonical, pose)
         source_px = unit_to_pixels(np.concatenate([source_unit, self._border]), size)
         return LandmarkSource(image=np.ascontiguousarray(image), canonical=canonical, pose=pose,
                               coefficients=self.face.coefficients(offsets), source_px=source_px)
-
-    @staticmethod
-    def _project(points: np.ndarray, pose: Pose) -> np.ndarray:
-        rotated = points @ pose.rotation.T
-        return pose.scale * rotated[:, :2] + pose.translation
 
     def driving_points(self, source: LandmarkSource, motion: np.ndarray,
                        view: ViewControl | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -299,6 +302,4 @@ class LandmarkModel(TalkingHeadModel):
         return frames
 
     def neutral_motion(self, source: LandmarkSource) -> np.ndarray:
-        pose = source.pose
-        return np.concatenate([pose.angles, pose.translation, [np.log(pose.scale)],
-                               source.coefficients]).astype(np.float32)
+        return _motion_vector(source.pose, source.coefficients)
