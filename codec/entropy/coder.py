@@ -11,10 +11,11 @@ built once per table and cached.
 Symbols are signed integers in ``[-half_width, half_width]``; the coder shifts them to
 constriction's ``{0, …, 2·half_width}`` alphabet. Constriction writes uint32 words; we
 serialise them big-endian (so the last bytes are the least significant ones of the
-final word) and then drop trailing bytes for as long as the payload,
-zero-padded back to whole words (plus one zero word), still decodes to the same
-symbols. A motion packet carries ~40 bits of information, and whole words would round
-that up to 64–96 bits; trimmed, it costs about a byte more than its information.
+final word) and then drop trailing bytes for as long as the payload, padded back to
+whole words plus one word with 0xFF bytes, still decodes to the same symbols (0xFF keeps
+the truncated point inside the final interval, where zeros would fall below it). A
+motion packet carries ~40 bits of information, and whole words would round that up to
+64–96 bits; trimmed, it costs about a byte more than its information.
 
 constriction is imported inside the functions that use it, so this module (and
 everything that imports it) loads without constriction installed.
@@ -205,7 +206,7 @@ def encode_symbols(symbols: np.ndarray, models: Sequence[DiscreteModel]) -> byte
         encoder.encode((run + model.half_width).astype(np.int32), _constriction_model(model))
     data = encoder.get_compressed().astype(">u4").tobytes()
     expected = values.astype(np.int64)
-    # Shortest prefix that still decodes exactly (the decoder pads with zeros).
+    # Shortest prefix that still decodes exactly (the decoder pads with 0xFF).
     while data:
         shorter = data[:-1]
         try:
@@ -218,7 +219,7 @@ def encode_symbols(symbols: np.ndarray, models: Sequence[DiscreteModel]) -> byte
 
 
 def _decode_words(data: bytes, models: Sequence[DiscreteModel]) -> np.ndarray:
-    """Decode ``len(models)`` symbols from ``data`` zero-padded to whole words + one word."""
+    """Decode ``len(models)`` symbols from ``data`` padded with 0xFF to whole words + one word."""
     import constriction
 
     padded = data + b"\xff" * (-len(data) % 4 + 4)
