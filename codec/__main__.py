@@ -259,8 +259,9 @@ def cmd_call(args: argparse.Namespace) -> int:
     """Join a room on a signaling server and call whoever is there."""
     import asyncio
     import os
+    import time
 
-    from codec.call import CallEnded, CallOptions, join_room, run_peer
+    from codec.call import CallEnded, CallOptions, join_room, run_peer, write_call_stats
     from signaling.errors import SignalingError
 
     token = args.token or os.environ.get("FACECODEC_SIGNALING_TOKEN")
@@ -292,10 +293,14 @@ def cmd_call(args: argparse.Namespace) -> int:
     made: dict = {}  # the recorder, made once the model is loaded; closed below whatever happens
 
     async def run():
+        started = time.monotonic()
         # The room before the model: a wrong token or a full room fails now, not after the load.
         client = await join_room(args.signaling, token, args.room)
-        viewer = None
+        viewer = stats_task = None
         try:
+            if args.stats_file is not None:
+                stats_task = asyncio.ensure_future(
+                    write_call_stats(args.stats_file, args.stats_every, current, started))
             # In a thread, so the event loop keeps the signaling connection answering pings.
             loaded = await asyncio.to_thread(_call_model, args)
             frames = audio = None
@@ -329,6 +334,8 @@ def cmd_call(args: argparse.Namespace) -> int:
             await client.close()
             if viewer is not None:
                 await viewer.stop()
+            if stats_task is not None:
+                stats_task.cancel()
 
     try:
         report = asyncio.run(run())
@@ -477,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", action="store_true", help="show the video in a window")
     p.add_argument("--no-rejoin", action="store_true", help="end when the peer leaves")
     p.add_argument("--report", type=Path, default=None, help="write the call report as JSON")
+    p.add_argument("--stats-file", type=Path, default=None,
+                   help="append a JSON line of this process's memory, descriptors and the call's "
+                        "render fps and latency every --stats-every seconds (long-call checks)")
+    p.add_argument("--stats-every", type=float, default=10.0, help="seconds between --stats-file lines")
     _add_model_args(p)
     p.set_defaults(func=cmd_call)
 

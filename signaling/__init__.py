@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from signaling.errors import (
+    AloneTimeoutError,
     BadTokenError,
     MalformedMessageError,
     MessageTooLargeError,
@@ -31,6 +32,8 @@ from signaling.errors import (
     SignalingClosedError,
     SignalingError,
     SignalingTimeoutError,
+    TooManyConnectionsError,
+    TooManyRoomsError,
 )
 from signaling.messages import Capabilities, validate_message
 
@@ -47,9 +50,10 @@ _LAZY = {
 }
 
 __all__ = [
-    "BadTokenError", "Capabilities", "MalformedMessageError", "MessageTooLargeError", "NoPeerError",
+    "AloneTimeoutError", "BadTokenError", "Capabilities", "MalformedMessageError", "MessageTooLargeError", "NoPeerError",
     "NotJoinedError", "PeerLeftError", "RateLimitedError", "RoomFullError", "ServerFullError",
-    "SignalingClosedError", "SignalingError", "SignalingTimeoutError", "validate_message", *_LAZY,
+    "SignalingClosedError", "SignalingError", "SignalingTimeoutError", "TooManyConnectionsError", "TooManyRoomsError", "validate_message",
+    *_LAZY,
 ]
 
 

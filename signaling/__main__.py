@@ -31,6 +31,18 @@ def build_parser(prog: str = "facecodec serve-signaling") -> argparse.ArgumentPa
                         help="messages/s allowed per connection (token bucket)")
     parser.add_argument("--burst", type=int, default=100, help="token bucket size")
     parser.add_argument("--max-rooms", type=int, default=1000, help="rooms open at once")
+    parser.add_argument("--max-connections", type=int, default=None,
+                        help="connections at once (default: the file-descriptor limit less 64)")
+    parser.add_argument("--max-connections-per-client", type=int, default=32,
+                        help="connections at once from one client address")
+    parser.add_argument("--max-unjoined-per-client", type=int, default=8,
+                        help="connections from one address that have not joined a room yet")
+    parser.add_argument("--max-rooms-per-client", type=int, default=16,
+                        help="rooms one client address may sit in at once")
+    parser.add_argument("--join-timeout", type=float, default=10.0,
+                        help="seconds a connection has to finish its HTTP request and join a room")
+    parser.add_argument("--lone-timeout", type=float, default=600.0,
+                        help="seconds a peer may wait alone in its room before it is closed")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -62,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         server = SignalingServer(token, args.host, args.port, max_message_bytes=args.max_message_bytes,
-                                 rate=args.rate, burst=args.burst, max_rooms=args.max_rooms)
+                                 rate=args.rate, burst=args.burst, max_rooms=args.max_rooms,
+                                 max_connections=args.max_connections,
+                                 max_connections_per_client=args.max_connections_per_client,
+                                 max_unjoined_per_client=args.max_unjoined_per_client,
+                                 max_rooms_per_client=args.max_rooms_per_client,
+                                 join_timeout=args.join_timeout, lone_timeout=args.lone_timeout)
     except ValueError as exc:
         print(f"serve-signaling: error: {exc}", file=sys.stderr)
         return 2

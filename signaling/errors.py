@@ -35,6 +35,27 @@ class ServerFullError(SignalingError):
     code = "server_full"
 
 
+class TooManyConnectionsError(SignalingError):
+    """This client address holds the server's maximum of connections, or of connections that
+    have not joined a room yet. The server closes the connection (1013, try again later)."""
+
+    code = "too_many_connections"
+
+
+class TooManyRoomsError(SignalingError):
+    """This client address already sits in the server's maximum of rooms. The server closes
+    the connection."""
+
+    code = "too_many_rooms"
+
+
+class AloneTimeoutError(SignalingError):
+    """No other peer joined the room within the server's lone-peer timeout. The server closes
+    the connection; joining again starts a new wait."""
+
+    code = "alone_timeout"
+
+
 class MalformedMessageError(SignalingError):
     """Invalid JSON, not an object, missing or wrong-typed fields, or an unknown type.
 
@@ -99,14 +120,12 @@ class SignalingTimeoutError(SignalingError):
 #: Wire error code → the class the client raises for it.
 ERROR_CLASSES: dict[str, type[SignalingError]] = {
     cls.code: cls
-    for cls in (BadTokenError, RoomFullError, ServerFullError, MalformedMessageError,
-                NotJoinedError, MessageTooLargeError, RateLimitedError, PeerLeftError,
-                NoPeerError, SignalingTimeoutError)
+    for cls in (BadTokenError, RoomFullError, ServerFullError, TooManyConnectionsError,
+                TooManyRoomsError, AloneTimeoutError, MalformedMessageError, NotJoinedError,
+                MessageTooLargeError, RateLimitedError, PeerLeftError, NoPeerError,
+                SignalingTimeoutError)
     if cls.code is not None
 }
-
-#: Codes after which the server closes the connection.
-FATAL_CODES = frozenset({"bad_token", "room_full", "server_full", "join_timeout"})
 
 
 def error_from_code(code: str, message: str) -> SignalingError:

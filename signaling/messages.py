@@ -198,12 +198,35 @@ def validate_message(obj: Any) -> dict[str, Any]:
     return obj
 
 
+def _check_unicode(obj: Any) -> None:
+    """Raise when a string anywhere in ``obj`` (keys included) holds a lone UTF-16 surrogate.
+
+    JSON's ``"\\ud800"`` escape decodes to a str that cannot be encoded as UTF-8: it would
+    crash the token check and travel on to the other peer inside names. Iterative, so a
+    deeply nested relay message cannot exhaust the stack (``json.loads`` bounds the depth).
+    """
+    pending = [obj]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _fail("strings must be valid Unicode (a lone UTF-16 surrogate is not)") from None
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
 def decode_message(text: str | bytes) -> dict[str, Any]:
     """Parse one text frame and validate it; raises MalformedMessageError."""
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise _fail(f"invalid JSON: {exc}") from None
+    _check_unicode(obj)
     return validate_message(obj)
 
 

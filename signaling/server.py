@@ -4,11 +4,23 @@ It only introduces the two peers of a call (roles, capabilities, SDP offer/answe
 call itself then runs peer to peer over WebRTC. Endpoints:
 
 - ``GET /ws``: the WebSocket protocol of ``signaling.messages``;
-- ``GET /health``: ``{"rooms": int, "peers": int}``.
+- ``GET /health``: ``{"ok": true}`` for anyone (a liveness probe); with the header
+  ``Authorization: Bearer <token>`` also the counts (``rooms``, ``peers``, ``connections``),
+  which tell an outsider how busy the server is and so stay behind the token.
 
-Defences, all per connection: a join deadline, a size limit (a soft one answered with
-``too_large`` and a hard one, aiohttp's ``max_msg_size``, that closes), a token bucket, and a
-cap on malformed messages. The token is compared in constant time and never logged.
+Defences:
+
+- per connection: a join deadline, a size limit (a soft one answered with ``too_large`` and
+  a hard one, aiohttp's ``max_msg_size``, that closes), a token bucket, and a cap on
+  malformed messages; strings with lone UTF-16 surrogates are malformed;
+- per client address: caps on open connections, on connections that have not joined yet
+  and on rooms it sits in, so one token holder cannot take every room or socket;
+- per peer: a lone-peer timeout (alone in its room that long, it is told and closed);
+- per server: a cap on connections below the process's file-descriptor limit, and an HTTP
+  deadline equal to the join timeout, so sockets that never finish their request close.
+
+Every refusal is a typed error (``signaling.errors``) and one log line, never a traceback.
+The token is compared in constant time and never logged.
 
 Logged at INFO, one line each, with the room and the peer's address: joins, ``ready``
 announcements, leaves and every refusal or error answered (bad token, room full,
@@ -20,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +58,17 @@ from signaling.messages import (
 log = logging.getLogger("facecodec.signaling")
 
 TOKEN_ENV = "FACECODEC_SIGNALING_TOKEN"
+# File descriptors kept free of WebSockets: the listening socket, logs, imports, the loop.
+FD_RESERVE = 64
+
+
+def default_max_connections() -> int:
+    """Connections the server accepts at once: its soft file-descriptor limit less a reserve
+    (960 under the common 1,024), at most 10,000, so accept() never fails for lack of fds."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 10_000 + FD_RESERVE
+    return max(16, min(10_000, soft - FD_RESERVE))
 
 
 class TokenBucket:
@@ -80,6 +104,8 @@ class _Peer:
     # Dropped-by-rate-limit count that leaks 1/s: only sustained flooding reaches the limit.
     abuse: float = 0.0
     abuse_time: float = field(default_factory=time.monotonic)
+    # Fires when the peer has sat alone in its room for the server's lone_timeout.
+    alone_timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
@@ -114,9 +140,16 @@ class SignalingServer:
     def __init__(self, token: str, host: str = "127.0.0.1", port: int = 0, *,
                  max_message_bytes: int = 65536, rate: float = 50.0, burst: int = 100,
                  max_rooms: int = 1000, join_timeout: float = 10.0, max_malformed: int = 10,
-                 abuse_limit: int | None = None, heartbeat: float | None = 30.0):
+                 abuse_limit: int | None = None, heartbeat: float | None = 30.0,
+                 max_connections: int | None = None, max_connections_per_client: int = 32,
+                 max_unjoined_per_client: int = 8, max_rooms_per_client: int = 16,
+                 lone_timeout: float = 600.0):
         if not isinstance(token, str) or not token:
             raise ValueError("the signaling server needs a non-empty token")
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the token must be valid Unicode") from None
         if max_message_bytes < 256:
             raise ValueError("max_message_bytes must be at least 256")
         if rate <= 0 or burst < 1:
@@ -135,6 +168,21 @@ class SignalingServer:
         self.max_malformed = max_malformed
         self.abuse_limit = burst if abuse_limit is None else abuse_limit
         self.heartbeat = heartbeat
+        self.max_connections = default_max_connections() if max_connections is None else max_connections
+        # Per client address. Two peers on one machine share an address, as do clients
+        # behind one NAT; the defaults leave room for several calls from one address.
+        self.max_connections_per_client = max_connections_per_client
+        self.max_unjoined_per_client = max_unjoined_per_client
+        self.max_rooms_per_client = max_rooms_per_client
+        # Longer than a caller's default wait for its peer (codec.call.WAIT_S, 120 s): a
+        # client that waits longer is closed and rejoins, a dead one frees its room.
+        self.lone_timeout = lone_timeout
+        for name in ("max_connections", "max_connections_per_client", "max_unjoined_per_client",
+                     "max_rooms_per_client"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if join_timeout <= 0 or lone_timeout <= 0:
+            raise ValueError("join_timeout and lone_timeout must be > 0")
         self._rooms: dict[str, _Room] = {}
         self._peers: set[_Peer] = set()
         self._runner: web.AppRunner | None = None
@@ -159,8 +207,9 @@ class SignalingServer:
 
     @property
     def stats(self) -> dict[str, int]:
-        """What ``/health`` reports: rooms open and peers joined."""
-        return {"rooms": len(self._rooms), "peers": sum(1 for p in self._peers if p.room is not None)}
+        """What ``/health`` reports to a token holder: rooms open, peers joined, connections."""
+        return {"rooms": len(self._rooms), "peers": sum(1 for p in self._peers if p.room is not None),
+                "connections": len(self._peers)}
 
     async def start(self) -> None:
         """Bind and start serving. Raises OSError when the port is taken."""
@@ -170,7 +219,11 @@ class SignalingServer:
         app.router.add_get("/ws", self._handle_ws)
         app.router.add_get("/health", self._handle_health)
         # No access log: request lines carry nothing useful and would be noise at call rates.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        # keepalive_timeout also runs from the moment a socket connects, so one that never
+        # completes its HTTP request (or idles after /health) closes after the join timeout
+        # rather than aiohttp's default of about an hour.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
+                               keepalive_timeout=self.join_timeout)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._requested_port)
         try:
@@ -220,21 +273,55 @@ class SignalingServer:
 
     # ----------------------------------------------------------------- handlers
 
+    def _token_holder(self, request: web.Request) -> bool:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        # Compared as bytes, in constant time; surrogateescape keeps any header bytes comparable.
+        given = credentials.strip().encode("utf-8", "surrogateescape")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self._token)
+
     async def _handle_health(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats)
+        if self._token_holder(request):
+            return web.json_response({"ok": True, **self.stats})
+        return web.json_response({"ok": True})
+
+    def _admission_refusal(self, remote: str) -> tuple[str, str, int] | None:
+        """(code, message, close code) when a new connection from ``remote`` is over a cap."""
+        if len(self._peers) >= self.max_connections:
+            return ("server_full", f"the server holds its maximum of {self.max_connections} connections",
+                    WSCloseCode.TRY_AGAIN_LATER)
+        mine = [p for p in self._peers if p.remote == remote]
+        if len(mine) >= self.max_connections_per_client:
+            return ("too_many_connections",
+                    f"this address holds its maximum of {self.max_connections_per_client} connections",
+                    WSCloseCode.TRY_AGAIN_LATER)
+        if sum(1 for p in mine if p.room is None) >= self.max_unjoined_per_client:
+            message = (f"this address holds its maximum of {self.max_unjoined_per_client} "
+                       "connections that have not joined a room")
+            return "too_many_connections", message, WSCloseCode.TRY_AGAIN_LATER
+        return None
 
     async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
         if self._stopping:
             return web.Response(status=503, text="shutting down")
+        remote = request.remote or "?"
+        refusal = self._admission_refusal(remote)  # counted before this one joins the set
         ws = web.WebSocketResponse(max_msg_size=self.hard_message_bytes, heartbeat=self.heartbeat)
         await ws.prepare(request)
-        peer = _Peer(ws=ws, bucket=TokenBucket(self.rate, self.burst), remote=request.remote or "?")
+        peer = _Peer(ws=ws, bucket=TokenBucket(self.rate, self.burst), remote=remote)
         self._peers.add(peer)
         close_code = WSCloseCode.OK
         try:
+            if refusal is not None:
+                code, message, close = refusal
+                await self._error(peer, code, message, close=close)
             await self._serve(peer)
         except _Close as exc:
             close_code = exc.close_code
+        except Exception as exc:  # a bug here must not flood the log with tracebacks
+            log.warning("internal error serving %s: %s: %s; closing", remote, type(exc).__name__, exc)
+            log.debug("internal error details", exc_info=True)
+            await self._send(peer, error_message("server_error", "internal server error"))
+            close_code = WSCloseCode.INTERNAL_ERROR
         finally:
             self._peers.discard(peer)
             await self._leave(peer)
@@ -302,12 +389,18 @@ class SignalingServer:
             if len(self._rooms) >= self.max_rooms:
                 await self._error(peer, "server_full", "the server holds its maximum number of rooms",
                                   close=WSCloseCode.TRY_AGAIN_LATER, room=name)
-            room = self._rooms[name] = _Room(name)
         # The one already present keeps its role; the newcomer takes the free seat.
-        free = [role for role in (ROLE_OFFER, ROLE_ANSWER) if room.seats[role] is None]
-        if not free:
+        if room is not None and all(seated is not None for seated in room.seats.values()):
             await self._error(peer, "room_full", "the room already has two peers",
                               close=WSCloseCode.POLICY_VIOLATION, room=name)
+        seats = sum(1 for p in self._peers if p.remote == peer.remote and p.room is not None)
+        if seats >= self.max_rooms_per_client:
+            await self._error(peer, "too_many_rooms",
+                              f"this address sits in its maximum of {self.max_rooms_per_client} rooms",
+                              close=WSCloseCode.POLICY_VIOLATION, room=name)
+        if room is None:
+            room = self._rooms[name] = _Room(name)
+        free = [role for role in (ROLE_OFFER, ROLE_ANSWER) if room.seats[role] is None]
         peer.role = free[0]
         peer.room = room
         # Normalized, so the other side always sees every field.
@@ -315,6 +408,10 @@ class SignalingServer:
         peer.ready = message.get("ready", True)
         room.seats[peer.role] = peer
         other = room.other(peer)
+        if other is None:
+            self._start_alone_timer(peer)
+        else:
+            self._stop_alone_timer(other)
         log.info("room %r: peer from %s joined as %s%s (%d of 2 seats taken)", name, peer.remote,
                  peer.role, "" if peer.ready else ", not ready yet", 2 - len(free) + 1)
         # An unannounced peer is invisible to the other until its `ready`.
@@ -346,7 +443,34 @@ class SignalingServer:
         except ConnectionError:
             pass  # the other side is going away; its handler announces peer_left
 
+    def _start_alone_timer(self, peer: _Peer) -> None:
+        self._stop_alone_timer(peer)
+        loop = asyncio.get_running_loop()
+        peer.alone_timer = loop.call_later(self.lone_timeout,
+                                           lambda: asyncio.ensure_future(self._evict_alone(peer)))
+
+    @staticmethod
+    def _stop_alone_timer(peer: _Peer) -> None:
+        if peer.alone_timer is not None:
+            peer.alone_timer.cancel()
+            peer.alone_timer = None
+
+    async def _evict_alone(self, peer: _Peer) -> None:
+        """The lone-peer timeout: tell the peer, then close; its handler then leaves the room."""
+        peer.alone_timer = None
+        if peer.room is None or peer.room.other(peer) is not None or peer.ws.closed:
+            return
+        log.info("room %r: alone_timeout for %s: alone for %g s; closing", peer.room.name, peer.remote,
+                 self.lone_timeout)
+        await self._send(peer, error_message("alone_timeout",
+                                             f"no other peer joined within {self.lone_timeout:g} s"))
+        try:
+            await peer.ws.close(code=WSCloseCode.POLICY_VIOLATION)
+        except ConnectionError:
+            pass
+
     async def _leave(self, peer: _Peer) -> None:
+        self._stop_alone_timer(peer)
         room = peer.room
         if room is None:
             return
@@ -354,6 +478,8 @@ class SignalingServer:
         if room.seats.get(peer.role) is peer:
             room.seats[peer.role] = None
         other = room.other(peer)
+        if other is not None and not self._stopping:
+            self._start_alone_timer(other)
         if room.empty():
             if self._rooms.get(room.name) is room:
                 del self._rooms[room.name]

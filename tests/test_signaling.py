@@ -68,10 +68,14 @@ async def joined_pair(server: SignalingServer, room: str = "room1") -> tuple[Sig
 
 
 async def health(server: SignalingServer) -> dict[str, int]:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.port}/health",
-                           timeout=aiohttp.ClientTimeout(total=T)) as response:
+    """The token holder's /health counts, rooms and peers."""
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{server.port}/health", headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=aiohttp.ClientTimeout(total=T)) as response:
         assert response.status == 200
-        return await response.json()
+        reply = await response.json()
+    assert reply.pop("ok") is True and reply.pop("connections") >= reply["peers"]
+    return reply
 
 
 async def raw_ws(session: aiohttp.ClientSession, server: SignalingServer) -> aiohttp.ClientWebSocketResponse:
@@ -733,7 +737,7 @@ def test_cli_serves_and_stops_on_sigterm():
                 async with session.get(f"http://127.0.0.1:{port}/health",
                                        timeout=aiohttp.ClientTimeout(total=T)) as response:
                     return await response.json()
-        assert run(probe()) == {"rooms": 0, "peers": 0}
+        assert run(probe()) == {"ok": True}  # no token: liveness only, no counts
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         reader.join(timeout=5)
