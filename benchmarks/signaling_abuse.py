@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import secrets
 import socket
 import subprocess
@@ -252,19 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=15.0, help="seconds idle before the last sample")
     parser.add_argument("--out", type=Path, default=Path("out/signaling-abuse.json"))
     args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process holds many sockets
     token = secrets.token_hex(16)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # The server logs a line per refusal: to a file, as an unread pipe would fill and block it.
-    server_log = tempfile.TemporaryFile("w+")
+    server_log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in the finally below)
     server = subprocess.Popen([sys.executable, "-m", "signaling", "--port", str(port),
                                "--join-timeout", str(args.join_timeout)],
                               env={**os.environ, "FACECODEC_SIGNALING_TOKEN": token},
-                              stdout=subprocess.DEVNULL, stderr=server_log,
-                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+                              stdout=subprocess.DEVNULL, stderr=server_log)
     samples, rounds = [], []
     try:
         time.sleep(1.5)
