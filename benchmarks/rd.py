@@ -1087,6 +1087,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--untrained", action="store_true",
                    help="run our codec with seeded random weights (every output marked UNTRAINED)")
     p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--no-refiner", action="store_true",
+                   help="landmark family: score the plain warp, without the learned refiner")
     p.add_argument("--qualities", default="0,1,2,3,4,5")
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
@@ -1166,7 +1168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from codec.zoo import resolve_model
 
         try:  # refuses without registered weights unless --untrained / --weights
-            loaded = resolve_model(args.model, untrained=args.untrained, weights=args.weights)
+            loaded = resolve_model(args.model, untrained=args.untrained, weights=args.weights,
+                                   refiner=not args.no_refiner)
         except CodecError as exc:
             print(f"our codec cannot run: {exc}", file=sys.stderr)
             return 2

@@ -30,6 +30,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--untrained", action="store_true",
                         help="vid2vid only: run the UNTRAINED architecture (seeded random weights). "
                              "For tests and format work: the output is not meaningful and is marked")
+    parser.add_argument("--no-refiner", action="store_true",
+                        help="landmark family: render the plain warp, without the learned refiner "
+                             "(faster; the stream is the same)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained model")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
@@ -38,7 +41,8 @@ def _model(args: argparse.Namespace, name: str | None = None):
     from codec.zoo import DEFAULT_MODEL, resolve_model
 
     return resolve_model(args.model or name or DEFAULT_MODEL, untrained=args.untrained,
-                         weights=args.weights, seed=args.seed, device=args.device)
+                         weights=args.weights, seed=args.seed, device=args.device,
+                         refiner=not args.no_refiner)
 
 
 def _progress(total: int | None, label: str):

@@ -61,16 +61,40 @@ class CallOptions:
 
 
 def local_capabilities(loaded, fps: float, measure_frames: int = 3):
-    """This peer's :class:`signaling.messages.Capabilities`, with a measured render rate."""
+    """This peer's :class:`signaling.messages.Capabilities`, with a measured render rate
+    (after :func:`fit_refiner_to_budget` has chosen what this peer renders)."""
     from signaling.messages import Capabilities
 
     if loaded is None:
         return Capabilities(has_weights=False, render_fps=0.0, codecs=["h264"])
+    fit_refiner_to_budget(loaded, fps, measure_frames)
     return Capabilities(has_weights=True, model=loaded.name,
                         weights_sha256_prefix=loaded.sha256_prefix.hex(),
                         untrained=bool(loaded.untrained),
                         render_fps=min(measure_render_fps(loaded, measure_frames), 1000.0),
                         codecs=["neural", "h264"])
+
+
+# Share of the frame interval a call's receiver may spend on the learned refiner: the same
+# CPU also captures, tracks, encodes and sends this peer's own video.
+REFINER_BUDGET = 0.5
+
+
+def fit_refiner_to_budget(loaded, fps: float, frames: int = 3) -> None:
+    """Drop the landmark family's learned refiner for this call when rendering with it takes
+    more than ``REFINER_BUDGET`` of the frame interval: a live call then shows the plain warp
+    at full rate rather than a refined picture at a falling rate. The stream is the same
+    either way, so the sender never knows. Logged at INFO on ``facecodec.call``."""
+    if getattr(loaded, "refiner", None) is None:
+        return
+    budget_ms = 1000.0 * REFINER_BUDGET / fps
+    took_ms = 1000.0 / measure_render_fps(loaded, frames)
+    if took_ms > budget_ms:
+        loaded.refiner = None
+        events.info("rendering the plain warp: the refiner takes %.0f ms a frame here, over %.0f ms "
+                    "(half the frame interval)", took_ms, budget_ms)
+    else:
+        events.info("rendering with the refiner (%.0f ms a frame)", took_ms)
 
 
 def measure_render_fps(loaded, frames: int = 3) -> float:

@@ -45,6 +45,9 @@ class LandmarkEntry:
     coefficients: int  # expression values per frame (N)
     image_size: int
     card: str
+    # The learned refiner over the warp (receiver side), or None.
+    refiner: str | None = None  # under WEIGHTS_DIR
+    refiner_sha256: str | None = None
 
 
 LANDMARK_MODELS: dict[str, LandmarkEntry] = {
@@ -52,7 +55,9 @@ LANDMARK_MODELS: dict[str, LandmarkEntry] = {
         name="landmark", filename="landmark/face_model.safetensors",
         sha256="84ef3aefb4a3e9e64c267414812b1a3c21038e361fe5b72f4dde84ba4d61c2ff",
         coefficients=12, image_size=256,
-        card="landmark/MODEL_CARD.md"),
+        card="landmark/MODEL_CARD.md",
+        refiner="landmark/refiner.safetensors",
+        refiner_sha256="b470e48403ac9ecde3f1fbd04fc9e31a6a44d2b953fdbf29ec918986b424536f"),
 }
 FACE_MODEL_FORMAT = "facecodec-face-model-v1"
 
@@ -86,9 +91,12 @@ def load_face_model(path: Path | str, expected_sha256: str | None = None):
 
 
 def load_landmark_model(name: str = DEFAULT_MODEL, *, face_model: Path | str | None = None,
-                        coefficients: int | None = None) -> TalkingHeadModel:
-    """A landmark-family model: the registered face model, or ``face_model`` (a file you fitted)."""
+                        coefficients: int | None = None, refiner: bool = True,
+                        device: str | torch.device = "cpu") -> TalkingHeadModel:
+    """A landmark-family model: the registered face model, or ``face_model`` (a file you fitted),
+    with the registered refiner on top unless ``refiner`` is False (the plain warp)."""
     from codec.families.landmark import LandmarkModel
+    from codec.models.refiner import load_refiner
 
     entry = LANDMARK_MODELS.get(name)
     if entry is None:
@@ -102,8 +110,11 @@ def load_landmark_model(name: str = DEFAULT_MODEL, *, face_model: Path | str | N
     k = coefficients or entry.coefficients
     # The stream's identity covers the face model and how many coefficients are sent.
     identity = hashlib.sha256(f"{digest}:{k}".encode()).hexdigest()
+    network = None
+    if refiner and entry.refiner is not None:
+        network, _ = load_refiner(WEIGHTS_DIR / entry.refiner, device, expected_sha256=entry.refiner_sha256)
     return LandmarkModel(face, name=entry.name, sha256=identity, image_size=entry.image_size,
-                         coefficients=k)
+                         coefficients=k, refiner=network)
 
 
 def model_names() -> list[str]:
@@ -250,14 +261,15 @@ def build_untrained(config_name: str = "vox256", seed: int = 0,
 
 def resolve_model(name: str = DEFAULT_MODEL, *, untrained: bool = False,
                   weights: Path | str | None = None, seed: int = 0,
-                  device: str | torch.device = "cpu") -> TalkingHeadModel:
+                  device: str | torch.device = "cpu", refiner: bool = True) -> TalkingHeadModel:
     """The one place the CLI and API turn user choices into a model.
 
     A landmark model needs no training, so ``untrained`` does not apply to it; ``weights``
     is then a face model file. For the vid2vid family, ``weights`` is a file the trainer
-    exported and ``untrained`` asks for the seeded, untrained network."""
+    exported and ``untrained`` asks for the seeded, untrained network. ``refiner=False``
+    renders a landmark model's plain warp, without its learned refiner."""
     if name in LANDMARK_MODELS:
-        return load_landmark_model(name, face_model=weights)
+        return load_landmark_model(name, face_model=weights, refiner=refiner, device=device)
     if name not in CONFIGS:
         raise WeightsError(f"unknown model {name!r} (known: {', '.join(model_names())})")
     if weights is not None:

@@ -195,7 +195,7 @@ def test_warp_inputs_match_the_family_render(sets: tuple[Path, Path]) -> None:
     from codec.families.landmark import motion_from_landmarks, pack_keyframe_info
     from codec.zoo import resolve_model
 
-    model = resolve_model("landmark")
+    model = resolve_model("landmark", refiner=False)
     points = _face_points(6)
     key = cv2.resize(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8), (256, 256))
     warped, maps, masks = warp_inputs(model, key, points[0], points[5])
@@ -290,3 +290,62 @@ def test_gpu_chunk_script_runs_on_cpu(tmp_path: Path, sets: tuple[Path, Path]) -
     assert "initialised from" in proc.stderr  # the second call started from the first's file
     _, meta = load_refiner(tmp_path / "out" / "refiner.safetensors")
     assert meta["trained"]["steps"] >= 2
+
+
+# ---------------------------------------------------------------------------- shipped refiner
+def test_shipped_refiner_loads_by_default_and_renders_what_it_was_evaluated_on() -> None:
+    """The zoo's landmark model carries the registered refiner; its render equals the
+    training evaluation's path (warp_inputs + the refiner) bit for bit, differs from the
+    plain warp, and ``refiner=False`` gives the plain warp with the same stream identity."""
+    from codec.families.landmark import motion_from_landmarks, pack_keyframe_info
+    from codec.metrics import frames_to_tensor
+    from codec.zoo import resolve_model
+
+    model = resolve_model("landmark")
+    plain = resolve_model("landmark", refiner=False)
+    assert model.refiner is not None and plain.refiner is None and model.sha256 == plain.sha256
+    points = _face_points(6)
+    key = cv2.resize(np.random.default_rng(3).integers(0, 255, (16, 16, 3), dtype=np.uint8), (256, 256))
+    source = model.prepare_source(key, pack_keyframe_info(points[0]))
+    motions = np.stack([motion_from_landmarks(points[i], 256, model.face) for i in (2, 5)])
+    rendered = model.render(source, motions)
+    warped = plain.render(plain.prepare_source(key, pack_keyframe_info(points[0])), motions)
+    for k, i in enumerate((2, 5)):
+        warp, maps, masks = warp_inputs(plain, key, points[0], points[i])
+        assert np.array_equal(warp, warped[k])
+        with torch.inference_mode():
+            out = model.refiner(frames_to_tensor(warp).float(), frames_to_tensor(key).float(),
+                                torch.from_numpy(maps[None]), torch.from_numpy(masks[None].transpose(0, 3, 1, 2)))
+        expected = (out.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()[0]
+        assert np.array_equal(rendered[k], expected)
+        assert not np.array_equal(rendered[k], warp)
+
+
+def test_refiner_weights_are_checked(tmp_path: Path) -> None:
+    from codec.errors import WeightsError
+    from codec.models.refiner import load_refiner as load_checked
+    from codec.zoo import LANDMARK_MODELS, WEIGHTS_DIR
+
+    entry = LANDMARK_MODELS["landmark"]
+    with pytest.raises(WeightsError, match="sha256"):
+        load_checked(WEIGHTS_DIR / entry.refiner, expected_sha256="0" * 64)
+    with pytest.raises(WeightsError, match="not found"):
+        load_checked(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError):
+        load_checked(tmp_path / "junk.safetensors")
+
+
+def test_calls_drop_the_refiner_when_it_does_not_fit_the_frame_interval(monkeypatch) -> None:
+    from codec import call
+
+    class Model:
+        refiner = object()
+
+    slow, fast = Model(), Model()
+    monkeypatch.setattr(call, "measure_render_fps", lambda loaded, frames=3: 30.0)  # 33 ms a frame
+    call.fit_refiner_to_budget(slow, fps=25.0)  # budget 20 ms
+    assert slow.refiner is None
+    monkeypatch.setattr(call, "measure_render_fps", lambda loaded, frames=3: 100.0)  # 10 ms
+    call.fit_refiner_to_budget(fast, fps=25.0)
+    assert fast.refiner is not None

@@ -223,7 +223,7 @@ class LandmarkModel(TalkingHeadModel):
     free_view = True
 
     def __init__(self, face: FaceModel, *, name: str, sha256: str, image_size: int = 256,
-                 coefficients: int = DEFAULT_COEFFICIENTS) -> None:
+                 coefficients: int = DEFAULT_COEFFICIENTS, refiner=None) -> None:
         if not 1 <= coefficients <= face.num_coefficients:
             raise ValueError(f"coefficients must be in [1, {face.num_coefficients}], got {coefficients}")
         self.face = face.truncated(coefficients)
@@ -237,6 +237,10 @@ class LandmarkModel(TalkingHeadModel):
         mean_points = np.concatenate([face.mean_shape, _head_extras(face.mean_shape)])
         self._triangles = delaunay_triangles(np.concatenate([_frontal(mean_points), self._border]))
         self._warp = MeshWarp(self._triangles, self.image_size)
+        # The learned refiner (codec.models.refiner) on top of the warp, or None: the plain
+        # warp. Receiver-side only: the stream, and so ``sha256``, are the same either way,
+        # so a receiver may switch it off (speed) without the sender knowing.
+        self.refiner = refiner
 
     def default_landmarks(self) -> np.ndarray:
         """The mean face's 68 points where a typical crop holds a frontal face (crop pixels)."""
@@ -294,12 +298,36 @@ class LandmarkModel(TalkingHeadModel):
 
     def render(self, source: LandmarkSource, motions: np.ndarray,
                view: ViewControl | None = None) -> list[np.ndarray]:
-        frames = []
+        if self.refiner is not None:
+            from codec.models.refiner import landmark_masks  # torch: only with a refiner
+        frames, maps, masks = [], [], []
         for motion in np.atleast_2d(np.asarray(motions, np.float32)):
-            map_x, map_y = self.warp_maps(source, motion, view)
+            driving, depth = self.driving_points(source, motion, view)
+            map_x, map_y = self._warp.maps(source.source_px, driving, depth)
             frames.append(cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REFLECT101))
-        return frames
+            if self.refiner is not None:
+                maps.append(np.stack([map_x, map_y]))
+                masks.append(landmark_masks(driving[:NUM_LANDMARKS], self.image_size))
+        if self.refiner is None or not frames:
+            return frames
+        return self._refine(source, frames, maps, masks)
+
+    def _refine(self, source: LandmarkSource, warped: list[np.ndarray], maps: list[np.ndarray],
+                masks: list[np.ndarray]) -> list[np.ndarray]:
+        """The refiner over a batch of warped frames, with the inputs it was trained on
+        (``codec.training.refiner.warp_inputs``): uint8 RGB in, uint8 RGB out."""
+        import torch
+
+        device = next(self.refiner.parameters()).device
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.stack(warped)).to(device).permute(0, 3, 1, 2).float() / 255.0
+            keyframe = torch.from_numpy(source.image).to(device).permute(2, 0, 1).float() / 255.0
+            out = self.refiner(batch, keyframe.expand(len(warped), -1, -1, -1),
+                               torch.from_numpy(np.stack(maps)).to(device),
+                               torch.from_numpy(np.stack(masks).transpose(0, 3, 1, 2)).to(device))
+            images = (out.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return list(np.ascontiguousarray(images))
 
     def neutral_motion(self, source: LandmarkSource) -> np.ndarray:
         return _motion_vector(source.pose, source.coefficients)

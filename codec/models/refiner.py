@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LANDMARK_CHANNELS", "MASK_BIAS", "Refiner", "landmark_masks"]
+__all__ = ["LANDMARK_CHANNELS", "MASK_BIAS", "REFINER_FORMAT", "Refiner", "landmark_masks", "load_refiner"]
+
+REFINER_FORMAT = "facecodec-refiner-v1"
 
 # Channels of landmark_masks: mouth (outer lips), mouth interior, both eyes.
 LANDMARK_CHANNELS = 3
@@ -164,3 +166,37 @@ class Refiner(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def load_refiner(path: Any, device: Any = "cpu", expected_sha256: str | None = None
+                 ) -> tuple[Refiner, dict[str, Any]]:
+    """(fp32 Refiner in eval mode, its metadata) from a ``codec.training.refiner`` export:
+    fp16 safetensors whose metadata key ``facecodec`` is JSON {format, config, trained}.
+
+    ``expected_sha256``: the file's registered digest, checked before anything is read
+    (WeightsError on a mismatch, a missing file or a file that is not a refiner)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError, safe_open
+
+    from codec.errors import WeightsError
+    from codec.zoo import verified_sha256
+
+    path = Path(path)
+    verified_sha256(path, expected_sha256, "refiner weights")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads((f.metadata() or {}).get("facecodec", "{}"))
+            state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118 (no __iter__)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"refiner weights {path} are not readable safetensors: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != REFINER_FORMAT:
+        raise WeightsError(f"{path} is not a {REFINER_FORMAT} file")
+    try:
+        config = meta["config"]
+        refiner = Refiner(tuple(config["widths"]), config["head_width"], config["landmark_channels"])
+        refiner.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise WeightsError(f"refiner weights {path} do not match their config: {exc}") from exc
+    return refiner.to(device).eval(), meta

@@ -69,12 +69,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from codec.families.landmark import LandmarkModel, motion_from_landmarks, pack_keyframe_info
-from codec.models.refiner import Refiner, landmark_masks
+from codec.models.refiner import REFINER_FORMAT, Refiner, landmark_masks, load_refiner
 from codec.training.dataset import SegmentStore
 
 log = logging.getLogger("codec.training.refiner")
 
-REFINER_FORMAT = "facecodec-refiner-v1"
 # warp_l1 / warp_region_l1: the same L1s of the plain warp on the same batch, so the gain is
 # readable despite the batch-to-batch spread of the pairs' difficulty.
 LOG_COLUMNS = ["step", "seconds", "samples", "loss", "l1", "region_l1", "perceptual", "warp_l1",
@@ -121,7 +120,7 @@ def region_masks(points_px: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
 def _landmark_model() -> LandmarkModel:
     from codec.zoo import resolve_model
 
-    model = resolve_model("landmark")
+    model = resolve_model("landmark", refiner=False)  # the warp is the refiner's input
     assert isinstance(model, LandmarkModel)
     return model
 
@@ -273,21 +272,6 @@ def export_refiner(refiner: Refiner, path: Path, trained: dict[str, Any] | None 
     save_file(state, str(tmp), metadata={"facecodec": json.dumps(meta, sort_keys=True)})
     os.chmod(tmp, 0o644)  # safetensors writes 0600; the file is meant to be shared and committed
     os.replace(tmp, path)
-
-
-def load_refiner(path: Path | str, device: torch.device | str = "cpu") -> tuple[Refiner, dict[str, Any]]:
-    """(fp32 Refiner in eval mode, its metadata) from an :func:`export_refiner` file."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = json.loads((f.metadata() or {}).get("facecodec", "{}"))
-        state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118 (no __iter__)
-    if meta.get("format") != REFINER_FORMAT:
-        raise ValueError(f"{path} is not a {REFINER_FORMAT} file")
-    config = meta["config"]
-    refiner = Refiner(tuple(config["widths"]), config["head_width"], config["landmark_channels"])
-    refiner.load_state_dict(state, strict=True)
-    return refiner.to(device).eval(), meta
 
 
 # ---------------------------------------------------------------------------- training
