@@ -6,8 +6,9 @@ Sender stages: ``landmarks`` (dlib shape predictor in the box of the last landma
 ``pose_expression`` (pose fit + expression coefficients), ``motion_code`` (quantize +
 range-code + packet), and ``encode_total`` (``Encoder.encode`` on an inter frame, all of the
 above). Receiver stages: ``motion_decode`` (parse + range-decode), ``warp_maps`` (driving
-points + mesh rasterisation), ``remap`` (sampling the keyframe), and ``decode_total``
-(``Decoder.decode`` of a motion packet, all of the above). Input: the first dev segment's
+points + mesh rasterisation), ``remap`` (sampling the keyframe), ``render`` (the model's
+render: the warp, plus the learned refiner unless ``--no-refiner``) and ``decode_total``
+(``Decoder.decode`` of a motion packet: decode + render). Input: the first dev segment's
 256 px crops when ``cache/dev256`` exists, else the built-in default (the portrait turned by
 the model). Medians and p90 over ``--frames`` frames after ``--warmup``; the machine is
 shared, so compare stages within one run.
@@ -52,7 +53,7 @@ def measure(frames: list[np.ndarray], model, warmup: int) -> dict[str, dict[str,
 
     stages: dict[str, list[float]] = {name: [] for name in (
         "landmarks", "pose_expression", "motion_code", "encode_total",
-        "motion_decode", "warp_maps", "remap", "decode_total")}
+        "motion_decode", "warp_maps", "remap", "render", "decode_total")}
     clock = time.perf_counter
 
     # Stage by stage, on the same frames the end-to-end runs use.
@@ -79,10 +80,12 @@ def measure(frames: list[np.ndarray], model, warmup: int) -> dict[str, dict[str,
         t5 = clock()
         cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         t6 = clock()
+        model.render(source, decoded[None])  # warp_maps + remap, + the refiner when it has one
+        t7 = clock()
         if i >= warmup:
             for name, start, stop in (("landmarks", t0, t1), ("pose_expression", t1, t2),
                                       ("motion_code", t2, t3), ("motion_decode", t3, t4),
-                                      ("warp_maps", t4, t5), ("remap", t5, t6)):
+                                      ("warp_maps", t4, t5), ("remap", t5, t6), ("render", t6, t7)):
                 stages[name].append(1000.0 * (stop - start))
 
     # End to end through the API.
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("cache/dev256"),
                    help="cached dev crops, if present (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--no-refiner", action="store_true", help="time the plain warp, without the refiner")
     args = p.parse_args(argv)
     import torch
 
@@ -120,12 +124,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cv2.setNumThreads(args.threads)
     torch.set_num_threads(args.threads)
-    model = resolve_model("landmark")
+    model = resolve_model("landmark", refiner=not args.no_refiner)
     frames, what = _input_frames(args.data, args.frames + args.warmup, model)
     results = measure(frames, model, args.warmup)
     for name, row in results.items():
         print(f"{name:16s} median {row['median_ms']:6.2f} ms  p90 {row['p90_ms']:6.2f} ms  (n={row['count']})")
     report = {"name": "landmark-speed", "input": what, "threads": args.threads, "model": model.name,
+              "refiner": model.refiner is not None,
               "env": {"machine": platform.machine(), "processor": platform.processor(),
                       "python": platform.python_version(), "opencv": cv2.__version__},
               "command": "python -m benchmarks.landmark_speed " + " ".join(argv or []),
