@@ -75,26 +75,32 @@ async def _hold(during: During) -> Any:
     return await during() if during is not None else None
 
 
-async def surrogate_tokens(url: str, count: int, *, local: str | None = None, during: During = None
-                           ) -> dict[str, Any]:
-    """``count`` connections each send a join whose token is a lone surrogate."""
-    # json.dumps escapes the lone surrogate as \\ud800, exactly what an attacker would send.
-    text = json.dumps(_join("abuse", "\ud800"))
+async def _joins(url: str, joins: list[dict[str, Any]], local: str | None, during: During
+                 ) -> dict[str, Any]:
+    """One connection per join message, each kept open; the server's first reply to each,
+    and what ``during()`` returned while they were all held."""
     replies: Counter[str] = Counter()
     async with _session(local) as session:
         sockets = []
-        for _ in range(count):
+        for join in joins:
             ws = await _connect(session, url)
             if ws is None:
                 replies["connect_failed"] += 1
                 continue
             sockets.append(ws)
-            await ws.send_str(text)
+            await ws.send_str(json.dumps(join))
             replies[await _first_reply(ws)] += 1
         result = await _hold(during)
         for ws in sockets:
             await ws.close()
-    return {"connections": count, "replies": dict(replies), "during": result}
+    return {"connections": len(joins), "replies": dict(replies), "during": result}
+
+
+async def surrogate_tokens(url: str, count: int, *, local: str | None = None, during: During = None
+                           ) -> dict[str, Any]:
+    """``count`` connections each send a join whose token is a lone surrogate."""
+    # json.dumps escapes the lone surrogate as \ud800, exactly what an attacker would send.
+    return await _joins(url, [_join("abuse", "\ud800")] * count, local, during)
 
 
 async def surrogate_names(url: str, token: str, *, local: str | None = None) -> dict[str, Any]:
@@ -116,21 +122,7 @@ async def surrogate_names(url: str, token: str, *, local: str | None = None) -> 
 async def fill_rooms(url: str, token: str, attempts: int, *, local: str | None = None,
                      during: During = None) -> dict[str, Any]:
     """One address joins rooms abuse-0, abuse-1, ... (``attempts`` of them) and keeps each seat."""
-    replies: Counter[str] = Counter()
-    async with _session(local) as session:
-        sockets = []
-        for index in range(attempts):
-            ws = await _connect(session, url)
-            if ws is None:
-                replies["connect_failed"] += 1
-                continue
-            sockets.append(ws)
-            await ws.send_str(json.dumps(_join(f"abuse-{index}", token)))
-            replies[await _first_reply(ws)] += 1
-        result = await _hold(during)
-        for ws in sockets:
-            await ws.close()
-    return {"attempts": attempts, "replies": dict(replies), "during": result}
+    return await _joins(url, [_join(f"abuse-{index}", token) for index in range(attempts)], local, during)
 
 
 async def unjoined_flood(url: str, count: int, *, local: str | None = None, during: During = None,
