@@ -349,3 +349,24 @@ def test_calls_drop_the_refiner_when_it_does_not_fit_the_frame_interval(monkeypa
     monkeypatch.setattr(call, "measure_render_fps", lambda loaded, frames=3: 100.0)  # 10 ms
     call.fit_refiner_to_budget(fast, fps=25.0)
     assert fast.refiner is not None
+
+
+def test_refiner_leaves_frames_whose_face_is_outside_the_crop() -> None:
+    """With most driving landmarks outside the crop the refiner has no face to repair (it
+    painted a faint copy of the keyframe's face there): such frames show the plain warp."""
+    from codec.families.landmark import motion_from_landmarks, pack_keyframe_info
+    from codec.zoo import resolve_model
+
+    model = resolve_model("landmark")
+    plain = resolve_model("landmark", refiner=False)
+    points = _face_points(3)
+    key = cv2.resize(np.random.default_rng(4).integers(0, 255, (16, 16, 3), dtype=np.uint8), (256, 256))
+    motion = motion_from_landmarks(points[1], 256, model.face)
+    away = motion.copy()
+    away[3] += 1.5  # translation x, in crop units: the whole face leaves the crop
+    motions = np.stack([motion, away])
+    source = model.prepare_source(key, pack_keyframe_info(points[0]))
+    rendered = model.render(source, motions)
+    warped = plain.render(plain.prepare_source(key, pack_keyframe_info(points[0])), motions)
+    assert not np.array_equal(rendered[0], warped[0])  # in view: refined
+    assert np.array_equal(rendered[1], warped[1])  # out of view: the plain warp

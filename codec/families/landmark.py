@@ -216,6 +216,10 @@ def _frontal(points3d: np.ndarray) -> np.ndarray:
     return 0.3 * points3d[:, :2] + np.array([0.0, 0.1])
 
 
+# Share of the driving landmarks that must lie inside the crop for the refiner to run.
+REFINE_MIN_INSIDE = 0.9
+
+
 class LandmarkModel(TalkingHeadModel):
     """The landmark family. ``face`` is the fitted face model (mean shape + basis)."""
 
@@ -306,12 +310,26 @@ class LandmarkModel(TalkingHeadModel):
             map_x, map_y = self._warp.maps(source.source_px, driving, depth)
             frames.append(cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REFLECT101))
-            if self.refiner is not None:
-                maps.append(np.stack([map_x, map_y]))
+            if self.refiner is not None and self._face_in_view(driving):
+                maps.append((len(frames) - 1, np.stack([map_x, map_y])))
                 masks.append(landmark_masks(driving[:NUM_LANDMARKS], self.image_size))
-        if self.refiner is None or not frames:
+        if not maps:
             return frames
-        return self._refine(source, frames, maps, masks)
+        refined = self._refine(source, [frames[k] for k, _ in maps], [m for _, m in maps], masks)
+        for (k, _), image in zip(maps, refined):
+            frames[k] = image
+        return frames
+
+    def _face_in_view(self, driving: np.ndarray) -> bool:
+        """Whether the refiner may touch this frame: at least ``REFINE_MIN_INSIDE`` of the 68
+        driving landmarks inside the crop. With the face mostly outside, the refiner has no
+        face to repair and paints a faint copy of the keyframe's face into the background
+        (seen on dev: headtrackr/capture4 and capture5 leave the crop); such frames show the
+        plain warp."""
+        points = driving[:NUM_LANDMARKS]
+        size = self.image_size
+        inside = (points[:, 0] >= 0) & (points[:, 0] < size) & (points[:, 1] >= 0) & (points[:, 1] < size)
+        return float(inside.mean()) >= REFINE_MIN_INSIDE
 
     def _refine(self, source: LandmarkSource, warped: list[np.ndarray], maps: list[np.ndarray],
                 masks: list[np.ndarray]) -> list[np.ndarray]:
