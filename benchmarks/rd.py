@@ -53,7 +53,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -1357,11 +1357,6 @@ def metric_sampling_text(metric_every: int, frames: int) -> str:
     return (f"quality metrics sampled on every {metric_every}th frame (frames 0, {metric_every}, "
             f"{2 * metric_every}, …: {len(scored_indices(frames, metric_every))} of {frames}) "
             f"while rates count all frames (every frame is encoded and decoded)")
-
-
-def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """The per-clip rows of a results.json (for other tools)."""
-    yield from json.loads(Path(path).read_text()).get("results", [])
 
 
 if __name__ == "__main__":

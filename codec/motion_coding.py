@@ -83,7 +83,6 @@ class GroupQuant:
         return laplace_model(self.inter_scale / self.step, self.max_index)
 
 
-_GROUP_NAMES = ("angles", "translation", "expression")
 _TABLE_STRUCT = struct.Struct("<12f")
 
 

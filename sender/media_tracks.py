@@ -61,7 +61,6 @@ VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 AUDIO_FRAME_SAMPLES = 960  # 20 ms at 48 kHz, aiortc's (and WebRTC's) audio ptime
 _AUDIO_TIME_BASE = Fraction(1, AUDIO_SAMPLE_RATE)
 _NAL_SEI = 6
-_NAL_IDR = 5
 
 
 # ---------------------------------------------------------------------------- H.264
@@ -81,10 +80,6 @@ def split_annexb(data: bytes) -> list[bytes]:
         if end > begin:
             units.append(data[begin:end])
     return units
-
-
-def _nal_types(data: bytes) -> list[int]:
-    return [unit[0] & 0x1F for unit in split_annexb(data)]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from signaling.errors import MalformedMessageError
 
-LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
+# (IPv4 wanted?, address) of the loopback interface: what aioice leaves out.
+_LOOPBACK = ((True, "127.0.0.1"), (False, "::1"))
 _SDP_TYPES = ("offer", "answer", "pranswer", "rollback")
 
 
@@ -43,10 +44,9 @@ def allow_loopback_candidates() -> None:
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         addresses = list(current(use_ipv4, use_ipv6))
-        if use_ipv4 and "127.0.0.1" not in addresses:
-            addresses.append("127.0.0.1")
-        if use_ipv6 and "::1" not in addresses:
-            addresses.append("::1")
+        for ipv4, address in _LOOPBACK:
+            if (use_ipv4 if ipv4 else use_ipv6) and address not in addresses:
+                addresses.append(address)
         return addresses
 
     get_host_addresses._facecodec_loopback = True  # type: ignore[attr-defined]
