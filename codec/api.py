@@ -50,6 +50,12 @@ DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
 DATA_CHANNEL_OVERHEAD_BYTES = 93
 
 
+def data_channel_wire_kbps(payload_bytes: int, messages: int, seconds: float) -> float:
+    """kbit/s on the wire of ``messages`` data-channel messages carrying ``payload_bytes`` in
+    all over ``seconds``: the payload plus DATA_CHANNEL_OVERHEAD_BYTES per message."""
+    return 8.0 * (payload_bytes + messages * DATA_CHANNEL_OVERHEAD_BYTES) / max(seconds, 1e-9) / 1000.0
+
+
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     """An H×W×3 uint8 RGB image resized to size×size (unchanged when it already is)."""
     if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
@@ -439,8 +445,7 @@ class CompressReport:
     def wire_kbps_estimate(self) -> float:
         """Motion packets as WebRTC data-channel messages, one per frame, with the
         per-message overhead (DATA_CHANNEL_OVERHEAD_BYTES); keyframe and header excluded."""
-        bits = 8.0 * (self.motion_bytes + self.frames * DATA_CHANNEL_OVERHEAD_BYTES)
-        return bits / max(self.duration_s, 1e-9) / 1000.0
+        return data_channel_wire_kbps(self.motion_bytes, self.frames, self.duration_s)
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)

@@ -73,7 +73,7 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
     duration = n / fps
     data_bytes = (stats.motion_bytes + stats.control_bytes) if stats else 0
     messages = (stats.neural_frames + stats.keyframes) if stats else 0
-    from codec.api import DATA_CHANNEL_OVERHEAD_BYTES
+    from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, data_channel_wire_kbps
 
     return {
         "sent": sent, "shown": shown,
@@ -84,8 +84,7 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
             "mode_reason": sender.mode_reason,
             "data_channel_payload_kbps": 8.0 * data_bytes / duration / 1000.0,
             "motion_kbps": 8.0 * (stats.motion_bytes if stats else 0) / duration / 1000.0,
-            "data_channel_wire_kbps_estimate": 8.0 * (data_bytes + messages * DATA_CHANNEL_OVERHEAD_BYTES)
-            / duration / 1000.0,
+            "data_channel_wire_kbps_estimate": data_channel_wire_kbps(data_bytes, messages, duration),
             "data_channel_overhead_bytes_per_message": DATA_CHANNEL_OVERHEAD_BYTES,
             "sender_encode_ms_per_frame": stats.encode_ms_per_frame if stats else None,
             "latency_ms_median": float(np.median(latencies)) if latencies.size else None,

@@ -232,7 +232,22 @@ class _MotionQuantizer:
         return (residual + self.max_indices) % self.alphabet_sizes - self.max_indices
 
 
-class MotionEncoder:
+class _MotionCoder:
+    """What the encoder and the decoder share: one quantizer for one table and layout."""
+
+    def __init__(self, table: QuantTable, expression_count: int) -> None:
+        self._quantizer = _MotionQuantizer(table, expression_count)
+
+    @property
+    def table(self) -> QuantTable:
+        return self._quantizer.table
+
+    @property
+    def expression_count(self) -> int:
+        return self._quantizer.expression_count
+
+
+class MotionEncoder(_MotionCoder):
     """Quantizes and codes one motion vector per frame into intra or inter payloads.
 
     Intra when: no previous frame, ``force_intra()`` was called, the sequence number
@@ -243,20 +258,12 @@ class MotionEncoder:
     def __init__(self, table: QuantTable, expression_count: int, intra_period: int) -> None:
         if not isinstance(intra_period, int) or intra_period < 1:
             raise ValueError(f"intra_period must be an int ≥ 1, got {intra_period!r}")
-        self._quantizer = _MotionQuantizer(table, expression_count)
+        super().__init__(table, expression_count)
         self.intra_period = intra_period
         self._previous_indices: np.ndarray | None = None
         self._previous_seq: int | None = None
         self._last_intra_seq: int | None = None
         self._intra_forced = False
-
-    @property
-    def table(self) -> QuantTable:
-        return self._quantizer.table
-
-    @property
-    def expression_count(self) -> int:
-        return self._quantizer.expression_count
 
     def force_intra(self) -> None:
         """Make the next packet intra (after a keyframe or a loss report)."""
@@ -296,7 +303,7 @@ class MotionEncoder:
         return is_intra, payload
 
 
-class MotionDecoder:
+class MotionDecoder(_MotionCoder):
     """Inverse of :class:`MotionEncoder`: payloads back to dequantized motion.
 
     An inter packet needs the frame just before it: a seq other than last decoded + 1
@@ -306,17 +313,9 @@ class MotionDecoder:
     """
 
     def __init__(self, table: QuantTable, expression_count: int) -> None:
-        self._quantizer = _MotionQuantizer(table, expression_count)
+        super().__init__(table, expression_count)
         self._previous_indices: np.ndarray | None = None
         self._previous_seq: int | None = None
-
-    @property
-    def table(self) -> QuantTable:
-        return self._quantizer.table
-
-    @property
-    def expression_count(self) -> int:
-        return self._quantizer.expression_count
 
     @property
     def last_seq(self) -> int | None:
