@@ -172,12 +172,17 @@ def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode
     for peer in PEERS:
         report = work / f"{peer}-report.json"
         reports[peer] = json.loads(report.read_text()) if report.exists() else None
-    ran = all(code == 0 for code in codes.values())
+    # The call must have lasted: both peers exited 0, each in one call that ran (almost) its
+    # whole time, ended by a peer reaching it (the other then sees the peer go).
+    ran = (all(code == 0 for code in codes.values())
+           and all((r or {}).get("calls") == 1 and (r or {}).get("seconds", 0.0) >= 0.98 * seconds
+                   for r in reports.values())
+           and any("duration reached" in ((r or {}).get("end_reasons") or []) for r in reports.values()))
     return {
         "benchmark": "soak",
         "command": f"python -m benchmarks.soak --seconds {seconds:g} --every {every:g} --warmup {warmup:g}",
         "seconds": seconds, "every": every, "warmup": warmup, "rss_tolerance": tolerance, "mode": mode,
-        "exit_codes": codes,
+        "exit_codes": codes, "call_ran_its_time": ran,
         "passed": bool(ran and all(v["passed"] for v in verdicts.values())),
         "verdicts": verdicts,
         "call_reports": {peer: {k: (r or {}).get(k) for k in ("calls", "seconds", "end_reasons")}

@@ -419,7 +419,7 @@ class Call:
         if sending is not None and sending in done:
             exc = sending.exception()
             if exc is not None:
-                log.error("sending failed: %s", exc)
+                log.error("sending failed: %s", exc, exc_info=exc)  # the stack: a bug to find
                 self._end(f"sending failed: {exc}")
             else:
                 self._end(SOURCE_ENDED if duration is None else DURATION_REACHED)
