@@ -49,7 +49,6 @@ class MeshWarp:
         ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
         self._xs = xs
         self._ys = ys
-        self._index = np.zeros((size, size), np.int32)
 
     def maps(self, source: np.ndarray, driving: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(map_x, map_y) float32 size×size for ``cv2.remap``: for each output pixel, where to
@@ -68,8 +67,11 @@ class MeshWarp:
         coeffs[usable] = np.linalg.solve(homogeneous[usable], src[usable])
         # Painter's order: far triangles first; degenerate ones are not drawn.
         order = np.argsort(-np.asarray(depth, np.float64)[tri].mean(axis=1), kind="stable")
-        index = self._index
-        index.fill(-1)
+        # A fresh buffer per call (~20 µs), never a shared one: a call's sender (its source,
+        # its closed-loop check) and its receiver render through one model on two threads,
+        # and a shared buffer being refilled by one while the other read it gave torn
+        # values (a half-written -1 read as 255) and an IndexError after 51 minutes of a call.
+        index = np.full((self.size, self.size), -1, np.int32)
         fixed = np.round(drv * (1 << _SHIFT)).astype(np.int32)
         for t in order:
             if usable[t]:

@@ -190,3 +190,34 @@ def test_extreme_motion_renders_without_error(model, portrait) -> None:
             [[90, 90, 90, 3, 3, 3], np.full(model.layout.expression_count, 4.0)])
         image = model.render(source, motion[None])[0]
         assert image.shape == crop.shape
+
+
+def test_the_warp_is_safe_to_run_on_two_threads(model, portrait) -> None:
+    """A call renders through one model on two threads (the sender's source or closed-loop
+    check, and the receiver). Each thread's maps must be exactly its own: a shared buffer
+    once let one thread's refill tear the other's triangle indices (IndexError after 51 min)."""
+    import threading
+
+    plain = resolve_model("landmark", refiner=False)
+    crop, landmarks = portrait
+    source = plain.prepare_source(crop, pack_keyframe_info(landmarks))
+    motions = []
+    for yaw in (-12.0, 12.0):
+        motion = plain.neutral_motion(source).copy()
+        motion[0] += yaw  # degrees
+        motions.append(motion)
+    expected = [plain.warp_maps(source, m) for m in motions]
+    wrong = []
+
+    def run(k: int) -> None:
+        for _ in range(150):
+            got = plain.warp_maps(source, motions[k])
+            if not (np.array_equal(got[0], expected[k][0]) and np.array_equal(got[1], expected[k][1])):
+                wrong.append(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not wrong, f"{len(wrong)} of 300 concurrent warps differed from the single-threaded ones"
