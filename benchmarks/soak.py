@@ -56,6 +56,16 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     return samples
 
 
+def slim(sample: dict[str, Any]) -> dict[str, Any]:
+    """The fields of one --stats-file line that the soak keeps in its JSON."""
+    receiver = sample.get("receiver") or {}
+    return {"t": sample["t"], "connected": sample.get("connected"), "rss_mb": sample["rss_mb"],
+            "fds": sample["fds"], "threads": sample["threads"],
+            "receiver": {key: receiver.get(key) for key in ("mode", "fps", "latency_ms", "rendered",
+                                                            "loss", "keyframes")} if receiver else None,
+            "sender_frames": (sample.get("sender") or {}).get("frames")}
+
+
 def judge(samples: list[dict[str, Any]], warmup: float, tolerance: float) -> dict[str, Any]:
     """One peer's summary and verdict (see the module docstring)."""
     after = [s for s in samples if s["t"] >= warmup and s.get("connected")]
@@ -92,6 +102,15 @@ def judge(samples: list[dict[str, Any]], warmup: float, tolerance: float) -> dic
     }
     summary["passed"] = bool(rss_flat and fds_flat)
     return summary
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    """The result, indented, with one line per sample (a one-hour run has 360 per peer)."""
+    head = json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1)
+    peers = ",\n".join(
+        f' {json.dumps(peer)}: [\n' + ",\n".join("  " + json.dumps(s, separators=(",", ":")) for s in samples)
+        + "\n ]" for peer, samples in result["samples"].items())
+    path.write_text(head[:-2] + ',\n "samples": {\n' + peers + "\n }\n}\n")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -166,7 +185,7 @@ def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode
                     proc.kill()
         for log in logs:
             log.close()
-    samples = {peer: read_samples(work / f"{peer}.jsonl") for peer in PEERS}
+    samples = {peer: [slim(s) for s in read_samples(work / f"{peer}.jsonl")] for peer in PEERS}
     verdicts = {peer: judge(samples[peer], warmup, tolerance) for peer in PEERS}
     reports = {}
     for peer in PEERS:
@@ -206,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     result = run_soak(args.seconds, args.every, args.warmup, args.rss_tolerance, args.mode, work)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, args.out)
     plot(result, args.out.with_suffix(".png"))
     for peer, verdict in result["verdicts"].items():
         if "rss_mb" in verdict:
