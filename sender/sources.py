@@ -11,6 +11,7 @@ in 3D through the generator's free view (:class:`FreeViewPortraitSource`).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Iterator
@@ -258,6 +259,11 @@ class FreeViewPortraitSource:
             from skimage import data  # lazy: only the default source needs scikit-image
 
             image = data.astronaut()
+        if getattr(loaded, "refiner", None) is not None:
+            # The plain warp: an input generator must be cheap (it runs on the sender's
+            # clock) and must not depend on what the receiver side chooses to render.
+            loaded = copy.copy(loaded)
+            loaded.refiner = None
         self.loaded = loaded
         self.fps = fps
         self.num_frames = num_frames

@@ -344,9 +344,9 @@ def test_calls_drop_the_refiner_when_it_does_not_fit_the_frame_interval(monkeypa
 
     slow, fast = Model(), Model()
     monkeypatch.setattr(call, "measure_render_fps", lambda loaded, frames=3: 30.0)  # 33 ms a frame
-    call.fit_refiner_to_budget(slow, fps=25.0)  # budget 20 ms
+    call.fit_refiner_to_budget(slow, fps=25.0)  # budget 10 ms
     assert slow.refiner is None
-    monkeypatch.setattr(call, "measure_render_fps", lambda loaded, frames=3: 100.0)  # 10 ms
+    monkeypatch.setattr(call, "measure_render_fps", lambda loaded, frames=3: 200.0)  # 5 ms
     call.fit_refiner_to_budget(fast, fps=25.0)
     assert fast.refiner is not None
 
