@@ -67,11 +67,11 @@ def local_capabilities(loaded, fps: float, measure_frames: int = 3):
 
     if loaded is None:
         return Capabilities(has_weights=False, render_fps=0.0, codecs=["h264"])
-    fit_refiner_to_budget(loaded, fps, measure_frames)
+    render_fps = fit_refiner_to_budget(loaded, fps, measure_frames)
     return Capabilities(has_weights=True, model=loaded.name,
                         weights_sha256_prefix=loaded.sha256_prefix.hex(),
                         untrained=bool(loaded.untrained),
-                        render_fps=min(measure_render_fps(loaded, measure_frames), 1000.0),
+                        render_fps=min(render_fps, 1000.0),
                         codecs=["neural", "h264"])
 
 
@@ -82,21 +82,25 @@ def local_capabilities(loaded, fps: float, measure_frames: int = 3):
 REFINER_BUDGET = 0.25
 
 
-def fit_refiner_to_budget(loaded, fps: float, frames: int = 3) -> None:
+def fit_refiner_to_budget(loaded, fps: float, frames: int = 3) -> float:
     """Drop the landmark family's learned refiner for this call when rendering with it takes
     more than ``REFINER_BUDGET`` of the frame interval: a live call then shows the plain warp
     at full rate rather than a refined picture at a falling rate. The stream is the same
-    either way, so the sender never knows. Logged at INFO on ``facecodec.call``."""
+    either way, so the sender never knows. Logged at INFO on ``facecodec.call``.
+
+    Returns the measured render rate (frames/s) of what the model now renders."""
+    render_fps = measure_render_fps(loaded, frames)
     if getattr(loaded, "refiner", None) is None:
-        return
+        return render_fps
     budget_ms = 1000.0 * REFINER_BUDGET / fps
-    took_ms = 1000.0 / measure_render_fps(loaded, frames)
-    if took_ms > budget_ms:
-        loaded.refiner = None
-        events.info("rendering the plain warp: the refiner takes %.0f ms a frame here, over %.0f ms "
-                    "(a quarter of the frame interval)", took_ms, budget_ms)
-    else:
+    took_ms = 1000.0 / render_fps
+    if took_ms <= budget_ms:
         events.info("rendering with the refiner (%.0f ms a frame)", took_ms)
+        return render_fps
+    loaded.refiner = None
+    events.info("rendering the plain warp: the refiner takes %.0f ms a frame here, over %.0f ms "
+                "(a quarter of the frame interval)", took_ms, budget_ms)
+    return measure_render_fps(loaded, frames)
 
 
 def measure_render_fps(loaded, frames: int = 3) -> float:
