@@ -304,20 +304,20 @@ class LandmarkModel(TalkingHeadModel):
                view: ViewControl | None = None) -> list[np.ndarray]:
         if self.refiner is not None:
             from codec.models.refiner import landmark_masks  # torch: only with a refiner
-        frames, maps, masks = [], [], []
+        frames, picked, maps, masks = [], [], [], []  # picked: frames the refiner gets
         for motion in np.atleast_2d(np.asarray(motions, np.float32)):
             driving, depth = self.driving_points(source, motion, view)
             map_x, map_y = self._warp.maps(source.source_px, driving, depth)
+            if self.refiner is not None and self._face_in_view(driving):
+                picked.append(len(frames))
+                maps.append(np.stack([map_x, map_y]))
+                masks.append(landmark_masks(driving[:NUM_LANDMARKS], self.image_size))
             frames.append(cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REFLECT101))
-            if self.refiner is not None and self._face_in_view(driving):
-                maps.append((len(frames) - 1, np.stack([map_x, map_y])))
-                masks.append(landmark_masks(driving[:NUM_LANDMARKS], self.image_size))
-        if not maps:
-            return frames
-        refined = self._refine(source, [frames[k] for k, _ in maps], [m for _, m in maps], masks)
-        for (k, _), image in zip(maps, refined):
-            frames[k] = image
+        if picked:
+            refined = self._refine(source, [frames[k] for k in picked], maps, masks)
+            for k, image in zip(picked, refined):
+                frames[k] = image
         return frames
 
     def _face_in_view(self, driving: np.ndarray) -> bool:
