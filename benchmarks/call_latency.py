@@ -1,6 +1,6 @@
 """Added latency of a live call on loopback, and the sender's CPU cost per frame.
 
-One process, two :class:`codec.call.Call` peers over real WebRTC on this machine (the same
+One process, two :class:`app.call.Call` peers over real WebRTC on this machine (the same
 path as ``facecodec demo``, but live: the receiver renders only the newest frame when it falls
 behind, as in a call). Latency is capture-to-rendered-frame: from the moment the sender takes
 a frame (its media time on the sender's clock) to the moment the receiver's generator has
@@ -32,7 +32,7 @@ UDP_IPV4_HEADER_BYTES = 28
 
 
 async def _one_run(loaded, seconds: float, mode: str, fps: float) -> dict:
-    from codec.call import CallOptions, run_loopback
+    from app.call import CallOptions, run_loopback
     from sender.sources import default_source
 
     n = int(round(seconds * fps))

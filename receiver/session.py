@@ -1,7 +1,7 @@
 """The receiving half of a call: packets in, rebuilt frames out.
 
 A :class:`ReceiverSession` takes the peer's control messages and motion packets (routed here by
-:mod:`codec.call`), drives the codec's :class:`~codec.api.Decoder` on a render thread, and
+:mod:`app.call`), drives the codec's :class:`~codec.api.Decoder` on a render thread, and
 hands every shown frame to its sinks (the newest-frame holder the viewer and window read, and
 the MP4 recorder). H.264 frames from the RTP track are shown instead while the sender says the
 call is in ``h264`` mode.

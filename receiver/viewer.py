@@ -35,7 +35,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError
 
 from receiver.frames import LatestFrame
-from signaling.rtc import new_peer_connection
+from rtc.peer import new_peer_connection
 
 if TYPE_CHECKING:
     # codec.api pulls in torch; import it only where a view is actually built.

@@ -6,7 +6,7 @@ the reliable ``control`` channel, one motion packet per frame on the unreliable 
 channel) or pushes the crop into the H.264 track (``h264`` mode). It switches to H.264 when
 the face is lost for more than ``face_lost_frames`` frames and back after a new keyframe.
 
-It knows nothing about signaling: :mod:`codec.call` hands it two open data channels and the
+It knows nothing about signaling: :mod:`app.call` hands it two open data channels and the
 track it added to the peer connection.
 """
 
@@ -80,7 +80,7 @@ class SenderSession:
         encoder: the codec's Encoder (None: this peer has no model, H.264 only).
         cropper: a :class:`codec.facecrop.FaceCropper` at the encoder's crop size.
         h264_track: the :class:`sender.media_tracks.H264Track` added to the connection.
-        mode: ``neural`` or ``h264`` to start with (``auto`` is decided by :mod:`codec.call`).
+        mode: ``neural`` or ``h264`` to start with (``auto`` is decided by :mod:`app.call`).
         face_check_every: run the (slow) face detector every N frames, off the frame loop.
         face_lost_frames: switch to H.264 once the face is missing for more than N frames.
         compare: also feed the H.264 track in neural mode (side-by-side comparisons).
@@ -124,7 +124,7 @@ class SenderSession:
     # ------------------------------------------------------------------ control in
 
     def on_control(self, message) -> None:
-        """A control message from the peer's receiver (routed here by :mod:`codec.call`)."""
+        """A control message from the peer's receiver (routed here by :mod:`app.call`)."""
         if isinstance(message, KeyframeRequest):
             now = time.monotonic()
             self.stats.keyframe_requests += 1

@@ -5,13 +5,13 @@ any media flows. ``SignalingServer`` (aiohttp, ``/ws`` + ``/health``) pairs peer
 name, gives them roles ("offer" / "answer"), exchanges their ``Capabilities`` (weights
 hash, render speed, codecs) and relays their messages verbatim. ``SignalingClient`` is a
 peer's side of that; ``InMemorySignaling.pair`` gives two joined in-process endpoints with
-the same ``SignalingChannel`` interface for loopback calls and tests. ``signaling.rtc``
-holds the aiortc helpers (no STUN, loopback candidates, SDP <-> dict).
+the same ``SignalingChannel`` interface for loopback calls and tests. The WebRTC peer
+connections themselves are set up by :mod:`rtc`.
 
 Run a server with ``facecodec serve-signaling`` or ``python -m signaling``.
 
-The server, client and aiortc helpers are imported lazily, so ``import signaling`` (the
-errors and messages) needs neither aiohttp nor aiortc.
+The server and client are imported lazily, so ``import signaling`` (the errors and
+messages) needs no aiohttp.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ _LAZY = {
     "SignalingChannel": "signaling.client",
     "InMemorySignaling": "signaling.client",
     "InMemoryEndpoint": "signaling.client",
-    "new_peer_connection": "signaling.rtc",
-    "allow_loopback_candidates": "signaling.rtc",
-    "sdp_to_dict": "signaling.rtc",
-    "dict_to_sdp": "signaling.rtc",
 }
 
 __all__ = [
@@ -58,7 +54,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: aiohttp and aiortc are heavy, and training machines have neither.
+    # Lazy: aiohttp is heavy, and training machines have none.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'signaling' has no attribute {name!r}")

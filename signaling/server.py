@@ -191,7 +191,7 @@ class SignalingServer:
         self.max_connections_per_client = max_connections_per_client
         self.max_unjoined_per_client = max_unjoined_per_client
         self.max_rooms_per_client = max_rooms_per_client
-        # Longer than a caller's default wait for its peer (codec.call.WAIT_S, 120 s): a
+        # Longer than a caller's default wait for its peer (app.call.WAIT_S, 120 s): a
         # client that waits longer is closed and rejoins, a dead one frees its room.
         self.lone_timeout = lone_timeout
         for name in ("max_connections", "max_connections_per_client", "max_unjoined_per_client",

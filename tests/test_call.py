@@ -29,7 +29,7 @@ from codec.bitstream.control import (
     pack_control,
     parse_control,
 )
-from codec.call import Call, CallOptions, choose_mode, run_loopback
+from app.call import Call, CallOptions, choose_mode, run_loopback
 from codec.errors import BitstreamError, CodecError
 from codec.motion_coding import MotionDecoder
 from sender.sources import default_source
@@ -216,7 +216,7 @@ def test_malformed_packets_are_counted_not_fatal(tiny_model, clip):
 def test_peer_leaves_and_rejoins_and_a_call_survives_a_signaling_restart(tiny_model):
     """A stays in the room; B1 calls for 2 s and hangs up; B2 joins and A calls again; the
     signaling server restarts (same port) during B2's call, which goes on over WebRTC."""
-    from codec.call import run_peer
+    from app.call import run_peer
     from signaling.server import SignalingServer
 
     def source():
@@ -281,7 +281,7 @@ def source():
 def test_a_late_peer_gets_the_whole_call_and_a_recording_without_black(tiny_model, tmp_path, caplog):
     """A waits alone; B joins 3 s later. The call still lasts its 2 s, counted from when it
     connects, and A's recording starts with its first picture, not when A started."""
-    from codec.call import run_peer
+    from app.call import run_peer
     from receiver.sinks import Mp4Recorder
     from signaling.server import SignalingServer
 
@@ -332,14 +332,14 @@ def server_in_thread():
 
 
 def call_command(server, *args: str) -> int:
-    from codec.__main__ import main
+    from app.__main__ import main
 
     return main(["call", "--signaling", server.url, *args])
 
 
 def test_call_command_refusals_are_one_line_and_come_before_any_model_load(server_in_thread,
                                                                              monkeypatch, capsys):
-    from codec.__main__ import EXIT_BAD_TOKEN, EXIT_ROOM_FULL
+    from app.__main__ import EXIT_BAD_TOKEN, EXIT_ROOM_FULL
     from signaling import Capabilities, SignalingClient
 
     server, loop = server_in_thread
@@ -373,7 +373,7 @@ def test_call_command_refusals_are_one_line_and_come_before_any_model_load(serve
 
 
 def test_call_command_alone_in_the_room_ends_with_one_message(server_in_thread, tmp_path, capsys):
-    from codec.__main__ import EXIT_NOBODY_JOINED
+    from app.__main__ import EXIT_NOBODY_JOINED
 
     server, _ = server_in_thread
     record = tmp_path / "alone.mp4"
@@ -387,7 +387,7 @@ def test_call_command_alone_in_the_room_ends_with_one_message(server_in_thread, 
 
 
 def test_call_command_logging_shows_milestones_and_keeps_ice_chatter_out(monkeypatch):
-    from codec.__main__ import _call_logging
+    from app.__main__ import _call_logging
 
     names = ("facecodec.call", "facecodec.signaling", "aiortc", "aioice")
     saved = {name: logging.getLogger(name).level for name in names} | {"": logging.getLogger().level}

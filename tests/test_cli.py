@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from codec.__main__ import main
+from app.__main__ import main
 from sender.sources import write_default_clip
 
 

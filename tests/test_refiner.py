@@ -337,7 +337,7 @@ def test_refiner_weights_are_checked(tmp_path: Path) -> None:
 
 
 def test_calls_drop_the_refiner_when_it_does_not_fit_the_frame_interval(monkeypatch) -> None:
-    from codec import call
+    from app import call
 
     class Model:
         refiner = object()

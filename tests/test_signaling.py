@@ -616,7 +616,7 @@ def test_validate_message_accepts_or_raises_typed(obj):
 def test_allow_loopback_candidates_idempotent():
     import aioice.ice
 
-    from signaling.rtc import allow_loopback_candidates
+    from rtc.peer import allow_loopback_candidates
 
     allow_loopback_candidates()
     allow_loopback_candidates()
@@ -628,7 +628,7 @@ def test_allow_loopback_candidates_idempotent():
 def test_sdp_dict_round_trip():
     from aiortc import RTCSessionDescription
 
-    from signaling.rtc import dict_to_sdp, sdp_to_dict
+    from rtc.peer import dict_to_sdp, sdp_to_dict
 
     desc = RTCSessionDescription(sdp="v=0\r\n", type="offer")
     as_dict = sdp_to_dict(desc)
@@ -645,7 +645,7 @@ def test_aiortc_data_channel_through_server_on_loopback_only(monkeypatch):
     import aioice.ice
     import ifaddr
 
-    from signaling.rtc import dict_to_sdp, new_peer_connection, sdp_to_dict
+    from rtc.peer import dict_to_sdp, new_peer_connection, sdp_to_dict
 
     adapters = [adapter for adapter in ifaddr.get_adapters()
                 if any(ip.ip == "127.0.0.1" for ip in adapter.ips)]

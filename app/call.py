@@ -302,7 +302,7 @@ class Call:
 
     async def _negotiate(self) -> None:
         from sender.media_tracks import forward_keyframe_requests
-        from signaling.rtc import dict_to_sdp, new_peer_connection, sdp_to_dict
+        from rtc.peer import dict_to_sdp, new_peer_connection, sdp_to_dict
 
         pc = self.pc = new_peer_connection()  # with loopback candidates: peers on one host connect
 

@@ -1,6 +1,6 @@
 """``facecodec demo``: a loopback call in one process on the built-in default input.
 
-Two :class:`codec.call.Call` peers talk through the in-memory signaling pair over real
+Two :class:`app.call.Call` peers talk through the in-memory signaling pair over real
 WebRTC (ICE, DTLS, SCTP data channels, RTP) on this machine. The sender sends the default
 input (the scripted camera over the astronaut photo, with a synthetic audio bed); the
 receiver renders every frame it gets and records them with the received audio. At the end the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.call import Call, CallOptions, run_loopback
+from app.call import Call, CallOptions, run_loopback
 
 log = logging.getLogger(__name__)
 

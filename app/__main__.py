@@ -152,7 +152,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: a loopback WebRTC call in one process on the built-in default input."""
-    from codec.demo import run_demo
+    from app.demo import run_demo
 
     model = _model(args)
     if model.untrained:
@@ -190,7 +190,7 @@ CALL_EPILOG = ("Exit codes: 0 the call ran; 1 a peer joined but no call connecte
 
 def _add_call_wait_args(parser: argparse.ArgumentParser) -> None:
     """`call`'s --wait and exit codes, kept beside cmd_call."""
-    from codec.call import WAIT_S
+    from app.call import WAIT_S
 
     parser.add_argument("--wait", type=float, default=WAIT_S,
                         help="give up when no one joins the room within this many seconds")
@@ -232,7 +232,7 @@ def _call_model(args: argparse.Namespace):
 
 def _call_failure(exc: Exception, room: str) -> tuple[int, str]:
     """(exit code, one line for stderr) for a call that could not happen."""
-    from codec.call import NobodyJoined
+    from app.call import NobodyJoined
     from signaling.errors import BadTokenError, RoomFullError, SignalingError
 
     if isinstance(exc, NobodyJoined):
@@ -265,7 +265,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from codec.call import CallEnded, CallOptions, join_room, run_peer, write_call_stats
+    from app.call import CallEnded, CallOptions, join_room, run_peer, write_call_stats
     from signaling.errors import SignalingError
 
     token = args.token or os.environ.get("FACECODEC_SIGNALING_TOKEN")
