@@ -13,36 +13,20 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from codec.errors import CodecError
+
+if TYPE_CHECKING:
+    from codec.families.base import TalkingHeadModel
 
 log = logging.getLogger("facecodec")
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    from codec.zoo import DEFAULT_MODEL, model_names
+def _model(args: argparse.Namespace) -> TalkingHeadModel:
+    from app.model_args import model_from_args
 
-    parser.add_argument("--model", default=None,
-                        help=f"model name: {', '.join(model_names())} (default: {DEFAULT_MODEL})")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="a file to load instead of the registered one: a face model for the "
-                             "landmark family, trainer-exported weights for vid2vid")
-    parser.add_argument("--untrained", action="store_true",
-                        help="vid2vid only: run the UNTRAINED architecture (seeded random weights). "
-                             "For tests and format work: the output is not meaningful and is marked")
-    parser.add_argument("--no-refiner", action="store_true",
-                        help="landmark family: render the plain warp, without the learned refiner "
-                             "(faster; the stream is the same)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained model")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-
-
-def _model(args: argparse.Namespace, name: str | None = None):
-    from codec.zoo import DEFAULT_MODEL, resolve_model
-
-    return resolve_model(args.model or name or DEFAULT_MODEL, untrained=args.untrained,
-                         weights=args.weights, seed=args.seed, device=args.device,
-                         refiner=not args.no_refiner)
+    return model_from_args(args)
 
 
 def _progress(total: int | None, label: str):
@@ -53,7 +37,7 @@ def _progress(total: int | None, label: str):
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from codec.api import compress
+    from codec.files import compress
 
     model = _model(args)
     with _progress(args.max_frames, "compress") as bar:
@@ -68,7 +52,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from codec.api import ViewControl, decompress
+    from codec.api import ViewControl
+    from codec.files import decompress
 
     view = ViewControl(yaw=args.yaw, pitch=args.pitch, roll=args.roll, frontalize=args.frontalize)
     model = None
@@ -111,7 +96,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     """The main job on a built-in default: compress, decompress, and a side-by-side video."""
-    from codec.api import compress, decompress
+    from codec.files import compress, decompress
     from codec.media import VideoWriter, read_frames
     from sender.sources import write_default_clip
 
@@ -175,232 +160,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# `facecodec call` exit codes, in its --help (CALL_EPILOG) and the README's Calls section.
-EXIT_NO_CALL = 1  # a peer joined but no call connected, or the call failed
-EXIT_NOBODY_JOINED = 3
-EXIT_BAD_TOKEN = 4
-EXIT_ROOM_FULL = 5
-EXIT_SIGNALING = 6  # the signaling server is unreachable, full or failed
-CALL_EPILOG = ("Exit codes: 0 the call ran; 1 a peer joined but no call connected, or the call "
-               "failed; 2 usage error (no token, a bad argument or input); 3 no one joined the room "
-               "within --wait; 4 the signaling server refused the token; 5 the room already holds "
-               "two peers; 6 the signaling server is unreachable or full. "
-               "FACECODEC_RTC_LOG=INFO (or DEBUG) also logs aiortc's and aioice's details.")
-
-
-def _add_call_wait_args(parser: argparse.ArgumentParser) -> None:
-    """`call`'s --wait and exit codes, kept beside cmd_call."""
-    from app.call import WAIT_S
-
-    parser.add_argument("--wait", type=float, default=WAIT_S,
-                        help="give up when no one joins the room within this many seconds")
-    parser.epilog = CALL_EPILOG
-
-
-def _call_logging() -> None:
-    """A call's milestones (connected, the mode and why, switches) show without -v; aiortc's
-    and aioice's chatter (every ICE check) stays out even with -v unless FACECODEC_RTC_LOG
-    names a level."""
-    import os
-
-    logging.getLogger("facecodec.call").setLevel(logging.INFO)
-    logging.getLogger("facecodec.signaling").setLevel(logging.INFO)  # the client's reconnect retries
-    name = os.environ.get("FACECODEC_RTC_LOG", "WARNING").upper()
-    level = logging.getLevelNamesMapping().get(name, logging.WARNING)
-    for library in ("aiortc", "aioice"):
-        logging.getLogger(library).setLevel(level)
-
-
-def _call_model(args: argparse.Namespace):
-    """The model, or None where it cannot load: H.264 is the fallback, not a crash."""
-    if args.source != "none":
-        import numpy as np
-
-        from codec.facecrop import detect_landmarks
-
-        # Loads dlib's face models (~2 s) now, not after the call connects.
-        detect_landmarks(np.zeros((64, 64, 3), np.uint8))
-    try:
-        loaded = _model(args)
-    except CodecError as exc:  # e.g. no weights
-        log.warning("no usable model (%s): this peer sends and receives H.264 only", exc)
-        return None
-    if loaded.untrained:
-        print("*** UNTRAINED MODEL: neural video is not meaningful ***", file=sys.stderr)
-    return loaded
-
-
-def _call_failure(exc: Exception, room: str) -> tuple[int, str]:
-    """(exit code, one line for stderr) for a call that could not happen."""
-    from app.call import NobodyJoined
-    from signaling.errors import BadTokenError, RoomFullError, SignalingError
-
-    if isinstance(exc, NobodyJoined):
-        return EXIT_NOBODY_JOINED, f"{exc} (--wait)"
-    if isinstance(exc, BadTokenError):
-        return EXIT_BAD_TOKEN, "the signaling server refused the token (--token or FACECODEC_SIGNALING_TOKEN)"
-    if isinstance(exc, RoomFullError):
-        return EXIT_ROOM_FULL, f"room {room!r} already holds two peers; pick another --room"
-    if isinstance(exc, SignalingError):
-        return EXIT_SIGNALING, f"signaling: {exc}"
-    return EXIT_NO_CALL, str(exc)
-
-
-def _close_recording(recorder):
-    """Finish the recording; an empty one (no call, nothing received) is dropped, not an error."""
-    if recorder is None:
-        return None
-    if recorder.stats.frames_written == 0:
-        try:
-            recorder.close()  # raises for an empty file, after removing its temporary files
-        except CodecError:
-            pass
-        return None
-    return recorder.close()
-
-
-def cmd_call(args: argparse.Namespace) -> int:
-    """Join a room on a signaling server and call whoever is there."""
-    import asyncio
-    import os
-    import time
-
-    from app.call import CallEnded, CallOptions, join_room, run_peer, write_call_stats
-    from signaling.errors import SignalingError
-
-    token = args.token or os.environ.get("FACECODEC_SIGNALING_TOKEN")
-    if not token:
-        print("facecodec call: error: no token (--token or FACECODEC_SIGNALING_TOKEN)", file=sys.stderr)
-        return 2
-    _call_logging()
-    show = None
-    sinks = []
-    if args.window:
-        from receiver.sinks import WindowSink
-
-        window = WindowSink("facecodec")
-        sinks.append(lambda image, t: window.show(image))
-    viewer_frames = None
-    if args.viewer:
-        from receiver.frames import LatestFrame
-
-        viewer_frames = LatestFrame()
-        sinks.append(viewer_frames.put)
-    if sinks:
-        def show(image, t):
-            for sink in sinks:
-                sink(image, t)
-
-    options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality)
-
-    current: dict = {}
-    made: dict = {}  # the recorder, made once the model is loaded; closed below whatever happens
-
-    async def run():
-        started = time.monotonic()
-        # The room before the model: a wrong token or a full room fails now, not after the load.
-        client = await join_room(args.signaling, token, args.room)
-        viewer = stats_task = None
-        try:
-            if args.stats_file is not None:
-                stats_task = asyncio.ensure_future(
-                    write_call_stats(args.stats_file, args.stats_every, current, started))
-            # In a thread, so the event loop keeps the signaling connection answering pings.
-            loaded = await asyncio.to_thread(_call_model, args)
-            frames = audio = None
-            if args.source != "none":
-                frames, audio = _call_source(args, loaded)
-            if args.record is not None:
-                from receiver.sinks import Mp4Recorder
-
-                size = loaded.image_size if loaded is not None else 256
-                made["recorder"] = Mp4Recorder(args.record, fps=args.fps, size=(size, size))
-            if viewer_frames is not None:
-                from receiver.viewer import ViewerServer
-
-                def stats() -> dict:
-                    call = current.get("call")
-                    return call.receiver.snapshot() if call is not None and call.receiver else {}
-
-                def on_view(view) -> None:
-                    call = current.get("call")
-                    if call is not None and call.receiver is not None:
-                        call.receiver.view = view
-
-                viewer = ViewerServer(viewer_frames, stats=stats, on_view=on_view, port=args.viewer_port)
-                await viewer.start()
-                print(f"viewer: {viewer.url}", file=sys.stderr)
-            return await run_peer(client=client, loaded=loaded, frames=frames, audio=audio,
-                                  options=options, duration=args.seconds, wait=args.wait,
-                                  recorder=made.get("recorder"), show=show, rejoin=not args.no_rejoin,
-                                  on_call=lambda call: current.update(call=call))
-        finally:
-            await client.close()
-            if viewer is not None:
-                await viewer.stop()
-            if stats_task is not None:
-                stats_task.cancel()
-
-    try:
-        report = asyncio.run(run())
-    except (SignalingError, CallEnded) as exc:  # one line and an exit code, not a traceback
-        code, message = _call_failure(exc, args.room)
-        print(f"facecodec call: error: {message}", file=sys.stderr)
-        return code
-    finally:
-        recording = _close_recording(made.get("recorder"))
-    from dataclasses import asdict
-
-    if args.record is not None and recording is None:
-        log.warning("nothing was received: no recording written")
-    report.recording = asdict(recording) if recording is not None else None
-    text = json.dumps(asdict(report), indent=2, default=str)
-    print(text)
-    if args.report is not None:
-        args.report.write_text(text)
-    return 0 if report.calls else EXIT_NO_CALL
-
-
-def _call_source(args: argparse.Namespace, loaded):
-    from sender.media_tracks import PcmAudioTrack
-    from sender.sources import CameraSource, VideoFileSource, default_audio, default_source
-
-    if args.source == "default":
-        frames = iter(default_source(num_frames=None, fps=args.fps, size=(512, 512), model=loaded))
-        audio = None if args.no_audio else PcmAudioTrack(default_audio(20.0), loop=True)
-    elif args.source.startswith("camera"):
-        device = args.source.partition(":")[2] or "/dev/video0"
-        frames = iter(CameraSource(device, fps=args.fps))
-        audio = None
-        if not args.no_audio:
-            from sender.media_tracks import microphone_track
-
-            try:
-                audio = microphone_track()
-            except CodecError as exc:
-                log.warning("no microphone (%s): sending no audio", exc)
-    else:
-        frames = iter(VideoFileSource(args.source, fps=args.fps, loop=args.loop))
-        audio = None
-        if not args.no_audio:
-            try:
-                audio = PcmAudioTrack.from_file(args.source, loop=args.loop)
-            except CodecError as exc:  # a silent clip is still a call
-                log.warning("no audio from %s (%s): sending video only", args.source, exc)
-    return frames, audio
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every option's default; options whose default is None or False say nothing."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         default = action.default
-        if default is None or default is False or default == argparse.SUPPRESS or "%(default)" in (action.help or ""):
+        if default is None or default is False or default == argparse.SUPPRESS \
+                or "%(default)" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Here, not at the top: `facecodec serve-signaling` starts without torch and aiortc.
+    from app.call_command import add_call_args, cmd_call
+    from app.mode_choice import MODES
+    from app.model_args import add_model_args
+
     parser = argparse.ArgumentParser(
         prog="facecodec", formatter_class=_HelpFormatter,
         description="A low-bandwidth talking-head video codec: one keyframe, then head pose and "
@@ -420,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compress", "video file -> .fvc stream file (face crop, keyframe, motion, Opus audio)")
     p.add_argument("input", type=Path, help="a video file with a face (any format PyAV reads)")
     p.add_argument("output", type=Path, help="the .fvc file to write")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--quality", type=int, default=3,
                    help="motion quantization level, 0 (coarsest) to 5 (finest)")
     p.add_argument("--intra-period", type=int, default=25,
@@ -438,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("decompress", ".fvc stream file -> video file of the rebuilt face crop (with audio)")
     p.add_argument("input", type=Path, help="a .fvc file written by compress")
     p.add_argument("output", type=Path, help="the video file to write (e.g. .mp4)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--batch-size", type=int, default=4, help="frames rendered per forward pass")
     p.add_argument("--frontalize", action="store_true", help="render the head facing the camera")
     p.add_argument("--yaw", type=float, default=0.0, help="free view: extra yaw in degrees")
@@ -454,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, nargs="?", default=None,
                    help="a video file (default: the built-in portrait clip)")
     p.add_argument("--out", type=Path, default=Path("out/roundtrip"), help="output folder")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--quality", type=int, default=3,
                    help="motion quantization level, 0 (coarsest) to 5 (finest)")
     p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
@@ -467,32 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "options: facecodec serve-signaling --help")
 
     p = add("call", "join a room on a signaling server and call the other peer")
-    p.add_argument("--signaling", default="ws://127.0.0.1:8765/ws", help="the server's WebSocket URL")
-    p.add_argument("--room", required=True, help="room name; the two peers of a call use the same one")
-    p.add_argument("--token", default=None, help="shared secret (or FACECODEC_SIGNALING_TOKEN)")
-    p.add_argument("--source", default="default",
-                   help="'default' (built-in), a video file, 'camera[:DEVICE]', or 'none' (receive only)")
-    p.add_argument("--loop", action="store_true", help="loop a video file source")
-    p.add_argument("--no-audio", action="store_true", help="send no audio")
-    p.add_argument("--mode", choices=["neural", "h264", "auto"], default="auto",
-                   help="auto: neural when the peer holds the same model and renders in real time")
-    p.add_argument("--h264-kbps", type=float, default=30.0, help="H.264 fallback bitrate")
-    p.add_argument("--quality", type=int, default=None, help="motion quality 0-5")
-    p.add_argument("--fps", type=float, default=25.0, help="frames per second sent")
-    p.add_argument("--seconds", type=float, default=60.0,
-                   help="length of the call, counted from when it connects (waiting is --wait)")
-    _add_call_wait_args(p)  # --wait and the exit codes, kept beside cmd_call
-    p.add_argument("--record", type=Path, default=None, help="record what this side receives (MP4)")
-    p.add_argument("--viewer", action="store_true", help="serve the web viewer on localhost")
-    p.add_argument("--viewer-port", type=int, default=8080, help="the web viewer's port")
-    p.add_argument("--window", action="store_true", help="show the video in a window")
-    p.add_argument("--no-rejoin", action="store_true", help="end when the peer leaves")
-    p.add_argument("--report", type=Path, default=None, help="write the call report as JSON")
-    p.add_argument("--stats-file", type=Path, default=None,
-                   help="append a JSON line of this process's memory, descriptors and the call's "
-                        "render fps and latency every --stats-every seconds (long-call checks)")
-    p.add_argument("--stats-every", type=float, default=10.0, help="seconds between --stats-file lines")
-    _add_model_args(p)
+    add_call_args(p)
     p.set_defaults(func=cmd_call)
 
     p = add("demo", "loopback call on the built-in default: side-by-side video "
@@ -500,11 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     p.add_argument("--seconds", type=float, default=4.0, help="length of the input clip")
     p.add_argument("--fps", type=float, default=25.0, help="frames per second")
-    p.add_argument("--mode", choices=["neural", "h264", "auto"], default="neural",
+    p.add_argument("--mode", choices=MODES, default="neural",
                    help="what the sender sends")
     p.add_argument("--quality", type=int, default=None,
                    help="motion quantization level 0-5 (default: the codec's, 3)")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.call import Call, CallOptions, run_loopback
+from app.call import Call, CallOptions
+from app.loopback import run_loopback
+from codec.families.base import TalkingHeadModel
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def _hold_to_grid(frames: list[tuple[float, np.ndarray]], n: int, fps: float) ->
     return grid
 
 
-async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> dict:
+async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptions, out: Path) -> dict:
     from receiver.sinks import Mp4Recorder
     from sender.media_tracks import PcmAudioTrack
     from sender.sources import default_audio, default_source
@@ -52,13 +54,13 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
     size = loaded.image_size
     recorder = Mp4Recorder(out / "received.mp4", fps=fps, size=(size, size))
 
-    async def drain(sender: Call, receiver: Call) -> None:
+    async def drain(sending: Call, receiving: Call) -> None:
         log.info("sender done; waiting for the receiver to render what it got")
-        await asyncio.get_running_loop().run_in_executor(None, receiver.receiver.wait_idle, 600.0)
+        await asyncio.get_running_loop().run_in_executor(None, receiving.receiver_session.wait_idle, 600.0)
 
     started = time.monotonic()
     try:
-        sender, receiver = await run_loopback(
+        sending, receiving = await run_loopback(
             loaded, loaded, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=loaded)),
             seconds=seconds, options=options,
             receiver_options=CallOptions(fps=fps, mode=options.mode, live=False),
@@ -67,8 +69,8 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
     finally:
         wall = time.monotonic() - started
         recording = recorder.close()
-    stats = sender.sender.stats if sender.sender is not None else None
-    rx = receiver.receiver
+    stats = sending.sender_session.stats if sending.sender_session is not None else None
+    rx = receiving.receiver_session
     latencies = np.array(rx.stats.latencies_ms) if rx is not None else np.array([])
     duration = n / fps
     data_bytes = (stats.motion_bytes + stats.control_bytes) if stats else 0
@@ -80,8 +82,8 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
         "report": {
             "frames_sent": stats.frames if stats else 0,
             "frames_rendered": rx.stats.rendered if rx is not None else 0,
-            "mode": sender.sender.mode if sender.sender else None,
-            "mode_reason": sender.mode_reason,
+            "mode": sending.sender_session.mode if sending.sender_session else None,
+            "mode_reason": sending.mode_reason,
             "data_channel_payload_kbps": 8.0 * data_bytes / duration / 1000.0,
             "motion_kbps": 8.0 * (stats.motion_bytes if stats else 0) / duration / 1000.0,
             "data_channel_wire_kbps_estimate": data_channel_wire_kbps(data_bytes, messages, duration),
@@ -98,11 +100,11 @@ async def _loopback(loaded, seconds: float, options: CallOptions, out: Path) -> 
     }
 
 
-def run_demo(loaded, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "neural",
+def run_demo(loaded: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "neural",
              out: Path = Path("out/demo"), quality: int | None = None) -> dict:
     """Run the loopback call and write ``out``/side_by_side.mp4, received.mp4, report.json."""
     from codec.media import VideoWriter, encode_pcm_opus
-    from sender.media_tracks import H264Decoder, H264Encoder
+    from codec.media.h264 import H264Decoder, H264Encoder
     from sender.sources import default_audio
 
     out.mkdir(parents=True, exist_ok=True)

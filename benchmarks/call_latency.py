@@ -27,35 +27,37 @@ import numpy as np
 
 from benchmarks.env import cpu_name, git_sha
 from codec.api import DATA_CHANNEL_OVERHEAD_BYTES
+from codec.families.base import TalkingHeadModel
 
 UDP_IPV4_HEADER_BYTES = 28
 
 
-async def _one_run(loaded, seconds: float, mode: str, fps: float) -> dict:
-    from app.call import CallOptions, run_loopback
+async def _one_run(loaded: TalkingHeadModel, seconds: float, mode: str, fps: float) -> dict:
+    from app.call import CallOptions
+    from app.loopback import run_loopback
     from sender.sources import default_source
 
     n = int(round(seconds * fps))
     counters: dict[str, int] = {}
 
-    async def read_counters(sender, receiver) -> None:
+    async def read_counters(sending, receiving) -> None:
         # What actually left the sender's socket during the call (aiortc's transport counters),
         # against the constant the codec's reports use to estimate it.
-        counters["bytes"], counters["packets"] = await sender.transport_totals()
+        counters["bytes"], counters["packets"] = await sending.transport_totals()
         await asyncio.sleep(1.0)  # the last packets land and render
 
     started = time.monotonic()
-    sender, receiver = await run_loopback(
+    sending, receiving = await run_loopback(
         loaded, loaded, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=loaded)),
         seconds=seconds, options=CallOptions(fps=fps, mode=mode),
         receiver_options=CallOptions(fps=fps, live=True), finished=read_counters)
     wall = time.monotonic() - started
     sent_bytes, sent_packets = counters["bytes"], counters["packets"]
-    tx, rx = sender.sender.stats, receiver.receiver.stats
+    tx, rx = sending.sender_session.stats, receiving.receiver_session.stats
     latencies = np.asarray(rx.latencies_ms, dtype=float)
     render = np.asarray(rx.render_ms, dtype=float)
     return {
-        "mode": sender.sender.mode, "seconds": seconds, "wall_s": wall,
+        "mode": sending.sender_session.mode, "seconds": seconds, "wall_s": wall,
         "frames_sent": tx.frames, "frames_rendered": rx.rendered, "render_skipped": rx.render_skipped,
         "latency_ms": {"median": float(np.median(latencies)), "p90": float(np.percentile(latencies, 90)),
                        "p99": float(np.percentile(latencies, 99)), "min": float(latencies.min()),

@@ -25,8 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from codec.families.landmark import LandmarkModel
 
-def _input_frames(data: Path, frames: int, model) -> tuple[list[np.ndarray], str]:
+
+def _input_frames(data: Path, frames: int, model: LandmarkModel) -> tuple[list[np.ndarray], str]:
     index_file = data / "index.json"
     if index_file.is_file():
         from benchmarks.landmark_dev import read_segment
@@ -45,7 +47,7 @@ def _summary(times_ms: list[float]) -> dict[str, float]:
             "min_ms": float(values.min()), "count": int(values.size)}
 
 
-def measure(frames: list[np.ndarray], model, warmup: int) -> dict[str, dict[str, float]]:
+def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int) -> dict[str, dict[str, float]]:
     from codec.api import Decoder, Encoder
     from codec.bitstream import MotionPacket, parse_packet
     from codec.families.landmark import motion_from_landmarks

@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rd import UNTRAINED_MARK, _fmt, markdown_summary, markdown_table, metric_sampling_text
+from benchmarks.rd.markdown import format_cell, markdown_summary, markdown_table
+from benchmarks.rd.protocol import UNTRAINED_MARK, metric_sampling_text
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -137,9 +138,9 @@ def speed_section(speed: dict[str, Any], speed_path: Path, readme_dir: Path) -> 
              "|" + " --- |" * 8]
     for row in speed.get("results", []):
         lines.append(f"| {row.get('stage')} | {row.get('precision')} | {row.get('mode')} | "
-                     f"{row.get('status')} | {_fmt(row.get('median_ms'))} | "
-                     f"{_fmt(row.get('p99_ms'))} | {row.get('frames')} | "
-                     f"{_fmt(row.get('frames_per_s')) if row.get('frames_per_s') else ''} |")
+                     f"{row.get('status')} | {format_cell(row.get('median_ms'))} | "
+                     f"{format_cell(row.get('p99_ms'))} | {row.get('frames')} | "
+                     f"{format_cell(row.get('frames_per_s')) if row.get('frames_per_s') else ''} |")
     costs = speed.get("costs", {})
     flops = [f"{name.split('.')[-1]} {costs[name]['gflops']:.1f} GFLOP/frame"
              for name in ("receiver.M", "receiver.G") if costs.get(name, {}).get("gflops")]
@@ -189,7 +190,7 @@ def results_section(data: dict[str, Any], results_path: Path, readme_dir: Path,
                 if h.get("rate_key") == "payload_kbps"]
     counted = [h for h in data.get("analysis", {}).get("headline", []) if h.get("counted")]
     if counted:
-        best = ", ".join(f"{h['setting']} ({h['rate_key']}): {_fmt(h['ratio'])}×" for h in counted)
+        best = ", ".join(f"{h['setting']} ({h['rate_key']}): {format_cell(h['ratio'])}×" for h in counted)
         lines += [f"Headline (x264 kbit/s at our LPIPS ÷ ours, where our AKD is no worse): {best}.",
                   ""]
     else:

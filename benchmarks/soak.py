@@ -167,7 +167,7 @@ def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode
         for peer in PEERS:
             stats = work / f"{peer}.jsonl"
             stats.unlink(missing_ok=True)
-            command = [python, "-m", "codec", "call", "--signaling", f"ws://127.0.0.1:{port}/ws",
+            command = [python, "-m", "app", "call", "--signaling", f"ws://127.0.0.1:{port}/ws",
                        "--room", "soak", "--source", "default", "--mode", mode,
                        "--seconds", str(seconds), "--wait", "120", "--no-rejoin",
                        "--stats-file", str(stats), "--stats-every", str(every),

@@ -36,6 +36,10 @@ import numpy as np
 
 from codec.errors import FaceNotFoundError
 
+# Leading frames a crop is fitted on: the median box of several, so one bad detection
+# cannot move it. Files, the dataset and the benchmarks all crop this way.
+FIT_FRAMES = 5
+
 __all__ = [
     "CropBox",
     "FaceCropper",
@@ -103,9 +107,9 @@ def detect_landmarks(
         upsample: dlib pyramid-up steps for the detector. None (default) is automatic:
             try 0, and only if no face is found retry with 1, then 2, as long as the
             upsampled image's long side stays ≤ 1280 px. Trade-off: each step lets the
-            detector find faces half as large (~80 → ~40 → ~20 px) but costs ~4× the
-            time (measured here: 256² 7 → 33 ms; 640×480 28 → 113 ms), so frames
-            with a big face pay nothing and frames with no face pay the most.
+            detector find faces half as large (~80 → ~40 → ~20 px) but scans four times
+            the pixels, so frames with a big face pay nothing and frames with no face
+            pay the most.
         max_side: frames whose long side exceeds this are shrunk for *detection* only
             (speed: a 1080p frame costs ~7× a 640-px one); the landmarks are then fitted
             on the full-resolution frame, so their precision is not lost.
@@ -166,7 +170,8 @@ def fit_landmarks(frame_rgb: np.ndarray, box: tuple[float, float, float, float])
     """68 dlib landmarks fitted inside a given face box, without running the detector.
 
     A tracker passes the box the previous frame's landmarks give (see
-    :func:`tracking_box`): the shape predictor alone costs ~1 ms, the detector 7–30 ms.
+    :func:`tracking_box`): the shape predictor alone is a small fraction of the detector's
+    cost (the sender's face timings are in the call benchmark's JSON).
 
     Args:
         frame_rgb: H×W×3 uint8 RGB image.
@@ -334,7 +339,7 @@ class FaceCropper:
         out_size: int = 256,
         scale: float = 1.85,
         shift_up: float = 0.18,
-        fit_frames: int = 5,
+        fit_frames: int = FIT_FRAMES,
         max_shift: float = 0.2,
         max_scale_change: float = 0.25,
         upsample: int | None = None,

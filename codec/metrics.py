@@ -1,7 +1,7 @@
 """Image and face metrics for the whole project (benchmarks and training evaluation).
 
-One place for every number the DESIGN "Measuring" section reports, so results compare
-across sessions:
+One place for every number the rate-distortion benchmark reports (its protocol: the
+README's "What has been measured"), so results compare across sessions:
 
 * :func:`psnr`, :func:`ssim`, :func:`ms_ssim` on B×3×H×W float tensors in [0, 1] (RGB,
   data range 1), each returning B values (float64); :func:`psnr_frames`,
@@ -9,7 +9,7 @@ across sessions:
 * :class:`FaceLandmarkMetrics`: AKD (mean pixel distance of the 68 dlib landmarks) and
   AED (L2 distance of dlib's 128-d face embeddings), each with the count of frame pairs
   scored and skipped because a face was missing in either frame.
-* :func:`lpips_model`: LPIPS (AlexNet v0.1) from ``codec.training.lpips``, loaded lazily.
+* :func:`lpips_model`: LPIPS (AlexNet v0.1) from ``codec.lpips``, loaded lazily.
 
 Imports torch and numpy only. dlib (absent on the GPU machine) and the LPIPS module are
 imported lazily. When dlib or its model files are missing, :class:`FaceLandmarkMetrics`
@@ -236,7 +236,7 @@ def ms_ssim_frames(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- LPIPS
 @functools.lru_cache(maxsize=4)
 def _lpips_on(device: str) -> Any:
-    from codec.training.lpips import LPIPS  # lazy: keeps this module torch + numpy only
+    from codec.lpips import LPIPS  # lazy: keeps this module torch + numpy only
 
     return LPIPS.from_cache().to(torch.device(device)).eval()
 

@@ -25,10 +25,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from codec.bitstream.control import (
+    ControlMessage,
     IntraRequest,
     Keyframe,
     KeyframeRequest,
@@ -37,6 +39,10 @@ from codec.bitstream.control import (
     StreamStart,
 )
 from codec.errors import CodecError
+
+if TYPE_CHECKING:
+    from codec.api import Decoder
+    from codec.families.base import TalkingHeadModel
 
 log = logging.getLogger(__name__)
 events = logging.getLogger("facecodec.call")  # the peer's mode: shown by `facecodec call` without -v
@@ -65,8 +71,6 @@ class ReceiverStats:
     first_seq: int | None = None
     latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
     render_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
-    # (seq, decoded motion vector) of recently rendered frames: lets tests check for drift.
-    recent_motion: collections.deque = field(default_factory=lambda: collections.deque(maxlen=500))
 
     @property
     def loss(self) -> float:
@@ -117,8 +121,8 @@ class ReceiverSession:
             (the demo's offline-quality recording and benchmarks).
     """
 
-    def __init__(self, loaded, *, show: Callable[[np.ndarray, float], None],
-                 send_control: Callable[[object], None], live: bool = True) -> None:
+    def __init__(self, loaded: TalkingHeadModel | None, *, show: Callable[[np.ndarray, float], None],
+                 send_control: Callable[[ControlMessage], None], live: bool = True) -> None:
         self.loaded = loaded
         self.show = show
         self.send_control = send_control
@@ -260,7 +264,7 @@ class ReceiverSession:
                     self._working = False
             self._check_stall()
 
-    def _decode_batch(self, decoder, batch: list[bytes]) -> None:
+    def _decode_batch(self, decoder: Decoder, batch: list[bytes]) -> None:
         from codec.bitstream import KeyframePacket, MotionPacket, parse_packet
 
         packets, motion_seqs = [], []
@@ -298,7 +302,6 @@ class ReceiverSession:
     def _emit(self, frame) -> None:
         self._last_decoded_at = time.monotonic()
         self.stats.rendered += 1
-        self.stats.recent_motion.append((frame.seq, frame.motion))
         self.render_meter.add()
         if self.clock is not None:
             self.stats.latencies_ms.append(1000.0 * (time.time() - (self.clock + frame.timestamp)))

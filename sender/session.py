@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from codec.bitstream import PacketType
 from codec.bitstream.control import (
+    MODES,
     IntraRequest,
     Keyframe,
     KeyframeRequest,
@@ -33,6 +35,11 @@ from codec.bitstream.control import (
     pack_control,
 )
 from codec.errors import CodecError, FaceNotFoundError
+
+if TYPE_CHECKING:
+    from codec.api import Encoder
+    from codec.facecrop import FaceCropper
+    from sender.media_tracks import H264Track
 
 log = logging.getLogger(__name__)
 events = logging.getLogger("facecodec.call")  # mode switches: shown by `facecodec call` without -v
@@ -80,7 +87,7 @@ class SenderSession:
         encoder: the codec's Encoder (None: this peer has no model, H.264 only).
         cropper: a :class:`codec.facecrop.FaceCropper` at the encoder's crop size.
         h264_track: the :class:`sender.media_tracks.H264Track` added to the connection.
-        mode: ``neural`` or ``h264`` to start with (``auto`` is decided by :mod:`app.call`).
+        mode: ``neural`` or ``h264`` to start with (``auto`` is decided by :mod:`app.mode_choice`).
         face_check_every: run the (slow) face detector every N frames, off the frame loop.
         face_lost_frames: switch to H.264 once the face is missing for more than N frames.
         compare: also feed the H.264 track in neural mode (side-by-side comparisons).
@@ -88,12 +95,12 @@ class SenderSession:
             False sends every frame however late (the demo's recording).
     """
 
-    def __init__(self, frames: Iterator[np.ndarray], *, fps: float, encoder, cropper,
-                 h264_track, mode: str = "neural", face_check_every: int = 5,
-                 face_lost_frames: int = 25, compare: bool = False, drop_late: bool = True,
-                 on_frame: Callable[[np.ndarray, float], None] | None = None) -> None:
-        if mode not in ("neural", "h264"):
-            raise ValueError("mode must be 'neural' or 'h264'")
+    def __init__(self, frames: Iterator[np.ndarray], *, fps: float, encoder: Encoder | None,
+                 cropper: FaceCropper, h264_track: H264Track | None, mode: str = "neural",
+                 face_check_every: int = 5, face_lost_frames: int = 25, compare: bool = False,
+                 drop_late: bool = True, on_frame: Callable[[np.ndarray, float], None] | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
         if mode == "neural" and encoder is None:
             raise ValueError("neural mode needs an encoder")
         self.frames = frames

@@ -17,13 +17,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
 from codec.errors import MediaError
 from codec.media import MediaInfo, probe, read_frames
+
+if TYPE_CHECKING:
+    from codec.families.base import TalkingHeadModel
 
 __all__ = [
     "CameraPose",
@@ -251,7 +254,7 @@ class FreeViewPortraitSource:
     untrained generator renders noise, so :func:`default_source` uses it only then.
     """
 
-    def __init__(self, loaded, image: np.ndarray | None = None, num_frames: int | None = 250,
+    def __init__(self, loaded: TalkingHeadModel, image: np.ndarray | None = None, num_frames: int | None = 250,
                  fps: float = 25.0) -> None:
         from codec.facecrop import FaceCropper
 

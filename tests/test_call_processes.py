@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 def facecodec(*args: str, netns: str | None = None, **kwargs) -> subprocess.Popen:
-    command = [sys.executable, "-m", "codec", *args]
+    command = [sys.executable, "-m", "app", *args]
     if netns is not None:
         command = ["ip", "netns", "exec", netns, *command]
     env = {**os.environ, "FACECODEC_SIGNALING_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}

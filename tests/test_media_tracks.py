@@ -14,16 +14,14 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from codec.errors import CodecError, MediaError
+from codec.media.h264 import H264Decoder, H264Encoder, split_annexb
 from sender.media_tracks import (
     AUDIO_FRAME_SAMPLES,
-    H264Decoder,
-    H264Encoder,
     H264Track,
     PcmAudioTrack,
     forward_keyframe_requests,
-    microphone_track,
-    split_annexb,
 )
+from sender.microphone import microphone_track
 from sender.sources import CameraSource, default_source
 
 SIZE = (256, 256)

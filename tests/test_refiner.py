@@ -23,16 +23,14 @@ from conftest import BLOCK_TRANSPORT_IMPORTS
 from codec.models.refiner import LANDMARK_CHANNELS, MASK_BIAS, Refiner, landmark_masks
 from codec.training.refiner import (
     REFINER_FORMAT,
-    RefinerPairs,
     RefinerTrainConfig,
-    evaluate,
     export_refiner,
     load_refiner,
     refiner_loss,
-    region_masks,
     train,
-    warp_inputs,
 )
+from codec.training.refiner_data import RefinerPairs, region_masks, warp_inputs
+from codec.training.refiner_eval import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -337,17 +335,17 @@ def test_refiner_weights_are_checked(tmp_path: Path) -> None:
 
 
 def test_calls_drop_the_refiner_when_it_does_not_fit_the_frame_interval(monkeypatch) -> None:
-    from app import call
+    from app import mode_choice
 
     class Model:
         refiner = object()
 
     slow, fast = Model(), Model()
-    monkeypatch.setattr(call, "measure_render_fps", lambda loaded, frames=3: 30.0)  # 33 ms a frame
-    call.fit_refiner_to_budget(slow, fps=25.0)  # budget 10 ms
+    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda loaded, frames=3: 30.0)  # 33 ms a frame
+    mode_choice.fit_refiner_to_budget(slow, fps=25.0)  # budget 10 ms
     assert slow.refiner is None
-    monkeypatch.setattr(call, "measure_render_fps", lambda loaded, frames=3: 200.0)  # 5 ms
-    call.fit_refiner_to_budget(fast, fps=25.0)
+    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda loaded, frames=3: 200.0)  # 5 ms
+    mode_choice.fit_refiner_to_budget(fast, fps=25.0)
     assert fast.refiner is not None
 
 

@@ -38,8 +38,8 @@ from signaling import (
     SignalingTimeoutError,
     validate_message,
 )
+from signaling.accounting import TokenBucket
 from signaling.errors import ERROR_CLASSES, error_from_code
-from signaling.server import TokenBucket
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-7f3a9c"

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from codec.errors import CodecError, MediaError
-from receiver.sinks import Mp4Recorder, SinkUnavailableError, WindowSink, consume_audio
+from receiver.sinks import Mp4Recorder, SinkUnavailableError, consume_audio
+from receiver.window import WindowSink
 
 SIZE = (64, 48)
 FPS = 25.0

@@ -17,14 +17,22 @@ import numpy as np
 import pytest
 import torch
 from conftest import BLOCK_TRANSPORT_IMPORTS
+from perceptual_standin import RandomVGGStandIn, stand_in_backbone
 from torch.utils.data import Dataset
 
 from codec.keypoints import degrees_to_bin
 from codec.models.discriminator import DiscriminatorScaleOutput
 from codec.training import losses as L
-from codec.training.trainer import RandomVGGStandIn, TrainConfig, train
+from codec.training import train_run
+from codec.training.trainer import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _perceptual_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The random-weight stand-in as the perceptual network (the converted VGG16 may be absent)."""
+    monkeypatch.setattr(train_run, "load_perceptual_backbone", stand_in_backbone)
 
 
 # ---------------------------------------------------------------------------- fakes
@@ -225,9 +233,9 @@ def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "codec.training", "train", "--config", "tiny", "--data", str(clip),
+           str(REPO / "tests" / "perceptual_standin.py"), "train", "--config", "tiny", "--data", str(clip),
            "--out", str(out), "--minutes", "3", "--chunk-steps", "2", "--batch", "2",
-           "--workers", "0", "--device", "cpu", "--perceptual-backbone", "random",
+           "--workers", "0", "--device", "cpu",
            "--log-every", "1", "--no-eval", "--dataset-length", "8"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -249,10 +257,13 @@ def test_training_path_needs_no_av_aiortc_constriction(tmp_path: Path) -> None:
     script = BLOCK_TRANSPORT_IMPORTS + f"""
 import codec.training.trainer, codec.training.losses, codec.training.evaluate
 from codec.training.__main__ import main
+sys.path.insert(0, {str(REPO / 'tests')!r})
+from perceptual_standin import install
+install()
 assert main(["train", "--config", "tiny", "--data", {str(clip)!r}, "--dev", {str(clip)!r},
              "--out", {str(tmp_path / 'run')!r}, "--minutes", "2", "--chunk-steps", "1",
-             "--batch", "2", "--workers", "0", "--device", "cpu", "--perceptual-backbone",
-             "random", "--dev-frames", "4", "--threads", "1"]) == 0
+             "--batch", "2", "--workers", "0", "--device", "cpu",
+             "--dev-frames", "4", "--threads", "1"]) == 0
 assert main(["evaluate", "--weights", {str(tmp_path / 'run' / 'model.safetensors')!r},
              "--dev", {str(clip)!r}, "--frames", "4", "--out", {str(tmp_path / 'eval')!r},
              "--device", "cpu", "--threads", "1"]) == 0

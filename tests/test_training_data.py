@@ -28,7 +28,8 @@ FRAME_SIDE = 320  # the astronaut's face is ~65 px tall here: found without upsa
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny built set: one astronaut clip (identity 'astronaut') and one face-less clip."""
     from codec.media import frames_to_video
-    from codec.training.dataset_builder import BuildConfig, build_dataset, jobs_from_folder
+    from codec.training.clip_jobs import jobs_from_folder
+    from codec.training.dataset_builder import BuildConfig, build_dataset
     from sender.sources import write_default_clip
 
     src = tmp_path_factory.mktemp("videos")
@@ -154,7 +155,7 @@ def test_pose_labels_follow_mirror_and_scripted_roll(built: Path) -> None:
     follows the scripted camera: OpenCV rotates the scene counter-clockwise by the camera's
     roll_deg, so the head tilts counter-clockwise on screen, i.e. roll label ≈ −roll_deg."""
     from codec.training.dataset import flip_labels
-    from codec.training.dataset_builder import head_pose_from_landmarks
+    from codec.training.head_pose import head_pose_from_landmarks
     from sender.sources import camera_pose
 
     for s in _index(built)["segments"]:
@@ -171,7 +172,7 @@ def test_pose_labels_follow_mirror_and_scripted_roll(built: Path) -> None:
 
 
 def test_plan_segments_cuts_on_jump_and_logs_missing_face() -> None:
-    from codec.training.dataset_builder import plan_segments
+    from codec.training.segment_plan import plan_segments
 
     cropper = FaceCropper()
     # a stand-in face: points on a 80×100 px ellipse, level eyes, in a 640×480 frame
@@ -190,7 +191,8 @@ def test_plan_segments_cuts_on_jump_and_logs_missing_face() -> None:
 
 
 def test_train_split_reads_only_train_rows(shared_data: Path) -> None:
-    from codec.training.dataset_builder import BuildConfig, build_dataset, jobs_from_manifest
+    from codec.training.clip_jobs import jobs_from_manifest
+    from codec.training.dataset_builder import BuildConfig, build_dataset
 
     manifest = shared_data / "talking" / "MANIFEST.tsv"
     with open(manifest, newline="", encoding="utf-8") as f:

@@ -85,8 +85,8 @@ class Refiner(nn.Module):
     (``landmark_channels``) = 8 + landmark_channels. The first conv has stride 2, so
     every layer but the last two runs at ≤ half resolution (speed on the receiver's CPU).
 
-    The defaults have 0.59 M parameters (1.2 MB as fp16) and ~0.76 GMAC per 256-px frame:
-    24–30 ms (median of 20) on 2 shared CPU threads here, 35 ms on one.
+    The defaults have 0.59 M parameters (1.2 MB as fp16) and ~0.76 GMAC per 256-px frame
+    (its render time is in ``benchmarks/results/landmark-speed-refiner-cpu.json``).
 
     Args:
         widths: channels at 1/2, 1/4, 1/8, 1/16 of the input size.

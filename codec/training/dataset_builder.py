@@ -25,17 +25,10 @@ Stretches without a face, tiny faces, crops mostly outside the frame and segment
 
 Dev clips follow the benchmark protocol: ONE segment per clip, its first 250 frames at
 25 fps, the crop fixed from the start (median box of the first 5 frames, as
-:func:`codec.api.compress` does), keyframe = frame 1.
+:func:`codec.files.compress` does), keyframe = frame 1.
 
-Head pose pseudo-labels come from :func:`head_pose_from_landmarks` (cv2.solvePnP against
-a generic 3D face written for this module). Convention, as in :mod:`codec.keypoints`:
-R = Rz(roll)·Ry(yaw)·Rx(pitch), axes x = image right, y = image down, z = away from the
-camera, R = I for a face looking straight into the camera. In image terms (checked on
-real clips and on the scripted-roll synthetic clip, see tests/test_training_data.py):
-
-- yaw > 0: the nose points to the image LEFT (the person turns to their own right);
-- pitch > 0: the nose points DOWN (the person looks down);
-- roll > 0: the head tilts CLOCKWISE on screen (the image-right eye goes down).
+Head pose pseudo-labels come from :mod:`codec.training.head_pose`; the segments are planned by
+:mod:`codec.training.segment_plan` and the clips listed by :mod:`codec.training.clip_jobs`.
 
 PyAV is used for reading sources and writing H.264 (lazily, through codec.media); the
 trainer reads the result with OpenCV only (see :mod:`codec.training.dataset`).
@@ -44,7 +37,6 @@ trainer reads the result with OpenCV only (see :mod:`codec.training.dataset`).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -56,396 +48,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from codec.errors import FaceNotFoundError, MediaError
-from codec.face3d import rotation_angles
-from codec.facecrop import CropBox, FaceCropper, detect_landmarks
+from codec.facecrop import FIT_FRAMES, FaceCropper
+from codec.training.clip_jobs import ClipJob, jobs_from_folder, jobs_from_manifest
 from codec.training.dataset import VIDEO_SUFFIXES
+from codec.training.head_pose import fill_nearest, head_poses
+from codec.training.segment_plan import (
+    DEV_FRAMES,
+    LandmarkTracker,
+    SegmentPlan,
+    Skip,
+    interpolate_gaps,
+    landmarks_to_crop,
+    plan_dev_segment,
+    plan_segments,
+)
 
-__all__ = [
-    "BuildConfig",
-    "ClipJob",
-    "SegmentPlan",
-    "build_dataset",
-    "head_pose_from_landmarks",
-    "head_poses",
-    "jobs_from_folder",
-    "jobs_from_manifest",
-    "landmarks_to_crop",
-    "main",
-    "plan_dev_segment",
-    "plan_segments",
-]
+__all__ = ["BuildConfig", "build_dataset", "main"]
 
 INDEX_VERSION = 1
-DEV_FRAMES = 250  # benchmark protocol: the first 10 s at 25 fps
-FIT_FRAMES = 5  # as codec.api.compress: the crop is the median box of the first 5 frames
-
-# Generic head, in the camera-like head frame: x to the image right, y down, z away
-# from the camera, origin at the nose tip; units = millimetres for outer eye corners
-# 90 mm apart. x and y are the median frontal layout of dlib's points measured on our
-# own crops (frames with |yaw| < 6°, roll removed, scaled to that eye span), so that a
-# typical "looking into the camera" face gets pitch ≈ 0; depths are rough head
-# proportions (the outer eye corners, mouth corners and chin sit well behind the nose
-# tip). Numbers made for this module. Only fairly rigid, well-localised points: the jaw
-# contour slides around the face with yaw, the lips move with speech (the chin point
-# does too, a little: one of ten points).
-FACE_MODEL_3D: dict[int, tuple[float, float, float]] = {
-    30: (0.0, 0.0, 0.0),  # nose tip
-    33: (0.0, 13.0, 12.0),  # below the nose (subnasale)
-    27: (0.0, -37.0, 20.0),  # nose bridge between the eyes
-    36: (-45.0, -35.0, 40.0),  # outer eye corner, image left (the person's right eye)
-    39: (-20.0, -34.0, 28.0),  # inner eye corner, image left
-    42: (20.0, -34.0, 28.0),  # inner eye corner, image right
-    45: (45.0, -35.0, 40.0),  # outer eye corner, image right
-    48: (-26.0, 35.0, 28.0),  # mouth corner, image left
-    54: (26.0, 35.0, 28.0),  # mouth corner, image right
-    8: (0.0, 81.0, 30.0),  # chin
-}
-_POSE_IDX = np.array(list(FACE_MODEL_3D), dtype=np.int64)
-_POSE_OBJ = np.array(list(FACE_MODEL_3D.values()), dtype=np.float64)
-
-
-# ------------------------------------------------------------------------------ head pose
-
-
-def head_pose_from_landmarks(
-    landmarks: np.ndarray,
-    image_size: float,
-    guess: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """Head pose pseudo-label of one face from its 68 landmarks.
-
-    Args:
-        landmarks: 68×2 (x, y) in pixels of a square image of side ``image_size``
-            (the face crop; the principal point is its centre).
-        image_size: side of that image; the focal length is taken equal to it (a ~53°
-            field of view, typical of webcams and of VoxCeleb-style crops).
-        guess: (rvec, tvec) of a neighbouring frame, to start the solver there (smoother
-            labels, and no jumps to the mirrored solution).
-
-    Returns:
-        ((yaw, pitch, roll) float32 degrees — NaN if the solver failed, (rvec, tvec) or
-        None) — see the module docstring for the sign conventions.
-    """
-    pts = np.asarray(landmarks, dtype=np.float64)[_POSE_IDX].reshape(-1, 1, 2)
-    if not np.all(np.isfinite(pts)):
-        return np.full(3, np.nan, np.float32), None
-    c = (float(image_size) - 1.0) / 2.0
-    camera = np.array([[image_size, 0.0, c], [0.0, image_size, c], [0.0, 0.0, 1.0]])
-    obj = _POSE_OBJ.reshape(-1, 1, 3)
-    try:
-        if guess is not None:
-            ok, rvec, tvec = cv2.solvePnP(
-                obj, pts, camera, None, guess[0].copy(), guess[1].copy(),
-                useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE,
-            )
-        else:
-            # EPnP gives a closed-form start; the iterative solver then refines it
-            ok, rvec, tvec = cv2.solvePnP(obj, pts, camera, None, flags=cv2.SOLVEPNP_EPNP)
-            if ok:
-                ok, rvec, tvec = cv2.solvePnP(
-                    obj, pts, camera, None, rvec, tvec,
-                    useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE,
-                )
-    except cv2.error:
-        ok = False
-    if not ok or not (np.all(np.isfinite(rvec)) and float(tvec[2, 0]) > 0):
-        return np.full(3, np.nan, np.float32), None
-    rotation, _ = cv2.Rodrigues(rvec)
-    return rotation_angles(rotation).astype(np.float32), (rvec, tvec)
-
-
-def head_poses(landmarks: np.ndarray, image_size: float) -> np.ndarray:
-    """Poses of a sequence: N×68×2 landmarks → N×3 float32 (yaw, pitch, roll) degrees.
-
-    Each frame starts from the previous solution; frames whose solve failed (rare) take
-    their nearest neighbour's pose so that the labels stay finite.
-    """
-    poses = np.full((len(landmarks), 3), np.nan, np.float32)
-    guess = None
-    for i, lm in enumerate(landmarks):
-        poses[i], new_guess = head_pose_from_landmarks(lm, image_size, guess)
-        if new_guess is None:  # retry from scratch before giving up on the frame
-            poses[i], new_guess = head_pose_from_landmarks(lm, image_size, None)
-        guess = new_guess
-    return _fill_nearest(poses)
-
-
-def _fill_nearest(values: np.ndarray) -> np.ndarray:
-    """Replace NaN rows of an N×C array by the nearest finite row (all-NaN stays NaN)."""
-    good = np.all(np.isfinite(values), axis=1)
-    if good.all() or not good.any():
-        return values
-    idx = np.flatnonzero(good)
-    pos = np.searchsorted(idx, np.arange(len(values))).clip(0, len(idx) - 1)
-    left = idx[(pos - 1).clip(0)]
-    right = idx[pos]
-    here = np.arange(len(values))
-    nearest = np.where(np.abs(here - left) <= np.abs(right - here), left, right)
-    out = values.copy()
-    out[~good] = values[nearest[~good]]
-    return out
-
-
-# ------------------------------------------------------------------------------ landmarks
-
-
-class LandmarkTracker:
-    """68 landmarks per frame, detecting in a window around the last face.
-
-    dlib's HOG detector dominates the cost and grows with the image area; searching a
-    window of ``roi_scale`` × the last crop box, shrunk to ``roi_side`` px, costs ~10–20
-    ms instead of ~40 ms per frame here. The 68-point fit itself runs on the full-resolution
-    window, so precision is kept. Falls back to a full-frame search when the window has
-    no face.
-    """
-
-    def __init__(self, cropper: FaceCropper, roi_scale: float = 1.4, roi_side: int = 260) -> None:
-        self.cropper = cropper
-        self.roi_scale = roi_scale
-        self.roi_side = roi_side
-        self.last: np.ndarray | None = None
-        self.full_searches = 0
-
-    def __call__(self, frame: np.ndarray) -> np.ndarray | None:
-        """H×W×3 uint8 RGB → 68×2 float64 (x, y) source pixels, or None."""
-        found: np.ndarray | None = None
-        if self.last is not None:
-            box = self.cropper.box_for(self.last)
-            side = box.size * self.roi_scale
-            h, w = frame.shape[:2]
-            x0, y0 = max(0, int(box.cx - side / 2)), max(0, int(box.cy - side / 2))
-            x1, y1 = min(w, int(box.cx + side / 2)), min(h, int(box.cy + side / 2))
-            if x1 - x0 >= 32 and y1 - y0 >= 32:
-                roi = frame[y0:y1, x0:x1]
-                found = detect_landmarks(roi, max_side=self.roi_side)
-                if found is not None:
-                    found = found + np.array([x0, y0], np.float64)
-        if found is None:
-            self.full_searches += 1
-            found = detect_landmarks(frame)
-        self.last = found
-        return found
-
-
-def _interpolate_gaps(landmarks: np.ndarray, max_gap: int) -> np.ndarray:
-    """Linearly fill runs of ≤ ``max_gap`` missing frames (NaN) between two found ones.
-
-    Args:
-        landmarks: N×68×2 float64 with NaN rows for frames without a face (modified copy).
-    """
-    out = landmarks.copy()
-    found = np.all(np.isfinite(out.reshape(len(out), -1)), axis=1)
-    idx = np.flatnonzero(found)
-    for a, b in zip(idx[:-1], idx[1:], strict=False):
-        gap = b - a - 1
-        if 0 < gap <= max_gap:
-            for k in range(1, gap + 1):
-                w = k / (gap + 1)
-                out[a + k] = (1 - w) * out[a] + w * out[b]
-    return out
-
-
-# ------------------------------------------------------------------------------ planning
-
-
-@dataclass(frozen=True)
-class SegmentPlan:
-    """Frames [start, stop) of a clip (at the output rate) cropped with one fixed box."""
-
-    start: int
-    stop: int
-    box: CropBox
-
-    @property
-    def frames(self) -> int:
-        return self.stop - self.start
-
-
-@dataclass
-class Skip:
-    """Something not used, and why. ``frames`` = [start, stop) at the output rate, if any."""
-
-    source: str
-    reason: str
-    frames: tuple[int, int] | None = None
-
-
-def _fit_box(cropper: FaceCropper, landmarks: np.ndarray) -> CropBox:
-    """FaceCropper.fit's rule (median of per-frame boxes) on already-detected landmarks."""
-    boxes = np.array([[b.cx, b.cy, b.size] for b in map(cropper.box_for, landmarks)])
-    cx, cy, size = np.median(boxes, axis=0)
-    return CropBox(float(cx), float(cy), float(size))
-
-
-def _inside_fraction(box: CropBox, width: int, height: int) -> float:
-    """Fraction of the box's area that lies inside the frame (the rest is edge padding)."""
-    x0, y0, side = box.x0, box.y0, box.side
-    iw = max(0, min(width, x0 + side) - max(0, x0))
-    ih = max(0, min(height, y0 + side) - max(0, y0))
-    return iw * ih / float(side * side)
-
-
-_NO_FRAME = np.zeros((1, 1, 3), np.uint8)  # face_left_box ignores the frame given landmarks
-
-
-def plan_segments(
-    landmarks: np.ndarray,
-    frame_size: tuple[int, int],
-    cropper: FaceCropper,
-    source: str = "",
-    min_frames: int = 25,
-    max_gap: int = 3,
-    min_box: float = 96.0,
-    min_inside: float = 0.75,
-) -> tuple[list[SegmentPlan], list[Skip], np.ndarray]:
-    """Cut a clip into fixed-crop segments from its per-frame landmarks (no pixels needed).
-
-    Args:
-        landmarks: N×68×2 source-pixel landmarks, NaN rows where no face was found.
-        frame_size: (width, height) of the source frames.
-        cropper: supplies box_for / face_left_box (the codec's own crop rules).
-        source: clip name for the skip log.
-        min_frames: shorter segments are dropped (≈ 1 s at 25 fps).
-        max_gap: missing stretches up to this many frames are interpolated over.
-        min_box: boxes smaller than this (source px) are skipped: upscaling a ~50-px face
-            to 256 teaches the generator blur.
-        min_inside: boxes with less of their area inside the frame are skipped: the rest
-            would be edge-replicated smear.
-
-    Returns:
-        (plans, skips, filled landmarks N×68×2 with short gaps interpolated).
-    """
-    filled = _interpolate_gaps(np.asarray(landmarks, np.float64), max_gap)
-    n = len(filled)
-    found = np.all(np.isfinite(filled.reshape(n, -1)), axis=1) if n else np.zeros(0, bool)
-    plans: list[SegmentPlan] = []
-    skips: list[Skip] = []
-    width, height = frame_size
-    i = 0
-    while i < n:
-        if not found[i]:
-            j = i
-            while j < n and not found[j]:
-                j += 1
-            skips.append(Skip(source, f"no face detected ({j - i} frames)", (i, j)))
-            i = j
-            continue
-        run_end = i
-        while run_end < n and found[run_end]:
-            run_end += 1
-        while i < run_end:
-            box = _fit_box(cropper, filled[i : min(run_end, i + cropper.fit_frames)])
-            j = i + 1
-            while j < run_end and not cropper.face_left_box(_NO_FRAME, box, filled[j]):
-                j += 1
-            plan = SegmentPlan(i, j, box)
-            inside = _inside_fraction(box, width, height)
-            if plan.frames < min_frames:
-                skips.append(Skip(source, f"segment too short ({plan.frames} < {min_frames} frames)",
-                                  (i, j)))
-            elif box.size < min_box:
-                skips.append(Skip(source, f"face too small (crop box {box.size:.0f} px < "
-                                          f"{min_box:.0f} px)", (i, j)))
-            elif inside < min_inside:
-                skips.append(Skip(source, f"crop box mostly outside the frame ({inside:.0%} inside "
-                                          f"< {min_inside:.0%})", (i, j)))
-            else:
-                plans.append(plan)
-            i = j
-    return plans, skips, filled
-
-
-def plan_dev_segment(
-    landmarks: np.ndarray, cropper: FaceCropper, source: str = "", num_frames: int = DEV_FRAMES
-) -> tuple[list[SegmentPlan], list[Skip]]:
-    """The benchmark protocol: one segment of the first ``num_frames`` frames, the box fixed
-    from the first FIT_FRAMES frames (median, as codec.api.compress), however the face moves.
-    """
-    n = min(len(landmarks), num_frames)
-    head = np.asarray(landmarks[:FIT_FRAMES], np.float64)
-    head = head[np.all(np.isfinite(head.reshape(len(head), -1)), axis=1)]
-    if len(head) == 0:
-        return [], [Skip(source, f"no face in the first {FIT_FRAMES} frames", (0, n))]
-    return [SegmentPlan(0, n, _fit_box(cropper, head))], []
-
-
-def landmarks_to_crop(landmarks: np.ndarray, box: CropBox, size: int) -> np.ndarray:
-    """Source-pixel landmarks (…×2) → pixels of ``box.crop(frame, size)``.
-
-    Uses the integer window crop() cuts and cv2.resize's pixel-centre mapping
-    (u + 0.5 = (x − x0 + 0.5) · size / side), so a point stays on the same feature.
-    """
-    scale = size / box.side
-    origin = np.array([box.x0, box.y0], np.float64)
-    return (np.asarray(landmarks, np.float64) - origin + 0.5) * scale - 0.5
-
-
-# ------------------------------------------------------------------------------ jobs
-
-
-@dataclass
-class ClipJob:
-    """One source clip to process."""
-
-    path: str  # absolute path of the file (or image-sequence folder)
-    source: str  # name recorded in the index (manifest path, or path under --folder)
-    identity: str
-    license: str = "unknown"
-    repo: str = ""
-    split: str = "train"
-    duration_s: float = 0.0
-
-
-def jobs_from_manifest(manifest: str | os.PathLike[str], split: str) -> list[ClipJob]:
-    """The rows of MANIFEST.tsv whose ``split`` column equals ``split`` (nothing else).
-
-    Paths are relative to the manifest's folder.
-    """
-    manifest = Path(manifest)
-    root = manifest.parent
-    jobs = []
-    with open(manifest, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row.get("split", "").strip() != split:
-                continue  # never mix splits: dev/exclude rows are not even looked at
-            try:
-                duration = float(row.get("duration_s") or 0.0)
-            except ValueError:
-                duration = 0.0
-            jobs.append(ClipJob(
-                path=str(root / row["path"]),
-                source=row["path"],
-                identity=(row.get("identity") or Path(row["path"]).stem).strip(),
-                license=(row.get("license") or "unknown").strip(),
-                repo=(row.get("repo") or "").strip(),
-                split=split,
-                duration_s=duration,
-            ))
-    return jobs
-
-
-def jobs_from_folder(folder: str | os.PathLike[str], split: str = "train") -> list[ClipJob]:
-    """Every video under ``folder`` (recursively), sorted by path.
-
-    Identity = the top-level sub-folder the file is under (VoxCeleb: ``id10001/…``;
-    one folder per person), or the file stem for files directly in ``folder``
-    (flat layouts such as TalkingHead-1KH clips).
-    """
-    folder = Path(folder)
-    jobs = []
-    for path in sorted(folder.rglob("*")):
-        if not (path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES):
-            continue
-        rel = path.relative_to(folder)
-        identity = rel.parts[0] if len(rel.parts) > 1 else path.stem
-        size = path.stat().st_size
-        jobs.append(ClipJob(str(path), rel.as_posix(), identity, split=split,
-                            duration_s=size / 1e5))  # size only orders the work queue
-    return jobs
 
 
 # ------------------------------------------------------------------------------ building
@@ -515,7 +138,7 @@ def _detect_all(path: str, cfg: BuildConfig, cropper: FaceCropper) -> tuple[np.n
     landmarks = np.array(rows, np.float64).reshape(-1, 68, 2)
     if cfg.detect_every > 1:
         # only the skipped in-between frames are filled here; real misses stay NaN unless short
-        landmarks = _interpolate_gaps(landmarks, cfg.detect_every - 1)
+        landmarks = interpolate_gaps(landmarks, cfg.detect_every - 1)
     return landmarks, size, tracker.full_searches
 
 
@@ -615,7 +238,7 @@ def process_clip(job: ClipJob, cfg: BuildConfig) -> ClipResult:
             plans, skips = plan_dev_segment(landmarks, cropper, job.source)
             # protocol: every frame stays, so carry landmarks over misses (nearest) rather
             # than dropping frames; `detected` says which ones were real detections
-            filled = _fill_nearest(landmarks.reshape(len(landmarks), -1)).reshape(-1, 68, 2)
+            filled = fill_nearest(landmarks.reshape(len(landmarks), -1)).reshape(-1, 68, 2)
         else:
             plans, skips, filled = plan_segments(
                 landmarks, frame_size, cropper, job.source,

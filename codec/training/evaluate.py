@@ -33,7 +33,7 @@ import torch
 
 from codec.metrics import FaceLandmarkMetrics, landmark_metrics_or_reason, lpips_model, psnr, ssim
 from codec.models import FaceVid2Vid
-from codec.training.dataset import VIDEO_SUFFIXES, read_video_rgb
+from codec.training.dataset import read_video_rgb, video_files
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,7 @@ def iter_dev_clips(dev: Path | str, max_frames: int | None = None) -> Iterator[C
     file, or a directory of video files (read with OpenCV; for quick experiments).
     """
     dev = Path(dev)
-    videos: list[Path] = []
-    if dev.is_file() and dev.suffix.lower() in VIDEO_SUFFIXES:
-        videos = [dev]
-    elif dev.is_dir():
-        videos = sorted(p for p in dev.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = video_files(dev)
     if videos:
         for video in videos:
             yield video.stem, read_video_rgb(video, max_frames), None, None

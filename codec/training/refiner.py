@@ -54,7 +54,6 @@ cached landmarks, unquantised):
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import csv
 import json
 import logging
@@ -66,15 +65,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from codec.families.landmark import LandmarkModel, motion_from_landmarks, pack_keyframe_info
-from codec.models.refiner import REFINER_FORMAT, Refiner, landmark_masks, load_refiner
-from codec.training.dataset import SegmentStore
+from codec.models.refiner import REFINER_FORMAT, Refiner, load_refiner
+from codec.training.refiner_data import RefinerPairs, worker_init
+from codec.training.refiner_eval import evaluate
 
 log = logging.getLogger("codec.training.refiner")
 
@@ -82,130 +80,6 @@ log = logging.getLogger("codec.training.refiner")
 # readable despite the batch-to-batch spread of the pairs' difficulty.
 LOG_COLUMNS = ["step", "seconds", "samples", "loss", "l1", "region_l1", "perceptual", "warp_l1",
                "warp_region_l1", "samples_per_s"]
-# Region masks (loss weight, evaluation): polygons of the true landmarks grown by this many
-# pixels at 256 px, so lips, teeth and eyelids all count.
-REGION_GROW_PX = 6.0
-
-
-# ---------------------------------------------------------------------------- warp inputs
-def warp_inputs(model: LandmarkModel, keyframe: np.ndarray, key_landmarks: np.ndarray,
-                driving_landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the receiver has for one frame: (warped S×S×3 uint8, maps 2×S×S float32 pixels,
-    landmark masks S×S×L float32).
-
-    The warp is ``cv2.remap`` with the flags ``LandmarkModel.render`` uses (a test checks
-    they agree bit for bit); the masks are drawn from the rebuilt driving points.
-    """
-    size = model.image_size
-    source = model.prepare_source(keyframe, pack_keyframe_info(key_landmarks))
-    motion = motion_from_landmarks(driving_landmarks, size, model.face)
-    map_x, map_y = model.warp_maps(source, motion)
-    warped = cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-    rebuilt, _ = model.driving_points(source, motion)
-    return warped, np.stack([map_x, map_y]), landmark_masks(rebuilt[:68], size)
-
-
-def region_masks(points_px: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mouth, eyes) binary S×S float32 masks from true 68-point landmarks, grown by
-    ``REGION_GROW_PX`` (scaled with ``size``)."""
-    pts = np.asarray(points_px, np.float64)
-    grow = max(1, round(REGION_GROW_PX * size / 256.0))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-    out = []
-    for ranges in (((48, 60),), ((36, 42), (42, 48))):
-        plane = np.zeros((size, size), np.uint8)
-        for start, end in ranges:
-            if np.all(np.isfinite(pts[start:end])):
-                cv2.fillPoly(plane, [np.round(pts[start:end] * 16).astype(np.int32)], 1, shift=4)
-        out.append(cv2.dilate(plane, kernel).astype(np.float32))
-    return out[0], out[1]
-
-
-def _landmark_model() -> LandmarkModel:
-    from codec.zoo import resolve_model
-
-    model = resolve_model("landmark", refiner=False)  # the warp is the refiner's input
-    assert isinstance(model, LandmarkModel)
-    return model
-
-
-# ---------------------------------------------------------------------------- data
-class RefinerPairs(Dataset):
-    """(keyframe, driving) pairs of one train segment, warped on the fly.
-
-    Item ``k`` is a pure function of (seed, start + k): the segment (drawn ∝ min(frames, 250),
-    as :class:`codec.training.dataset.PairDataset` does) and two distinct frames with a
-    detected face.
-
-    Args:
-        root: a built segment set (index.json), e.g. cache/train256.
-        seed: base seed.
-        start: index of the first item (the samples earlier chunks already used).
-        length: items (virtual: pairs are drawn, not enumerated).
-        preload: decode every segment now (in threads), before DataLoader workers fork and
-            share the frames copy-on-write; otherwise each worker decodes into its own cache.
-        cache_bytes: each process's decoded-frame cache when not preloading.
-
-    Items (dict of tensors):
-        warped, keyframe, target: 3×S×S uint8 (uint8 keeps worker→trainer traffic small).
-        maps: 2×S×S float32 sampling positions in pixels; landmarks: L×S×S float32.
-        region: 1×S×S float32, 1 on the true driving mouth/eye regions, else 0.
-    """
-
-    def __init__(self, root: str | Path, seed: int = 0, start: int = 0, length: int = 1 << 30,
-                 preload: bool = False, cache_bytes: int = 2 << 30) -> None:
-        self.store = SegmentStore(root, cache_bytes=(1 << 62) if preload else cache_bytes)
-        self.seed, self.start, self.length = int(seed), int(start), int(length)
-        self._usable: list[tuple[int, np.ndarray]] = []
-        for i, info in enumerate(self.store.segments):
-            good = np.flatnonzero(self.store.labels(i)["detected"][:info.frames])
-            if len(good) >= 2:
-                self._usable.append((i, good))
-        if not self._usable:
-            raise ValueError(f"{root}: no segment with two frames with a face")
-        weights = np.array([min(self.store.segments[i].frames, 250) for i, _ in self._usable], np.float64)
-        self._cdf = np.cumsum(weights / weights.sum())
-        self._model: LandmarkModel | None = None
-        if preload:
-            # cv2 decodes outside the GIL; the store's dict takes one insert per segment and
-            # never evicts (its budget is unbounded here).
-            with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
-                list(pool.map(lambda item: self.store.frames(item[0]), self._usable))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def pair(self, k: int) -> tuple[int, int, int]:
-        """(segment, keyframe index, driving index) of item ``k``."""
-        rng = np.random.default_rng([self.seed, self.start + int(k)])
-        choice = min(int(np.searchsorted(self._cdf, rng.random())), len(self._usable) - 1)
-        segment, good = self._usable[choice]
-        i, j = (int(v) for v in rng.choice(good, size=2, replace=False))
-        return segment, i, j
-
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        if not 0 <= k < self.length:
-            raise IndexError(k)
-        if self._model is None:  # per process: DataLoader workers build their own
-            self._model = _landmark_model()
-        segment, i, j = self.pair(k)
-        frames = self.store.frames(segment)
-        landmarks = self.store.labels(segment)["landmarks"]
-        warped, maps, masks = warp_inputs(self._model, frames[i], landmarks[i], landmarks[j])
-        mouth, eyes = region_masks(landmarks[j], self._model.image_size)
-
-        def chw(image: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-        return {"warped": chw(warped), "keyframe": chw(frames[i]), "target": chw(frames[j]),
-                "maps": torch.from_numpy(maps), "landmarks": chw(masks),
-                "region": torch.from_numpy(np.maximum(mouth, eyes))[None]}
-
-
-def _worker_init(_: int) -> None:
-    # Workers are single-threaded: 16 of them already fill the GPU machine's cores.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------- loss
@@ -213,7 +87,8 @@ def load_perceptual(kind: str, device: torch.device) -> nn.Module | None:
     """"vgg": frozen VGG16 features; "lpips": frozen LPIPS-AlexNet; "none": None."""
     if kind == "none":
         return None
-    from codec.training.lpips import LPIPS, VGGPerceptual
+    from codec.lpips import LPIPS
+    from codec.training.perceptual import VGGPerceptual
 
     if kind == "vgg":
         return VGGPerceptual.from_cache().to(device)
@@ -231,9 +106,10 @@ def refiner_loss(output: torch.Tensor, target: torch.Tensor, region: torch.Tenso
         output, target: B×3×H×W in [0, 1]; region: B×1×H×W in {0, 1}.
         perceptual: None, an LPIPS module (B distances) or VGGPerceptual (feature list).
     L1 weights region pixels ``region_weight`` times the rest; the perceptual term is
-    LPIPS's batch mean or the 4-scale VGG loss of :func:`codec.training.lpips.multiscale_perceptual_loss`.
+    LPIPS's batch mean or the 4-scale VGG loss of :func:`codec.training.perceptual.multiscale_perceptual_loss`.
     """
-    from codec.training.lpips import LPIPS, multiscale_perceptual_loss
+    from codec.lpips import LPIPS
+    from codec.training.perceptual import multiscale_perceptual_loss
 
     diff = (output.float() - target.float()).abs()
     weight = 1.0 + (region_weight - 1.0) * region.float()
@@ -342,7 +218,7 @@ def train(cfg: RefinerTrainConfig, dataset: Dataset | None = None) -> dict[str, 
              cfg.w_perceptual, time.monotonic() - started)
     loader = DataLoader(dataset, batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", drop_last=True,
-                        worker_init_fn=_worker_init if cfg.workers > 0 else None,
+                        worker_init_fn=worker_init if cfg.workers > 0 else None,
                         persistent_workers=False)
     log_path = out / "log.csv"
     if not log_path.is_file():  # chained chunks in one folder append
@@ -401,99 +277,6 @@ def train(cfg: RefinerTrainConfig, dataset: Dataset | None = None) -> dict[str, 
     log.info("stopped by %s at step %d (%d samples, %.1f min): %s", stopped_by, step, samples,
              (time.monotonic() - started) / 60.0, out / "refiner.safetensors")
     return {"steps": step, "samples": samples, "stopped_by": stopped_by, "last": last}
-
-
-# ---------------------------------------------------------------------------- evaluation
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """B×3×H×W in [0, 1] -> B×H×W×3 uint8 (rounded, as a display would get it)."""
-    return (images.float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _region_l1(pred: np.ndarray, real: np.ndarray, masks: np.ndarray) -> float:
-    """Mean |pred − real| (in [0, 1] units) over the mask pixels, all channels; N×H×W masks."""
-    diff = np.abs(pred.astype(np.float32) - real.astype(np.float32)).mean(axis=3) / 255.0
-    return float((diff * masks).sum() / max(float(masks.sum()), 1.0))
-
-
-def _summary(row: dict[str, Any]) -> str:
-    """One log line of scores: PSNR (and LPIPS) per method, then the region L1s."""
-    parts = []
-    for name in ("warp", "refined", "frozen"):
-        lpips = f" {row[name + '_lpips']:.4f}" if f"{name}_lpips" in row else ""
-        parts.append(f"{name} {row[name + '_psnr']:5.2f} dB{lpips}")
-    return (" | ".join(parts) + f" | mouth L1 {row['warp_mouth_l1']:.4f} -> {row['refined_mouth_l1']:.4f}"
-            f" | eyes L1 {row['warp_eyes_l1']:.4f} -> {row['refined_eyes_l1']:.4f}")
-
-
-def evaluate(data: Path, weights: Path | None = None, *, every: int = 10, frames: int = 250,
-             device: str = "cpu", batch: int = 16, segments: int | None = None,
-             use_lpips: bool = True) -> dict[str, Any]:
-    """Dev scores of the warp alone, warp + refiner and the frozen keyframe.
-
-    Keyframe = frame 0 of each dev segment; scored frames = every ``every``-th of the first
-    ``frames`` (not 0). Motion is the driving landmarks' (from the dev npz), unquantised.
-    Without ``weights`` the refiner is a fresh one, i.e. the identity (a pipeline check).
-    Scores per segment and their mean: ``{warp,refined,frozen}_{psnr,lpips}`` (LPIPS-AlexNet
-    unless ``use_lpips`` is off) and ``{warp,refined}_{mouth,eyes}_l1`` (mean |error| in
-    [0, 1] over :func:`region_masks` of the true driving landmarks).
-    """
-    from benchmarks.landmark_dev import read_segment  # lazy: keeps benchmarks off the import path
-    from codec.metrics import frames_to_tensor, lpips_model, psnr_frames
-
-    data = Path(data)
-    index = json.loads((data / "index.json").read_text(encoding="utf-8"))
-    if index.get("split") == "train":
-        raise ValueError(f"{data} is the train split: evaluate on dev")
-    torch_device = torch.device(device)
-    if weights is not None:
-        refiner, meta = load_refiner(weights, torch_device)
-    else:
-        refiner, meta = Refiner().to(torch_device).eval(), {"format": REFINER_FORMAT, "config": Refiner().config}
-    lpips = lpips_model(torch_device) if use_lpips else None
-    model = _landmark_model()
-    rows = []
-    for segment in index["segments"][:segments]:
-        video, landmarks = read_segment(data, segment)
-        n = min(len(video), frames)
-        picks = list(range(every, n, every))
-        if not picks:
-            continue
-        warped, maps, masks = zip(*(warp_inputs(model, video[0], landmarks[0], landmarks[i]) for i in picks))
-        real = video[picks]
-        refined = []
-        with torch.inference_mode():
-            for s in range(0, len(picks), batch):
-                part = slice(s, s + batch)
-                count = len(warped[part])
-                out = refiner(frames_to_tensor(np.stack(warped[part])).float().to(torch_device),
-                              frames_to_tensor(video[0]).float().to(torch_device).expand(count, -1, -1, -1),
-                              torch.from_numpy(np.stack(maps[part])).to(torch_device),
-                              torch.from_numpy(np.stack(masks[part]).transpose(0, 3, 1, 2)).to(torch_device))
-                refined.append(_to_uint8(out))
-        ours, plain = np.concatenate(refined), np.stack(warped)
-        frozen = np.repeat(video[:1], len(real), axis=0)
-        mouth, eyes = (np.stack(m) for m in zip(*(region_masks(landmarks[i], model.image_size) for i in picks)))
-        row: dict[str, Any] = {"segment": segment["name"], "scored": len(picks)}
-        with torch.inference_mode():
-            target = frames_to_tensor(real).float().to(torch_device)
-            for name, pred in (("warp", plain), ("refined", ours), ("frozen", frozen)):
-                row[f"{name}_psnr"] = float(psnr_frames(pred, real).mean())
-                if lpips is not None:
-                    pred_t = frames_to_tensor(pred).float().to(torch_device)
-                    row[f"{name}_lpips"] = float(lpips(pred_t, target).mean())
-        for name, pred in (("warp", plain), ("refined", ours)):
-            row[f"{name}_mouth_l1"] = _region_l1(pred, real, mouth)
-            row[f"{name}_eyes_l1"] = _region_l1(pred, real, eyes)
-        rows.append(row)
-        log.info("%-44s %s", row["segment"][:44], _summary(row))
-    if not rows:
-        raise ValueError(f"{data}: no segment had a frame to score (every={every}, frames={frames})")
-    keys = [k for k in rows[0] if k not in ("segment", "scored")]
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    log.info("MEAN %s", _summary(mean))
-    return {"weights": str(weights) if weights is not None else None, "refiner": meta, "every": every,
-            "frames": frames, "motion": "unquantised, from the cached dev landmarks",
-            "mean": mean, "segments": rows}
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -1,0 +1,207 @@
+"""The command line of ``python -m benchmarks.rd``: its flags, the checks that refuse a run
+(exit status 2, one stderr line saying why), and a run from the clips to results.json, the
+plots and summary.md."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .clips import Clip, folder_clips, manifest_clips, skip_summary
+from .curves import analysis
+from .markdown import markdown_summary
+from .ours import ours_sweep
+from .plots import plot_all
+from .protocol import ALL_CODECS, METRICS, UNTRAINED_MARK
+from .results import ResultStore, average_rows, run_meta
+from .runner import Sweep, sweep_settings
+
+
+class Refused(Exception):
+    """The run cannot start: the message goes to stderr and the exit status is 2."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The flags; ``folder_mode`` is set when --folder is given without --manifest."""
+    repo = Path(__file__).resolve().parents[2]
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rd", description=_description())
+    default_manifest = repo.parent / "shared" / "data" / "talking" / "MANIFEST.tsv"
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="TSV with 'path' and 'split' columns; its rows of --split are the clips "
+                        "(default: ../shared/data/talking/MANIFEST.tsv, unless --folder is "
+                        "given alone)")
+    p.add_argument("--split", default="dev",
+                   help="the manifest's split to run (default: %(default)s); does not apply "
+                        "to --folder without --manifest")
+    p.add_argument("--folder", type=Path, default=None,
+                   help="without --manifest: benchmark every video under this folder "
+                        "(recursively, sorted by path; clip name = path under the folder; "
+                        "--split does not apply). With --manifest: where the manifest's paths "
+                        "live (default: the manifest's folder)")
+    p.add_argument("--clips", type=int, default=None,
+                   help="first N clips (of the split, or of the folder)")
+    p.add_argument("--frames", type=int, default=250)
+    p.add_argument("--size", type=int, default=256, choices=(256, 512))
+    p.add_argument("--out", type=Path, default=Path("out/rd"))
+    p.add_argument("--codecs", default=",".join(ALL_CODECS))
+    p.add_argument("--model", default="landmark", help="model name (default: %(default)s)")
+    p.add_argument("--untrained", action="store_true",
+                   help="run our codec with seeded random weights (every output marked UNTRAINED)")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--no-refiner", action="store_true",
+                   help="landmark family: score the plain warp, without the learned refiner")
+    p.add_argument("--qualities", default="0,1,2,3,4,5")
+    p.add_argument("--keyframe-refresh", default="0",
+                   help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
+                        "each run at every --qualities value; R@Q runs period R at quality Q "
+                        "only; aT (or aT@Q) the sender's closed-loop refresh at a T dB rebuild "
+                        "threshold, dT at T dB below the rebuild just after a keyframe "
+                        "(e.g. 0,4@3,a24@3,d6@3)")
+    p.add_argument("--metrics", default=",".join(METRICS),
+                   help="subset of psnr,ssim,ms_ssim,lpips,akd,aed (SSIM/MS-SSIM cost ~0.5 s/frame "
+                        "each on the 2-core machine); the rest are n/a")
+    p.add_argument("--metric-every", type=int, default=1, metavar="K",
+                   help="score quality metrics on frames 0, K, 2K, ... only (every frame is still "
+                        "encoded and decoded and its bits counted; ours renders only the scored "
+                        "frames). Default 1: every frame")
+    p.add_argument("--sweep", choices=("full", "quick"), default="full",
+                   help="quick: 2-5 points per baseline codec (smoke runs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own, at most the CPU count)")
+    p.add_argument("--name", default=None, help="run name in the JSON (default: the out folder's)")
+    args = p.parse_args(argv)
+    args.folder_mode = args.manifest is None and args.folder is not None
+    if args.manifest is None and not args.folder_mode:
+        args.manifest = default_manifest
+    return args
+
+
+def _description() -> str:
+    """The first line of the package docstring (what --help says the benchmark is)."""
+    return (sys.modules[__package__].__doc__ or "").split("\n")[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when it wrote results.json and summary.md, 2 when it refused."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    try:
+        codecs = _check_flags(args)
+        clips, source = _clips(args)
+        qualities = [int(q) for q in args.qualities.split(",") if q.strip()]
+        try:
+            ours_points = ours_sweep(args.keyframe_refresh, qualities)
+        except ValueError as exc:
+            raise Refused(f"--keyframe-refresh: {exc}") from exc
+        loaded = _load_model(args) if "ours" in codecs else None
+    except Refused as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    threads = args.threads if args.threads else torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    untrained = bool(loaded is not None and loaded.untrained)
+    command = "python -m benchmarks.rd " + " ".join(
+        sys.argv[1:] if argv is None else list(argv))
+    store = ResultStore(out / "results.json", run_meta(
+        args.name or out.name, command, untrained, args.size, args.frames, args.metric_every, source))
+    store.data["codecs"] = codecs
+    store.data.setdefault("skipped", {})
+    store.data.setdefault("metrics_unavailable", {})
+    sweep = Sweep(store, sweep_settings(codecs, ours_points, quick=args.sweep == "quick"), loaded,
+                  args.size, args.frames, args.metric_every,
+                  [m.strip() for m in args.metrics.split(",") if m.strip()], out)
+    started = time.perf_counter()
+    used_clips = sweep.run(clips)
+    if not used_clips:
+        hint = ("" if args.folder_mode or args.folder is None else
+                "; with --manifest, --folder only relocates the manifest's paths (give --folder "
+                "alone to benchmark every video in it)")
+        print(f"no clip scored: all {len(clips)} clips skipped "
+              f"({skip_summary(store.data['skipped'], clips)}){hint}", file=sys.stderr)
+        return 2
+    _finish(store, out, sweep.rows(used_clips), used_clips, untrained, started)
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> list[str]:
+    """The codecs of --codecs, after checking the flags argparse cannot."""
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    unknown = sorted(set(codecs) - set(ALL_CODECS))
+    if unknown:
+        raise Refused(f"unknown codecs {unknown}; have {list(ALL_CODECS)}")
+    if args.metric_every < 1:
+        raise Refused("--metric-every must be >= 1")
+    if args.clips is not None and args.clips < 1:
+        raise Refused("--clips must be >= 1")
+    return codecs
+
+
+def _clips(args: argparse.Namespace) -> tuple[list[Clip], str]:
+    """The clips to score (the first --clips of them) and where they came from, in words."""
+    if args.folder_mode:
+        if not args.folder.is_dir():
+            raise Refused(f"no clip to score: folder not found: {args.folder}")
+        clips = folder_clips(args.folder)
+        source = "every video under --folder"
+        if not clips:
+            from codec.training.dataset import VIDEO_SUFFIXES
+
+            raise Refused(f"no clip to score: no video under {args.folder} (looked for "
+                          f"{' '.join(VIDEO_SUFFIXES)}, recursively)")
+    else:
+        if not args.manifest.is_file():
+            raise Refused(f"manifest not found: {args.manifest}")
+        clips = manifest_clips(args.manifest, args.split, args.folder)
+        source = f"split {args.split}"
+        if not clips:
+            raise Refused(f"no clip to score: no row of split {args.split!r} in {args.manifest}")
+    if args.clips is not None:
+        clips = clips[: args.clips]
+    return clips, source
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    """Our codec's model; refused without registered weights unless --untrained / --weights."""
+    from codec.errors import CodecError
+    from codec.zoo import resolve_model
+
+    try:
+        loaded = resolve_model(args.model, untrained=args.untrained, weights=args.weights,
+                               refiner=not args.no_refiner)
+    except CodecError as exc:
+        raise Refused(f"our codec cannot run: {exc}") from exc
+    if loaded.untrained:
+        print(f"*** {UNTRAINED_MARK} ***", file=sys.stderr)
+    return loaded
+
+
+def _finish(store: ResultStore, out: Path, rows: list[dict[str, Any]], used_clips: list[str],
+            untrained: bool, started: float) -> None:
+    """Averages, analysis and plots into results.json, then summary.md beside it."""
+    averages = average_rows(rows)
+    store.data["clips"] = used_clips
+    store.data["averages"] = averages
+    store.data["analysis"] = analysis(averages)
+    plots, backend = plot_all(averages, out, untrained)
+    store.data["plots"] = [p.name for p in plots]
+    store.data["plot_backend"] = backend
+    store.data["wall_s"] = time.perf_counter() - started  # this invocation
+    # a resumed run: every invocation's wall time, so the total cost stays on record
+    store.data["wall_s_invocations"] = store.data.get("wall_s_invocations", []) + [
+        store.data["wall_s"]]
+    store.save()
+    (out / "summary.md").write_text(markdown_summary(store.data, [p.name for p in plots]))
+    print(f"wrote {out / 'results.json'}, {out / 'summary.md'} and {len(plots)} plots "
+          f"({backend}) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if untrained:
+        print(f"*** {UNTRAINED_MARK} ***", file=sys.stderr)

@@ -1,0 +1,167 @@
+"""Curve maths on the averaged results: BD-rate, the rate at which a curve reaches a quality,
+the headline ratio against x264, and the per-codec curves they run on."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .protocol import LOWER_IS_BETTER, METRICS
+
+
+def _envelope(rates: Sequence[float], values: Sequence[float],
+              sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log-rates, sign·quality) of a curve's monotone envelope: points sorted by rate, each
+    kept only if it improves on every cheaper point (``sign`` = −1 for lower-is-better)."""
+    pts = sorted((float(r), float(v)) for r, v in zip(rates, values)
+                 if v is not None and np.isfinite(r) and np.isfinite(v) and r > 0)
+    kept: list[tuple[float, float]] = []
+    for r, v in pts:
+        if not kept or sign * v > kept[-1][1]:
+            kept.append((r, sign * v))
+    return np.log([k[0] for k in kept]), np.array([k[1] for k in kept])
+
+
+def bd_rate(rate_a: Sequence[float], metric_a: Sequence[float], rate_b: Sequence[float],
+            metric_b: Sequence[float], lower_is_better: bool | None = None) -> float | None:
+    """Bjøntegaard delta rate of curve B against curve A, in percent.
+
+    Each curve is reduced to its monotone envelope (a point that is no better than a cheaper
+    one is dropped), log(rate) is interpolated piecewise-linearly in the metric between the
+    envelope's points, both are averaged over the metric interval where the curves overlap,
+    and the mean log-rate difference becomes a percentage: −50 means B needs half A's rate
+    for the same quality. Piecewise-linear rather than the classic cubic fit, because a cubic
+    through a curve with a knee (x264 near its floor) swings far outside the measured rates
+    and gives absurd answers such as −100 %. ``lower_is_better`` (inferred from curve A's
+    ends when None) picks the metric's direction. None when the curves do not overlap or
+    have fewer than 2 envelope points."""
+    if lower_is_better is None:
+        pts = sorted((float(r), float(v)) for r, v in zip(rate_a, metric_a)
+                     if v is not None and np.isfinite(r) and np.isfinite(v) and r > 0)
+        if len(pts) < 2:
+            return None
+        lower_is_better = pts[-1][1] < pts[0][1]
+    sign = -1.0 if lower_is_better else 1.0
+    curves = [_envelope(rate_a, metric_a, sign), _envelope(rate_b, metric_b, sign)]
+    if any(len(q) < 2 for _, q in curves):
+        return None
+    low = max(q[0] for _, q in curves)
+    high = min(q[-1] for _, q in curves)
+    if not high > low:
+        return None
+    # Piecewise-linear integrands: the trapezoid rule over every breakpoint is exact.
+    grid = np.unique(np.concatenate([[low, high]] + [q[(q > low) & (q < high)] for _, q in curves]))
+    means = [float(np.trapezoid(np.interp(grid, q, log_rate), grid)) / (high - low)
+             for log_rate, q in curves]
+    return float((math.exp(means[1] - means[0]) - 1.0) * 100.0)
+
+
+def rate_for_quality(rates: Sequence[float], values: Sequence[float], target: float,
+                     lower_is_better: bool) -> float | None:
+    """The rate at which a codec's curve reaches ``target`` quality, interpolating
+    log-rate linearly between the two neighbouring points of its convex-hull-free
+    monotone envelope (points sorted by rate, each kept only if it improves on all cheaper
+    ones). None when the target lies outside what the curve reaches."""
+    pts = sorted((float(r), float(v)) for r, v in zip(rates, values)
+                 if r > 0 and np.isfinite(r) and np.isfinite(v))
+    sign = -1.0 if lower_is_better else 1.0  # make "higher is better" internally
+    envelope: list[tuple[float, float]] = []
+    for r, v in pts:
+        if not envelope or sign * v > envelope[-1][1]:
+            envelope.append((r, sign * v))
+    goal = sign * target
+    if not envelope or goal < envelope[0][1] or goal > envelope[-1][1]:
+        return None
+    if len(envelope) == 1:
+        return envelope[0][0]
+    for (r0, q0), (r1, q1) in itertools.pairwise(envelope):
+        if q0 <= goal <= q1:
+            t = 0.0 if q1 == q0 else (goal - q0) / (q1 - q0)
+            return float(math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0))))
+    return None
+
+
+def value_at_rate(rates: Sequence[float], values: Sequence[float], rate: float) -> float | None:
+    """A metric interpolated at ``rate`` along a curve (linear in log-rate); None outside it."""
+    pts = sorted((float(r), float(v)) for r, v in zip(rates, values)
+                 if r > 0 and np.isfinite(r) and v is not None and np.isfinite(v))
+    if not pts or rate < pts[0][0] or rate > pts[-1][0]:
+        return None
+    xs = np.log([p[0] for p in pts])
+    return float(np.interp(math.log(rate), xs, [p[1] for p in pts]))
+
+
+def headline(ours: dict[str, float], x264_curve: list[dict[str, float]],
+             rate_key: str = "payload_kbps") -> dict[str, Any]:
+    """x264 rate needed to match our LPIPS (interpolated on x264's curve) ÷ our rate.
+
+    Counted only where our AKD is no worse than x264's AKD at that matched rate (else the
+    match rewards sharp frames that do not move, as the frozen keyframe shows)."""
+    rates = [p[rate_key] for p in x264_curve]
+    lpips = [p.get("lpips") for p in x264_curve]
+    out: dict[str, Any] = {"rate_key": rate_key, "ours_kbps": ours.get(rate_key),
+                           "ours_lpips": ours.get("lpips"), "ours_akd": ours.get("akd")}
+    if ours.get("lpips") is None or any(v is None for v in lpips) or not rates:
+        return out | {"ratio": None, "counted": False, "reason": "LPIPS unavailable"}
+    matched = rate_for_quality(rates, lpips, ours["lpips"], lower_is_better=True)
+    if matched is None:
+        best = min(lpips)
+        why = ("our LPIPS is better than x264's best point" if ours["lpips"] < best
+               else "our LPIPS is worse than x264's floor")
+        return out | {"ratio": None, "counted": False, "reason": why}
+    out["x264_kbps"] = matched
+    out["ratio"] = matched / ours[rate_key] if ours[rate_key] else None
+    x264_akd = value_at_rate(rates, [p.get("akd") for p in x264_curve], matched)
+    out["x264_akd_at_match"] = x264_akd
+    if ours.get("akd") is None or x264_akd is None:
+        return out | {"counted": False, "reason": "AKD unavailable"}
+    counted = ours["akd"] <= x264_akd
+    return out | {"counted": counted,
+                  "reason": "ok" if counted else "our AKD is worse than x264's at the matched rate"}
+
+
+def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Averaged points grouped into one curve per codec (ours: one per keyframe refresh)."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for row in averages:
+        label = row["codec"]
+        if label == "ours":
+            refresh = row["setting"].split("-", 1)[-1]  # kf0 | kf<seconds> | ad<dB>
+            # One curve across qualities with one keyframe, one across periodic refresh
+            # periods, one across the closed loop's thresholds.
+            label = ("ours kf0" if refresh == "kf0" else "ours adaptive" if refresh.startswith("ad")
+                     else "ours adaptive (drop)" if refresh.startswith("dr") else "ours periodic")
+        curves.setdefault(label, []).append(row)
+    for points in curves.values():
+        points.sort(key=lambda r: r["payload_kbps"])
+    return curves
+
+
+def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Headline ratios (each of our settings against x264) and BD-rates against x264."""
+    curves = curves_by_codec(averages)
+    x264 = curves.get("x264", [])
+    out: dict[str, Any] = {"headline": [], "bd_rate_vs_x264": {}}
+    for row in averages:
+        if row["codec"] == "ours" and x264:
+            for rate_key, x264_key in (("payload_kbps", "payload_kbps"), ("wire_kbps", "wire_kbps")):
+                item = headline({"lpips": row.get("lpips"), "akd": row.get("akd"),
+                                 rate_key: row[rate_key]},
+                                [{"lpips": p.get("lpips"), "akd": p.get("akd"),
+                                  rate_key: p[x264_key]} for p in x264], rate_key=rate_key)
+                out["headline"].append({"setting": row["setting"]} | item)
+    for label, points in curves.items():
+        if label == "x264" or not x264 or label == "frozen":
+            continue
+        for metric in METRICS:
+            a = [(p["payload_kbps"], p.get(metric)) for p in x264 if p.get(metric) is not None]
+            b = [(p["payload_kbps"], p.get(metric)) for p in points if p.get(metric) is not None]
+            if len(a) >= 2 and len(b) >= 2:
+                value = bd_rate(*zip(*a), *zip(*b), lower_is_better=metric in LOWER_IS_BETTER)
+                out["bd_rate_vs_x264"].setdefault(label, {})[metric] = value
+    return out
+

@@ -1,0 +1,94 @@
+"""The run as markdown: the averaged-results table and summary.md (banner, headline, BD-rates,
+plots, notes); ``benchmarks.report`` reuses them for the README."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .protocol import METRICS, UNTRAINED_MARK, metric_sampling_text
+
+
+def format_cell(value: Any, digits: int = 3) -> str:
+    """A value as a table cell: "n/a" when missing or not finite, a float to ``digits``
+    significant digits (whole above 1000), anything else as ``str``."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+TABLE_COLUMNS = ("codec", "setting", "clips", "scored_frames", "payload_kbps", "wire_kbps",
+                 "bits_per_frame", "psnr", "ssim", "ms_ssim", "lpips", "akd", "aed", "encode_ms_per_frame",
+                 "decode_ms_per_frame")
+
+
+def markdown_table(averages: list[dict[str, Any]]) -> str:
+    """The averaged results as a markdown table (untrained rows flagged)."""
+    head = ["codec", "setting", "clips", "scored frames/clip", "payload kbit/s", "on-wire kbit/s",
+            "bits/frame", "PSNR", "SSIM", "MS-SSIM", "LPIPS", "AKD", "AED", "enc ms/f", "dec ms/f"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in averages:
+        cells = []
+        for key in TABLE_COLUMNS:
+            value = row.get(key)
+            if key == "codec" and row.get("untrained"):
+                value = f"{value} (UNTRAINED)"
+            if key == "scored_frames" and value is not None and row.get("frames") is not None:
+                value = f"{value:.4g} of {row['frames']:.4g}"
+            cells.append(format_cell(value, 4 if key in ("ssim", "ms_ssim", "lpips") else 3))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
+    """The run as markdown: banner, table, headline, BD-rates, plots, notes."""
+    lines = [f"# Rate–distortion benchmark: {data['name']}", ""]
+    if data.get("untrained"):
+        lines += [(f"> **{UNTRAINED_MARK}.** Rows marked UNTRAINED come from randomly initialised "
+                   "weights: they test the pipeline only."), ""]
+    env = data.get("env", {})
+    lines += [f"- command: `{data.get('command', '')}`",
+              (f"- git sha: `{env.get('git_sha')}`; torch {env.get('torch')}, PyAV {env.get('av')}, "
+               f"{env.get('device')} with {env.get('cpu_threads')} threads"),
+              f"- protocol: {data.get('protocol', '')}",
+              "- **metric sampling: " + metric_sampling_text(
+                  data.get("metric_every", 1), data.get("frames_requested") or 250) + ".**",
+              f"- clips: {', '.join(data.get('clips', [])) or 'none'}"]
+    if data.get("skipped"):
+        lines.append("- skipped: " + "; ".join(f"{k} ({v})" for k, v in data["skipped"].items()))
+    if data.get("metrics_unavailable"):
+        lines.append("- n/a metrics: " + "; ".join(f"{k}: {v}"
+                                                   for k, v in data["metrics_unavailable"].items()))
+    lines += ["", markdown_table(data.get("averages", [])), ""]
+    ana = data.get("analysis", {})
+    if ana.get("headline"):
+        lines += ["## Headline: x264 rate to match our LPIPS ÷ our rate", "",
+                  ("| our setting | rate | ours kbit/s | x264 kbit/s at our LPIPS | ratio | "
+                   "our AKD | x264 AKD there | counted |"), "|" + " --- |" * 8]
+        for h in ana["headline"]:
+            lines.append(
+                f"| {h['setting']} | {h['rate_key']} | {format_cell(h.get('ours_kbps'))} | "
+                f"{format_cell(h.get('x264_kbps'))} | {format_cell(h.get('ratio'))} | "
+                f"{format_cell(h.get('ours_akd'))} | {format_cell(h.get('x264_akd_at_match'))} | "
+                f"{'yes' if h.get('counted') else 'no: ' + h.get('reason', '')} |")
+        lines.append("")
+    if ana.get("bd_rate_vs_x264"):
+        lines += [("## BD-rate against x264 (payload kbit/s; negative = fewer bits for the same "
+                   "quality; log-rate interpolated piecewise-linearly on each curve's monotone "
+                   "envelope; n/a = no overlap)"), "",
+                  "| curve | " + " | ".join(m.upper() for m in METRICS) + " |",
+                  "|" + " --- |" * (len(METRICS) + 1)]
+        for label, values in ana["bd_rate_vs_x264"].items():
+            cells = [(format_cell(values.get(m)) + " %") if values.get(m) is not None else "n/a"
+                     for m in METRICS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if plot_paths:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_paths] + [""]
+    lines += ["## Notes", ""] + [f"- {note}" for note in data.get("notes", [])]
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,145 @@
+"""Our codec in the benchmark: its sweep (quality × keyframe refresh, from ``--qualities`` and
+``--keyframe-refresh``) and one run through ``codec.api``'s Encoder and Decoder."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from codec.families.base import TalkingHeadModel
+from codec.progress import ProgressBar
+
+from .protocol import FPS, scored_indices
+from .runs import CodecRun, Setting
+
+
+def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, int]]:
+    """(refresh, quality) pairs of our codec's sweep from ``--keyframe-refresh``: "R" runs
+    every quality at period R seconds, "R@Q" quality Q only; "aT" / "aT@Q" the sender's
+    closed-loop refresh at a T dB threshold (kept as the string "aT"). Order kept,
+    duplicates dropped."""
+    out: list[tuple[float | str, int]] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        period, _, only = item.partition("@")
+        refresh: float | str
+        if period[:1] in ("a", "d"):
+            threshold = float(period[1:])
+            if not 0 < threshold < 100:
+                raise ValueError(f"bad adaptive threshold {item!r}")
+            refresh = f"{period[0]}{threshold:g}"
+        else:
+            refresh = float(period)
+            if refresh < 0 or not math.isfinite(refresh):
+                raise ValueError(f"bad refresh period {item!r}")
+        for q in ([int(only)] if only else qualities):
+            if (refresh, q) not in out:
+                out.append((refresh, q))
+    return out
+
+
+def _refresh_name(refresh: float | str) -> str:
+    """kf<seconds> for a periodic refresh (kf0: one keyframe); for the closed loop ad<dB>
+    (absolute threshold) or dr<dB> (drop below the first check after a keyframe)."""
+    if isinstance(refresh, str):
+        return ("ad" if refresh[0] == "a" else "dr") + f"{float(refresh[1:]):g}"
+    return f"kf{refresh:g}"
+
+
+def ours_settings(points: Sequence[tuple[float | str, int]]) -> list[Setting]:
+    """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>."""
+    return [Setting("ours", f"q{q}-{_refresh_name(r)}", {"quality": q, "refresh": r})
+            for r, q in points]
+
+
+def refresh_policy(refresh: float | str) -> Any:
+    """The sender's closed-loop ``codec.api.RefreshPolicy`` for an "aT" / "dT" refresh (T dB
+    absolute threshold / drop below the first check after a keyframe); None for a period."""
+    if not isinstance(refresh, str):
+        return None
+    from codec.api import RefreshPolicy
+
+    value = float(refresh[1:])
+    return RefreshPolicy(threshold_db=value) if refresh[0] == "a" else RefreshPolicy(drop_db=value)
+
+
+def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
+                     progress: ProgressBar | None = None, metric_every: int = 1) -> CodecRun:
+    """``run_ours`` for one ``ours_settings`` point: a periodic refresh or the closed loop."""
+    refresh = params["refresh"]
+    periodic = refresh if isinstance(refresh, float) else 0.0
+    return run_ours(crops, loaded, params["quality"], periodic, refresh_policy=refresh_policy(refresh),
+                    progress=progress, metric_every=metric_every)
+
+
+def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
+             fps: float = FPS, progress: ProgressBar | None = None,
+             metric_every: int = 1, refresh_policy=None) -> CodecRun:
+    """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
+
+    ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds.
+    ``refresh_policy``: the sender's closed loop instead (``codec.api.RefreshPolicy``): a new
+    keyframe when its own rebuild stays under a PSNR threshold. Every frame
+    is encoded and every packet decoded, but with ``metric_every`` = K > 1 only frames 0, K,
+    2K, … are rendered by the generator (the others advance the motion chain only), and
+    ``decoded`` holds just those."""
+    import cv2
+
+    from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, Decoder, Encoder
+
+    n, size = crops.shape[0], crops.shape[1]
+    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy)
+    header = encoder.header()
+    period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
+    frame_bytes = np.zeros(n, dtype=np.int64)
+    frame_bytes[0] += len(header)
+    messages = 0
+    stream: list[bytes] = []
+    started = time.perf_counter()
+    for i in range(n):
+        if period and i > 0 and i % period == 0:
+            encoder.request_keyframe()
+        packets = encoder.encode(np.ascontiguousarray(crops[i]), timestamp=i / fps)
+        frame_bytes[i] += sum(len(p) for p in packets)
+        messages += len(packets)
+        stream.extend(packets)
+        if progress is not None:
+            progress.update()
+    encode_s = time.perf_counter() - started
+    decoder = Decoder.from_header(header, model=loaded)
+    decoded: list[np.ndarray] = []
+    wanted = scored_indices(n, metric_every)
+    render = None if metric_every == 1 else (lambda seq: seq % metric_every == 0)
+    started = time.perf_counter()
+    for frame in decoder.decode_stream(stream, batch_size=1, render=render):
+        image = frame.image
+        if image.shape[0] != size:  # e.g. the tiny model renders 64 px; compare at crop size
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+        decoded.append(image)
+        if progress is not None:
+            progress.update(metric_every)
+    decode_s = time.perf_counter() - started
+    if len(decoded) != len(wanted):
+        raise RuntimeError(f"our decoder returned {len(decoded)} frames for {len(wanted)}")
+    stats = encoder.stats
+    return CodecRun(
+        decoded=decoded, frame_bytes=frame_bytes,
+        wire_bytes=int(frame_bytes.sum()) + messages * DATA_CHANNEL_OVERHEAD_BYTES,
+        encode_s=encode_s, decode_s=decode_s,
+        extra={"model": loaded.name, "untrained": bool(loaded.untrained), "quality": quality,
+               "keyframe_refresh_s": keyframe_refresh_s,
+               "refresh_policy": None if refresh_policy is None else str(refresh_policy),
+               "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
+               "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
+               "header_bytes": len(header), "messages": messages,
+               "model_size": loaded.image_size,
+               "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES,
+               "rendered_frames": len(decoded)},
+        scored=None if metric_every == 1 else wanted,
+        rendered=None if metric_every == 1 else len(decoded))
+

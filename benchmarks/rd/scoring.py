@@ -1,0 +1,152 @@
+"""Scoring: per-frame quality metrics from ``codec.metrics`` (``MetricSuite``) and one clip's
+result row from them and a codec run (``summarize``)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from codec.progress import ProgressBar
+
+from .protocol import FPS, METRICS, scored_indices
+from .runs import CodecRun
+
+
+class MetricSuite:
+    """Per-frame quality metrics from ``codec.metrics``; a metric that cannot run is 'n/a'
+    with the reason (recorded once in ``unavailable``).
+
+    The reference clip's landmarks and embeddings are computed once per clip (``reference``)
+    and reused for every codec setting; identical decoded frames (the frozen keyframe) are
+    analysed once."""
+
+    def __init__(self, batch: int = 10, wanted: Sequence[str] = METRICS) -> None:
+        from codec import metrics  # lazy: pulls in the LPIPS backbone and dlib
+
+        self.m = metrics
+        self.batch = batch
+        self.wanted = set(wanted)
+        self.unavailable: dict[str, str] = {}
+        self._lpips = None
+        self._faces = None
+        if "lpips" in self.wanted:
+            try:
+                self._lpips = metrics.lpips_model()
+            except Exception as exc:  # noqa: BLE001 — any failure means "n/a", with its reason
+                self.unavailable["lpips"] = f"{type(exc).__name__}: {exc}"
+        if self.wanted & {"akd", "aed"}:
+            self._faces, reason = metrics.landmark_metrics_or_reason()
+            if reason:
+                self.unavailable["akd"] = self.unavailable["aed"] = reason
+        for name in set(METRICS) - self.wanted:
+            self.unavailable[name] = "not requested (--metrics)"
+        self._ref_key: str | None = None
+        self._ref: tuple[list, list] | None = None
+
+    def _face_features(self, frames: Sequence[np.ndarray]) -> tuple[list, list]:
+        """(landmarks, embeddings) per frame, None where no face; duplicates analysed once."""
+        unique: dict[bytes, int] = {}
+        order = []
+        firsts: list[np.ndarray] = []
+        for frame in frames:
+            digest = hashlib.blake2b(np.ascontiguousarray(frame).tobytes(), digest_size=16).digest()
+            if digest not in unique:
+                unique[digest] = len(firsts)
+                firsts.append(np.ascontiguousarray(frame))
+            order.append(unique[digest])
+        landmarks = self._faces.landmarks(firsts)
+        embeddings: list = [None] * len(firsts)
+        if "aed" in self.wanted:
+            try:
+                embeddings = self._faces.embeddings(firsts, landmarks)
+            except self.m.MetricUnavailableError as exc:
+                self.unavailable.setdefault("aed", str(exc))
+        return [landmarks[i] for i in order], [embeddings[i] for i in order]
+
+    def reference(self, key: str, target: np.ndarray) -> tuple[list, list] | None:
+        """The target clip's face features, computed once per clip ``key``."""
+        if self._faces is None:
+            return None
+        if self._ref_key != key:
+            self._ref = self._face_features(list(target))
+            self._ref_key = key
+        return self._ref
+
+    def _batched(self, name: str, fn: Callable, pred, target) -> np.ndarray:
+        try:
+            return np.asarray(fn(pred, target).detach().reshape(-1).cpu().numpy(), dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001 — e.g. MS-SSIM on frames under 161 px
+            self.unavailable.setdefault(name, f"{type(exc).__name__}: {exc}")
+            return np.full(pred.shape[0], np.nan)
+
+    def per_frame(self, decoded: Sequence[np.ndarray], target: np.ndarray, clip_key: str,
+                  progress: ProgressBar | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Metric arrays (N values each; NaN where unavailable or no face) and side counts."""
+        import torch
+
+        n = len(decoded)
+        out = {name: np.full(n, np.nan) for name in METRICS}
+        with torch.inference_mode():
+            for s in range(0, n, self.batch):
+                e = min(n, s + self.batch)
+                pred = self.m.frames_to_tensor(np.stack(decoded[s:e]))
+                ref = self.m.frames_to_tensor(np.asarray(target[s:e]))
+                for name in ("psnr", "ssim", "ms_ssim"):
+                    if name in self.wanted:
+                        out[name][s:e] = self._batched(name, getattr(self.m, name), pred, ref)
+                if self._lpips is not None:
+                    out["lpips"][s:e] = self._batched("lpips", self._lpips, pred.float(), ref.float())
+                if progress is not None:
+                    progress.update(e - s)
+        side: dict[str, Any] = {}
+        ref_features = self.reference(clip_key, target)
+        if ref_features is not None:
+            ref_lms, ref_emb = ref_features
+            lms, emb = self._face_features(decoded)
+            for i in range(n):  # per-frame values; the clip means below use codec.metrics' own
+                if lms[i] is not None and ref_lms[i] is not None:
+                    out["akd"][i] = float(np.linalg.norm(lms[i] - ref_lms[i], axis=1).mean())
+                if emb[i] is not None and ref_emb[i] is not None:
+                    out["aed"][i] = float(np.linalg.norm(emb[i] - ref_emb[i]))
+            if "akd" in self.wanted:
+                akd = self._faces.akd_from_landmarks(lms, ref_lms)
+                side.update(akd_frames=akd.frames, akd_face_missing=akd.skipped)
+            else:
+                out["akd"][:] = np.nan
+            if "aed" in self.wanted:
+                aed = self._faces.aed_from_embeddings(emb, ref_emb)
+                side.update(aed_frames=aed.frames, aed_face_missing=aed.skipped)
+            else:
+                out["aed"][:] = np.nan
+        return out, side
+
+
+def summarize(metrics: dict[str, np.ndarray], run: CodecRun, fps: float = FPS,
+              metric_every: int = 1) -> dict[str, Any]:
+    """One clip's row: metric means over the scored frames (0, K, 2K, … with K =
+    ``metric_every``), rates over every frame, and speeds.
+
+    ``decode_ms_per_frame`` divides by the frames the decoder rebuilt: all of them for the
+    PyAV codecs and the frozen keyframe, only the scored ones for ours when K > 1 (its
+    skipped frames cost a motion-packet parse, not a generator call)."""
+    n = len(run.frame_bytes)
+    duration = n / fps
+    total = int(run.frame_bytes.sum())
+    row: dict[str, Any] = {name: (None if np.all(np.isnan(v)) else float(np.nanmean(v)))
+                           for name, v in metrics.items()}
+    row.update(frames=n, bytes=total, bits_per_frame=8.0 * total / n,
+               payload_kbps=8.0 * total / duration / 1000.0,
+               wire_kbps=8.0 * run.wire_bytes / duration / 1000.0,
+               metric_every=int(metric_every),
+               scored_frames=len(scored_indices(n, metric_every)),
+               decoded_frames=int(run.rendered if run.rendered is not None else n),
+               encode_ms_per_frame=1000.0 * run.encode_s / n,
+               decode_ms_per_frame=1000.0 * run.decode_s / max(
+                   run.rendered if run.rendered is not None else n, 1))
+    if "x264_sei_bytes" in run.extra:
+        row["kbps_with_sei"] = 8.0 * (total + run.extra["x264_sei_bytes"]) / duration / 1000.0
+    return row
+

@@ -1,0 +1,271 @@
+"""The file helpers behind ``facecodec compress`` / ``decompress``: a video file to our
+container (.fvc) and back, with the audio.
+
+``compress`` fits the face crop once, runs the streaming :class:`~codec.api.Encoder` over
+every frame and writes the packets (and an Opus track) into a container; ``decompress``
+runs the :class:`~codec.api.Decoder` over a container and writes a video file. Each
+returns a report of what it cost. PyAV and the face detector are imported inside them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from codec.api import (
+    DATA_CHANNEL_OVERHEAD_BYTES,
+    DEFAULT_INTRA_PERIOD,
+    Decoder,
+    DecoderStats,
+    Encoder,
+    data_channel_wire_kbps,
+    stamp_untrained,
+)
+from codec.bitstream import MotionPacket, PacketType, parse_packet
+from codec.errors import MediaError
+from codec.families.base import TalkingHeadModel, ViewControl
+from codec.motion_coding import DEFAULT_QUALITY
+
+__all__ = ["CompressReport", "DecompressReport", "compress", "decompress"]
+
+
+@dataclass
+class CompressReport:
+    """What a compressed file costs. Video bits count header + keyframes + motion packets."""
+
+    path: str
+    frames: int
+    fps: float
+    header_bytes: int
+    keyframes: int
+    keyframe_bytes: int
+    motion_bytes: int
+    intra_packets: int
+    audio_bytes: int
+    file_bytes: int
+    untrained: bool
+    crop: tuple[float, float, float]  # (cx, cy, size) of the face crop in source pixels
+    encode_seconds: float
+    quality: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.fps if self.fps else 0.0
+
+    @property
+    def motion_bits_per_frame(self) -> float:
+        return 8.0 * self.motion_bytes / max(self.frames, 1)
+
+    @property
+    def payload_kbps(self) -> float:
+        """Video payload rate: header + keyframes + motion packets, over the clip's duration."""
+        bits = 8.0 * (self.header_bytes + self.keyframe_bytes + self.motion_bytes)
+        return bits / max(self.duration_s, 1e-9) / 1000.0
+
+    @property
+    def motion_kbps(self) -> float:
+        return 8.0 * self.motion_bytes / max(self.duration_s, 1e-9) / 1000.0
+
+    @property
+    def wire_kbps_estimate(self) -> float:
+        """Motion packets as WebRTC data-channel messages, one per frame, with the
+        per-message overhead (DATA_CHANNEL_OVERHEAD_BYTES); keyframe and header excluded."""
+        return data_channel_wire_kbps(self.motion_bytes, self.frames, self.duration_s)
+
+    def to_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out.update(duration_s=self.duration_s, motion_bits_per_frame=self.motion_bits_per_frame,
+                   payload_kbps=self.payload_kbps, motion_kbps=self.motion_kbps,
+                   wire_kbps_estimate=self.wire_kbps_estimate,
+                   data_channel_overhead_bytes=DATA_CHANNEL_OVERHEAD_BYTES)
+        return out
+
+    def summary(self) -> str:
+        lines = [
+            (f"{'UNTRAINED MODEL — output is not meaningful. ' if self.untrained else ''}"
+             f"{self.path}: {self.frames} frames at {self.fps:g} fps ({self.duration_s:.2f} s), "
+             f"quality {self.quality}"),
+            f"  header            {self.header_bytes} bytes",
+            f"  keyframe          {self.keyframe_bytes} bytes ({self.keyframes} keyframe(s))",
+            (f"  motion            {self.motion_bits_per_frame:.1f} bits/frame "
+             f"({self.motion_kbps:.2f} kbit/s, {self.intra_packets} intra packets)"),
+            f"  video payload     {self.payload_kbps:.2f} kbit/s (header + keyframe + motion)",
+            (f"  on-wire estimate  {self.wire_kbps_estimate:.2f} kbit/s for motion as one "
+             f"data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)"),
+            f"  audio             {self.audio_bytes} bytes"
+            + (f" ({8 * self.audio_bytes / max(self.duration_s, 1e-9) / 1000:.1f} kbit/s Opus)"
+               if self.audio_bytes else " (none)"),
+            f"  file              {self.file_bytes} bytes",
+        ]
+        return "\n".join(lines)
+
+
+@dataclass
+class DecompressReport:
+    path: str
+    frames: int
+    fps: float
+    untrained: bool
+    decode_seconds: float
+    has_audio: bool
+    stats: DecoderStats = field(default_factory=DecoderStats)
+
+    def summary(self) -> str:
+        per_frame = 1000.0 * self.decode_seconds / max(self.frames, 1)
+        return (f"{'UNTRAINED MODEL — output is not meaningful. ' if self.untrained else ''}"
+                f"{self.path}: {self.frames} frames at {self.fps:g} fps, "
+                f"{per_frame:.1f} ms/frame to decode and render, audio: "
+                f"{'yes' if self.has_audio else 'no'}")
+
+
+def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel,
+             quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
+             fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = "webp",
+             keyframe_quality: int = 90, audio: bool = True,
+             progress: Callable[[int], None] | None = None) -> CompressReport:
+    """Compress a talking-head video file into our container (.fvc).
+
+    The face crop is fitted on the first frames and held fixed; the output of
+    ``decompress`` is that square crop at the model's resolution.
+    """
+    from codec.bitstream import ContainerWriter
+    from codec.facecrop import FIT_FRAMES, FaceCropper
+    from codec.media import encode_audio_opus, read_frames
+
+    video, out_path = Path(video), Path(out_path)
+    started = time.perf_counter()
+    frames = read_frames(video, fps=fps, max_frames=max_frames)
+    first: list[np.ndarray] = []
+    for item in frames:
+        first.append(item.image)
+        if len(first) >= FIT_FRAMES:
+            break
+    if not first:
+        raise MediaError(f"{video}: no video frames")
+    cropper = FaceCropper(out_size=model.image_size)
+    box = cropper.fit(first)
+    encoder = Encoder(model, quality=quality, intra_period=intra_period,
+                      keyframe_codec=keyframe_codec, keyframe_quality=keyframe_quality,
+                      frame_rate=fps)
+    header = encoder.header()
+    count = 0
+    audio_bytes = 0
+    # Write beside the target and rename at the end, so a failure never leaves a half file
+    # under the requested name.
+    partial = out_path.with_name(out_path.name + ".partial")
+
+    def encode_one(writer: ContainerWriter, image: np.ndarray) -> None:
+        nonlocal count
+        for packet in encoder.encode(box.crop(image, cropper.out_size), count / fps):
+            writer.write_video_packet(packet)
+        count += 1
+        if progress is not None:
+            progress(count)
+
+    try:
+        with open(partial, "wb") as f:
+            writer = ContainerWriter(f, encoder.stream_header())
+            for image in first:
+                encode_one(writer, image)
+            for item in frames:
+                encode_one(writer, item.image)
+            if audio:
+                track = encode_audio_opus(video, duration=count / fps)
+                if track is not None:
+                    audio_bytes = write_audio_track(writer, track)
+            writer.close()
+        partial.replace(out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+    stats = encoder.stats
+    return CompressReport(
+        path=str(out_path), frames=count, fps=fps, header_bytes=len(header),
+        keyframes=stats.keyframes, keyframe_bytes=stats.keyframe_bytes,
+        motion_bytes=stats.motion_bytes, intra_packets=stats.intra_packets,
+        audio_bytes=audio_bytes, file_bytes=out_path.stat().st_size,
+        untrained=model.untrained, crop=(box.cx, box.cy, box.size),
+        encode_seconds=time.perf_counter() - started, quality=quality)
+
+
+def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadModel | None = None,
+               untrained: bool = False, weights: Path | str | None = None,
+               view: ViewControl | None = None, batch_size: int = 4,
+               device: str = "cpu", mark_untrained: bool = True,
+               progress: Callable[[int, int], None] | None = None) -> DecompressReport:
+    """Decode a container (.fvc) into a video file, with its audio when it has any.
+
+    ``progress(frames_done, frames_total)`` is called after every written frame."""
+    from codec.bitstream import read_container
+    from codec.media import VideoWriter
+
+    path, out_video = Path(path), Path(out_video)
+    started = time.perf_counter()
+    with open(path, "rb") as f:
+        container = read_container(f)
+    decoder = Decoder.from_header(container.header, untrained=untrained, weights=weights,
+                                  model=model, device=device)
+    if view is not None:
+        decoder.view = view
+    header = container.header
+    fps = _stream_fps(container)
+    size = (header.width, header.height)
+    count = 0
+    # Frames to expect: one per motion packet (its type byte; no need to parse them twice).
+    motion_types = {int(PacketType.MOTION_INTRA), int(PacketType.MOTION_INTER)}
+    total = sum(1 for data in container.video_packets if data[:1] and data[0] in motion_types)
+    track = read_audio_track(container)
+    with VideoWriter(out_video, fps=fps, size=size, audio=track) as writer:
+        for frame in decoder.decode_stream(container.video_packets, batch_size=batch_size):
+            image = stamp_untrained(frame.image) if frame.untrained and mark_untrained else frame.image
+            writer.write(image)
+            count += 1
+            if progress is not None:
+                progress(count, total)
+    return DecompressReport(path=str(out_video), frames=count, fps=fps, untrained=decoder.untrained,
+                            decode_seconds=time.perf_counter() - started,
+                            has_audio=track is not None, stats=decoder.stats)
+
+
+def write_audio_track(writer, track) -> int:
+    """Store an Opus AudioTrack in a container; returns its payload bytes.
+
+    libopus' first packet starts at pts = -pre_skip; the container counts pts from the
+    coded stream's first sample, so it shifts them by pre_skip (never negative)."""
+    from codec.bitstream import AudioHeader
+
+    writer.write_audio_header(AudioHeader(track.codec, track.sample_rate, track.channels,
+                                          pre_skip=track.pre_skip, num_samples=track.num_samples))
+    for pts, data in track.packets:
+        writer.write_audio_packet(pts + track.pre_skip, data)
+    return track.payload_bytes
+
+
+def read_audio_track(container):
+    """The container's audio as an AudioTrack for codec.media (None when it has none)."""
+    from codec.media import AudioTrack
+
+    header = container.audio_header
+    if header is None:
+        return None
+    return AudioTrack(codec=header.codec, sample_rate=header.sample_rate, channels=header.channels,
+                      packets=[(p.pts - header.pre_skip, p.data) for p in container.audio_packets],
+                      num_samples=header.num_samples, pre_skip=header.pre_skip)
+
+
+def _stream_fps(container) -> float:
+    """The header's frame rate; else from the motion timestamps (median spacing); else 25."""
+    if container.header.frame_rate > 0:
+        return container.header.frame_rate
+    stamps = []
+    for data in container.video_packets:
+        packet = parse_packet(data)
+        if isinstance(packet, MotionPacket):
+            stamps.append(packet.timestamp)
+    if len(stamps) < 2:
+        return 25.0
+    spacing = float(np.median(np.diff(stamps)))
+    return container.header.timebase / spacing if spacing > 0 else 25.0
