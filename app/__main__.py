@@ -44,7 +44,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         report = compress(args.input, args.output, model=model, quality=args.quality,
                           intra_period=args.intra_period, fps=args.fps, max_frames=args.max_frames,
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
-                          audio=not args.no_audio, progress=bar)
+                          audio=not args.no_audio, patches=not args.no_patches, progress=bar)
     print(report.summary())
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2))
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the keyframe image is coded")
     p.add_argument("--keyframe-quality", type=int, default=90, help="keyframe image quality, 1-100")
     p.add_argument("--no-audio", action="store_true", help="drop the audio track")
+    p.add_argument("--no-patches", action="store_true",
+                   help="send no reference patches (real pixels of an open mouth or closed eyes "
+                        "that the keyframe lacks)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(func=cmd_compress)
 

@@ -61,6 +61,8 @@ def add_call_args(parser: argparse.ArgumentParser) -> None:
                    help="auto: neural when the peer holds the same model and renders in real time")
     parser.add_argument("--h264-kbps", type=float, default=30.0, help="H.264 fallback bitrate")
     parser.add_argument("--quality", type=int, default=None, help="motion quality 0-5")
+    parser.add_argument("--no-patches", action="store_true",
+                        help="send no reference patches of the mouth and eyes")
     parser.add_argument("--fps", type=float, default=25.0, help="frames per second sent")
     parser.add_argument("--seconds", type=float, default=60.0,
                    help="length of the call, counted from when it connects (waiting is --wait)")
@@ -154,7 +156,8 @@ def cmd_call(args: argparse.Namespace) -> int:
             for sink in sinks:
                 sink(image, t)
 
-    options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality)
+    options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality,
+                          patches=not args.no_patches)
 
     current: dict = {}
     made: dict = {}  # the recorder, made once the model is loaded; closed below whatever happens

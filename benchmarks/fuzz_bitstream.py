@@ -33,12 +33,14 @@ from codec.bitstream import (
     KeyframeCodec,
     KeyframePacket,
     MotionPacket,
+    PatchPacket,
     StreamHeader,
     parse_packet,
     read_container,
 )
 from codec.errors import CodecError
 from codec.families.base import ModelFamily
+from codec.keyframe import encode_keyframe
 from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table
 
 EXPRESSION_VALUES = 16
@@ -69,6 +71,9 @@ def build_seeds(expression_count: int = EXPRESSION_VALUES, quality: int = QUALIT
                               pack_keyframe_info(landmarks)).pack()]
     packets += [MotionPacket(seq + 1, 40 * seq, intra, payload).pack()
                 for seq, intra, payload in motion]
+    packets.insert(3, PatchPacket(2, 40, region=0, slot=1, x0=90, y0=150, codec_id=KeyframeCodec.WEBP,
+                                  image_bytes=b"RIFF\x08\0\0\0WEBPtiny",
+                                  info=np.zeros(6 + expression_count, "<f2").tobytes()).pack())
     output = io.BytesIO()
     with ContainerWriter(output, header) as writer:
         writer.write_video_packet(packets[0])
@@ -160,6 +165,14 @@ class DecoderTarget:
         self.header = encoder.header()
         self.packets = [p for i, frame in enumerate(frames)
                         for p in encoder.encode(box.crop(frame, cropper.out_size), i / 25)]
+        # A well-formed patch (the scripted portrait never opens its mouth): the patch path is
+        # fuzzed too.
+        source = self.model.prepare_source(np.full((256, 256, 3), 128, np.uint8),
+                                           self.model.default_keyframe_info())
+        motion = self.model.neutral_motion(source)
+        self.packets.insert(1, PatchPacket(1, 40, 0, 0, 100, 160, KeyframeCodec.WEBP,
+                                           encode_keyframe(np.full((24, 48, 3), 90, np.uint8)),
+                                           np.asarray(motion, "<f2").tobytes()).pack())
         self.make_decoder = lambda: Decoder.from_header(self.header, model=self.model)
         self.rng = random.Random(2)
         self.decoder = self.make_decoder()

@@ -14,6 +14,7 @@ packet travels as one data-channel message; ``data_channel_wire_kbps`` is what t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,11 +23,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from codec.bitstream import HeaderFlags, KeyframePacket, MotionPacket, StreamHeader, parse_packet
+from codec.bitstream import (
+    FramePacket,
+    HeaderFlags,
+    KeyframePacket,
+    MotionPacket,
+    PatchPacket,
+    StreamHeader,
+    parse_packet,
+)
 from codec.errors import MissingReferenceError, ModelMismatchError
-from codec.families.base import TalkingHeadModel, ViewControl
+from codec.families.base import PatchCandidate, TalkingHeadModel, ViewControl
 from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
+from codec.reference_patches import PatchBudget
 from codec.zoo import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,11 @@ __all__ = ["DATA_CHANNEL_OVERHEAD_BYTES", "DecodedFrame", "Decoder", "DecoderSta
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
+# Reference patches: WebP at this quality is ~250-450 bytes for a 256-px crop's mouth (a
+# blurrier patch still shows teeth and a cavity), and they may take this many kbit/s on
+# average (the token bucket of codec.reference_patches.PatchBudget).
+DEFAULT_PATCH_QUALITY = 60
+DEFAULT_PATCH_KBPS = 0.8
 # Bytes a WebRTC data-channel message costs on the wire beyond its payload:
 # IPv4 20 + UDP 8 + DTLS record 13 + AES-GCM nonce/tag 24 + SCTP common header 12
 # + DATA chunk 16 = 93, before padding to 4 bytes. Used for on-wire estimates only.
@@ -116,6 +131,9 @@ class EncoderStats:
     motion_packets: int = 0
     motion_bytes: int = 0  # whole motion packets: type byte, varints and range-coded payload
     intra_packets: int = 0
+    patches: int = 0
+    patch_bytes: int = 0
+    patches_over_budget: int = 0  # wanted, but the byte budget said wait
     refreshes: list[tuple[int, str]] = field(default_factory=list)  # (seq, why) of closed-loop keyframes
     last_rebuild_db: float | None = None  # the closed loop's last score
 
@@ -126,7 +144,8 @@ class Encoder:
     def __init__(self, model: TalkingHeadModel, *, quality: int = DEFAULT_QUALITY,
                  intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = "webp",
                  keyframe_quality: int = 90, timebase: int = DEFAULT_TIMEBASE,
-                 frame_rate: float = 25.0, refresh: RefreshPolicy | None = None) -> None:
+                 frame_rate: float = 25.0, refresh: RefreshPolicy | None = None, patches: bool = True,
+                 patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS) -> None:
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
@@ -147,6 +166,11 @@ class Encoder:
         self._last_keyframe_seq: int | None = None
         self._bad_checks = 0
         self._reference_db: float | None = None  # the first check after the last keyframe
+        # Reference patches need the receiver's state too: its keyframe and patches.
+        self.patches = patches and model.supports_patches
+        self.patch_quality = patch_quality
+        self._patch_budget = PatchBudget(rate_bps=1000.0 * patch_kbps)
+        self._last_time: float | None = None
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
@@ -203,7 +227,7 @@ class Encoder:
             packet = KeyframePacket(seq=seq, timestamp=ticks,
                                     codec_id=KEYFRAME_CODEC_IDS[self.keyframe_codec],
                                     image_bytes=data, info=info).pack()
-            if self.refresh is not None:
+            if self.refresh is not None or self.patches:
                 # Exactly what the receiver will hold: the decoded image, not the crop.
                 decoded = fit_square(decode_keyframe(data, KEYFRAME_CODEC_IDS[self.keyframe_codec]),
                                      self.model.image_size)
@@ -219,6 +243,10 @@ class Encoder:
             self._motion.force_intra()
         intra, payload = self._motion.encode_vector(vector, seq)
         packet = MotionPacket(seq=seq, timestamp=ticks, intra=intra, payload=payload).pack()
+        if self.patches:
+            self._patch_budget.tick(0.0 if self._last_time is None else max(0.0, timestamp - self._last_time))
+            packets += self._patch_packets(crop, seq, ticks)  # before the motion: they apply to this frame
+        self._last_time = timestamp
         packets.append(packet)
         self.stats.frames += 1
         self.stats.motion_packets += 1
@@ -226,6 +254,29 @@ class Encoder:
         self.stats.intra_packets += int(intra)
         if self.refresh is not None and seq % self.refresh.check_every == 0:
             self._check_rebuild(crop, seq)
+        return packets
+
+    def _patch_packets(self, crop: np.ndarray, seq: int, ticks: int) -> list[bytes]:
+        """Reference patches of this frame that the receiver lacks and the budget allows;
+        the local copy of the receiver's state takes each one as the receiver will."""
+        decoded = self._motion.last_decoded
+        if self._local_source is None or decoded is None:
+            return []
+        codec_id = KEYFRAME_CODEC_IDS[self.keyframe_codec]
+        packets = []
+        for candidate in self.model.patch_candidates(self._local_source, crop, decoded):
+            data = encode_keyframe(candidate.image, self.keyframe_codec, self.patch_quality)
+            packet = PatchPacket(seq=seq, timestamp=ticks, region=candidate.region, slot=candidate.slot,
+                                 x0=candidate.x0, y0=candidate.y0, codec_id=codec_id, image_bytes=data,
+                                 info=candidate.info).pack()
+            if not self._patch_budget.spend(len(packet)):
+                self.stats.patches_over_budget += 1
+                continue
+            image = decode_keyframe(data, codec_id)
+            self.model.add_patch(self._local_source, dataclasses.replace(candidate, image=image))
+            packets.append(packet)
+            self.stats.patches += 1
+            self.stats.patch_bytes += len(packet)
         return packets
 
     def _check_rebuild(self, crop: np.ndarray, seq: int) -> None:
@@ -275,6 +326,7 @@ class DecoderStats:
     missing_reference: int = 0  # inter packets dropped because their reference was lost
     before_keyframe: int = 0  # motion packets that arrived before any keyframe
     stale: int = 0  # duplicated or reordered motion packets older than the last decoded one
+    patches: int = 0
 
 
 class Decoder:
@@ -322,6 +374,14 @@ class Decoder:
         self._source = self.model.prepare_source(image, packet.info)
         self.stats.keyframes += 1
 
+    def _add_patch(self, packet: PatchPacket) -> None:
+        if self._source is None:
+            return  # its keyframe was lost: the next keyframe starts a fresh reference set
+        image = decode_keyframe(packet.image_bytes, packet.codec_id)
+        self.model.add_patch(self._source, PatchCandidate(packet.region, packet.slot, packet.x0, packet.y0,
+                                                          image, packet.info))
+        self.stats.patches += 1
+
     def render(self, motions: list[np.ndarray]) -> list[np.ndarray]:
         """Render a batch of decoded motion vectors against the current keyframe."""
         if self._source is None:
@@ -354,7 +414,7 @@ class Decoder:
         frames = list(self.decode_stream([data]))
         return frames[0] if frames else None
 
-    def decode_stream(self, packets: Iterable[bytes | KeyframePacket | MotionPacket], batch_size: int = 1,
+    def decode_stream(self, packets: Iterable[bytes | FramePacket], batch_size: int = 1,
                       render: Callable[[int], bool] | None = None) -> Iterator[DecodedFrame]:
         """Decode many packets (bytes, or packets the caller already parsed), rendering up to
         ``batch_size`` frames per generator call.
@@ -378,10 +438,14 @@ class Decoder:
             motions.clear()
 
         for data in packets:
-            packet = data if isinstance(data, KeyframePacket | MotionPacket) else parse_packet(data)
+            packet = data if isinstance(data, FramePacket) else parse_packet(data)
             if isinstance(packet, KeyframePacket):
                 yield from flush()  # frames before the new keyframe render against the old one
                 self._set_keyframe(packet)
+                continue
+            if isinstance(packet, PatchPacket):
+                yield from flush()  # a patch applies from its own frame on
+                self._add_patch(packet)
                 continue
             motion = self._decode_motion(packet)
             if motion is None or (render is not None and not render(packet.seq)):

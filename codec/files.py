@@ -35,7 +35,7 @@ __all__ = ["CompressReport", "DecompressReport", "compress", "decompress"]
 
 @dataclass
 class CompressReport:
-    """What a compressed file costs. Video bits count header + keyframes + motion packets."""
+    """What a compressed file costs. Video bits count header + keyframes + patches + motion."""
 
     path: str
     frames: int
@@ -45,6 +45,8 @@ class CompressReport:
     keyframe_bytes: int
     motion_bytes: int
     intra_packets: int
+    patches: int  # reference patches of the mouth and eyes (codec.reference_patches)
+    patch_bytes: int
     audio_bytes: int
     file_bytes: int
     untrained: bool
@@ -62,8 +64,8 @@ class CompressReport:
 
     @property
     def payload_kbps(self) -> float:
-        """Video payload rate: header + keyframes + motion packets, over the clip's duration."""
-        bits = 8.0 * (self.header_bytes + self.keyframe_bytes + self.motion_bytes)
+        """Video payload rate: header + keyframes + patches + motion, over the clip's duration."""
+        bits = 8.0 * (self.header_bytes + self.keyframe_bytes + self.patch_bytes + self.motion_bytes)
         return bits / max(self.duration_s, 1e-9) / 1000.0
 
     @property
@@ -91,9 +93,10 @@ class CompressReport:
              f"quality {self.quality}"),
             f"  header            {self.header_bytes} bytes",
             f"  keyframe          {self.keyframe_bytes} bytes ({self.keyframes} keyframe(s))",
+            f"  patches           {self.patch_bytes} bytes ({self.patches} of the mouth and eyes)",
             (f"  motion            {self.motion_bits_per_frame:.1f} bits/frame "
              f"({self.motion_kbps:.2f} kbit/s, {self.intra_packets} intra packets)"),
-            f"  video payload     {self.payload_kbps:.2f} kbit/s (header + keyframe + motion)",
+            f"  video payload     {self.payload_kbps:.2f} kbit/s (header + keyframe + patches + motion)",
             (f"  on-wire estimate  {self.wire_kbps_estimate:.2f} kbit/s for motion as one "
              f"data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)"),
             f"  audio             {self.audio_bytes} bytes"
@@ -125,7 +128,7 @@ class DecompressReport:
 def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel,
              quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
              fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = "webp",
-             keyframe_quality: int = 90, audio: bool = True,
+             keyframe_quality: int = 90, audio: bool = True, patches: bool = True,
              progress: Callable[[int], None] | None = None) -> CompressReport:
     """Compress a talking-head video file into our container (.fvc).
 
@@ -150,7 +153,7 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
     box = cropper.fit(first)
     encoder = Encoder(model, quality=quality, intra_period=intra_period,
                       keyframe_codec=keyframe_codec, keyframe_quality=keyframe_quality,
-                      frame_rate=fps)
+                      frame_rate=fps, patches=patches)
     header = encoder.header()
     count = 0
     audio_bytes = 0
@@ -186,6 +189,7 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
         path=str(out_path), frames=count, fps=fps, header_bytes=len(header),
         keyframes=stats.keyframes, keyframe_bytes=stats.keyframe_bytes,
         motion_bytes=stats.motion_bytes, intra_packets=stats.intra_packets,
+        patches=stats.patches, patch_bytes=stats.patch_bytes,
         audio_bytes=audio_bytes, file_bytes=out_path.stat().st_size,
         untrained=model.untrained, crop=(box.cx, box.cy, box.size),
         encode_seconds=time.perf_counter() - started, quality=quality)

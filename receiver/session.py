@@ -36,6 +36,7 @@ from codec.bitstream.control import (
     KeyframeRequest,
     ModeRequest,
     ModeSwitch,
+    Patch,
     StreamStart,
 )
 from codec.errors import CodecError
@@ -61,6 +62,7 @@ class ReceiverStats:
     control_bytes: int = 0
     malformed: int = 0
     keyframes: int = 0
+    patches: int = 0  # reference patches received
     rendered: int = 0
     render_skipped: int = 0  # decodable frames not rendered because newer ones were waiting
     queue_dropped: int = 0
@@ -150,7 +152,7 @@ class ReceiverSession:
     def on_control(self, message) -> None:
         if isinstance(message, StreamStart):
             self._start_stream(message)
-        elif isinstance(message, Keyframe):
+        elif isinstance(message, Keyframe | Patch):
             self._enqueue(message.packet)
         elif isinstance(message, ModeSwitch):
             if message.reason == "call start":
@@ -265,7 +267,7 @@ class ReceiverSession:
             self._check_stall()
 
     def _decode_batch(self, decoder: Decoder, batch: list[bytes]) -> None:
-        from codec.bitstream import KeyframePacket, MotionPacket, parse_packet
+        from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket, parse_packet
 
         packets, motion_seqs = [], []
         for data in batch:
@@ -279,6 +281,8 @@ class ReceiverSession:
                 motion_seqs.append(packet.seq)
             elif isinstance(packet, KeyframePacket):
                 self.stats.keyframes += 1
+            elif isinstance(packet, PatchPacket):
+                self.stats.patches += 1
             packets.append(packet)  # parsed once: the decoder takes it as it is
         newest = max(motion_seqs) if motion_seqs and self.live else None
         if newest is not None:

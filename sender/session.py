@@ -30,6 +30,7 @@ from codec.bitstream.control import (
     KeyframeRequest,
     ModeRequest,
     ModeSwitch,
+    Patch,
     StatsReport,
     StreamStart,
     pack_control,
@@ -60,6 +61,7 @@ class SenderStats:
     motion_bytes: int = 0
     control_bytes: int = 0
     keyframes: int = 0
+    patches: int = 0  # reference patches sent (on the control channel)
     keyframe_requests: int = 0
     intra_requests: int = 0
     mode_switches: int = 0
@@ -170,6 +172,9 @@ class SenderSession:
             if packet[0] == PacketType.KEYFRAME:  # our own encoder's output: the type byte says it
                 self.stats.keyframes += 1
                 self._send_control(Keyframe(packet=packet))
+            elif packet[0] == PacketType.PATCH:
+                self.stats.patches += 1
+                self._send_control(Patch(packet=packet))
             elif self._motion is not None and self._motion.readyState == "open":
                 if self._motion.bufferedAmount > MOTION_BUFFER_LIMIT_BYTES:
                     self.stats.motion_dropped += 1

@@ -31,6 +31,7 @@ from codec.bitstream import (
     KeyframePacket,
     MotionPacket,
     PacketType,
+    PatchPacket,
     StreamHeader,
     decode_uvarint,
     encode_uvarint,
@@ -47,8 +48,11 @@ from codec.families.base import ModelFamily
 from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table
 
 EXPECTED_DIR = Path(__file__).parent / "expected"
-GOLDEN_STREAM = EXPECTED_DIR / "stream_v2.bin"
-GOLDEN_CONTAINER = EXPECTED_DIR / "container_v2.fvvf"
+GOLDEN_STREAM = EXPECTED_DIR / "stream_v3.bin"
+GOLDEN_CONTAINER = EXPECTED_DIR / "container_v3.fvvf"
+# Format version 2 files (before patch packets), kept to prove they still decode.
+V2_STREAM = EXPECTED_DIR / "stream_v2.bin"
+V2_CONTAINER = EXPECTED_DIR / "container_v2.fvvf"
 # Format version 1 files, kept to prove they are refused with a clear error.
 V1_STREAM = EXPECTED_DIR / "stream_v1.bin"
 V1_CONTAINER = EXPECTED_DIR / "container_v1.fvvf"
@@ -59,6 +63,13 @@ GOLDEN_INTRA_PERIOD = 5
 GOLDEN_FRAME_TICKS = 40  # 25 fps at a 1000-tick timebase
 FAKE_IMAGE = b"RIFF\x10\x00\x00\x00WEBPfake-keyframe"
 FAKE_INFO = bytes(range(40))  # keyframe info bytes (opaque to the bitstream layer)
+FAKE_PATCH = b"RIFF\x0e\x00\x00\x00WEBPfake-patch"
+PATCH_SEQ = 4  # the golden stream's patch rides with this frame, before its motion packet
+
+
+def golden_patch() -> PatchPacket:
+    return PatchPacket(PATCH_SEQ, (PATCH_SEQ - 1) * GOLDEN_FRAME_TICKS, region=0, slot=2, x0=97, y0=160,
+                       codec_id=KeyframeCodec.WEBP, image_bytes=FAKE_PATCH, info=bytes(range(44)))
 
 
 def make_header(expression_count: int = GOLDEN_EXPRESSION_VALUES, flags: int = 0) -> StreamHeader:
@@ -87,14 +98,17 @@ def golden_motion_vectors() -> list[np.ndarray]:
     return vectors
 
 
-def golden_packets() -> list[bytes]:
-    """Keyframe packet then GOLDEN_FRAMES motion packets (seq 1…, intra every 5)."""
+def golden_packets(patch: bool = True) -> list[bytes]:
+    """Keyframe packet then GOLDEN_FRAMES motion packets (seq 1…, intra every 5), with one
+    patch packet before the motion packet of PATCH_SEQ (format version 3)."""
     encoder = MotionEncoder(quant_table(GOLDEN_QUALITY, ModelFamily.LANDMARK), GOLDEN_EXPRESSION_VALUES,
                             GOLDEN_INTRA_PERIOD)
     packets = [KeyframePacket(0, 0, KeyframeCodec.WEBP, FAKE_IMAGE, FAKE_INFO).pack()]
     for frame, vector in enumerate(golden_motion_vectors()):
         seq = frame + 1
         intra, payload = encoder.encode_vector(vector, seq)
+        if patch and seq == PATCH_SEQ:
+            packets.append(golden_patch().pack())
         packets.append(MotionPacket(seq, frame * GOLDEN_FRAME_TICKS, intra, payload).pack())
     return packets
 
@@ -182,7 +196,7 @@ def test_header_round_trip_and_layout() -> None:
     assert data[20 + name_length] == ModelFamily.LANDMARK
     assert struct.unpack_from("<H", data, 21 + name_length)[0] == GOLDEN_EXPRESSION_VALUES
     assert struct.unpack_from("<I", data, 27 + name_length)[0] == header.frame_rate_millihz
-    assert data[:4] == STREAM_MAGIC and data[4] == 2
+    assert data[:4] == STREAM_MAGIC and data[4] == 3
     assert struct.unpack_from("<H", data, 5)[0] == 0
     assert data[7] == name_length and data[8:8 + name_length] == b"fv2v-test"
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
@@ -207,7 +221,7 @@ def test_header_errors() -> None:
     with pytest.raises(BitstreamError):
         StreamHeader.parse(b"XXXX" + data[4:])
     with pytest.raises(UnsupportedVersionError):
-        StreamHeader.parse(_with_crc(data[:4] + b"\x03" + data[5:-4]))
+        StreamHeader.parse(_with_crc(data[:4] + b"\x04" + data[5:-4]))
     family_offset = 8 + len("fv2v-test") + 12
     with pytest.raises(BitstreamError):  # unknown family
         StreamHeader.parse(_with_crc(data[:family_offset] + b"\x09" + data[family_offset + 1:-4]))
@@ -285,7 +299,7 @@ def test_packet_errors() -> None:
     motion = MotionPacket(1, 2, True, b"abcd").pack()
     with pytest.raises(BitstreamError, match="trailing"):
         parse_packet(motion + b"\0")
-    for type_byte in (0x00, 0x04, 0x3F, 0x80, 0xFF):
+    for type_byte in (0x00, 0x05, 0x3F, 0x80, 0xFF):
         with pytest.raises(BitstreamError, match="unknown packet type"):
             parse_packet(bytes([type_byte]) + motion[1:])
     with pytest.raises(BitstreamError, match="control"):
@@ -464,28 +478,55 @@ def test_golden_container_bytes() -> None:
     assert build_golden_container() == GOLDEN_CONTAINER.read_bytes()
 
 
-def test_golden_stream_decodes() -> None:
-    """Decode the checked-in file (not a rebuilt one): old streams must stay readable."""
-    messages = split_stream(GOLDEN_STREAM.read_bytes())
+@pytest.mark.parametrize("stream, container, version", [(GOLDEN_STREAM, GOLDEN_CONTAINER, 3),
+                                                         (V2_STREAM, V2_CONTAINER, 2)])
+def test_golden_stream_decodes(stream: Path, container: Path, version: int) -> None:
+    """Decode the checked-in files (not rebuilt ones): old streams must stay readable."""
+    data = stream.read_bytes()
+    messages = split_stream(data)
+    assert messages[0][len(STREAM_MAGIC)] == version
     header = StreamHeader.parse(messages[0])
     assert header == make_header()
     keyframe = parse_packet(messages[1])
     assert isinstance(keyframe, KeyframePacket) and keyframe.image_bytes == FAKE_IMAGE
     assert keyframe.info == FAKE_INFO
+    packets = [parse_packet(message) for message in messages[2:]]
+    patches = [packet for packet in packets if isinstance(packet, PatchPacket)]
+    assert patches == ([golden_patch()] if version == 3 else [])
     decoder = MotionDecoder(header.quant_table, header.expression_count)
     steps = header.quant_table.steps_vector(header.expression_count)
     intra_seqs = []
-    for message, vector in zip(messages[2:], golden_motion_vectors(), strict=True):
-        packet = parse_packet(message)
-        assert isinstance(packet, MotionPacket)
+    motion = [packet for packet in packets if isinstance(packet, MotionPacket)]
+    for packet, vector in zip(motion, golden_motion_vectors(), strict=True):
         if packet.intra:
             intra_seqs.append(packet.seq)
         decoded = decoder.decode_vector(packet.intra, packet.seq, packet.payload)
         assert np.all(np.abs(decoded - vector) <= steps * (0.5 + 1e-5))
     assert intra_seqs == [1, 6, 11]
-    container = read_container(GOLDEN_CONTAINER.read_bytes())
-    assert container.video_packets == messages[1:]
-    assert len(container.audio_packets) == 6
+    read = read_container(container.read_bytes())
+    assert read.video_packets == messages[1:]
+    assert len(read.audio_packets) == len(range(0, len(messages) - 2, 2))  # one every other packet
+
+
+def test_patch_packet_round_trip_and_bad_fields() -> None:
+    patch = golden_patch()
+    data = patch.pack()
+    assert data[0] == PacketType.PATCH and parse_packet(data) == patch
+    for cut in range(1, len(data)):
+        with pytest.raises(BitstreamError):  # TruncatedError is one
+            parse_packet(data[:cut])
+    with pytest.raises(BitstreamError, match="trailing|after"):
+        parse_packet(data + b"\0")
+    prefix = len(data) - len(FAKE_PATCH) - 2 - 44 - 7
+    for offset, value, message in ((0, 3, "region"), (1, 8, "slot"), (6, 9, "codec")):
+        bad = bytearray(data)
+        bad[prefix + offset] = value
+        with pytest.raises(BitstreamError, match=message):
+            parse_packet(bytes(bad))
+    with pytest.raises(ValueError):
+        PatchPacket(1, 0, region=0, slot=8, x0=0, y0=0, codec_id=1, image_bytes=b"x").pack()
+    with pytest.raises(ValueError):
+        PatchPacket(1, 0, region=0, slot=0, x0=0, y0=0, codec_id=1, image_bytes=b"").pack()
 
 
 def test_version_1_files_are_refused_clearly() -> None:

@@ -51,10 +51,12 @@ def _refresh_name(refresh: float | str) -> str:
     return f"kf{refresh:g}"
 
 
-def ours_settings(points: Sequence[tuple[float | str, int]]) -> list[Setting]:
-    """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>."""
-    return [Setting("ours", f"q{q}-{_refresh_name(r)}", {"quality": q, "refresh": r})
-            for r, q in points]
+def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True) -> list[Setting]:
+    """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
+    (with a ``-nopatch`` suffix when the sender sends no reference patches)."""
+    suffix = "" if patches else "-nopatch"
+    return [Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
+                    {"quality": q, "refresh": r, "patches": patches}) for r, q in points]
 
 
 def refresh_policy(refresh: float | str) -> Any:
@@ -74,17 +76,18 @@ def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
     refresh = params["refresh"]
     periodic = refresh if isinstance(refresh, float) else 0.0
     return run_ours(crops, loaded, params["quality"], periodic, refresh_policy=refresh_policy(refresh),
-                    progress=progress, metric_every=metric_every)
+                    progress=progress, metric_every=metric_every, patches=params.get("patches", True))
 
 
 def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
-             metric_every: int = 1, refresh_policy=None) -> CodecRun:
+             metric_every: int = 1, refresh_policy=None, patches: bool = True) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds.
     ``refresh_policy``: the sender's closed loop instead (``codec.api.RefreshPolicy``): a new
-    keyframe when its own rebuild stays under a PSNR threshold. Every frame
+    keyframe when its own rebuild stays under a PSNR threshold. ``patches``: the sender's
+    reference patches of the mouth and eyes (their bytes count like the rest). Every frame
     is encoded and every packet decoded, but with ``metric_every`` = K > 1 only frames 0, K,
     2K, … are rendered by the generator (the others advance the motion chain only), and
     ``decoded`` holds just those."""
@@ -93,7 +96,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
     from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, Decoder, Encoder
 
     n, size = crops.shape[0], crops.shape[1]
-    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy)
+    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches)
     header = encoder.header()
     period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
@@ -136,6 +139,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
                "refresh_policy": None if refresh_policy is None else str(refresh_policy),
                "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
+               "patches": stats.patches, "patch_bytes": stats.patch_bytes,
                "header_bytes": len(header), "messages": messages,
                "model_size": loaded.image_size,
                "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES,

@@ -23,6 +23,7 @@ from codec.bitstream.packets import (
     MAX_KEYFRAME_INFO_BYTES,
     MAX_MOTION_PAYLOAD_BYTES,
     MAX_PACKET_BYTES,
+    MAX_PATCH_SLOTS,
     STREAM_FORMAT_VERSION,
     STREAM_MAGIC,
     FramePacket,
@@ -31,6 +32,7 @@ from codec.bitstream.packets import (
     KeyframePacket,
     MotionPacket,
     PacketType,
+    PatchPacket,
     StreamHeader,
     parse_packet,
 )
@@ -39,9 +41,9 @@ from codec.bitstream.varint import ByteReader, decode_uvarint, encode_uvarint
 __all__ = [
     "CONTAINER_MAGIC", "CONTAINER_VERSION", "MAX_AUDIO_PACKET_BYTES", "MAX_HEADER_BYTES",
     "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES", "MAX_MOTION_PAYLOAD_BYTES", "MAX_PACKET_BYTES",
-    "STREAM_FORMAT_VERSION",
+    "MAX_PATCH_SLOTS", "STREAM_FORMAT_VERSION",
     "STREAM_MAGIC", "AudioHeader", "AudioPacket", "ByteReader", "Container", "ContainerWriter",
     "FramePacket", "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket",
-    "PacketType", "RecordKind", "StreamHeader", "decode_uvarint", "encode_uvarint",
+    "PacketType", "PatchPacket", "RecordKind", "StreamHeader", "decode_uvarint", "encode_uvarint",
     "parse_packet", "read_container",
 ]

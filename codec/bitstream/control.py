@@ -45,6 +45,14 @@ class Keyframe:
 
 
 @dataclass(frozen=True)
+class Patch:
+    """A reference patch: reliable, like a keyframe (the sender's copy of the receiver's
+    references counts on it arriving)."""
+
+    packet: bytes  # a whole PatchPacket
+
+
+@dataclass(frozen=True)
 class KeyframeRequest:
     reason: str
 
@@ -87,13 +95,13 @@ class Bye:
     reason: str = ""
 
 
-ControlMessage = (StreamStart | Keyframe | KeyframeRequest | IntraRequest | ModeSwitch | ModeRequest
+ControlMessage = (StreamStart | Keyframe | Patch | KeyframeRequest | IntraRequest | ModeSwitch | ModeRequest
                   | StatsReport | Bye)
 # Which side of a call reads each message (both peers share the two channels).
-FOR_RECEIVER = (StreamStart, Keyframe, ModeSwitch)
+FOR_RECEIVER = (StreamStart, Keyframe, Patch, ModeSwitch)
 FOR_SENDER = (KeyframeRequest, IntraRequest, ModeRequest, StatsReport)
 
-_NAMES = {StreamStart: "start", Keyframe: "keyframe", KeyframeRequest: "keyframe_request",
+_NAMES = {StreamStart: "start", Keyframe: "keyframe", Patch: "patch", KeyframeRequest: "keyframe_request",
           IntraRequest: "intra_request",
           ModeSwitch: "mode", ModeRequest: "mode_request", StatsReport: "stats", Bye: "bye"}
 
@@ -103,7 +111,7 @@ def pack_control(message: ControlMessage) -> bytes:
     body: dict[str, Any] = {"v": CONTROL_VERSION, "t": _NAMES[type(message)]}
     if isinstance(message, StreamStart):
         body.update(header=message.header, clock=float(message.clock), fps=float(message.fps))
-    elif isinstance(message, Keyframe):
+    elif isinstance(message, Keyframe | Patch):
         body.update(packet=message.packet)
     elif isinstance(message, KeyframeRequest | IntraRequest | Bye):
         body.update(reason=message.reason)
@@ -156,6 +164,8 @@ def parse_control(data: bytes | str) -> ControlMessage:
                            fps=_number(body, "fps"))
     if kind == "keyframe":
         return Keyframe(packet=_field(body, "packet", bytes))
+    if kind == "patch":
+        return Patch(packet=_field(body, "packet", bytes))
     if kind == "keyframe_request":
         return KeyframeRequest(reason=_field(body, "reason", str))
     if kind == "intra_request":

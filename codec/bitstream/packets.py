@@ -1,10 +1,10 @@
 """The stream header and the frame packets: explicit little-endian layouts, never pickle.
 
-Stream header (sent once per call and at the start of a file), format version 2::
+Stream header (sent once per call and at the start of a file), format version 3::
 
     offset   size  field
     0        4     magic b"FVVS"
-    4        1     format version (1)
+    4        1     format version (3; 2 is also read: the same, without patch packets)
     5        2     flags, uint16 (bit 0 = UNTRAINED model; other bits reserved, must be 0)
     7        1     n = model name length (1 … 32)
     8        n     model name, ASCII [A-Za-z0-9._-]
@@ -44,6 +44,24 @@ Frame packet (one data-channel message or one container record)::
 
 The explicit length makes every truncation detectable even though the transport
 already delimits messages; it costs one byte per motion packet.
+
+Patch packet (format version 3): real pixels of one face region the keyframe lacks
+(:mod:`codec.reference_patches`); it applies from its sequence number on, until the next
+keyframe::
+
+    1 byte   type (PATCH)
+    varint   sequence number
+    varint   timestamp
+    1 byte   region id (0 mouth, 1 right eye, 2 left eye)
+    1 byte   slot (0 … MAX_PATCH_SLOTS-1): the reference it replaces
+    2+2      x0, y0 uint16: where the patch sat in its frame (crop pixels)
+    1 byte   image codec id (KeyframeCodec)
+    varint   image length L (1 … MAX_PATCH_IMAGE_BYTES)
+    L bytes  image
+    varint   info length I (≤ MAX_KEYFRAME_INFO_BYTES)
+    I bytes  placement info: what the family needs to move the patch with the face (the
+             landmark family: its frame's decoded motion vector, float16)
+    nothing may follow.
 """
 
 from __future__ import annotations
@@ -60,7 +78,8 @@ from codec.families.base import ModelFamily
 from codec.motion_coding import MAX_EXPRESSION_VALUES, QuantTable
 
 STREAM_MAGIC = b"FVVS"
-STREAM_FORMAT_VERSION = 2
+STREAM_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (2, 3)  # 2: before patch packets, otherwise the same
 
 MAX_MODEL_NAME_BYTES = 32
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_MODEL_NAME_BYTES)
@@ -69,6 +88,9 @@ MAX_DIMENSION = 16384
 MAX_KEYFRAME_BYTES = 4 * 1024 * 1024
 MAX_MOTION_PAYLOAD_BYTES = 4 * 1024
 MAX_KEYFRAME_INFO_BYTES = 4 * 1024
+MAX_PATCH_IMAGE_BYTES = 64 * 1024
+MAX_PATCH_SLOTS = 8
+MAX_PATCH_REGIONS = 3
 # type + seq + timestamp + codec id + payload length + payload + info length + info.
 MAX_PACKET_BYTES = 1 + 4 * MAX_VARINT_BYTES + 1 + MAX_KEYFRAME_BYTES + MAX_KEYFRAME_INFO_BYTES
 MAX_HEADER_BYTES = 87 + MAX_MODEL_NAME_BYTES
@@ -97,6 +119,7 @@ class PacketType(IntEnum):
     KEYFRAME = 0x01
     MOTION_INTRA = 0x02
     MOTION_INTER = 0x03
+    PATCH = 0x04
     # 0x40–0x7F are reserved for control messages defined by the transport layer;
     # parse_packet rejects them. 0x80 and up are reserved for future extension.
     KEYFRAME_REQUEST = 0x40
@@ -202,9 +225,9 @@ class StreamHeader:
             raise UnsupportedVersionError(
                 "stream format version 1 (vid2vid only, before the landmark family) is no longer "
                 f"read; this build reads version {STREAM_FORMAT_VERSION}: compress the video again")
-        if version != STREAM_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise UnsupportedVersionError(f"stream format version {version} is not supported "
-                                          f"(this build reads {STREAM_FORMAT_VERSION})")
+                                          f"(this build reads {READABLE_FORMAT_VERSIONS})")
         flags = reader.read_struct(_FLAGS, "header flags")[0]
         name_length = reader.read_u8("model name length")
         if not 1 <= name_length <= MAX_MODEL_NAME_BYTES:
@@ -281,10 +304,68 @@ class MotionPacket:
                 + encode_uvarint(len(self.payload)) + bytes(self.payload))
 
 
-FramePacket = KeyframePacket | MotionPacket
+_PATCH_PLACE = struct.Struct("<BBHHB")  # region, slot, x0, y0, image codec id
 
 
-def parse_packet(data: bytes | bytearray | memoryview) -> KeyframePacket | MotionPacket:
+@dataclass(frozen=True)
+class PatchPacket:
+    """One coded reference patch (see the module docstring)."""
+
+    seq: int
+    timestamp: int
+    region: int
+    slot: int
+    x0: int
+    y0: int
+    codec_id: int
+    image_bytes: bytes
+    info: bytes = b""
+
+    def pack(self) -> bytes:
+        """Serialise; OversizedError above MAX_PATCH_IMAGE_BYTES, ValueError on bad fields."""
+        _check_uint("region", self.region, 0, MAX_PATCH_REGIONS - 1)
+        _check_uint("slot", self.slot, 0, MAX_PATCH_SLOTS - 1)
+        _check_uint("x0", self.x0, 0, MAX_DIMENSION)
+        _check_uint("y0", self.y0, 0, MAX_DIMENSION)
+        if self.codec_id not in KNOWN_KEYFRAME_CODECS:
+            raise ValueError(f"unknown patch image codec id {self.codec_id!r}")
+        if not self.image_bytes:
+            raise ValueError("patch image is empty")
+        if len(self.image_bytes) > MAX_PATCH_IMAGE_BYTES:
+            raise OversizedError(f"patch image of {len(self.image_bytes)} bytes exceeds "
+                                 f"{MAX_PATCH_IMAGE_BYTES}")
+        if len(self.info) > MAX_KEYFRAME_INFO_BYTES:
+            raise OversizedError(f"patch info of {len(self.info)} bytes exceeds {MAX_KEYFRAME_INFO_BYTES}")
+        return (_packet_prefix(PacketType.PATCH, self.seq, self.timestamp)
+                + _PATCH_PLACE.pack(self.region, self.slot, self.x0, self.y0, self.codec_id)
+                + encode_uvarint(len(self.image_bytes)) + bytes(self.image_bytes)
+                + encode_uvarint(len(self.info)) + bytes(self.info))
+
+
+FramePacket = KeyframePacket | MotionPacket | PatchPacket
+
+
+def _parse_patch(reader: ByteReader, seq: int, timestamp: int) -> PatchPacket:
+    region, slot, x0, y0, codec_id = reader.read_struct(_PATCH_PLACE, "patch placement")
+    if region >= MAX_PATCH_REGIONS:
+        raise BitstreamError(f"unknown patch region {region}")
+    if slot >= MAX_PATCH_SLOTS:
+        raise BitstreamError(f"patch slot {slot} out of range")
+    if x0 > MAX_DIMENSION or y0 > MAX_DIMENSION:
+        raise BitstreamError(f"patch position ({x0}, {y0}) out of range")
+    if codec_id not in KNOWN_KEYFRAME_CODECS:
+        raise BitstreamError(f"unknown patch image codec id {codec_id}")
+    length = reader.read_length(MAX_PATCH_IMAGE_BYTES, "patch image length")
+    if length == 0:
+        raise BitstreamError("patch image is empty")
+    image = reader.read_bytes(length, "patch image")
+    info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "patch info length")
+    info = reader.read_bytes(info_length, "patch info")
+    reader.expect_end("patch packet")
+    return PatchPacket(seq, timestamp, region, slot, x0, y0, codec_id, image, info)
+
+
+def parse_packet(data: bytes | bytearray | memoryview) -> FramePacket:
     """Parse exactly one frame packet.
 
     Errors: OversizedError (packet or payload over its limit), TruncatedError (ends
@@ -305,6 +386,8 @@ def parse_packet(data: bytes | bytearray | memoryview) -> KeyframePacket | Motio
         raise BitstreamError(f"unknown packet type {type_byte:#04x}") from None
     seq = reader.read_uvarint("sequence number")
     timestamp = reader.read_uvarint("timestamp")
+    if packet_type == PacketType.PATCH:
+        return _parse_patch(reader, seq, timestamp)
     if packet_type == PacketType.KEYFRAME:
         codec_id = reader.read_u8("keyframe codec")
         if codec_id not in KNOWN_KEYFRAME_CODECS:
@@ -327,8 +410,9 @@ __all__ = [
     "CONTROL_TYPE_RANGE", "KNOWN_KEYFRAME_CODECS", "KNOWN_HEADER_FLAGS", "MAX_DIMENSION",
     "MAX_HEADER_BYTES", "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES",
     "MAX_MODEL_NAME_BYTES", "MAX_MOTION_PAYLOAD_BYTES",
-    "MAX_PACKET_BYTES",
+    "MAX_PACKET_BYTES", "MAX_PATCH_IMAGE_BYTES", "MAX_PATCH_REGIONS", "MAX_PATCH_SLOTS",
+    "READABLE_FORMAT_VERSIONS",
     "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "FramePacket",
     "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket", "PacketType",
-    "StreamHeader", "parse_packet",
+    "PatchPacket", "StreamHeader", "parse_packet",
 ]

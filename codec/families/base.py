@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from codec.errors import BitstreamError
+
 
 class ModelFamily(IntEnum):
     """Which model made a stream; fixes the meaning of the motion vector's values.
@@ -85,6 +87,19 @@ class MotionTracker(ABC):
         return b""
 
 
+@dataclass(frozen=True)
+class PatchCandidate:
+    """One reference patch: the region and slot (see :class:`codec.bitstream.PatchPacket`),
+    where it sat in its frame, its pixels (h×w×3 uint8 RGB) and the family's placement info."""
+
+    region: int
+    slot: int
+    x0: int
+    y0: int
+    image: np.ndarray
+    info: bytes
+
+
 class TalkingHeadModel(ABC):
     """A model family's inference side. Attributes identify it in a stream header."""
 
@@ -122,3 +137,19 @@ class TalkingHeadModel(ABC):
     def neutral_motion(self, source: Any) -> np.ndarray:
         """A motion vector that re-renders the keyframe as it is (for speed checks)."""
         return np.zeros(self.layout.vector_length, np.float32)
+
+    # Reference patches (codec.reference_patches): real pixels of regions the keyframe lacks.
+    # A family that cannot place them keeps these defaults, and its streams carry none.
+    supports_patches: bool = False
+
+    def patch_candidates(self, source: Any, crop: np.ndarray, motion: np.ndarray) -> list[PatchCandidate]:
+        """Sender side: the patches of ``crop`` (this frame, S×S×3 uint8) worth sending,
+        given what ``source`` (the receiver's state, references included) holds and the
+        frame's decoded ``motion``. Each goes out only if the byte budget allows."""
+        return []
+
+    def add_patch(self, source: Any, candidate: PatchCandidate) -> None:
+        """Both sides: ``source`` holds the (decoded) patch from now on, until the next keyframe.
+
+        Raises :class:`codec.errors.BitstreamError` when the patch does not fit the family."""
+        raise BitstreamError(f"the {self.family.name.lower()} family takes no patches")

@@ -44,8 +44,18 @@ from codec.families.base import (
     ModelFamily,
     MotionLayout,
     MotionTracker,
+    PatchCandidate,
     TalkingHeadModel,
     ViewControl,
+)
+from codec.reference_patches import (
+    REGION_BY_ID,
+    REGIONS,
+    Reference,
+    ReferenceSet,
+    blend_references,
+    openness,
+    patch_box,
 )
 from codec.warp import MeshWarp, delaunay_triangles
 
@@ -167,6 +177,7 @@ class LandmarkSource:
     pose: Pose  # the keyframe's pose
     coefficients: np.ndarray  # N, the keyframe's own expression coefficients
     source_px: np.ndarray  # (P + border)×2, where every mesh vertex sits in the keyframe
+    references: ReferenceSet  # the mouth and eye patches received since this keyframe
 
 
 # Mesh extras, in the head frame (units of the mean face: x/y RMS radius 1).
@@ -269,8 +280,62 @@ class LandmarkModel(TalkingHeadModel):
         canonical = np.concatenate([canonical68, _head_extras(canonical68)])
         source_unit = project(canonical, pose)
         source_px = unit_to_pixels(np.concatenate([source_unit, self._border]), size)
-        return LandmarkSource(image=np.ascontiguousarray(image), canonical=canonical, pose=pose,
-                              coefficients=self.face.coefficients(offsets), source_px=source_px)
+        source = LandmarkSource(image=np.ascontiguousarray(image), canonical=canonical, pose=pose,
+                                coefficients=self.face.coefficients(offsets), source_px=source_px,
+                                references=ReferenceSet({}, {}))
+        # The keyframe's own mouth and eyes, as the receiver draws them, are every region's
+        # first reference.
+        source.references = ReferenceSet.for_keyframe(self._landmarks_px(source, self.neutral_motion(source)))
+        return source
+
+    def _landmarks_px(self, source: LandmarkSource, motion: np.ndarray,
+                      view: ViewControl | None = None) -> np.ndarray:
+        """The 68 landmarks (crop pixels) the receiver draws ``motion`` with."""
+        return self.driving_points(source, motion, view)[0][:NUM_LANDMARKS]
+
+    # ------------------------------------------------------------------ reference patches
+
+    supports_patches = True
+
+    def _patch_motion(self, motion: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """(placement info: the motion vector as float16, the vector both sides place with)."""
+        info = np.asarray(motion, "<f2").tobytes()
+        return info, np.frombuffer(info, "<f2").astype(np.float64)
+
+    def patch_candidates(self, source: LandmarkSource, crop: np.ndarray,
+                         motion: np.ndarray) -> list[PatchCandidate]:
+        info, placed = self._patch_motion(motion)
+        points = self._landmarks_px(source, placed)
+        candidates = []
+        for region in REGIONS:
+            value = openness(region, points)
+            _, distance = source.references.nearest(region, value)
+            box = patch_box(region, points, self.image_size)
+            if distance <= region.tolerance or box is None:
+                continue
+            x0, y0, x1, y1 = box
+            candidates.append(PatchCandidate(region.id, source.references.free_slot(region, value), x0, y0,
+                                             np.ascontiguousarray(crop[y0:y1, x0:x1]), info))
+        return candidates
+
+    def add_patch(self, source: LandmarkSource, candidate: PatchCandidate) -> None:
+        region = REGION_BY_ID.get(candidate.region)
+        if region is None:
+            raise BitstreamError(f"unknown patch region {candidate.region}")
+        if len(candidate.info) != 2 * self.layout.vector_length:
+            raise BitstreamError(f"patch info of {len(candidate.info)} bytes; this model places patches "
+                                 f"with {2 * self.layout.vector_length} (its motion vector as float16)")
+        placed = np.frombuffer(candidate.info, "<f2").astype(np.float64)
+        if not np.all(np.isfinite(placed)):
+            raise BitstreamError("patch placement is not finite")
+        image = candidate.image
+        h, w = image.shape[:2]
+        if candidate.x0 + w > self.image_size or candidate.y0 + h > self.image_size:
+            raise BitstreamError(f"a {w}×{h} patch at ({candidate.x0}, {candidate.y0}) leaves the "
+                                 f"{self.image_size}-pixel crop")
+        points = self._landmarks_px(source, placed)
+        source.references.put(candidate.slot, Reference(region, image, (candidate.x0, candidate.y0),
+                                                        points, openness(region, points)))
 
     def driving_points(self, source: LandmarkSource, motion: np.ndarray,
                        view: ViewControl | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -312,8 +377,10 @@ class LandmarkModel(TalkingHeadModel):
                 picked.append(len(frames))
                 maps.append(np.stack([map_x, map_y]))
                 masks.append(landmark_masks(driving[:NUM_LANDMARKS], self.image_size))
-            frames.append(cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_REFLECT101))
+            warped = cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+            # Real pixels where the keyframe has none (an open mouth, closed eyes), before the
+            # refiner, which hides the seams.
+            frames.append(blend_references(warped, source.references, driving[:NUM_LANDMARKS]))
         if picked:
             refined = self._refine(source, [frames[k] for k in picked], maps, masks)
             for k, image in zip(picked, refined):

@@ -1,0 +1,210 @@
+"""Reference patches: real pixels of the mouth and eyes, sent when the keyframe lacks them.
+
+A one-shot warp can only move the keyframe's pixels. When the mouth opens wider than in
+the keyframe, there are no teeth or cavity to move; when the eyes close, no lids. The
+sender knows which mouth and eye states the receiver holds (the keyframe's, plus the
+patches it sent), so when a frame's state is far from all of them it sends a small patch of
+that region, cut from the real crop. The receiver keeps a few per region and, for every
+frame, warps the nearest one (by openness) onto the frame's landmarks and blends it over
+the warp, before the refiner.
+
+Geometry comes from the *decoded* motion on both sides (the 68 points the receiver draws
+with), so a patch lands where it was cut when the motion is the same, and moves with the
+landmarks otherwise. Which reference a region uses is decided from the openness alone, the
+same way on both sides.
+
+Landmark indices are dlib's 68: right eye 36–41, left eye 42–47, outer lips 48–59, inner
+lips 60–67 (the subject's right is the image's left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from codec.bitstream.packets import MAX_PATCH_SLOTS
+
+__all__ = ["REGIONS", "PatchBudget", "Reference", "ReferenceSet", "Region",
+           "blend_references", "openness", "patch_box"]
+
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of the face that patches can repair.
+
+    Attributes:
+        id: its number on the wire.
+        points: the landmark indices that place it (the patch transform is fitted on them).
+        tolerance: send a patch when the frame's openness is further than this from every
+            reference the receiver holds (openness is a ratio of landmark distances).
+        box_margin: (left/right, up, down) margins of the patch box, as fractions of the
+            region's width.
+        mask_size: (width, height) of the blend ellipse, as fractions of the region's width
+            (height also adds the region's own height).
+    """
+
+    name: str
+    id: int
+    points: tuple[int, ...]
+    tolerance: float
+    box_margin: tuple[float, float, float]
+    mask_size: tuple[float, float]
+
+
+MOUTH = Region("mouth", 0, tuple(range(48, 68)), 0.10, (0.22, 0.30, 0.35), (1.30, 0.35))
+RIGHT_EYE = Region("right_eye", 1, tuple(range(36, 42)), 0.08, (0.35, 0.55, 0.35), (1.45, 0.55))
+LEFT_EYE = Region("left_eye", 2, tuple(range(42, 48)), 0.08, (0.35, 0.55, 0.35), (1.45, 0.55))
+REGIONS = (MOUTH, RIGHT_EYE, LEFT_EYE)
+REGION_BY_ID = {region.id: region for region in REGIONS}
+
+
+def _distance(points: np.ndarray, a: int, b: int) -> float:
+    return float(np.hypot(*(points[a] - points[b])))
+
+
+def openness(region: Region, points: np.ndarray) -> float:
+    """How open the region is in 68×2 ``points``: the mouth's inner-lip gap over its width;
+    an eye's lid gap over its width (the eye aspect ratio)."""
+    if region is MOUTH:
+        gap = (_distance(points, 61, 67) + _distance(points, 62, 66) + _distance(points, 63, 65)) / 3.0
+        return gap / max(_distance(points, 48, 54), 1e-6)
+    first = region.points[0]
+    gap = (_distance(points, first + 1, first + 5) + _distance(points, first + 2, first + 4)) / 2.0
+    return gap / max(_distance(points, first, first + 3), 1e-6)
+
+
+def _width(region: Region, points: np.ndarray) -> float:
+    first = region.points[0]
+    return max(_distance(points, 48, 54) if region is MOUTH else _distance(points, first, first + 3), 1.0)
+
+
+def patch_box(region: Region, points: np.ndarray, size: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the patch to cut for ``region`` in a size×size crop, or None when
+    the region is not inside the crop."""
+    own = points[list(region.points)]
+    width = _width(region, points)
+    side, up, down = region.box_margin
+    x0, y0 = own.min(axis=0) - (side * width, up * width)
+    x1, y1 = own.max(axis=0) + (side * width, down * width)
+    if x0 < 0 or y0 < 0 or x1 > size or y1 > size:
+        return None
+    return int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))
+
+
+@dataclass
+class Reference:
+    """One patch the receiver holds: the decoded image, where it was cut, and the 68
+    decoded points of its frame."""
+
+    region: Region
+    image: np.ndarray  # h×w×3 uint8 RGB
+    origin: tuple[int, int]  # (x0, y0) of the patch in its frame
+    points: np.ndarray  # 68×2 float, crop pixels
+    openness: float
+
+
+@dataclass
+class ReferenceSet:
+    """The references of one keyframe, per region: ``None`` in a slot is empty. The keyframe
+    itself is every region's reference at ``keyframe_openness``."""
+
+    keyframe_openness: dict[int, float]
+    slots: dict[int, list[Reference | None]] = field(default_factory=dict)
+
+    @classmethod
+    def for_keyframe(cls, keyframe_points: np.ndarray) -> ReferenceSet:
+        return cls({r.id: openness(r, keyframe_points) for r in REGIONS},
+                   {r.id: [None] * MAX_PATCH_SLOTS for r in REGIONS})
+
+    def put(self, slot: int, reference: Reference) -> None:
+        self.slots[reference.region.id][slot] = reference
+
+    def nearest(self, region: Region, value: float) -> tuple[Reference | None, float]:
+        """(the reference nearest to ``value``, or None for the keyframe; its distance)."""
+        best, distance = None, abs(value - self.keyframe_openness[region.id])
+        for reference in self.slots[region.id]:
+            if reference is not None and abs(value - reference.openness) < distance:
+                best, distance = reference, abs(value - reference.openness)
+        return best, distance
+
+    def free_slot(self, region: Region, value: float) -> int:
+        """The slot a new patch at ``value`` takes: an empty one, else the one whose
+        reference is nearest to another reference (the least informative)."""
+        slots = self.slots[region.id]
+        for k, reference in enumerate(slots):
+            if reference is None:
+                return k
+        values = [self.keyframe_openness[region.id]] + [ref.openness for ref in slots if ref is not None]
+        redundancy = []
+        for k, reference in enumerate(slots):
+            others = [v for j, v in enumerate(values) if j != k + 1]
+            redundancy.append(min(abs(reference.openness - v) for v in others))
+        return int(np.argmin(redundancy))
+
+
+@dataclass
+class PatchBudget:
+    """A token bucket over patch bytes: ``rate_bps`` bits per second on average, at most
+    ``burst_bytes`` at once. Patches that do not fit wait for a later frame."""
+
+    rate_bps: float = 800.0
+    burst_bytes: float = 1500.0
+    tokens: float = 1500.0
+
+    def tick(self, seconds: float) -> None:
+        self.tokens = min(self.burst_bytes, self.tokens + self.rate_bps / 8.0 * seconds)
+
+    def spend(self, size: int) -> bool:
+        if size > self.tokens:
+            return False
+        self.tokens -= size
+        return True
+
+
+def _ellipse_mask(region: Region, points: np.ndarray, size: int) -> np.ndarray:
+    """Feathered float32 S×S mask of where ``region``'s patch replaces the warp."""
+    first = region.points[0]
+    corners = (points[48], points[54]) if region is MOUTH else (points[first], points[first + 3])
+    centre = points[list(region.points)].mean(axis=0)
+    width = _width(region, points)
+    height_now = np.ptp(points[list(region.points)][:, 1])
+    axes = (region.mask_size[0] * width / 2.0, (region.mask_size[1] * width + height_now) / 2.0)
+    angle = float(np.degrees(np.arctan2(corners[1][1] - corners[0][1], corners[1][0] - corners[0][0])))
+    mask = np.zeros((size, size), np.float32)
+    cv2.ellipse(mask, (int(round(centre[0])), int(round(centre[1]))),
+                (max(int(axes[0]), 1), max(int(axes[1]), 1)), angle, 0, 360, 1.0, -1, cv2.LINE_AA)
+    sigma = max(1.0, 0.12 * width)
+    return cv2.GaussianBlur(mask, (0, 0), sigma)
+
+
+def blend_references(frame: np.ndarray, references: ReferenceSet, points: np.ndarray) -> np.ndarray:
+    """``frame`` (the warped keyframe, S×S×3 uint8) with, for each region whose nearest
+    reference is a patch, that patch warped onto this frame's 68 ``points`` and blended in."""
+    size = frame.shape[0]
+    out = None
+    for region in REGIONS:
+        reference, _ = references.nearest(region, openness(region, points))
+        if reference is None:
+            continue
+        source = reference.points[list(region.points)] - reference.origin
+        target = points[list(region.points)]
+        matrix, _ = cv2.estimateAffine2D(source.astype(np.float32), target.astype(np.float32),
+                                         method=cv2.LMEDS)
+        if matrix is None:
+            continue
+        warped = cv2.warpAffine(reference.image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+        # Only inside the patch's own footprint: outside it BORDER_REPLICATE is invented.
+        footprint = cv2.warpAffine(np.ones(reference.image.shape[:2], np.float32), matrix, (size, size),
+                                   flags=cv2.INTER_LINEAR, borderValue=0.0)
+        inside = cv2.erode(footprint, np.ones((5, 5), np.uint8))
+        mask = (_ellipse_mask(region, points, size) * inside)[..., None]
+        if out is None:
+            out = frame.astype(np.float32)
+        out = out * (1.0 - mask) + warped.astype(np.float32) * mask
+    if out is None:
+        return frame
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
