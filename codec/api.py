@@ -47,11 +47,13 @@ __all__ = ["DATA_CHANNEL_OVERHEAD_BYTES", "DecodedFrame", "Decoder", "DecoderSta
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
-# Reference patches: WebP at this quality is ~250-450 bytes for a 256-px crop's mouth (a
-# blurrier patch still shows teeth and a cavity), and they may take this many kbit/s on
-# average (the token bucket of codec.reference_patches.PatchBudget).
-DEFAULT_PATCH_QUALITY = 60
-DEFAULT_PATCH_KBPS = 0.8
+# Reference patches: WebP at this quality is ~150-300 bytes for a 256-px crop's mouth or eye
+# (a blurrier patch still shows teeth and a cavity), and they may take this many kbit/s on
+# average (the token bucket of codec.reference_patches.PatchBudget). Chosen on the dev
+# segments: q45 at 0.3 kbit/s (900-byte burst) kept the mouth and eye gains of q60 at
+# 0.8 kbit/s (1.5 kB burst) for a third fewer patch bits.
+DEFAULT_PATCH_QUALITY = 45
+DEFAULT_PATCH_KBPS = 0.3
 # Bytes a WebRTC data-channel message costs on the wire beyond its payload:
 # IPv4 20 + UDP 8 + DTLS record 13 + AES-GCM nonce/tag 24 + SCTP common header 12
 # + DATA chunk 16 = 93, before padding to 4 bytes. Used for on-wire estimates only.

@@ -150,9 +150,9 @@ class PatchBudget:
     """A token bucket over patch bytes: ``rate_bps`` bits per second on average, at most
     ``burst_bytes`` at once. Patches that do not fit wait for a later frame."""
 
-    rate_bps: float = 800.0
-    burst_bytes: float = 1500.0
-    tokens: float = 1500.0
+    rate_bps: float = 300.0
+    burst_bytes: float = 900.0
+    tokens: float = 900.0
 
     def tick(self, seconds: float) -> None:
         self.tokens = min(self.burst_bytes, self.tokens + self.rate_bps / 8.0 * seconds)
@@ -164,47 +164,62 @@ class PatchBudget:
         return True
 
 
-def _ellipse_mask(region: Region, points: np.ndarray, size: int) -> np.ndarray:
-    """Feathered float32 S×S mask of where ``region``'s patch replaces the warp."""
+def _ellipse(region: Region, points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], float]:
+    """(centre, half axes, angle in degrees) of where ``region``'s patch replaces the warp:
+    an ellipse along the region's corners, sized from its width (robust to a closed eye,
+    whose lid points collapse onto a line)."""
     first = region.points[0]
     corners = (points[48], points[54]) if region is MOUTH else (points[first], points[first + 3])
-    centre = points[list(region.points)].mean(axis=0)
+    own = points[list(region.points)]
     width = _width(region, points)
-    height_now = np.ptp(points[list(region.points)][:, 1])
-    axes = (region.mask_size[0] * width / 2.0, (region.mask_size[1] * width + height_now) / 2.0)
+    axes = (region.mask_size[0] * width / 2.0, (region.mask_size[1] * width + np.ptp(own[:, 1])) / 2.0)
     angle = float(np.degrees(np.arctan2(corners[1][1] - corners[0][1], corners[1][0] - corners[0][0])))
-    mask = np.zeros((size, size), np.float32)
-    cv2.ellipse(mask, (int(round(centre[0])), int(round(centre[1]))),
+    centre = own.mean(axis=0)
+    return (float(centre[0]), float(centre[1])), (float(axes[0]), float(axes[1])), angle
+
+
+def _blend_one(out: np.ndarray, reference: Reference, points: np.ndarray) -> None:
+    """Warp ``reference`` onto ``points`` and blend it into ``out`` (S×S×3 uint8) in place,
+    inside a feathered ellipse; only the ellipse's bounding box is computed."""
+    region = reference.region
+    size = out.shape[0]
+    source = reference.points[list(region.points)] - reference.origin
+    target = points[list(region.points)]
+    matrix, _ = cv2.estimateAffine2D(source.astype(np.float32), target.astype(np.float32), method=cv2.LMEDS)
+    if matrix is None:
+        return
+    centre, axes, angle = _ellipse(region, points)
+    sigma = max(1.0, 0.12 * _width(region, points))
+    reach = max(axes) + 3.0 * sigma
+    x0, y0 = max(0, int(centre[0] - reach)), max(0, int(centre[1] - reach))
+    x1, y1 = min(size, int(np.ceil(centre[0] + reach))), min(size, int(np.ceil(centre[1] + reach)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    matrix[:, 2] -= (x0, y0)  # into the box's own coordinates
+    box = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(reference.image, matrix, box, flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
+    # Only inside the patch's own footprint: outside it BORDER_REPLICATE is invented.
+    footprint = cv2.warpAffine(np.ones(reference.image.shape[:2], np.float32), matrix, box,
+                               flags=cv2.INTER_LINEAR, borderValue=0.0)
+    mask = np.zeros((box[1], box[0]), np.float32)
+    cv2.ellipse(mask, (int(round(centre[0] - x0)), int(round(centre[1] - y0))),
                 (max(int(axes[0]), 1), max(int(axes[1]), 1)), angle, 0, 360, 1.0, -1, cv2.LINE_AA)
-    sigma = max(1.0, 0.12 * width)
-    return cv2.GaussianBlur(mask, (0, 0), sigma)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigma) * cv2.erode(footprint, np.ones((5, 5), np.uint8))
+    mask = mask[..., None]
+    blended = out[y0:y1, x0:x1] * (1.0 - mask) + warped * mask
+    out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
 def blend_references(frame: np.ndarray, references: ReferenceSet, points: np.ndarray) -> np.ndarray:
     """``frame`` (the warped keyframe, S×S×3 uint8) with, for each region whose nearest
     reference is a patch, that patch warped onto this frame's 68 ``points`` and blended in."""
-    size = frame.shape[0]
     out = None
     for region in REGIONS:
         reference, _ = references.nearest(region, openness(region, points))
         if reference is None:
             continue
-        source = reference.points[list(region.points)] - reference.origin
-        target = points[list(region.points)]
-        matrix, _ = cv2.estimateAffine2D(source.astype(np.float32), target.astype(np.float32),
-                                         method=cv2.LMEDS)
-        if matrix is None:
-            continue
-        warped = cv2.warpAffine(reference.image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE)
-        # Only inside the patch's own footprint: outside it BORDER_REPLICATE is invented.
-        footprint = cv2.warpAffine(np.ones(reference.image.shape[:2], np.float32), matrix, (size, size),
-                                   flags=cv2.INTER_LINEAR, borderValue=0.0)
-        inside = cv2.erode(footprint, np.ones((5, 5), np.uint8))
-        mask = (_ellipse_mask(region, points, size) * inside)[..., None]
         if out is None:
-            out = frame.astype(np.float32)
-        out = out * (1.0 - mask) + warped.astype(np.float32) * mask
-    if out is None:
-        return frame
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+            out = frame.copy()
+        _blend_one(out, reference, points)
+    return frame if out is None else out
