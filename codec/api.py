@@ -14,7 +14,7 @@ packet travels as one data-channel message; ``data_channel_wire_kbps`` is what t
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from codec.errors import MissingReferenceError, ModelMismatchError
 from codec.families.base import PatchCandidate, TalkingHeadModel, ViewControl
 from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
-from codec.reference_patches import PatchBudget
+from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
 from codec.zoo import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,6 @@ __all__ = ["DATA_CHANNEL_OVERHEAD_BYTES", "DecodedFrame", "Decoder", "DecoderSta
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
-# Reference patches: WebP at this quality is ~150-300 bytes for a 256-px crop's mouth or eye
-# (a blurrier patch still shows teeth and a cavity), and they may take this many kbit/s on
-# average (the token bucket of codec.reference_patches.PatchBudget). Chosen on the dev
-# segments: q45 at 0.3 kbit/s (900-byte burst) kept the mouth and eye gains of q60 at
-# 0.8 kbit/s (1.5 kB burst) for a third fewer patch bits.
-DEFAULT_PATCH_QUALITY = 45
-DEFAULT_PATCH_KBPS = 0.3
 # Bytes a WebRTC data-channel message costs on the wire beyond its payload:
 # IPv4 20 + UDP 8 + DTLS record 13 + AES-GCM nonce/tag 24 + SCTP common header 12
 # + DATA chunk 16 = 93, before padding to 4 bytes. Used for on-wire estimates only.
@@ -164,15 +157,20 @@ class Encoder:
         self._keyframe_requested = True
         self.stats = EncoderStats()
         self.refresh = refresh
+        # The closed loop scores the receiver's picture without the learned refiner: on a CPU
+        # it costs ~10× the warp per check, and it moves PSNR by 0.05 dB on average on dev
+        # (benchmarks/results/rd-dev-refiner.json against rd-dev-warp.json).
+        self._check_model = copy.copy(model)
+        if getattr(self._check_model, "refiner", None) is not None:
+            self._check_model.refiner = None
         self._local_source = None  # the receiver's source state, for the closed loop
         self._last_keyframe_seq: int | None = None
         self._bad_checks = 0
         self._reference_db: float | None = None  # the first check after the last keyframe
         # Reference patches need the receiver's state too: its keyframe and patches.
         self.patches = patches and model.supports_patches
-        self.patch_quality = patch_quality
-        self._patch_budget = PatchBudget(rate_bps=1000.0 * patch_kbps)
-        self._last_time: float | None = None
+        self._patch_sender = (PatchSender(model, keyframe_codec, patch_quality, patch_kbps)
+                              if self.patches else None)
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
@@ -245,10 +243,13 @@ class Encoder:
             self._motion.force_intra()
         intra, payload = self._motion.encode_vector(vector, seq)
         packet = MotionPacket(seq=seq, timestamp=ticks, intra=intra, payload=payload).pack()
-        if self.patches:
-            self._patch_budget.tick(0.0 if self._last_time is None else max(0.0, timestamp - self._last_time))
-            packets += self._patch_packets(crop, seq, ticks)  # before the motion: they apply to this frame
-        self._last_time = timestamp
+        decoded = self._motion.last_decoded
+        if self._patch_sender is not None and self._local_source is not None and decoded is not None:
+            # Before the motion packet: they apply to this frame.
+            sender = self._patch_sender
+            packets += sender.packets(self._local_source, crop, decoded, seq, ticks, timestamp)
+            self.stats.patches, self.stats.patch_bytes = sender.sent, sender.sent_bytes
+            self.stats.patches_over_budget = sender.over_budget
         packets.append(packet)
         self.stats.frames += 1
         self.stats.motion_packets += 1
@@ -258,36 +259,13 @@ class Encoder:
             self._check_rebuild(crop, seq)
         return packets
 
-    def _patch_packets(self, crop: np.ndarray, seq: int, ticks: int) -> list[bytes]:
-        """Reference patches of this frame that the receiver lacks and the budget allows;
-        the local copy of the receiver's state takes each one as the receiver will."""
-        decoded = self._motion.last_decoded
-        if self._local_source is None or decoded is None:
-            return []
-        codec_id = KEYFRAME_CODEC_IDS[self.keyframe_codec]
-        packets = []
-        for candidate in self.model.patch_candidates(self._local_source, crop, decoded):
-            data = encode_keyframe(candidate.image, self.keyframe_codec, self.patch_quality)
-            packet = PatchPacket(seq=seq, timestamp=ticks, region=candidate.region, slot=candidate.slot,
-                                 x0=candidate.x0, y0=candidate.y0, codec_id=codec_id, image_bytes=data,
-                                 info=candidate.info).pack()
-            if not self._patch_budget.spend(len(packet)):
-                self.stats.patches_over_budget += 1
-                continue
-            image = decode_keyframe(data, codec_id)
-            self.model.add_patch(self._local_source, dataclasses.replace(candidate, image=image))
-            packets.append(packet)
-            self.stats.patches += 1
-            self.stats.patch_bytes += len(packet)
-        return packets
-
     def _check_rebuild(self, crop: np.ndarray, seq: int) -> None:
         """The closed loop: score the receiver's rebuild of this frame, refresh when due."""
         policy = self.refresh
         decoded = self._motion.last_decoded
         if policy is None or self._local_source is None or decoded is None:
             return
-        rebuilt = self.model.render(self._local_source, decoded[None])[0]
+        rebuilt = self._check_model.render(self._local_source, decoded[None])[0]
         score = rebuild_psnr(rebuilt, crop)
         self.stats.last_rebuild_db = score
         if self._reference_db is None:

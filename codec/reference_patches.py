@@ -19,14 +19,17 @@ lips 60–67 (the subject's right is the image's left).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 
-from codec.bitstream.packets import MAX_PATCH_SLOTS
+from codec.bitstream.packets import MAX_PATCH_SLOTS, PatchPacket
+from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
 
-__all__ = ["REGIONS", "PatchBudget", "Reference", "ReferenceSet", "Region",
+__all__ = ["REGIONS", "PatchBudget", "PatchSender", "Reference", "ReferenceSet", "Region",
            "blend_references", "openness", "patch_box"]
 
 
@@ -145,14 +148,24 @@ class ReferenceSet:
         return int(np.argmin(redundancy))
 
 
+# Reference patches: WebP at this quality is ~150-300 bytes for a 256-px crop's mouth or eye
+# (a blurrier patch still shows teeth and a cavity), and they may take this many kbit/s on
+# average (the token bucket of PatchBudget). Chosen on the dev
+# segments: q45 at 0.3 kbit/s (900-byte burst) kept the mouth and eye gains of q60 at
+# 0.8 kbit/s (1.5 kB burst) for a third fewer patch bits.
+DEFAULT_PATCH_QUALITY = 45
+DEFAULT_PATCH_KBPS = 0.3
+PATCH_BURST_BYTES = 900.0
+
+
 @dataclass
 class PatchBudget:
     """A token bucket over patch bytes: ``rate_bps`` bits per second on average, at most
     ``burst_bytes`` at once. Patches that do not fit wait for a later frame."""
 
-    rate_bps: float = 300.0
-    burst_bytes: float = 900.0
-    tokens: float = 900.0
+    rate_bps: float = 1000.0 * DEFAULT_PATCH_KBPS
+    burst_bytes: float = PATCH_BURST_BYTES
+    tokens: float = PATCH_BURST_BYTES
 
     def tick(self, seconds: float) -> None:
         self.tokens = min(self.burst_bytes, self.tokens + self.rate_bps / 8.0 * seconds)
@@ -162,6 +175,48 @@ class PatchBudget:
             return False
         self.tokens -= size
         return True
+
+
+class PatchSender:
+    """The sender's side of reference patches: which to send, coded, within the budget.
+
+    ``packets`` is called once per frame with the sender's copy of the receiver's source
+    state; each patch that goes out is added to that copy exactly as the receiver will add
+    it (the decoded image), so the two stay the same.
+    """
+
+    def __init__(self, model: Any, codec: str = "webp", quality: int = DEFAULT_PATCH_QUALITY,
+                 kbps: float = DEFAULT_PATCH_KBPS) -> None:
+        self.model = model
+        self.codec = codec
+        self.codec_id = KEYFRAME_CODEC_IDS[codec]
+        self.quality = quality
+        self.budget = PatchBudget(rate_bps=1000.0 * kbps)
+        self.sent = 0
+        self.sent_bytes = 0
+        self.over_budget = 0  # wanted, but the byte budget said wait
+        self._last_time: float | None = None
+
+    def packets(self, source: Any, crop: np.ndarray, motion: np.ndarray, seq: int, ticks: int,
+                time_s: float) -> list[bytes]:
+        """The patch packets of this frame (``motion``: its decoded motion vector)."""
+        self.budget.tick(0.0 if self._last_time is None else max(0.0, time_s - self._last_time))
+        self._last_time = time_s
+        out = []
+        for candidate in self.model.patch_candidates(source, crop, motion):
+            data = encode_keyframe(candidate.image, self.codec, self.quality)
+            packet = PatchPacket(seq=seq, timestamp=ticks, region=candidate.region, slot=candidate.slot,
+                                 x0=candidate.x0, y0=candidate.y0, codec_id=self.codec_id, image_bytes=data,
+                                 info=candidate.info).pack()
+            if not self.budget.spend(len(packet)):
+                self.over_budget += 1
+                continue
+            image = decode_keyframe(data, self.codec_id)
+            self.model.add_patch(source, dataclasses.replace(candidate, image=image))
+            out.append(packet)
+            self.sent += 1
+            self.sent_bytes += len(packet)
+        return out
 
 
 def _ellipse(region: Region, points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], float]:
