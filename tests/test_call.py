@@ -27,6 +27,7 @@ from codec.bitstream.control import (
     KeyframeRequest,
     ModeRequest,
     ModeSwitch,
+    Patch,
     StatsReport,
     StreamStart,
     pack_control,
@@ -44,7 +45,8 @@ CALL_TIMEOUT_S = 90.0
 
 
 def test_control_messages_round_trip():
-    for message in [StreamStart(b"hdr", 1.5, 25.0), Keyframe(b"\x01\x02"), KeyframeRequest("gap"),
+    for message in [StreamStart(b"hdr", 1.5, 25.0), Keyframe(b"\x01\x02"), Patch(b"\x04\x05"),
+                    KeyframeRequest("gap"),
                     IntraRequest("lost"), ModeSwitch("h264", "face lost"), ModeRequest("neural", "why"),
                     StatsReport({"fps": 24.5, "loss": 0.1}), Bye("hang up")]:
         assert parse_control(pack_control(message)) == message
@@ -420,3 +422,34 @@ def test_call_command_logging_shows_milestones_and_keeps_ice_chatter_out(monkeyp
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+def test_patches_travel_on_the_reliable_channel_and_reach_the_decoder(tiny_model):
+    """The sender puts patch packets on the control channel (reliable, like keyframes) and
+    motion on the lossy one; the receiver hands a Patch message to its decoder."""
+    from types import SimpleNamespace
+
+    from codec.bitstream import PatchPacket
+    from receiver.session import ReceiverSession
+    from sender.session import SenderSession
+
+    sent: dict[str, list[bytes]] = {"control": [], "motion": []}
+
+    def channel(name: str) -> SimpleNamespace:
+        return SimpleNamespace(readyState="open", bufferedAmount=0, send=sent[name].append)
+
+    session = SenderSession(iter([]), fps=25.0, encoder=None, cropper=None, h264_track=None, mode="h264")
+    session._control, session._motion = channel("control"), channel("motion")
+    patch = PatchPacket(3, 120, 0, 1, 90, 150, 1, b"RIFF\x08\0\0\0WEBPtiny", b"").pack()
+    motion = MotionPacket(3, 120, True, b"\x01\x02").pack()
+    session._send_packets([patch, motion])
+    assert [parse_control(m) for m in sent["control"]] == [Patch(patch)]
+    assert sent["motion"] == [motion] and session.stats.patches == 1
+    receiver = ReceiverSession(tiny_model, show=lambda image, t: None, send_control=lambda m: None)
+    try:
+        queued = []
+        receiver._enqueue = queued.append
+        receiver.on_control(Patch(patch))
+        assert queued == [patch]
+    finally:
+        receiver.close()
