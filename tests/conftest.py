@@ -47,3 +47,18 @@ def tiny_model():
     from codec.zoo import build_untrained
 
     return build_untrained("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def portrait():
+    """The astronaut's 256 px face crop and its 68 dlib landmarks (the built-in default's face,
+    public domain): a real face for the landmark family without ../shared."""
+    from skimage import data
+
+    from codec.facecrop import FaceCropper, detect_landmarks
+
+    image = data.astronaut()
+    crop = FaceCropper(out_size=256).fit([image]).crop(image, 256)
+    landmarks = detect_landmarks(crop)
+    assert landmarks is not None
+    return crop, landmarks

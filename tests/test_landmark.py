@@ -24,20 +24,6 @@ def model() -> LandmarkModel:
     return resolve_model("landmark")
 
 
-@pytest.fixture(scope="module")
-def portrait(model):
-    """The astronaut's face crop and its landmarks (the built-in default's face)."""
-    from skimage import data
-
-    from codec.facecrop import FaceCropper, detect_landmarks
-
-    image = data.astronaut()
-    crop = FaceCropper(out_size=model.image_size).fit([image]).crop(image, model.image_size)
-    landmarks = detect_landmarks(crop)
-    assert landmarks is not None
-    return crop, landmarks
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))

@@ -32,20 +32,6 @@ def model():
     return resolve_model("landmark", refiner=False)
 
 
-@pytest.fixture(scope="module")
-def portrait(model):
-    """The astronaut's face crop and its landmarks (the built-in default's face)."""
-    from skimage import data
-
-    from codec.facecrop import FaceCropper, detect_landmarks
-
-    image = data.astronaut()
-    crop = FaceCropper(out_size=model.image_size).fit([image]).crop(image, model.image_size)
-    landmarks = detect_landmarks(crop)
-    assert landmarks is not None
-    return crop, landmarks
-
-
 def opened_mouth(model, source, amount: float = 3.0) -> np.ndarray:
     """A motion vector whose expression opens the mouth: the neutral motion moved along the
     expression coefficient that opens it most."""
@@ -186,7 +172,8 @@ def test_decoder_applies_patch_packets(model, portrait) -> None:
     header = encoder.header()
     keyframe = KeyframePacket(0, 0, KeyframeCodec.WEBP, encode_keyframe(crop, "webp", 90),
                               pack_keyframe_info(points)).pack()
-    sender = model.prepare_source(decode_keyframe(parse_packet(keyframe).image_bytes), pack_keyframe_info(points))
+    sender = model.prepare_source(decode_keyframe(parse_packet(keyframe).image_bytes),
+                                  pack_keyframe_info(points))
     motion = opened_mouth(model, sender)
     coder = MotionEncoder(encoder.table, model.layout.expression_count, 25)
     intra, payload = coder.encode_vector(motion, 1)

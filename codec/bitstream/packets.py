@@ -254,6 +254,19 @@ class StreamHeader:
             raise BitstreamError(f"invalid stream header: {error}") from error
 
 
+def _check_image(what: str, codec_id: int, image: bytes, limit: int, info: bytes) -> None:
+    """ValueError for an unknown codec or an empty image; OversizedError above the limits."""
+    _check_uint("codec_id", codec_id, 0, 0xFF)
+    if codec_id not in KNOWN_KEYFRAME_CODECS:
+        raise ValueError(f"unknown {what} image codec id {codec_id!r}")
+    if not image:
+        raise ValueError(f"{what} image is empty")
+    if len(image) > limit:
+        raise OversizedError(f"{what} image of {len(image)} bytes exceeds {limit}")
+    if len(info) > MAX_KEYFRAME_INFO_BYTES:
+        raise OversizedError(f"{what} info of {len(info)} bytes exceeds {MAX_KEYFRAME_INFO_BYTES}")
+
+
 def _packet_prefix(packet_type: PacketType, seq: int, timestamp: int) -> bytes:
     return bytes([packet_type]) + encode_uvarint(seq) + encode_uvarint(timestamp)
 
@@ -270,16 +283,7 @@ class KeyframePacket:
 
     def pack(self) -> bytes:
         """Serialise; OversizedError above MAX_KEYFRAME_BYTES, ValueError on bad fields."""
-        _check_uint("codec_id", self.codec_id, 0, 0xFF)
-        if self.codec_id not in KNOWN_KEYFRAME_CODECS:
-            raise ValueError(f"unknown keyframe codec id {self.codec_id!r}")
-        if not self.image_bytes:
-            raise ValueError("keyframe image is empty")
-        if len(self.image_bytes) > MAX_KEYFRAME_BYTES:
-            raise OversizedError(f"keyframe image of {len(self.image_bytes)} bytes exceeds "
-                                 f"{MAX_KEYFRAME_BYTES}")
-        if len(self.info) > MAX_KEYFRAME_INFO_BYTES:
-            raise OversizedError(f"keyframe info of {len(self.info)} bytes exceeds {MAX_KEYFRAME_INFO_BYTES}")
+        _check_image("keyframe", self.codec_id, self.image_bytes, MAX_KEYFRAME_BYTES, self.info)
         return (_packet_prefix(PacketType.KEYFRAME, self.seq, self.timestamp)
                 + bytes([self.codec_id]) + encode_uvarint(len(self.image_bytes))
                 + bytes(self.image_bytes) + encode_uvarint(len(self.info)) + bytes(self.info))
@@ -327,15 +331,7 @@ class PatchPacket:
         _check_uint("slot", self.slot, 0, MAX_PATCH_SLOTS - 1)
         _check_uint("x0", self.x0, 0, MAX_DIMENSION)
         _check_uint("y0", self.y0, 0, MAX_DIMENSION)
-        if self.codec_id not in KNOWN_KEYFRAME_CODECS:
-            raise ValueError(f"unknown patch image codec id {self.codec_id!r}")
-        if not self.image_bytes:
-            raise ValueError("patch image is empty")
-        if len(self.image_bytes) > MAX_PATCH_IMAGE_BYTES:
-            raise OversizedError(f"patch image of {len(self.image_bytes)} bytes exceeds "
-                                 f"{MAX_PATCH_IMAGE_BYTES}")
-        if len(self.info) > MAX_KEYFRAME_INFO_BYTES:
-            raise OversizedError(f"patch info of {len(self.info)} bytes exceeds {MAX_KEYFRAME_INFO_BYTES}")
+        _check_image("patch", self.codec_id, self.image_bytes, MAX_PATCH_IMAGE_BYTES, self.info)
         return (_packet_prefix(PacketType.PATCH, self.seq, self.timestamp)
                 + _PATCH_PLACE.pack(self.region, self.slot, self.x0, self.y0, self.codec_id)
                 + encode_uvarint(len(self.image_bytes)) + bytes(self.image_bytes)
