@@ -349,16 +349,22 @@ def _parse_patch(reader: ByteReader, seq: int, timestamp: int) -> PatchPacket:
         raise BitstreamError(f"patch slot {slot} out of range")
     if x0 > MAX_DIMENSION or y0 > MAX_DIMENSION:
         raise BitstreamError(f"patch position ({x0}, {y0}) out of range")
-    if codec_id not in KNOWN_KEYFRAME_CODECS:
-        raise BitstreamError(f"unknown patch image codec id {codec_id}")
-    length = reader.read_length(MAX_PATCH_IMAGE_BYTES, "patch image length")
-    if length == 0:
-        raise BitstreamError("patch image is empty")
-    image = reader.read_bytes(length, "patch image")
-    info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "patch info length")
-    info = reader.read_bytes(info_length, "patch info")
-    reader.expect_end("patch packet")
+    image, info = _read_image(reader, "patch", codec_id, MAX_PATCH_IMAGE_BYTES)
     return PatchPacket(seq, timestamp, region, slot, x0, y0, codec_id, image, info)
+
+
+def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int) -> tuple[bytes, bytes]:
+    """(image, info) of a keyframe or patch packet, after its codec id, to the packet's end."""
+    if codec_id not in KNOWN_KEYFRAME_CODECS:
+        raise BitstreamError(f"unknown {what} codec id {codec_id}")
+    length = reader.read_length(limit, f"{what} image length")
+    if length == 0:
+        raise BitstreamError(f"{what} image is empty")
+    image = reader.read_bytes(length, f"{what} image")
+    info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, f"{what} info length")
+    info = reader.read_bytes(info_length, f"{what} info")
+    reader.expect_end(f"{what} packet")
+    return image, info
 
 
 def parse_packet(data: bytes | bytearray | memoryview) -> FramePacket:
@@ -386,15 +392,7 @@ def parse_packet(data: bytes | bytearray | memoryview) -> FramePacket:
         return _parse_patch(reader, seq, timestamp)
     if packet_type == PacketType.KEYFRAME:
         codec_id = reader.read_u8("keyframe codec")
-        if codec_id not in KNOWN_KEYFRAME_CODECS:
-            raise BitstreamError(f"unknown keyframe codec id {codec_id}")
-        length = reader.read_length(MAX_KEYFRAME_BYTES, "keyframe image length")
-        if length == 0:
-            raise BitstreamError("keyframe image is empty")
-        image = reader.read_bytes(length, "keyframe image")
-        info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "keyframe info length")
-        info = reader.read_bytes(info_length, "keyframe info")
-        reader.expect_end("keyframe packet")
+        image, info = _read_image(reader, "keyframe", codec_id, MAX_KEYFRAME_BYTES)
         return KeyframePacket(seq, timestamp, codec_id, image, info)
     length = reader.read_length(MAX_MOTION_PAYLOAD_BYTES, "motion payload length")
     payload = reader.read_bytes(length, "motion payload")
