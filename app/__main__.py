@@ -68,13 +68,17 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from codec.bitstream import MotionPacket, parse_packet, read_container
+    from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket, parse_packet, read_container
 
     with open(args.input, "rb") as f:
         container = read_container(f)
     header = container.header
-    motion = [data for data in container.video_packets
-              if isinstance(parse_packet(data), MotionPacket)]
+    kinds = [type(parse_packet(data)) for data in container.video_packets]
+
+    def of(kind: type) -> list[bytes]:
+        return [data for data, k in zip(container.video_packets, kinds) if k is kind]
+
+    motion, keyframes, patches = of(MotionPacket), of(KeyframePacket), of(PatchPacket)
     info = {
         "model": header.model_name,
         "weights_sha256_prefix": header.weights_sha256_prefix.hex(),
@@ -88,6 +92,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         "video_packets": len(container.video_packets),
         "motion_packets": len(motion),
         "motion_bytes": sum(len(data) for data in motion),
+        "keyframes": len(keyframes),
+        "keyframe_bytes": sum(len(data) for data in keyframes),
+        "patches": len(patches),
+        "patch_bytes": sum(len(data) for data in patches),
         "audio": container.audio_header is not None,
     }
     print(json.dumps(info, indent=2))
