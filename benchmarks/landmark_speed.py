@@ -8,7 +8,8 @@ range-code + packet), and ``encode_total`` (``Encoder.encode`` on an inter frame
 above). Receiver stages: ``motion_decode`` (parse + range-decode), ``warp_maps`` (driving
 points + mesh rasterisation), ``remap`` (sampling the keyframe), ``render`` (the model's
 render: the warp, plus the learned refiner unless ``--no-refiner``) and ``decode_total``
-(``Decoder.decode`` of a motion packet: decode + render). Input: the first dev segment's
+(``Decoder.decode`` of a motion packet: decode + render, with the reference patches the
+sender sent blended in unless ``--no-patches``). Input: the first dev segment's
 256 px crops when ``cache/dev256`` exists, else the built-in default (the portrait turned by
 the model). Medians and p90 over ``--frames`` frames after ``--warmup``; the machine is
 shared, so compare stages within one run.
@@ -47,7 +48,8 @@ def _summary(times_ms: list[float]) -> dict[str, float]:
             "min_ms": float(values.min()), "count": int(values.size)}
 
 
-def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int) -> dict[str, dict[str, float]]:
+def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int,
+            patches: bool = True) -> dict[str, dict[str, float]]:
     from codec.api import Decoder, Encoder
     from codec.bitstream import MotionPacket, parse_packet
     from codec.families.landmark import motion_from_landmarks
@@ -91,7 +93,7 @@ def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int) -> dict
                 stages[name].append(1000.0 * (stop - start))
 
     # End to end through the API.
-    encoder = Encoder(model)
+    encoder = Encoder(model, patches=patches)
     decoder = Decoder.from_header(encoder.header(), model=model)
     for i, frame in enumerate(frames):
         t0 = clock()
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="cached dev crops, if present (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--no-refiner", action="store_true", help="time the plain warp, without the refiner")
+    p.add_argument("--no-patches", action="store_true",
+                   help="the end-to-end stages without reference patches (the sender sends none)")
     args = p.parse_args(argv)
     import torch
 
@@ -128,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = resolve_model("landmark", refiner=not args.no_refiner)
     frames, what = _input_frames(args.data, args.frames + args.warmup, model)
-    results = measure(frames, model, args.warmup)
+    results = measure(frames, model, args.warmup, patches=not args.no_patches)
     for name, row in results.items():
         print(f"{name:16s} median {row['median_ms']:6.2f} ms  p90 {row['p90_ms']:6.2f} ms  (n={row['count']})")
     report = {"name": "landmark-speed", "input": what, "threads": args.threads, "model": model.name,
-              "refiner": model.refiner is not None,
+              "refiner": model.refiner is not None, "patches": not args.no_patches,
               "env": {"machine": platform.machine(), "processor": platform.processor(),
                       "python": platform.python_version(), "opencv": cv2.__version__},
               "command": "python -m benchmarks.landmark_speed " + " ".join(argv or []),
