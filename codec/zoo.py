@@ -57,7 +57,7 @@ LANDMARK_MODELS: dict[str, LandmarkEntry] = {
         coefficients=12, image_size=256,
         card="landmark/MODEL_CARD.md",
         refiner="landmark/refiner.safetensors",
-        refiner_sha256="b470e48403ac9ecde3f1fbd04fc9e31a6a44d2b953fdbf29ec918986b424536f"),
+        refiner_sha256="0077ee06f31cd5d73bd7bc1a86e1c3bcd3d2968df688c79f7b253ebb7e56a2d3"),
 }
 FACE_MODEL_FORMAT = "facecodec-face-model-v1"
 
