@@ -14,7 +14,6 @@ packet travels as one data-channel message; ``data_channel_wire_kbps`` is what t
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -160,9 +159,7 @@ class Encoder:
         # The closed loop scores the receiver's picture without the learned refiner: on a CPU
         # it costs ~10× the warp per check, and it moves PSNR by 0.05 dB on average on dev
         # (benchmarks/results/rd-dev-refiner.json against rd-dev-warp.json).
-        self._check_model = copy.copy(model)
-        if getattr(self._check_model, "refiner", None) is not None:
-            self._check_model.refiner = None
+        self._check_model = model.plain()
         self._local_source = None  # the receiver's source state, for the closed loop
         self._last_keyframe_seq: int | None = None
         self._bad_checks = 0

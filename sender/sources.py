@@ -11,7 +11,6 @@ in 3D through the generator's free view (:class:`FreeViewPortraitSource`).
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Iterator
@@ -254,19 +253,17 @@ class FreeViewPortraitSource:
     untrained generator renders noise, so :func:`default_source` uses it only then.
     """
 
-    def __init__(self, loaded: TalkingHeadModel, image: np.ndarray | None = None, num_frames: int | None = 250,
-                 fps: float = 25.0) -> None:
+    def __init__(self, loaded: TalkingHeadModel, image: np.ndarray | None = None,
+                 num_frames: int | None = 250, fps: float = 25.0) -> None:
         from codec.facecrop import FaceCropper
 
         if image is None:
             from skimage import data  # lazy: only the default source needs scikit-image
 
             image = data.astronaut()
-        if getattr(loaded, "refiner", None) is not None:
-            # The plain warp: an input generator must be cheap (it runs on the sender's
-            # clock) and must not depend on what the receiver side chooses to render.
-            loaded = copy.copy(loaded)
-            loaded.refiner = None
+        # The plain model: an input generator must be cheap (it runs on the sender's clock)
+        # and must not depend on what the receiver side chooses to render.
+        loaded = loaded.plain()
         self.loaded = loaded
         self.fps = fps
         self.num_frames = num_frames

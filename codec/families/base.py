@@ -134,6 +134,11 @@ class TalkingHeadModel(ABC):
         """Keyframe info for a keyframe nobody analysed (a speed check, a blank frame)."""
         return b""
 
+    def plain(self) -> TalkingHeadModel:
+        """This model without receiver-side learned refinement: for renders that must be cheap
+        (a sender's own checks, an input generator). The stream is the same either way."""
+        return self
+
     def neutral_motion(self, source: Any) -> np.ndarray:
         """A motion vector that re-renders the keyframe as it is (for speed checks)."""
         return np.zeros(self.layout.vector_length, np.float32)

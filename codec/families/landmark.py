@@ -20,6 +20,7 @@ instead of tearing it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import struct
 from dataclasses import dataclass
@@ -256,6 +257,14 @@ class LandmarkModel(TalkingHeadModel):
         # warp. Receiver-side only: the stream, and so ``sha256``, are the same either way,
         # so a receiver may switch it off (speed) without the sender knowing.
         self.refiner = refiner
+
+    def plain(self) -> LandmarkModel:
+        """The plain warp (patches included), sharing everything else with this model."""
+        if self.refiner is None:
+            return self
+        model = copy.copy(self)
+        model.refiner = None
+        return model
 
     def default_landmarks(self) -> np.ndarray:
         """The mean face's 68 points where a typical crop holds a frontal face (crop pixels)."""
