@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -61,7 +62,10 @@ def region_errors(rebuilt: np.ndarray, real: np.ndarray, landmarks: np.ndarray) 
 
 def evaluate_segment(model: LandmarkModel, frames: np.ndarray, landmarks: np.ndarray, every: int,
                      quality: int, lpips, keyframe_codec: str = "webp", keyframe_quality: int = 90,
-                     patches: bool = True) -> dict:
+                     patches: bool = True,
+                     code_keyframe: Callable[[np.ndarray], tuple[bytes, np.ndarray]] | None = None) -> dict:
+    """One segment's scores. ``code_keyframe`` (image -> (bytes, decoded image)) replaces the
+    keyframe codec, for trying image coders the bitstream does not carry."""
     from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
 
     size = model.image_size
@@ -69,8 +73,11 @@ def evaluate_segment(model: LandmarkModel, frames: np.ndarray, landmarks: np.nda
     encoder = MotionEncoder(table, model.layout.expression_count, intra_period=25)
     decoder = MotionDecoder(table, model.layout.expression_count)
     # The keyframe as the receiver holds it: coded and decoded.
-    keyframe_bytes = encode_keyframe(frames[0], keyframe_codec, keyframe_quality)
-    keyframe = decode_keyframe(keyframe_bytes, KEYFRAME_CODEC_IDS[keyframe_codec])
+    if code_keyframe is None:
+        keyframe_bytes = encode_keyframe(frames[0], keyframe_codec, keyframe_quality)
+        keyframe = decode_keyframe(keyframe_bytes, KEYFRAME_CODEC_IDS[keyframe_codec])
+    else:
+        keyframe_bytes, keyframe = code_keyframe(frames[0])
     source = model.prepare_source(keyframe, pack_keyframe_info(landmarks[0]))
     # The sender's patches go into ``source`` itself, as the receiver would add them.
     patch_sender = PatchSender(model, keyframe_codec) if patches else None
@@ -96,6 +103,7 @@ def evaluate_segment(model: LandmarkModel, frames: np.ndarray, landmarks: np.nda
         lp_ours = lpips(frames_to_tensor(pred).float(), frames_to_tensor(real).float()).mean().item()
         lp_frozen = lpips(frames_to_tensor(frozen).float(), frames_to_tensor(real).float()).mean().item()
     return {"frames": len(frames), "scored": len(real), "keyframe_bytes": len(keyframe_bytes),
+            "keyframe_psnr": float(psnr_frames(keyframe[None], frames[:1])[0]),
             "psnr": float(psnr_frames(pred, real).mean()), "lpips": lp_ours,
             "frozen_psnr": float(psnr_frames(frozen, real).mean()), "frozen_lpips": lp_frozen,
             "motion_bits_per_frame": 8.0 * motion_bytes / len(frames),

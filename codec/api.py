@@ -35,6 +35,7 @@ from codec.errors import MissingReferenceError, ModelMismatchError
 from codec.families.base import PatchCandidate, TalkingHeadModel, ViewControl
 from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
+from codec.rebuild_score import rebuild_error
 from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
 from codec.zoo import DEFAULT_MODEL, resolve_model
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DATA_CHANNEL_OVERHEAD_BYTES", "DecodedFrame", "Decoder", "DecoderStats", "Encoder",
            "EncoderStats", "RefreshPolicy", "ViewControl", "data_channel_wire_kbps", "fit_square",
-           "rebuild_psnr", "stamp_untrained"]
+           "stamp_untrained"]
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
@@ -84,37 +85,45 @@ def stamp_untrained(image: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class RefreshPolicy:
     """Closed-loop keyframe refresh: the sender renders what the receiver will show (the
-    decoded keyframe and the quantized motion, through the same model) and sends a new
-    keyframe when that rebuild drifts from the real frame.
+    decoded keyframe and the quantized motion, through the same model, without the refiner)
+    and scores it against the real crop with :func:`codec.rebuild_score.rebuild_error`.
 
-    threshold_db: refresh when the rebuilt frame's PSNR against the real crop (computed at
-        half resolution: cheap, and less swayed by sensor noise) stays below this ...
-    drop_db: ... or, when set, below the first check after the keyframe minus this many dB
-        (relative: a noisy webcam whose rebuild never reaches an absolute threshold is
-        judged against what a fresh keyframe gives it);
-    hold_checks: ... for this many checks in a row (hysteresis: one bad frame, e.g. a blink,
-        does not cost a keyframe);
-    check_every: render and score every N-th frame (sender CPU: one render, ~3 ms at 256 px);
+    The rule prices keyframes. Right after a keyframe the rebuild is as good as this camera
+    and this model allow (the *floor*: the first check's error). Every check adds the error
+    above that floor, times the seconds it stood for, to a *debt*; a new keyframe is sent
+    when the debt reaches ``price``. A still talker runs up no debt and costs one keyframe;
+    a turning head pays for one as soon as its rebuild has looked wrong long enough to be
+    worth the bytes. (An absolute threshold refreshes forever on a noisy webcam whose rebuild
+    is never sharp; a drop threshold fires on every nod.) ``price`` is the rate knob.
+
+    price: error-seconds above the floor a keyframe is worth;
+    jump: ... or refresh at once when the error stands this far above the floor for
+        ``hold_checks`` checks (a cut, a light switched on: no need to wait for the debt);
+    pose_limit_deg: ... or refresh when yaw or pitch stays this far from the keyframe's for
+        ``hold_checks`` checks (a turned head shows sides of the face the keyframe lacks);
+    check_every: render and score every N-th frame (sender CPU: one warp, ~3 ms at 256 px);
     min_interval_s: never two keyframes closer than this;
     max_keyframe_kbps: keyframe bits per second over the stream so far stay under this,
-        after the first keyframe and one refresh of credit.
+        after the first keyframe and one refresh of credit;
+    fallback_refreshes / fallback_window_s: when that many refreshes in a row each come due
+        within this many seconds of the keyframe before, a keyframe no longer helps (a hand
+        over the face, someone walking through): the Encoder says so in ``fallback`` and a
+        call switches to H.264; so does a face missing for ``face_lost_frames`` frames;
+    probe_s: while in fallback the sender tries a local keyframe (nothing is sent) and
+        returns when, for this long, it runs up less than half the price and a face is seen.
     """
 
-    threshold_db: float = float("inf")
-    drop_db: float | None = None
+    price: float = 0.5
+    jump: float = 0.3
+    pose_limit_deg: float = 25.0
     hold_checks: int = 3
     check_every: int = 1
     min_interval_s: float = 1.0
     max_keyframe_kbps: float = 16.0
-
-
-def rebuild_psnr(rebuilt: np.ndarray, real: np.ndarray) -> float:
-    """PSNR (dB) of two S×S×3 uint8 frames at half resolution."""
-    size = (rebuilt.shape[1] // 2, rebuilt.shape[0] // 2)
-    a = cv2.resize(rebuilt, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    b = cv2.resize(real, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    mse = float(np.mean((a - b) ** 2))
-    return 10.0 * np.log10(255.0 ** 2 / max(mse, 1e-6))
+    fallback_refreshes: int = 3
+    fallback_window_s: float = 2.0
+    face_lost_frames: int = 25
+    probe_s: float = 1.0
 
 
 @dataclass
@@ -128,8 +137,11 @@ class EncoderStats:
     patches: int = 0
     patch_bytes: int = 0
     patches_over_budget: int = 0  # wanted, but the byte budget said wait
+    keyframe_reasons: list[tuple[int, str]] = field(default_factory=list)  # (seq, why) of every keyframe
     refreshes: list[tuple[int, str]] = field(default_factory=list)  # (seq, why) of closed-loop keyframes
-    last_rebuild_db: float | None = None  # the closed loop's last score
+    fallbacks: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): keyframes stopped helping
+    returns: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): a keyframe holds again
+    last_rebuild_error: float | None = None  # the closed loop's last score
 
 
 class Encoder:
@@ -162,8 +174,17 @@ class Encoder:
         self._check_model = model.plain()
         self._local_source = None  # the receiver's source state, for the closed loop
         self._last_keyframe_seq: int | None = None
-        self._bad_checks = 0
-        self._reference_db: float | None = None  # the first check after the last keyframe
+        self._next_keyframe_reason = "stream start"
+        self.last_keyframe_reason = ""  # why the newest keyframe was sent (a call's viewer shows it)
+        self._floor: float | None = None  # the first check's error after the last keyframe
+        self._debt = 0.0  # error-seconds above the floor since the last keyframe
+        self._keyframe_pose: np.ndarray | None = None  # yaw, pitch of the last keyframe
+        self._turned_checks = 0
+        self._jump_checks = 0
+        self._quick_refreshes = 0  # refreshes in a row that came due within fallback_window_s
+        self._frames_without_face = 0
+        self.fallback: str | None = None  # set when keyframes stopped helping: why (a call goes H.264)
+        self._probe = None  # while in fallback: (source, pose, first seq, floor, debt) of a trial keyframe
         # Reference patches need the receiver's state too: its keyframe and patches.
         self.patches = patches and model.supports_patches
         self._patch_sender = (PatchSender(model, keyframe_codec, patch_quality, patch_kbps)
@@ -198,8 +219,11 @@ class Encoder:
         """The stream header, sent once before any packet (and again to a rejoining peer)."""
         return self.stream_header().pack()
 
-    def request_keyframe(self) -> None:
-        """Send a keyframe with the next frame (start of call, receiver request, face moved)."""
+    def request_keyframe(self, reason: str = "requested") -> None:
+        """Send a keyframe with the next frame (start of call, receiver request, face moved);
+        ``reason`` is recorded with it (``last_keyframe_reason``, ``stats.keyframe_reasons``)."""
+        if not self._keyframe_requested:
+            self._next_keyframe_reason = reason
         self._keyframe_requested = True
 
     def request_intra(self) -> None:
@@ -229,13 +253,16 @@ class Encoder:
                 decoded = fit_square(decode_keyframe(data, KEYFRAME_CODEC_IDS[self.keyframe_codec]),
                                      self.model.image_size)
                 self._local_source = self.model.prepare_source(decoded, info)
-                self._last_keyframe_seq = seq
-                self._bad_checks = 0
-                self._reference_db = None
+            self._last_keyframe_seq = seq
+            self._floor, self._debt, self._turned_checks, self._jump_checks = None, 0.0, 0, 0
+            self._keyframe_pose = None
             packets.append(packet)
             self.stats.keyframes += 1
             self.stats.keyframe_bytes += len(packet)
+            self.last_keyframe_reason = self._next_keyframe_reason
+            self.stats.keyframe_reasons.append((seq, self.last_keyframe_reason))
             self._keyframe_requested = False
+            self._next_keyframe_reason = "requested"
             # A fresh keyframe is a natural resync point for the motion chain too.
             self._motion.force_intra()
         intra, payload = self._motion.encode_vector(vector, seq)
@@ -252,26 +279,53 @@ class Encoder:
         self.stats.motion_packets += 1
         self.stats.motion_bytes += len(packet)
         self.stats.intra_packets += int(intra)
-        if self.refresh is not None and seq % self.refresh.check_every == 0:
-            self._check_rebuild(crop, seq)
+        if self._keyframe_pose is None and decoded is not None:
+            self._keyframe_pose = decoded[:2].copy()
+        if self.refresh is not None:
+            self._watch_face(vector, seq)
+            if seq % self.refresh.check_every == 0:
+                self._check_rebuild(crop, seq)
         return packets
+
+    def _watch_face(self, vector: np.ndarray, seq: int) -> None:
+        """Fallback when the tracker has detected no face for ``face_lost_frames`` frames."""
+        lost = np.isnan(vector[:2]).all() or not self._tracker.face_seen
+        self._frames_without_face = self._frames_without_face + 1 if lost else 0
+        if self.fallback is None and self._frames_without_face > self.refresh.face_lost_frames:
+            self._enter_fallback(seq, f"no face for {self._frames_without_face} frames")
+
+    def _enter_fallback(self, seq: int, why: str) -> None:
+        self.fallback = why
+        self._probe = None
+        self.stats.fallbacks.append((seq, why))
+        log.info("keyframes stopped helping at frame %d: %s", seq, why)
+
+    def _rebuild_error(self, source, motion: np.ndarray, crop: np.ndarray) -> float:
+        return rebuild_error(self._check_model.render(source, motion[None])[0], crop)
 
     def _check_rebuild(self, crop: np.ndarray, seq: int) -> None:
         """The closed loop: score the receiver's rebuild of this frame, refresh when due."""
         policy = self.refresh
         decoded = self._motion.last_decoded
-        if policy is None or self._local_source is None or decoded is None:
+        if policy is None or self._local_source is None or decoded is None or seq == self._last_keyframe_seq:
+            return  # (the keyframe's own frame rebuilds to itself: the floor is the next one's)
+        error = self._rebuild_error(self._local_source, decoded, crop)
+        self.stats.last_rebuild_error = error
+        if self._floor is None:
+            self._floor = error
+        self._debt += max(0.0, error - self._floor) * policy.check_every / self.frame_rate
+        turn = float(np.max(np.abs(decoded[:2] - self._keyframe_pose))) if self._keyframe_pose is not None else 0.0
+        self._turned_checks = self._turned_checks + 1 if turn > policy.pose_limit_deg else 0
+        self._jump_checks = self._jump_checks + 1 if error - self._floor > policy.jump else 0
+        if self._jump_checks >= policy.hold_checks:
+            why = f"rebuild error {error:.2f} jumped over the keyframe's floor {self._floor:.3f}"
+        elif self._debt >= policy.price:
+            why = f"rebuild error {self._debt:.2f} error-s over the keyframe's floor {self._floor:.3f}"
+        elif self._turned_checks >= policy.hold_checks:
+            why = f"head turned {turn:.0f}° from the keyframe"
+        else:
             return
-        rebuilt = self._check_model.render(self._local_source, decoded[None])[0]
-        score = rebuild_psnr(rebuilt, crop)
-        self.stats.last_rebuild_db = score
-        if self._reference_db is None:
-            self._reference_db = score
-        threshold = policy.threshold_db
-        if policy.drop_db is not None:
-            threshold = min(threshold, self._reference_db - policy.drop_db)
-        self._bad_checks = self._bad_checks + 1 if score < threshold else 0
-        if self._bad_checks < policy.hold_checks or self._keyframe_requested:
+        if self._keyframe_requested:
             return
         since = (1e9 if self._last_keyframe_seq is None
                  else (seq - self._last_keyframe_seq) / self.frame_rate)
@@ -281,10 +335,55 @@ class Encoder:
         budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
         if since < policy.min_interval_s or self.stats.keyframe_bytes + average_keyframe > budget_bytes:
             return
-        self.stats.refreshes.append((seq, f"rebuild {score:.1f} dB < {threshold:.1f} dB "
-                                          f"for {self._bad_checks} checks"))
-        log.info("keyframe refresh at frame %d: %s", seq, self.stats.refreshes[-1][1])
-        self.request_keyframe()
+        self._quick_refreshes = self._quick_refreshes + 1 if since <= policy.fallback_window_s else 0
+        if self._quick_refreshes >= policy.fallback_refreshes and self.fallback is None:
+            # A call switches to H.264 now; a file (no H.264 in it) goes on refreshing.
+            self._enter_fallback(seq, f"{self._quick_refreshes} keyframes in a row each lasted "
+                                      f"under {policy.fallback_window_s:g} s")
+            return
+        self.stats.refreshes.append((seq, why))
+        log.info("keyframe refresh at frame %d: %s", seq, why)
+        self.request_keyframe(why)
+
+    def probe(self, frame: np.ndarray) -> str | None:
+        """While in ``fallback`` (a call sends H.264): would a keyframe of the camera hold now?
+
+        Tries a local keyframe (coded and decoded as the receiver would get it; nothing is
+        sent) and scores the frames after it as the closed loop does. Returns why, and leaves
+        fallback with a keyframe requested, once the trial keyframe ran up less than half the
+        price over ``probe_s`` seconds with a face in every frame; None meanwhile."""
+        policy = self.refresh
+        if self.fallback is None or policy is None:
+            return None
+        crop = fit_square(frame, self.model.image_size)
+        seq = self._seq
+        self._seq += 1
+        vector = self._tracker.motion(crop)
+        if np.isnan(vector).any() or not self._tracker.face_seen:
+            self._probe = None
+            return None
+        if self._probe is None:
+            data = encode_keyframe(crop, self.keyframe_codec, self.keyframe_quality)
+            decoded = fit_square(decode_keyframe(data, KEYFRAME_CODEC_IDS[self.keyframe_codec]),
+                                 self.model.image_size)
+            source = self._check_model.prepare_source(decoded, self._tracker.keyframe_info(crop))
+            self._probe = [source, seq, None, 0.0]
+            return None
+        source, first, floor, debt = self._probe
+        error = self._rebuild_error(source, vector, crop)
+        floor = error if floor is None else floor
+        debt += max(0.0, error - floor) / self.frame_rate
+        self._probe = [source, first, floor, debt]
+        if debt >= policy.price / 2:
+            self._probe = None  # this one did not hold: try a fresh one next frame
+            return None
+        if (seq - first) / self.frame_rate < policy.probe_s:
+            return None
+        why = f"a trial keyframe held for {policy.probe_s:g} s ({debt:.2f} error-s)"
+        self.fallback, self._probe, self._quick_refreshes, self._frames_without_face = None, None, 0, 0
+        self.stats.returns.append((seq, why))
+        self.request_keyframe(f"back from fallback: {why}")
+        return why
 
 
 @dataclass

@@ -69,6 +69,8 @@ class ReceiverStats:
     h264_frames: int = 0
     keyframe_requests: int = 0
     intra_requests: int = 0
+    last_keyframe_reason: str = ""  # the sender's reason for the newest keyframe
+    last_switch_reason: str = ""  # the sender's reason for the newest mode switch
     highest_seq: int = -1
     first_seq: int | None = None
     latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
@@ -153,8 +155,12 @@ class ReceiverSession:
         if isinstance(message, StreamStart):
             self._start_stream(message)
         elif isinstance(message, Keyframe | Patch):
+            if isinstance(message, Keyframe) and message.reason:
+                self.stats.last_keyframe_reason = message.reason
+                log.info("keyframe from the peer: %s", message.reason)
             self._enqueue(message.packet)
         elif isinstance(message, ModeSwitch):
+            self.stats.last_switch_reason = f"{message.mode}: {message.reason}"
             if message.reason == "call start":
                 events.info("the peer sends %s", message.mode)
             else:
@@ -349,6 +355,8 @@ class ReceiverSession:
             "stale": decoder.stats.stale if decoder is not None else 0,
             "missing_reference": decoder.stats.missing_reference if decoder is not None else 0,
             "keyframes": stats.keyframes,
+            "last_keyframe_why": stats.last_keyframe_reason,
+            "last_switch_why": stats.last_switch_reason,
             "keyframe_requests": stats.keyframe_requests,
             "intra_requests": stats.intra_requests,
             "queue_dropped": stats.queue_dropped,

@@ -126,6 +126,7 @@ class SenderSession:
         self._face_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-face")
         self._face_job: asyncio.Future | None = None
         self._frames_without_face = 0
+        self._quality_fallback = False  # in H.264 because the closed loop said keyframes stopped helping
         self._last_keyframe_request = -1e9
         self._stopped = asyncio.Event()
         self.clock = 0.0  # wall clock at media time 0
@@ -141,7 +142,7 @@ class SenderSession:
                 self._last_keyframe_request = now
                 log.info("peer asked for a keyframe (%s)", message.reason)
                 if self.encoder is not None:
-                    self.encoder.request_keyframe()
+                    self.encoder.request_keyframe(f"the receiver asked: {message.reason}")
                 if self.h264_track is not None:
                     self.h264_track.request_keyframe()
         elif isinstance(message, IntraRequest):
@@ -171,7 +172,7 @@ class SenderSession:
         for packet in packets:
             if packet[0] == PacketType.KEYFRAME:  # our own encoder's output: the type byte says it
                 self.stats.keyframes += 1
-                self._send_control(Keyframe(packet=packet))
+                self._send_control(Keyframe(packet=packet, reason=self.encoder.last_keyframe_reason))
             elif packet[0] == PacketType.PATCH:
                 self.stats.patches += 1
                 self._send_control(Patch(packet=packet))
@@ -187,7 +188,7 @@ class SenderSession:
             return
         if mode == "neural":
             # Back to neural only behind a fresh keyframe (the receiver may hold a stale one).
-            self.encoder.request_keyframe()
+            self.encoder.request_keyframe(f"back to neural: {reason}")
         self.mode = mode
         self.stats.mode_switches += 1
         events.info("switching to %s: %s", mode, reason)
@@ -197,7 +198,7 @@ class SenderSession:
         """(Re)send the stream header; the next frame carries a keyframe."""
         if self.encoder is not None:
             self._send_control(StreamStart(header=self.encoder.header(), clock=self.clock, fps=self.fps))
-            self.encoder.request_keyframe()
+            self.encoder.request_keyframe("stream start")
         self._send_control(ModeSwitch(mode=self.mode, reason="call start"))
 
     # ------------------------------------------------------------------ face tracking
@@ -235,8 +236,8 @@ class SenderSession:
             log.info("face moved out of the crop: new crop box and keyframe")
             self.box = new_box
             if self.encoder is not None:
-                self.encoder.request_keyframe()
-        if self.mode == "h264" and self.wanted_mode == "neural":
+                self.encoder.request_keyframe("the face moved out of the crop")
+        if self.mode == "h264" and self.wanted_mode == "neural" and not self._quality_fallback:
             self._switch("neural", "face found again")
 
     def _crop(self, frame: np.ndarray) -> np.ndarray:
@@ -315,6 +316,16 @@ class SenderSession:
             self.stats.encode_ms_total += 1000.0 * (time.perf_counter() - started)
             self.stats.neural_frames += 1
             self._send_packets(packets)
+            if self.encoder.fallback is not None:
+                # The closed loop found that keyframes stopped helping: H.264 until a trial
+                # keyframe holds again (Encoder.probe).
+                self._quality_fallback = True
+                self._switch("h264", f"the rebuild fails: {self.encoder.fallback}")
+        elif self._quality_fallback and self.encoder is not None and self.wanted_mode == "neural":
+            back = await loop.run_in_executor(self._pool, self.encoder.probe, crop)
+            if back is not None:
+                self._quality_fallback = False
+                self._switch("neural", back)
         if self.mode == "h264" or self.compare:
             if self.mode == "h264":
                 self.stats.h264_frames += 1

@@ -62,9 +62,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
                         "each run at every --qualities value; R@Q runs period R at quality Q "
-                        "only; aT (or aT@Q) the sender's closed-loop refresh at a T dB rebuild "
-                        "threshold, dT at T dB below the rebuild just after a keyframe "
-                        "(e.g. 0,4@3,a24@3,d6@3)")
+                        "only; aP (or aP@Q) the sender's closed-loop refresh at keyframe price P "
+                        "(codec.api.RefreshPolicy; e.g. 0,4@3,a0.05@3)")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="subset of psnr,ssim,ms_ssim,lpips,akd,aed (SSIM/MS-SSIM cost ~0.5 s/frame "
                         "each on the 2-core machine); the rest are n/a")

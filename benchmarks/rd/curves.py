@@ -130,11 +130,11 @@ def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, 
     for row in averages:
         label = row["codec"]
         if label == "ours":
-            refresh = row["setting"].split("-", 1)[-1]  # kf0 | kf<seconds> | ad<dB>
+            refresh = row["setting"].split("-", 1)[-1]  # kf0 | kf<seconds> | ad<price>
             # One curve across qualities with one keyframe, one across periodic refresh
-            # periods, one across the closed loop's thresholds.
+            # periods, one across the closed loop's prices.
             label = ("ours kf0" if refresh == "kf0" else "ours adaptive" if refresh.startswith("ad")
-                     else "ours adaptive (drop)" if refresh.startswith("dr") else "ours periodic")
+                     else "ours periodic")
         curves.setdefault(label, []).append(row)
     for points in curves.values():
         points.sort(key=lambda r: r["payload_kbps"])
@@ -163,5 +163,17 @@ def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
             if len(a) >= 2 and len(b) >= 2:
                 value = bd_rate(*zip(*a), *zip(*b), lower_is_better=metric in LOWER_IS_BETTER)
                 out["bd_rate_vs_x264"].setdefault(label, {})[metric] = value
+    adaptive = curves.get("ours adaptive", [])
+    if adaptive:
+        # The closed loop against fixed refresh at its quality: every period, none (kf0) included.
+        qualities = {r["setting"].split("-", 1)[0] for r in adaptive}
+        fixed = [r for r in averages if r["codec"] == "ours" and r["setting"].split("-", 1)[0] in qualities
+                 and r["setting"].split("-", 1)[-1].startswith("kf")]
+        for metric in ("lpips", "akd", "psnr"):
+            a = [(p["payload_kbps"], p.get(metric)) for p in fixed if p.get(metric) is not None]
+            b = [(p["payload_kbps"], p.get(metric)) for p in adaptive if p.get(metric) is not None]
+            if len(a) >= 2 and len(b) >= 2:
+                out.setdefault("bd_rate_adaptive_vs_fixed_refresh", {})[metric] = bd_rate(
+                    *zip(*a), *zip(*b), lower_is_better=metric in LOWER_IS_BETTER)
     return out
 

@@ -19,8 +19,8 @@ from .runs import CodecRun, Setting
 
 def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, int]]:
     """(refresh, quality) pairs of our codec's sweep from ``--keyframe-refresh``: "R" runs
-    every quality at period R seconds, "R@Q" quality Q only; "aT" / "aT@Q" the sender's
-    closed-loop refresh at a T dB threshold (kept as the string "aT"). Order kept,
+    every quality at period R seconds, "R@Q" quality Q only; "aP" / "aP@Q" the sender's
+    closed-loop refresh at keyframe price P (kept as the string "aP"). Order kept,
     duplicates dropped."""
     out: list[tuple[float | str, int]] = []
     for item in (part.strip() for part in spec.split(",")):
@@ -28,11 +28,11 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
             continue
         period, _, only = item.partition("@")
         refresh: float | str
-        if period[:1] in ("a", "d"):
-            threshold = float(period[1:])
-            if not 0 < threshold < 100:
-                raise ValueError(f"bad adaptive threshold {item!r}")
-            refresh = f"{period[0]}{threshold:g}"
+        if period[:1] == "a":
+            price = float(period[1:])
+            if not 0 < price < 100:
+                raise ValueError(f"bad adaptive price {item!r}")
+            refresh = f"a{price:g}"
         else:
             refresh = float(period)
             if refresh < 0 or not math.isfinite(refresh):
@@ -44,10 +44,9 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
 
 
 def _refresh_name(refresh: float | str) -> str:
-    """kf<seconds> for a periodic refresh (kf0: one keyframe); for the closed loop ad<dB>
-    (absolute threshold) or dr<dB> (drop below the first check after a keyframe)."""
+    """kf<seconds> for a periodic refresh (kf0: one keyframe); ad<price> for the closed loop."""
     if isinstance(refresh, str):
-        return ("ad" if refresh[0] == "a" else "dr") + f"{float(refresh[1:]):g}"
+        return f"ad{float(refresh[1:]):g}"
     return f"kf{refresh:g}"
 
 
@@ -60,14 +59,13 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
 
 
 def refresh_policy(refresh: float | str) -> Any:
-    """The sender's closed-loop ``codec.api.RefreshPolicy`` for an "aT" / "dT" refresh (T dB
-    absolute threshold / drop below the first check after a keyframe); None for a period."""
+    """The sender's closed-loop ``codec.api.RefreshPolicy`` for an "aP" refresh (keyframe
+    price P); None for a period."""
     if not isinstance(refresh, str):
         return None
     from codec.api import RefreshPolicy
 
-    value = float(refresh[1:])
-    return RefreshPolicy(threshold_db=value) if refresh[0] == "a" else RefreshPolicy(drop_db=value)
+    return RefreshPolicy(price=float(refresh[1:]))
 
 
 def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
@@ -86,7 +84,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds.
     ``refresh_policy``: the sender's closed loop instead (``codec.api.RefreshPolicy``): a new
-    keyframe when its own rebuild stays under a PSNR threshold. ``patches``: the sender's
+    keyframe when its own rebuild has drifted from the real frames long enough. ``patches``: the sender's
     reference patches of the mouth and eyes (their bytes count like the rest). Every frame
     is encoded and every packet decoded, but with ``metric_every`` = K > 1 only frames 0, K,
     2K, … are rendered by the generator (the others advance the motion chain only), and

@@ -42,6 +42,7 @@ class StreamStart:
 @dataclass(frozen=True)
 class Keyframe:
     packet: bytes  # a whole KeyframePacket (type byte, seq, timestamp, codec, image)
+    reason: str = ""  # why the sender sent it (call start, the closed loop's score, a request)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ def pack_control(message: ControlMessage) -> bytes:
         body.update(header=message.header, clock=float(message.clock), fps=float(message.fps))
     elif isinstance(message, Keyframe | Patch):
         body.update(packet=message.packet)
+        if isinstance(message, Keyframe) and message.reason:
+            body.update(reason=message.reason)  # optional: readers before it ignore the key
     elif isinstance(message, KeyframeRequest | IntraRequest | Bye):
         body.update(reason=message.reason)
     elif isinstance(message, ModeSwitch | ModeRequest):
@@ -163,7 +166,8 @@ def parse_control(data: bytes | str) -> ControlMessage:
         return StreamStart(header=_field(body, "header", bytes), clock=_number(body, "clock"),
                            fps=_number(body, "fps"))
     if kind == "keyframe":
-        return Keyframe(packet=_field(body, "packet", bytes))
+        return Keyframe(packet=_field(body, "packet", bytes),
+                        reason=_field(body, "reason", str) if "reason" in body else "")
     if kind == "patch":
         return Patch(packet=_field(body, "packet", bytes))
     if kind == "keyframe_request":

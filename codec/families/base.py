@@ -72,7 +72,12 @@ class ViewControl:
 
 
 class MotionTracker(ABC):
-    """Sender-side state of one stream (e.g. the last landmarks, to track instead of detect)."""
+    """Sender-side state of one stream (e.g. the last landmarks, to track instead of detect).
+
+    ``face_seen``: whether the last :meth:`motion` call found a face by detection, not only by
+    tracking from the frame before (the closed loop falls back to H.264 when it stays False)."""
+
+    face_seen: bool = True
 
     @abstractmethod
     def motion(self, image: np.ndarray) -> np.ndarray:

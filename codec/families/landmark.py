@@ -139,6 +139,7 @@ class LandmarkTracker(MotionTracker):
         from codec.facecrop import detect_landmarks, fit_landmarks, tracking_box
 
         found = detect_landmarks(image, upsample=0 if image.shape[0] >= 200 else 1)
+        self.face_seen = found is not None
         if found is None and self._last is not None:
             found = fit_landmarks(image, tracking_box(self._last))
         self._last = found
