@@ -37,6 +37,7 @@ def _progress(total: int | None, label: str):
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from app.model_args import refresh_policy
     from codec.files import compress
 
     model = _model(args)
@@ -44,7 +45,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         report = compress(args.input, args.output, model=model, quality=args.quality,
                           intra_period=args.intra_period, fps=args.fps, max_frames=args.max_frames,
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
-                          audio=not args.no_audio, patches=not args.no_patches, progress=bar)
+                          audio=not args.no_audio, patches=not args.no_patches,
+                          refresh=refresh_policy(args.refresh), progress=bar)
     print(report.summary())
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2))
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Here, not at the top: `facecodec serve-signaling` starts without torch and aiortc.
     from app.call_command import add_call_args, cmd_call
     from app.mode_choice import MODES
-    from app.model_args import add_model_args
+    from app.model_args import add_model_args, add_refresh_arg
 
     parser = argparse.ArgumentParser(
         prog="facecodec", formatter_class=_HelpFormatter,
@@ -219,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-patches", action="store_true",
                    help="send no reference patches (real pixels of an open mouth or closed eyes "
                         "that the keyframe lacks)")
+    add_refresh_arg(p)
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(func=cmd_compress)
 

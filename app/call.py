@@ -79,6 +79,7 @@ class CallOptions:
     h264_kbps: float = 30.0
     quality: int | None = None  # None: the codec's default motion quality
     patches: bool = True  # reference patches of the mouth and eyes (codec.reference_patches)
+    refresh: object = None  # the sender's closed-loop keyframe refresh (codec.api.RefreshPolicy)
     compare: bool = False  # also send H.264 while in neural mode
     face_lost_frames: int = 25
     live: bool = True  # False: every frame is sent and rendered, however late (demo recordings)
@@ -384,7 +385,8 @@ class Call:
         encoder = None
         if self.loaded is not None:
             settings = {} if options.quality is None else {"quality": options.quality}
-            encoder = Encoder(self.loaded, frame_rate=options.fps, patches=options.patches, **settings)
+            encoder = Encoder(self.loaded, frame_rate=options.fps, patches=options.patches,
+                              refresh=options.refresh, **settings)
         size = self.loaded.image_size if self.loaded is not None else 256
         self.sender_session = SenderSession(self.frames, fps=options.fps, encoder=encoder,
                                     cropper=FaceCropper(out_size=size), h264_track=self.h264_track,

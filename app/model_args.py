@@ -30,3 +30,29 @@ def model_from_args(args: argparse.Namespace, name: str | None = None) -> Talkin
     return resolve_model(args.model or name or DEFAULT_MODEL, untrained=args.untrained,
                          weights=args.weights, seed=args.seed, device=args.device,
                          refiner=not args.no_refiner)
+
+
+def add_refresh_arg(parser: argparse.ArgumentParser) -> None:
+    """--refresh: the sender's closed-loop keyframe refresh (codec.api.RefreshPolicy)."""
+    parser.add_argument("--refresh", default="off", metavar="PRICE|off",
+                        help="closed-loop keyframe refresh: the sender renders what the receiver "
+                             "shows and sends a new keyframe when its error over a fresh "
+                             "keyframe's, summed over time, reaches PRICE (e.g. 0.5; lower: more "
+                             "keyframes); in a call it also falls back to H.264 while keyframes "
+                             "stop helping. Off by default until the rd benchmark shows it "
+                             "beating periodic refresh (README)")
+
+
+def refresh_policy(value: str):
+    """``--refresh``'s value -> a ``codec.api.RefreshPolicy``, or None for 'off'."""
+    from codec.api import RefreshPolicy
+
+    if value.strip().lower() in ("off", "none", "0"):
+        return None
+    try:
+        price = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--refresh takes a price or 'off', not {value!r}") from None
+    if not 0 < price < 1e6:
+        raise argparse.ArgumentTypeError(f"--refresh price must be positive, got {value!r}")
+    return RefreshPolicy(price=price)

@@ -22,6 +22,7 @@ from codec.api import (
     Decoder,
     DecoderStats,
     Encoder,
+    RefreshPolicy,
     data_channel_wire_kbps,
     stamp_untrained,
 )
@@ -53,6 +54,8 @@ class CompressReport:
     crop: tuple[float, float, float]  # (cx, cy, size) of the face crop in source pixels
     encode_seconds: float
     quality: int
+    keyframe_reasons: list[tuple[int, str]] = field(default_factory=list)  # (frame, why) of each keyframe
+    fallbacks: list[tuple[int, str]] = field(default_factory=list)  # (frame, why) keyframes stopped helping
 
     @property
     def duration_s(self) -> float:
@@ -104,6 +107,8 @@ class CompressReport:
                if self.audio_bytes else " (none)"),
             f"  file              {self.file_bytes} bytes",
         ]
+        lines += [f"  keyframe at {frame:5d}: {why}" for frame, why in self.keyframe_reasons[1:]]
+        lines += [f"  fallback at {frame:5d}: {why} (a call would send H.264)" for frame, why in self.fallbacks]
         return "\n".join(lines)
 
 
@@ -129,11 +134,15 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
              quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
              fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = "webp",
              keyframe_quality: int = 90, audio: bool = True, patches: bool = True,
+             refresh: RefreshPolicy | None = None,
              progress: Callable[[int], None] | None = None) -> CompressReport:
     """Compress a talking-head video file into our container (.fvc).
 
     The face crop is fitted on the first frames and held fixed; the output of
-    ``decompress`` is that square crop at the model's resolution.
+    ``decompress`` is that square crop at the model's resolution. ``refresh``: the sender's
+    closed loop (new keyframes when the rebuild drifts; None: one keyframe). A file holds no
+    H.264, so where a call would fall back to it the file goes on refreshing within the
+    policy's budget; the report lists every refresh and fallback with its reason.
     """
     from codec.bitstream import ContainerWriter
     from codec.facecrop import FIT_FRAMES, FaceCropper
@@ -153,7 +162,7 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
     box = cropper.fit(first)
     encoder = Encoder(model, quality=quality, intra_period=intra_period,
                       keyframe_codec=keyframe_codec, keyframe_quality=keyframe_quality,
-                      frame_rate=fps, patches=patches)
+                      frame_rate=fps, patches=patches, refresh=refresh)
     header = encoder.header()
     count = 0
     audio_bytes = 0
@@ -192,7 +201,8 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
         patches=stats.patches, patch_bytes=stats.patch_bytes,
         audio_bytes=audio_bytes, file_bytes=out_path.stat().st_size,
         untrained=model.untrained, crop=(box.cx, box.cy, box.size),
-        encode_seconds=time.perf_counter() - started, quality=quality)
+        encode_seconds=time.perf_counter() - started, quality=quality,
+        keyframe_reasons=list(stats.keyframe_reasons), fallbacks=list(stats.fallbacks))
 
 
 def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadModel | None = None,

@@ -128,3 +128,81 @@ def test_a_face_that_leaves_gives_the_fallback_and_its_return(portrait):
     packets = encoder.encode(face[0], 10.0)
     assert len(packets) >= 2 and encoder.last_keyframe_reason.startswith("back from fallback")
     assert [w for _, w in encoder.stats.keyframe_reasons][-1] == encoder.last_keyframe_reason
+
+
+class _ScriptedEncoder:
+    """The Encoder's side of the call's fallback, scripted: ``fallback`` set from outside,
+    probe() says a keyframe holds on its third call."""
+
+    def __init__(self) -> None:
+        self.fallback: str | None = None
+        self.last_keyframe_reason = ""
+        self.probes = 0
+        self.requested: list[str] = []
+
+    def encode(self, crop, t):
+        return []
+
+    def probe(self, crop):
+        self.probes += 1
+        if self.probes < 3:
+            return None
+        self.fallback = None
+        return "a trial keyframe held for 1 s"
+
+    def request_keyframe(self, reason: str = "requested") -> None:
+        self.requested.append(reason)
+
+
+def test_a_call_sends_h264_while_keyframes_fail_and_comes_back():
+    import asyncio
+
+    from codec.facecrop import CropBox, FaceCropper
+    from sender.session import SenderSession
+
+    encoder = _ScriptedEncoder()
+    session = SenderSession(iter(()), fps=25.0, encoder=encoder, cropper=FaceCropper(out_size=64),
+                            h264_track=None, mode="neural")
+    session.box = CropBox(32, 32, 64)
+    frame = np.zeros((64, 64, 3), np.uint8)
+
+    async def frames(indexes):
+        for index in indexes:
+            await session._send_frame(frame, index / 25, index)
+
+    try:
+        asyncio.run(frames([1]))
+        assert session.mode == "neural" and encoder.probes == 0
+        encoder.fallback = "3 keyframes in a row each lasted under 2 s"
+        asyncio.run(frames([2]))
+        assert session.mode == "h264" and session.stats.mode_switches == 1
+        asyncio.run(frames([3, 4]))
+        # The frame that found the failure goes out as H.264 too: none is lost in the switch.
+        assert session.mode == "h264" and encoder.probes == 2 and session.stats.h264_frames == 3
+        asyncio.run(frames([6]))
+        assert session.mode == "neural" and session.stats.mode_switches == 2
+        assert encoder.requested == ["back to neural: a trial keyframe held for 1 s"]
+    finally:
+        session.close()
+
+
+def test_a_keyframe_message_carries_its_reason():
+    from codec.bitstream.control import Keyframe, pack_control, parse_control
+
+    message = Keyframe(packet=b"\x02abc", reason="head turned 31° from the keyframe")
+    assert parse_control(pack_control(message)) == message
+    # Without a reason the message is what readers before the field read.
+    assert parse_control(pack_control(Keyframe(packet=b"\x02abc"))).reason == ""
+    assert b"reason" not in pack_control(Keyframe(packet=b"\x02abc"))
+
+
+def test_the_refresh_option():
+    import argparse
+
+    from app.model_args import refresh_policy
+
+    assert refresh_policy("off") is None
+    assert refresh_policy("0.3") == RefreshPolicy(price=0.3)
+    for bad in ("soon", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            refresh_policy(bad)
