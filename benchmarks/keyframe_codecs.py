@@ -38,6 +38,7 @@ from codec.metrics import lpips_model
 from codec.motion_coding import DEFAULT_QUALITY
 
 SWEEPS = {"webp": (60, 70, 80, 90, 95), "av1": (32, 26, 20, 14, 8), "h264": (26, 22, 18, 14, 10)}
+QUICK = {"webp": (70, 90), "av1": (26, 14), "h264": (22, 14)}
 REFERENCE = ("webp", 90)
 
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("cache/dev256"), help="cached dev crops (default: %(default)s)")
     p.add_argument("--every", type=int, default=25, help="rebuild every N-th frame (default: %(default)s)")
     p.add_argument("--codecs", default="webp,av1,h264", help="coders to sweep (default: %(default)s)")
+    p.add_argument("--segments", type=int, default=None, help="first N dev segments only (a quick look)")
     p.add_argument("--out", type=Path, required=True, help="write the JSON here")
     args = p.parse_args(argv)
     from codec.zoo import load_landmark_model
@@ -92,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     index = json.loads((args.data / "index.json").read_text(encoding="utf-8"))
     if index.get("split") != "dev":
         p.error(f"{args.data} is not the dev split")
-    segments = [(s["name"], *read_segment(args.data, s)) for s in index["segments"]]
+    segments = [(s["name"], *read_segment(args.data, s)) for s in index["segments"][:args.segments]]
     lpips = lpips_model("cpu")
     points = []
     for codec in args.codecs.split(","):
-        for quality in SWEEPS[codec]:
+        for quality in (QUICK if args.segments else SWEEPS)[codec]:
             started = time.perf_counter()
             coder = still_coder(codec, quality)
             rows = [{"segment": name, **evaluate_segment(model, frames, landmarks, args.every, DEFAULT_QUALITY,

@@ -336,3 +336,23 @@ def test_folder_help_text() -> None:
     assert not rd.parse_args([]).folder_mode and rd.parse_args([]).manifest.name == "MANIFEST.tsv"
     relocated = rd.parse_args(["--folder", "x", "--manifest", "m.tsv"])
     assert not relocated.folder_mode and relocated.manifest.name == "m.tsv"
+
+
+def test_the_closed_loop_is_compared_with_fixed_refresh_at_its_quality():
+    from benchmarks.rd.curves import analysis, curves_by_codec
+
+    def row(setting, kbps, lpips):
+        return {"codec": "ours", "setting": setting, "payload_kbps": kbps, "lpips": lpips, "akd": 1.0,
+                "psnr": 25.0}
+
+    fixed = [row("q3-kf0", 8, 0.14), row("q3-kf8", 14, 0.125), row("q3-kf4", 19, 0.11), row("q3-kf2", 29, 0.08)]
+    # The loop reaches each fixed point's LPIPS with 30% fewer bits; the kq80 variant and
+    # another quality's fixed rows are curves of their own.
+    adaptive = [row(f"q3-ad{p}", 0.7 * r["payload_kbps"], r["lpips"]) for p, r in zip((2, 1, 0.5), fixed[1:])]
+    variant = [row("q3-ad1-kq80", 10, 0.12), row("q3-ad0.5-kq80", 15, 0.1)]
+    other = [row("q1-kf4", 5, 0.3), row("q1-kf2", 6, 0.29)]
+    averages = fixed + adaptive + variant + other
+    assert set(curves_by_codec(averages)) >= {"ours kf0", "ours periodic", "ours adaptive", "ours adaptive kq80"}
+    result = analysis(averages)["bd_rate_adaptive_vs_fixed_refresh"]
+    assert result["ours adaptive"]["lpips"] == pytest.approx(-30.0, abs=0.5)
+    assert "ours adaptive kq80" in result

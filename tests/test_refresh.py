@@ -206,3 +206,20 @@ def test_the_refresh_option():
     for bad in ("soon", "-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             refresh_policy(bad)
+
+
+def test_the_receiver_keeps_why_the_last_keyframe_and_switch_came(tiny_model):
+    from codec.bitstream.control import Keyframe, ModeSwitch
+    from receiver.session import ReceiverSession
+
+    receiver = ReceiverSession(tiny_model, show=lambda image, t: None, send_control=lambda m: None)
+    try:
+        receiver._enqueue = lambda data: None
+        receiver.on_control(Keyframe(packet=b"\x02x", reason="head turned 31° from the keyframe"))
+        receiver.on_control(ModeSwitch(mode="h264", reason="the rebuild fails: no face for 26 frames"))
+        # The viewer and --stats-file show the snapshot.
+        snapshot = receiver.snapshot()
+        assert snapshot["last_keyframe_why"] == "head turned 31° from the keyframe"
+        assert snapshot["last_switch_why"] == "h264: the rebuild fails: no face for 26 frames"
+    finally:
+        receiver.close()

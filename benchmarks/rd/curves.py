@@ -130,11 +130,11 @@ def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, 
     for row in averages:
         label = row["codec"]
         if label == "ours":
-            refresh = row["setting"].split("-", 1)[-1]  # kf0 | kf<seconds> | ad<price>
+            _, refresh, *variant = row["setting"].split("-")  # q<Q>-(kf0|kf<s>|ad<price>)[-nopatch][-kq<Q>]
             # One curve across qualities with one keyframe, one across periodic refresh
-            # periods, one across the closed loop's prices.
+            # periods, one across the closed loop's prices; each variant its own.
             label = ("ours kf0" if refresh == "kf0" else "ours adaptive" if refresh.startswith("ad")
-                     else "ours periodic")
+                     else "ours periodic") + "".join(f" {v}" for v in variant)
         curves.setdefault(label, []).append(row)
     for points in curves.values():
         points.sort(key=lambda r: r["payload_kbps"])
@@ -163,17 +163,21 @@ def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
             if len(a) >= 2 and len(b) >= 2:
                 value = bd_rate(*zip(*a), *zip(*b), lower_is_better=metric in LOWER_IS_BETTER)
                 out["bd_rate_vs_x264"].setdefault(label, {})[metric] = value
-    adaptive = curves.get("ours adaptive", [])
-    if adaptive:
-        # The closed loop against fixed refresh at its quality: every period, none (kf0) included.
-        qualities = {r["setting"].split("-", 1)[0] for r in adaptive}
-        fixed = [r for r in averages if r["codec"] == "ours" and r["setting"].split("-", 1)[0] in qualities
-                 and r["setting"].split("-", 1)[-1].startswith("kf")]
+    # The closed loop against fixed refresh at its quality (every period, none = kf0 included),
+    # each keyframe variant against the fixed refresh of keyframe quality 90.
+    ours = [(r, r["setting"].split("-")) for r in averages if r["codec"] == "ours"]
+    for label, adaptive in curves.items():
+        if not label.startswith("ours adaptive"):
+            continue
+        qualities = {r["setting"].split("-")[0] for r in adaptive}
+        no_patch = "nopatch" in label
+        fixed = [r for r, (q, refresh, *variant) in ours if q in qualities and refresh.startswith("kf")
+                 and variant == (["nopatch"] if no_patch else [])]
         for metric in ("lpips", "akd", "psnr"):
             a = [(p["payload_kbps"], p.get(metric)) for p in fixed if p.get(metric) is not None]
             b = [(p["payload_kbps"], p.get(metric)) for p in adaptive if p.get(metric) is not None]
             if len(a) >= 2 and len(b) >= 2:
-                out.setdefault("bd_rate_adaptive_vs_fixed_refresh", {})[metric] = bd_rate(
+                out.setdefault("bd_rate_adaptive_vs_fixed_refresh", {}).setdefault(label, {})[metric] = bd_rate(
                     *zip(*a), *zip(*b), lower_is_better=metric in LOWER_IS_BETTER)
     return out
 

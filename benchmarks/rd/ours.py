@@ -50,12 +50,15 @@ def _refresh_name(refresh: float | str) -> str:
     return f"kf{refresh:g}"
 
 
-def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True) -> list[Setting]:
+def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True,
+                  keyframe_quality: int = 90) -> list[Setting]:
     """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
-    (with a ``-nopatch`` suffix when the sender sends no reference patches)."""
-    suffix = "" if patches else "-nopatch"
+    (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-kq<Q>`` when
+    the keyframes' WebP quality is not 90)."""
+    suffix = ("" if patches else "-nopatch") + ("" if keyframe_quality == 90 else f"-kq{keyframe_quality}")
     return [Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
-                    {"quality": q, "refresh": r, "patches": patches}) for r, q in points]
+                    {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": keyframe_quality})
+            for r, q in points]
 
 
 def refresh_policy(refresh: float | str) -> Any:
@@ -74,12 +77,14 @@ def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
     refresh = params["refresh"]
     periodic = refresh if isinstance(refresh, float) else 0.0
     return run_ours(crops, loaded, params["quality"], periodic, refresh_policy=refresh_policy(refresh),
-                    progress=progress, metric_every=metric_every, patches=params.get("patches", True))
+                    progress=progress, metric_every=metric_every, patches=params.get("patches", True),
+                    keyframe_quality=params.get("keyframe_quality", 90))
 
 
 def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
-             metric_every: int = 1, refresh_policy=None, patches: bool = True) -> CodecRun:
+             metric_every: int = 1, refresh_policy=None, patches: bool = True,
+             keyframe_quality: int = 90) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds.
@@ -94,7 +99,8 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
     from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, Decoder, Encoder
 
     n, size = crops.shape[0], crops.shape[1]
-    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches)
+    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
+                      keyframe_quality=keyframe_quality)
     header = encoder.header()
     period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
