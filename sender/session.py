@@ -4,7 +4,9 @@ A :class:`SenderSession` owns the face crop, the codec's :class:`~codec.api.Enco
 H.264 fallback track. Per frame it either encodes head motion (``neural`` mode: keyframes on
 the reliable ``control`` channel, one motion packet per frame on the unreliable ``motion``
 channel) or pushes the crop into the H.264 track (``h264`` mode). It switches to H.264 when
-the face is lost for more than ``face_lost_frames`` frames and back after a new keyframe.
+the face is lost for more than ``face_lost_frames`` frames and back after a new keyframe,
+and, when the Encoder runs the closed loop (``RefreshPolicy``), when the loop says keyframes
+stopped helping, and back once ``Encoder.probe`` finds a keyframe that holds.
 
 It knows nothing about signaling: :mod:`app.call` hands it two open data channels and the
 track it added to the peer connection.
@@ -172,7 +174,8 @@ class SenderSession:
         for packet in packets:
             if packet[0] == PacketType.KEYFRAME:  # our own encoder's output: the type byte says it
                 self.stats.keyframes += 1
-                self._send_control(Keyframe(packet=packet, reason=self.encoder.last_keyframe_reason))
+                why = self.encoder.last_keyframe_reason if self.encoder is not None else ""
+                self._send_control(Keyframe(packet=packet, reason=why))
             elif packet[0] == PacketType.PATCH:
                 self.stats.patches += 1
                 self._send_control(Patch(packet=packet))
