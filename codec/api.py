@@ -184,7 +184,8 @@ class Encoder:
         self._quick_refreshes = 0  # refreshes in a row that came due within fallback_window_s
         self._frames_without_face = 0
         self.fallback: str | None = None  # set when keyframes stopped helping: why (a call goes H.264)
-        self._probe = None  # while in fallback: (source, pose, first seq, floor, debt) of a trial keyframe
+        self._probe = None  # while in fallback: [source, first probe frame, floor, debt] of a trial keyframe
+        self._probe_frames = 0
         # Reference patches need the receiver's state too: its keyframe and patches.
         self.patches = patches and model.supports_patches
         self._patch_sender = (PatchSender(model, keyframe_codec, patch_quality, patch_kbps)
@@ -356,8 +357,10 @@ class Encoder:
         if self.fallback is None or policy is None:
             return None
         crop = fit_square(frame, self.model.image_size)
-        seq = self._seq
-        self._seq += 1
+        # Probed frames are not sent: they take no sequence number (the receiver would count
+        # the gap as lost packets), only a count of their own for the probe's clock.
+        seq = self._probe_frames
+        self._probe_frames += 1
         vector = self._tracker.motion(crop)
         if np.isnan(vector).any() or not self._tracker.face_seen:
             self._probe = None
@@ -381,7 +384,7 @@ class Encoder:
             return None
         why = f"a trial keyframe held for {policy.probe_s:g} s ({debt:.2f} error-s)"
         self.fallback, self._probe, self._quick_refreshes, self._frames_without_face = None, None, 0, 0
-        self.stats.returns.append((seq, why))
+        self.stats.returns.append((self._seq, why))
         self.request_keyframe(f"back from fallback: {why}")
         return why
 

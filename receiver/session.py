@@ -161,6 +161,10 @@ class ReceiverSession:
             self._enqueue(message.packet)
         elif isinstance(message, ModeSwitch):
             self.stats.last_switch_reason = f"{message.mode}: {message.reason}"
+            if message.mode == "neural":
+                # The sender switches back behind a fresh keyframe: the motion that stopped
+                # during H.264 is no stall to ask a keyframe for.
+                self._last_decoded_at = time.monotonic()
             if message.reason == "call start":
                 events.info("the peer sends %s", message.mode)
             else:
