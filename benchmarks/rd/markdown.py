@@ -44,6 +44,49 @@ def markdown_table(averages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def closed_loop_clips(results: list[dict[str, Any]]) -> list[str]:
+    """Per clip, LPIPS and kbit/s of each closed-loop setting beside one keyframe, each fixed
+    period and the frozen keyframe (WebP q90 keyframes only); a clip where the loop is worse
+    than the frozen keyframe is marked. Empty without closed-loop rows."""
+    def refresh(row: dict[str, Any]) -> str | None:
+        if row["codec"] == "frozen":
+            return "frozen"
+        parts = row["setting"].split("-")
+        return parts[1] if row["codec"] == "ours" and len(parts) == 2 else None
+
+    adaptive = sorted({r for r in map(refresh, results) if r and r.startswith("ad")},
+                      key=lambda name: -float(name[2:]))
+    if not adaptive:
+        return []
+    fixed = sorted({r for r in map(refresh, results) if r and r.startswith("kf")},
+                   key=lambda name: -float(name[2:]) if name != "kf0" else -1e9)
+    columns = [*fixed, *adaptive, "frozen"]
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in results:
+        name = refresh(row)
+        if name in columns:
+            cells.setdefault(row["clip"], {})[name] = row
+    lines = [("## The closed loop per clip (LPIPS at kbit/s; ✗: worse than the frozen keyframe; "
+              "keyframes: how many the loop sent)"), "",
+             "| clip | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for clip, row in cells.items():
+        frozen = row.get("frozen", {}).get("lpips")
+        out = []
+        for name in columns:
+            r = row.get(name)
+            if r is None or r.get("lpips") is None:
+                out.append("n/a")
+                continue
+            text = f"{r['lpips']:.3f} at {r['payload_kbps']:.1f}"
+            if name.startswith("ad"):
+                text += f" ({r.get('extra', {}).get('keyframes', '?')} kf)"
+                if frozen is not None and r["lpips"] > frozen:
+                    text += " ✗"
+            out.append(text)
+        lines.append(f"| {clip} | " + " | ".join(out) + " |")
+    return [*lines, ""]
+
+
 def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
     """The run as markdown: banner, table, headline, BD-rates, plots, notes."""
     lines = [f"# Rate–distortion benchmark: {data['name']}", ""]
@@ -98,6 +141,7 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
             lines.append(f"| {label} | " + " | ".join(
                 "n/a" if values.get(m) is None else f"{format_cell(values[m])} %" for m in metrics) + " |")
         lines.append("")
+    lines += closed_loop_clips(data.get("results", []))
     if plot_paths:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_paths] + [""]
     lines += ["## Notes", ""] + [f"- {note}" for note in data.get("notes", [])]
