@@ -356,3 +356,20 @@ def test_the_closed_loop_is_compared_with_fixed_refresh_at_its_quality():
     result = analysis(averages)["bd_rate_adaptive_vs_fixed_refresh"]
     assert result["ours adaptive"]["lpips"] == pytest.approx(-30.0, abs=0.5)
     assert "ours adaptive kq80" in result
+
+
+def test_a_refresh_period_the_sampling_divides_is_warned_about(tmp_path, tiny_model, caplog) -> None:
+    """Keyframes rebuild to themselves: a period of 4 frames scored every 4th frame would score
+    only keyframes, so the driver says so."""
+    frames = 8
+    manifest = tmp_path / "MANIFEST.tsv"
+    manifest.write_text("path\tsplit\nsynthetic/a.mp4\tdev\n")
+    out = tmp_path / "rd"
+    (out / "crops").mkdir(parents=True)
+    np.save(out / "crops" / f"{rd.slug('synthetic/a.mp4')}_256px_{frames}f.npy", _moving_clip(frames, 256))
+    argv = ["--manifest", str(manifest), "--split", "dev", "--frames", str(frames), "--out", str(out),
+            "--codecs", "ours", "--model", "tiny", "--untrained", "--qualities", "3",
+            "--keyframe-refresh", "0.16@3", "--metric-every", "4", "--metrics", "psnr", "--threads", "1"]
+    with caplog.at_level("WARNING", logger="benchmarks.rd"):
+        assert rd.main(argv) == 0
+    assert any("scores the keyframes of refresh period(s) 0.16 s" in r.getMessage() for r in caplog.records)

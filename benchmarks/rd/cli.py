@@ -18,7 +18,7 @@ from .curves import analysis
 from .markdown import markdown_summary
 from .ours import ours_sweep
 from .plots import plot_all
-from .protocol import ALL_CODECS, METRICS, UNTRAINED_MARK
+from .protocol import ALL_CODECS, FPS, METRICS, UNTRAINED_MARK
 from .results import ResultStore, average_rows, run_meta
 from .runner import Sweep, sweep_settings
 
@@ -105,6 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ours_points = ours_sweep(args.keyframe_refresh, qualities)
         except ValueError as exc:
             raise Refused(f"--keyframe-refresh: {exc}") from exc
+        aligned = sorted({r for r, _ in ours_points if isinstance(r, float) and r > 0
+                          and args.metric_every > 1 and round(r * FPS) % args.metric_every == 0})
+        if aligned:
+            # Every keyframe would land on a scored frame, which rebuilds to itself: such a
+            # periodic refresh scores better than it looks (2 s at --metric-every 25: half
+            # the scored frames are keyframes).
+            logging.getLogger("benchmarks.rd").warning(
+                "--metric-every %d scores the keyframes of refresh period(s) %s s themselves; "
+                "pick a --metric-every that divides no period (e.g. 7)", args.metric_every,
+                ", ".join(f"{r:g}" for r in aligned))
         loaded = _load_model(args) if "ours" in codecs else None
     except Refused as exc:
         print(exc, file=sys.stderr)
