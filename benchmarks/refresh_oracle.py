@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the selecting variants pick the keyframe among the last N seconds' frames")
     p.add_argument("--crops", type=Path, default=Path("out/rd/crops"), help="the rd crop cache")
     p.add_argument("--clips", type=int, default=None, help="first N clips")
-    p.add_argument("--save", type=Path, default=None, help="keep each clip's E and motion here (.npz)")
+    p.add_argument("--save", type=Path, default=None,
+                   help="keep each clip's E and motion here (.npz), and reuse those already there")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     from codec.zoo import load_landmark_model
@@ -176,13 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for clip in clips:
         started = time.perf_counter()
-        crops = load_crops(clip, 256, args.frames, args.crops)
-        errors, keyframe_bytes, motions = error_matrix(model, crops, args.step)
-        if args.save is not None:
-            args.save.mkdir(parents=True, exist_ok=True)
-            np.savez(args.save / f"{clip.name.replace('/', '__')}.npz", errors=errors, motions=motions,
-                     keyframe_bytes=keyframe_bytes, step=args.step)
-        seconds = crops.shape[0] / FPS
+        saved = None if args.save is None else args.save / f"{clip.name.replace('/', '__')}.npz"
+        if saved is not None and saved.is_file() and int(np.load(saved)["step"]) == args.step:
+            kept = np.load(saved)  # a run before computed this clip's matrix
+            errors, keyframe_bytes, motions = kept["errors"], int(kept["keyframe_bytes"]), kept["motions"]
+        else:
+            crops = load_crops(clip, 256, args.frames, args.crops)
+            errors, keyframe_bytes, motions = error_matrix(model, crops, args.step)
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(saved, errors=errors, motions=motions, keyframe_bytes=keyframe_bytes, step=args.step)
+        n = errors.shape[1]
+        seconds = n / FPS
         row = {"clip": clip.name, "seconds": seconds, "keyframe_bytes": keyframe_bytes,
                **{family: {} for family in FAMILIES}}
         for period in periods:
