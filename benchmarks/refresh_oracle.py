@@ -124,19 +124,28 @@ def oracle(errors: np.ndarray, step: int, count: int) -> list[int]:
     return sorted(starts[i] for i in chosen)
 
 
-def online(errors: np.ndarray, step: int, policy: RefreshPolicy, select_s: float = 0.0,
-           window_s: float = 1.0) -> list[tuple[int, int]]:
-    """The Encoder's closed loop (debt, jump and interval rules; no pose, no budget) replayed
-    on E: a refresh it asks for lands on the next grid frame; with ``select_s`` it sends the
-    best recent frame (``select``)."""
+def settled(motions: np.ndarray, t: int, policy: RefreshPolicy) -> bool:
+    """The Encoder's settle test: yaw, pitch and roll within ``settle_deg`` of their median
+    over the last ``settle_window_s``."""
+    recent = motions[max(0, t - round(policy.settle_window_s * FPS)):t + 1, :3]
+    return float(np.max(np.abs(motions[t, :3] - np.median(recent, axis=0)))) <= policy.settle_deg
+
+
+def online(errors: np.ndarray, step: int, policy: RefreshPolicy, motions: np.ndarray | None = None,
+           select_s: float = 0.0, window_s: float = 1.0) -> list[tuple[int, int]]:
+    """The Encoder's closed loop (debt, jump, interval and, given the motions, settle rules;
+    no pose trigger, no budget) replayed on E: a refresh lands on a grid frame; with
+    ``select_s`` it sends the best recent frame (``select``)."""
     n = errors.shape[1]
     keyframes, last, key = [(0, 0)], 0, 0
-    floor, debt, jumps, pending = None, 0.0, 0, False
+    floor, debt, jumps, due_since, cut = None, 0.0, 0, None, False
     for t in range(1, n):
-        if pending and t % step == 0:
+        if due_since is not None and t % step == 0 and (
+                cut or motions is None or settled(motions, t, policy)
+                or (t - due_since) / FPS >= policy.settle_wait_s):
             key = select(errors, step, t, select_s, window_s) if select_s else t
             keyframes.append((t, key))
-            last, floor, debt, jumps, pending = t, None, 0.0, 0, False
+            last, floor, debt, jumps, due_since, cut = t, None, 0.0, 0, None, False
             continue
         if t == last:
             continue
@@ -145,9 +154,11 @@ def online(errors: np.ndarray, step: int, policy: RefreshPolicy, select_s: float
         excess = max(0.0, error - floor)
         debt += excess / FPS
         jumps = jumps + 1 if excess > policy.jump else 0
-        due = jumps >= policy.hold_checks or debt >= policy.price
-        if due and not pending and (t - last) / FPS >= policy.min_interval_s:
-            pending = True
+        if jumps >= policy.hold_checks:
+            cut = True
+        due = cut or debt >= policy.price
+        if due and due_since is None and (t - last) / FPS >= policy.min_interval_s:
+            due_since = t
     return keyframes
 
 
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "error": schedule_error(errors, args.step, oracle(errors, args.step, count))}
         for price in prices:
             for family, select_s in (("online", 0.0), ("online_select", args.select_s)):
-                plan = online(errors, args.step, RefreshPolicy(price=price), select_s)
+                plan = online(errors, args.step, RefreshPolicy(price=price), motions, select_s)
                 row[family][f"{price:g}"] = {"keyframes": len(plan),
                                              "error": schedule_error(errors, args.step, plan)}
         rows.append(row)

@@ -14,6 +14,7 @@ packet travels as one data-channel message; ``data_channel_wire_kbps`` is what t
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -99,6 +100,12 @@ class RefreshPolicy:
     price: error-seconds above the floor a keyframe is worth;
     jump: ... or refresh at once when the error stands this far above the floor for
         ``hold_checks`` checks (a cut, a light switched on: no need to wait for the debt);
+    settle_deg / settle_window_s / settle_wait_s: a refresh that is due (debt or pose, not a
+        jump) waits, at most ``settle_wait_s``, for a frame whose yaw, pitch and roll are all
+        within ``settle_deg`` of their median over the last ``settle_window_s``: a keyframe
+        taken at the head's usual pose serves the frames after it better than one caught
+        mid-movement (benchmarks.refresh_oracle: the best keyframes sit near the clip's
+        median pose);
     pose_limit_deg: ... or refresh when yaw or pitch stays this far from the keyframe's for
         ``hold_checks`` checks (a turned head shows sides of the face the keyframe lacks);
     check_every: render and score every N-th frame (sender CPU: one warp, ~3 ms at 256 px);
@@ -114,7 +121,10 @@ class RefreshPolicy:
     """
 
     price: float = 0.5
-    jump: float = 0.3
+    jump: float = 0.45
+    settle_deg: float = 8.0
+    settle_window_s: float = 3.0
+    settle_wait_s: float = 1.0
     pose_limit_deg: float = 25.0
     hold_checks: int = 3
     check_every: int = 1
@@ -181,6 +191,8 @@ class Encoder:
         self._keyframe_pose: np.ndarray | None = None  # yaw, pitch of the last keyframe
         self._turned_checks = 0
         self._jump_checks = 0
+        self._due_since: int | None = None  # a refresh came due at this frame, waiting for a settled pose
+        self._poses: collections.deque = collections.deque(maxlen=1)  # recent yaw, pitch, roll
         self._quick_refreshes = 0  # refreshes in a row that came due within fallback_window_s
         self._frames_without_face = 0
         self.fallback: str | None = None  # set when keyframes stopped helping: why (a call goes H.264)
@@ -256,6 +268,7 @@ class Encoder:
                 self._local_source = self.model.prepare_source(decoded, info)
             self._last_keyframe_seq = seq
             self._floor, self._debt, self._turned_checks, self._jump_checks = None, 0.0, 0, 0
+            self._due_since = None
             self._keyframe_pose = None
             packets.append(packet)
             self.stats.keyframes += 1
@@ -283,6 +296,11 @@ class Encoder:
         if self._keyframe_pose is None and decoded is not None:
             self._keyframe_pose = decoded[:2].copy()
         if self.refresh is not None:
+            if decoded is not None:
+                if self._poses.maxlen == 1:
+                    self._poses = collections.deque(maxlen=max(1, round(self.refresh.settle_window_s
+                                                                        * self.frame_rate)))
+                self._poses.append(decoded[:3].copy())
             self._watch_face(vector, seq)
             if seq % self.refresh.check_every == 0:
                 self._check_rebuild(crop, seq)
@@ -336,6 +354,16 @@ class Encoder:
         budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
         if since < policy.min_interval_s or self.stats.keyframe_bytes + average_keyframe > budget_bytes:
             return
+        if self._jump_checks < policy.hold_checks:
+            # Not a cut: wait (a little) for the head's usual pose.
+            self._due_since = seq if self._due_since is None else self._due_since
+            waited = (seq - self._due_since) / self.frame_rate
+            median = np.median(np.stack(self._poses), axis=0) if self._poses else decoded[:3]
+            settled = float(np.max(np.abs(decoded[:3] - median))) <= policy.settle_deg
+            if not settled and waited < policy.settle_wait_s:
+                return
+            why += (f"; at a settled pose {waited:.1f} s later" if settled
+                    else f"; the pose did not settle in {waited:.1f} s")
         self._quick_refreshes = self._quick_refreshes + 1 if since <= policy.fallback_window_s else 0
         if self._quick_refreshes >= policy.fallback_refreshes and self.fallback is None:
             # A call switches to H.264 now; a file (no H.264 in it) goes on refreshing.
