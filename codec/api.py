@@ -105,7 +105,7 @@ class RefreshPolicy:
         within ``settle_deg`` of their median over the last ``settle_window_s``: a keyframe
         taken at the head's usual pose serves the frames after it better than one caught
         mid-movement (benchmarks.refresh_oracle: the best keyframes sit near the clip's
-        median pose);
+        median pose). It always waits for a frame where the face is detected;
     pose_limit_deg: ... or refresh when yaw or pitch stays this far from the keyframe's for
         ``hold_checks`` checks (a turned head shows sides of the face the keyframe lacks);
     check_every: render and score every N-th frame (sender CPU: one warp, ~3 ms at 256 px);
@@ -360,6 +360,8 @@ class Encoder:
             waited = (seq - self._due_since) / self.frame_rate
             median = np.median(np.stack(self._poses), axis=0) if self._poses else decoded[:3]
             settled = float(np.max(np.abs(decoded[:3] - median))) <= policy.settle_deg
+            if not self._tracker.face_seen:
+                return  # a keyframe without a detected face serves nothing after it
             if not settled and waited < policy.settle_wait_s:
                 return
             why += (f"; at a settled pose {waited:.1f} s later" if settled
