@@ -37,7 +37,6 @@ def _progress(total: int | None, label: str):
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from app.model_args import refresh_policy
     from codec.files import compress
 
     model = _model(args)
@@ -46,7 +45,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                           intra_period=args.intra_period, fps=args.fps, max_frames=args.max_frames,
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
                           audio=not args.no_audio, patches=not args.no_patches,
-                          refresh=refresh_policy(args.refresh), progress=bar)
+                          refresh=args.refresh, progress=bar)
     print(report.summary())
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2))

@@ -18,7 +18,7 @@ import numpy as np
 from app.call import WAIT_S, CallEnded, CallOptions, NobodyJoined
 from app.call_stats import write_call_stats
 from app.mode_choice import MODES
-from app.model_args import add_model_args, add_refresh_arg, model_from_args, refresh_policy
+from app.model_args import add_model_args, add_refresh_arg, model_from_args
 from app.peer import join_room, run_peer
 from codec.errors import CodecError
 from codec.facecrop import detect_landmarks
@@ -158,7 +158,7 @@ def cmd_call(args: argparse.Namespace) -> int:
                 sink(image, t)
 
     options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality,
-                          patches=not args.no_patches, refresh=refresh_policy(args.refresh))
+                          patches=not args.no_patches, refresh=args.refresh)
 
     current: dict = {}
     made: dict = {}  # the recorder, made once the model is loaded; closed below whatever happens

@@ -34,7 +34,7 @@ def model_from_args(args: argparse.Namespace, name: str | None = None) -> Talkin
 
 def add_refresh_arg(parser: argparse.ArgumentParser) -> None:
     """--refresh: the sender's closed-loop keyframe refresh (codec.api.RefreshPolicy)."""
-    parser.add_argument("--refresh", default="off", metavar="PRICE|off",
+    parser.add_argument("--refresh", default="off", type=refresh_policy, metavar="PRICE|off",
                         help="closed-loop keyframe refresh: the sender renders what the receiver "
                              "shows and sends a new keyframe when its error over a fresh "
                              "keyframe's, summed over time, reaches PRICE (e.g. 0.5; lower: more "
