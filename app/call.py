@@ -34,7 +34,7 @@ from aiortc import RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
 
 from app.mode_choice import MODES, choose_mode
-from codec.api import Encoder
+from codec.api import Encoder, RefreshPolicy
 from codec.bitstream.control import (
     FOR_RECEIVER,
     FOR_SENDER,
@@ -79,7 +79,7 @@ class CallOptions:
     h264_kbps: float = 30.0
     quality: int | None = None  # None: the codec's default motion quality
     patches: bool = True  # reference patches of the mouth and eyes (codec.reference_patches)
-    refresh: object = None  # the sender's closed-loop keyframe refresh (codec.api.RefreshPolicy)
+    refresh: RefreshPolicy | None = None  # the sender's closed-loop keyframe refresh
     compare: bool = False  # also send H.264 while in neural mode
     face_lost_frames: int = 25
     live: bool = True  # False: every frame is sent and rendered, however late (demo recordings)

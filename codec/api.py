@@ -192,7 +192,9 @@ class Encoder:
         self._turned_checks = 0
         self._jump_checks = 0
         self._due_since: int | None = None  # a refresh came due at this frame, waiting for a settled pose
-        self._poses: collections.deque = collections.deque(maxlen=1)  # recent yaw, pitch, roll
+        # Recent yaw, pitch, roll: the settle test's median pose.
+        self._poses: collections.deque = collections.deque(
+            maxlen=max(1, round(refresh.settle_window_s * frame_rate)) if refresh is not None else 1)
         self._quick_refreshes = 0  # refreshes in a row that came due within fallback_window_s
         self._frames_without_face = 0
         self.fallback: str | None = None  # set when keyframes stopped helping: why (a call goes H.264)
@@ -297,9 +299,6 @@ class Encoder:
             self._keyframe_pose = decoded[:2].copy()
         if self.refresh is not None:
             if decoded is not None:
-                if self._poses.maxlen == 1:
-                    self._poses = collections.deque(maxlen=max(1, round(self.refresh.settle_window_s
-                                                                        * self.frame_rate)))
                 self._poses.append(decoded[:3].copy())
             self._watch_face(vector, seq)
             if seq % self.refresh.check_every == 0:
