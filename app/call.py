@@ -4,7 +4,10 @@ A :class:`Call` takes a connected signaling channel (the real server's client or
 in-memory pair), negotiates one RTCPeerConnection with
 
 - a ``control`` data channel (reliable, ordered): header, keyframes, requests, stats;
-- a ``motion`` data channel (unordered, maxRetransmits=0): one motion packet per frame;
+- a ``motion`` data channel (unordered, maxRetransmits=0): one motion packet per frame,
+  unless the peer accepted the motion RTP header extension on audio and audio flows: then
+  motion rides on the audio packets (:mod:`rtc.motion_over_audio`), ~2 kbit/s on the wire
+  instead of ~20;
 - an H.264 video track (our own PyAV encoder: aiortc's clamps to >= 500 kbit/s), used in
   ``h264`` mode and for comparisons;
 - an Opus audio track (aiortc's encoder),
@@ -48,6 +51,7 @@ from codec.errors import CodecError
 from codec.facecrop import FaceCropper
 from receiver.session import ReceiverSession
 from receiver.sinks import consume_audio
+from rtc.motion_over_audio import AudioMotionCarrier, MotionReader, attach_motion_reader
 from rtc.peer import dict_to_sdp, new_peer_connection, sdp_to_dict
 from sender.media_tracks import H264Track, forward_keyframe_requests
 from sender.session import SenderSession
@@ -83,6 +87,7 @@ class CallOptions:
     compare: bool = False  # also send H.264 while in neural mode
     face_lost_frames: int = 25
     live: bool = True  # False: every frame is sent and rendered, however late (demo recordings)
+    motion_on_audio: bool = True  # motion rides on the audio RTP packets when the peer accepts it
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -140,6 +145,8 @@ class Call:
         self.sender_session: SenderSession | None = None  # this peer's sending side, once sending
         self.receiver_session: ReceiverSession | None = None  # its receiving side, from the start
         self.h264_track: H264Track | None = None
+        self.motion_reader: MotionReader | None = None  # motion in the peer's audio packets
+        self.motion_carrier: AudioMotionCarrier | None = None  # ours in our audio packets
         self.mode_reason = ""
         self.control_malformed = 0
         self._ended = asyncio.Event()
@@ -349,6 +356,7 @@ class Call:
             raise CallEnded("could not connect to the peer in time") from None
         self.connected = True
         self.connected_at = time.monotonic()
+        self.motion_reader = attach_motion_reader(self.pc, self._on_motion)
         if until is not None:
             duration = max(0.0, until - self.connected_at)
         events.info("connected to the peer in %.1f s (this side %ss)", self.connected_at - started,
@@ -393,6 +401,11 @@ class Call:
                                     mode=mode, face_lost_frames=options.face_lost_frames,
                                     compare=options.compare, drop_late=options.live,
                                     on_frame=self.on_sent_frame)
+        if options.motion_on_audio:
+            self.motion_carrier = AudioMotionCarrier.attach(self.pc, self.sender_session.send_motion_on_channel)
+            self.sender_session.motion_carrier = self.motion_carrier
+        events.info("motion travels %s", "on the audio packets (RTP header extension)"
+                    if self.motion_carrier is not None else "on the data channel")
         await self.sender_session.run(self.control, self.motion, duration=duration)
 
     async def transport_totals(self) -> tuple[int, int]:
@@ -411,6 +424,9 @@ class Call:
             await asyncio.sleep(0.1)  # let SCTP flush the goodbye before the transport closes
 
     async def close(self) -> None:
+        for hook in (self.motion_carrier, self.motion_reader):
+            if hook is not None:
+                hook.detach()
         if self.sender_session is not None:
             self.sender_session.stop()
             self.sender_session.close()

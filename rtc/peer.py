@@ -20,6 +20,7 @@ from typing import Any
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from rtc.motion_over_audio import register_motion_extension
 from signaling.errors import MalformedMessageError
 
 # (IPv4 wanted?, address) of the loopback interface: what aioice leaves out.
@@ -59,10 +60,12 @@ def new_peer_connection(*, loopback: bool = True) -> RTCPeerConnection:
 
     aiortc's default is a public Google STUN server, which is unreachable here (and would
     only slow gathering down by its timeout). ``loopback`` also calls
-    ``allow_loopback_candidates()`` so two peers on one machine can always connect.
+    ``allow_loopback_candidates()`` so two peers on one machine can always connect. Every
+    connection offers the motion header extension on audio (:mod:`rtc.motion_over_audio`).
     """
     if loopback:
         allow_loopback_candidates()
+    register_motion_extension()  # offered on audio; a peer that does not know it leaves it out
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 

@@ -2,8 +2,8 @@
 
 A :class:`SenderSession` owns the face crop, the codec's :class:`~codec.api.Encoder` and the
 H.264 fallback track. Per frame it either encodes head motion (``neural`` mode: keyframes on
-the reliable ``control`` channel, one motion packet per frame on the unreliable ``motion``
-channel) or pushes the crop into the H.264 track (``h264`` mode). It switches to H.264 when
+the reliable ``control`` channel, one motion packet per frame on the audio RTP packets when
+:mod:`app.call` gives it a ``motion_carrier``, else on the unreliable ``motion`` channel) or pushes the crop into the H.264 track (``h264`` mode). It switches to H.264 when
 the face is lost for more than ``face_lost_frames`` frames and back after a new keyframe,
 and, when the Encoder runs the closed loop (``RefreshPolicy``), when the loop says keyframes
 stopped helping, and back once ``Encoder.probe`` finds a keyframe that holds.
@@ -61,6 +61,7 @@ class SenderStats:
     skipped_late: int = 0  # source frames dropped because the loop fell behind real time
     motion_dropped: int = 0  # motion packets not sent because the channel was backed up
     motion_bytes: int = 0
+    motion_on_audio: int = 0  # motion packets handed to the audio carrier (not the data channel)
     control_bytes: int = 0
     keyframes: int = 0
     patches: int = 0  # reference patches sent (on the control channel)
@@ -124,6 +125,9 @@ class SenderSession:
         self.box = None
         self._control = None
         self._motion = None
+        # rtc.motion_over_audio.AudioMotionCarrier, set by app.call when the peer accepted the
+        # extension: motion rides on the audio RTP packets instead of one message per frame.
+        self.motion_carrier = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-encode")
         self._face_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-face")
         self._face_job: asyncio.Future | None = None
@@ -179,12 +183,21 @@ class SenderSession:
             elif packet[0] == PacketType.PATCH:
                 self.stats.patches += 1
                 self._send_control(Patch(packet=packet))
-            elif self._motion is not None and self._motion.readyState == "open":
-                if self._motion.bufferedAmount > MOTION_BUFFER_LIMIT_BYTES:
-                    self.stats.motion_dropped += 1
-                    continue
+            elif self.motion_carrier is not None and self.motion_carrier.send(packet):
                 self.stats.motion_bytes += len(packet)
-                self._motion.send(packet)
+                self.stats.motion_on_audio += 1
+            elif self.send_motion_on_channel(packet):
+                self.stats.motion_bytes += len(packet)
+
+    def send_motion_on_channel(self, packet: bytes) -> bool:
+        """One motion packet on the unreliable data channel; False if it was not sent."""
+        if self._motion is None or self._motion.readyState != "open":
+            return False
+        if self._motion.bufferedAmount > MOTION_BUFFER_LIMIT_BYTES:
+            self.stats.motion_dropped += 1
+            return False
+        self._motion.send(packet)
+        return True
 
     def _switch(self, mode: str, reason: str) -> None:
         if mode == self.mode:

@@ -35,7 +35,8 @@ from codec.bitstream.control import (
 )
 from codec.errors import BitstreamError, CodecError
 from codec.motion_coding import MotionDecoder
-from sender.sources import default_source
+from sender.media_tracks import PcmAudioTrack
+from sender.sources import default_audio, default_source
 from signaling.messages import Capabilities
 
 CALL_TIMEOUT_S = 90.0
@@ -87,8 +88,10 @@ def test_auto_mode_needs_same_weights_and_render_speed(tiny_model):
 
 
 async def loopback(sender_model, receiver_model, frames, *, seconds: float, options: CallOptions,
-                   tap_motion=None, tap_frames=None, before_send=None):
+                   tap_motion=None, tap_frames=None, before_send=None, audio: bool = False):
     """Run a one-way call A -> B in this process; returns (A, B, what B showed).
+
+    ``audio``: A also sends the default audio bed, so motion rides on the audio packets.
 
     ``tap_motion(data, forward)`` stands in for B's motion input; ``tap_frames(frame)`` sees
     every frame B decodes (a ``codec.api.DecodedFrame``) before B shows it."""
@@ -113,8 +116,9 @@ async def loopback(sender_model, receiver_model, frames, *, seconds: float, opti
     async def settle(sending: Call, receiving: Call) -> None:
         await asyncio.sleep(0.5)  # let the last packets land and render
 
+    track = PcmAudioTrack(default_audio(seconds + 5.0)) if audio else None
     sending, receiving = await run_loopback(
-        sender_model, receiver_model, iter(frames), seconds=seconds, options=options,
+        sender_model, receiver_model, iter(frames), seconds=seconds, options=options, audio=track,
         show=lambda image, t: shown.append(t), started=started, finished=settle, timeout=CALL_TIMEOUT_S)
     return sending, receiving, shown
 
@@ -140,10 +144,12 @@ def test_loopback_neural_call_delivers_frames_within_budget(tiny_model, clip):
     assert rx.stats.latencies_ms and np.median(rx.stats.latencies_ms) < 2000
 
 
-def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip):
+@pytest.mark.parametrize("carriage", ["data channel", "audio packets"])
+def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip, carriage):
     """10 % random loss over the first 2.6 s plus a burst of 8: the call goes on, the receiver
     asks for intra packets and a keyframe, and every frame rendered after the last loss has
-    exactly the lossless motion."""
+    exactly the lossless motion. The same with motion on the data channel (no audio) and on
+    the audio packets' header extension."""
     rng = random.Random(7)
     received: list[bytes] = []
     dropped: list[int] = []
@@ -159,8 +165,13 @@ def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip):
 
     sending, receiving, shown = asyncio.run(loopback(
         tiny_model, tiny_model, clip, seconds=3.8, options=CallOptions(mode="neural"), tap_motion=tap,
-        tap_frames=lambda frame: rendered.append((frame.seq, frame.motion))))
+        tap_frames=lambda frame: rendered.append((frame.seq, frame.motion)), audio=carriage == "audio packets"))
     rx = receiving.receiver_session
+    if carriage == "audio packets":  # (a few may take the data channel before the audio flows)
+        assert sending.motion_carrier.stats.carried >= 0.8 * len(received), sending.motion_carrier.stats
+        assert receiving.motion_reader.stats.carried == sending.motion_carrier.stats.carried
+    else:
+        assert sending.motion_carrier is None and receiving.motion_reader is None
     assert len(dropped) >= 10
     assert rx.stats.keyframe_requests >= 1  # after the burst
     assert rx.stats.intra_requests >= 1 and sending.sender_session.stats.intra_requests >= 1  # single losses
