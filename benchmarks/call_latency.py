@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -105,8 +104,9 @@ async def _one_run(loaded: TalkingHeadModel, seconds: float, setup: str, fps: fl
     track = PcmAudioTrack(default_audio(seconds + 5.0)) if audio else None
     dump = None
     if capture is not None:
-        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-w", str(capture), "-U", "-s", "256", "udp"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dump = await asyncio.create_subprocess_exec(
+            "tcpdump", "-i", "lo", "-w", str(capture), "-U", "-s", "256", "udp",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         await asyncio.sleep(1.0)  # tcpdump opens the interface
     started_at = time.monotonic()
     try:
@@ -120,7 +120,7 @@ async def _one_run(loaded: TalkingHeadModel, seconds: float, setup: str, fps: fl
             counters["attach"].cancel()
         if dump is not None:
             dump.terminate()
-            dump.wait(10)
+            await asyncio.wait_for(dump.wait(), 10)
     wall = time.monotonic() - started_at
     sent_bytes, sent_packets = counters["bytes"], counters["packets"]
     metered = float(counters["t1"]) - float(counters["t0"])
@@ -178,7 +178,6 @@ async def _one_run(loaded: TalkingHeadModel, seconds: float, setup: str, fps: fl
     }
     if capture is not None and capture.exists():
         from benchmarks.pcap_split import split_capture
-
         from rtc.motion_over_audio import MOTION_EXTENSION_ID
 
         split = split_capture(capture, counters["ports"], counters["ssrcs"], MOTION_EXTENSION_ID,

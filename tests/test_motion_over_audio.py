@@ -9,8 +9,8 @@ import struct
 from types import SimpleNamespace
 
 import pytest
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.sdp import SessionDescription
 
 from rtc.motion_over_audio import (
@@ -126,7 +126,7 @@ def test_both_sides_negotiate_the_extension_on_audio():
     assert caller_side.extension_id == callee_side.extension_id == MOTION_EXTENSION_ID
     # each side's own audio SSRC is the other's remote one
     assert caller_side.local_ssrc == callee_side.remote_ssrc and caller_side.remote_ssrc == callee_side.local_ssrc
-    media = [m for m in SessionDescription.parse(offer).media if m.kind == "audio"][0]
+    media = next(m for m in SessionDescription.parse(offer).media if m.kind == "audio")
     assert caller_side.local_ssrc == media.ssrc[0].ssrc
 
 
