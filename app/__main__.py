@@ -155,9 +155,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       quality=args.quality)
     print(f"mode {report['mode']} ({report['mode_reason']}); {report['frames_sent']} frames sent, "
           f"{report['frames_rendered']} rendered")
-    print(f"data channel: {report['data_channel_payload_kbps']:.2f} kbit/s payload "
-          f"(motion {report['motion_kbps']:.2f}), ~{report['data_channel_wire_kbps_estimate']:.1f} "
-          f"kbit/s on the wire (+{report['data_channel_overhead_bytes_per_message']} B/message)")
+    carriage = "on the audio packets" if report["motion_on_audio_packets"] else "on the data channel"
+    print(f"neural stream: {report['payload_kbps']:.2f} kbit/s payload (motion {report['motion_kbps']:.2f}, "
+          f"{carriage}); on the wire {report['wire_kbps']:.1f} kbit/s (motion "
+          f"{report['motion_wire_kbps']:.2f}; the audio {report['audio_wire_kbps']:.1f} besides)")
     print(f"H.264 at the same rate: target {report['h264_target_kbps']:.2f}, "
           f"got {report['h264_kbps']:.2f} kbit/s")
     if report["latency_ms_median"] is not None:

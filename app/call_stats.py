@@ -47,6 +47,7 @@ async def write_call_stats(path: str | os.PathLike[str], every: float, current: 
             if call is not None and call.sender_session is not None:
                 sent = asdict(call.sender_session.stats)
                 row["sender"] = {key: sent[key] for key in ("frames", "neural_frames", "h264_frames",
-                                                            "skipped_late", "motion_dropped", "keyframes")}
+                                                            "skipped_late", "motion_dropped", "motion_on_audio",
+                                                            "keyframes")}
             out.write(json.dumps(row) + "\n")
             out.flush()

@@ -5,8 +5,8 @@ WebRTC (ICE, DTLS, SCTP data channels, RTP) on this machine. The sender sends th
 input (the scripted camera over the astronaut photo, with a synthetic audio bed); the
 receiver renders every frame it gets and records them with the received audio. At the end the
 demo writes, side by side: the crop the sender encoded | what the receiver rebuilt | H.264
-at the same bitrate as our data channel (or x264's floor, if that is higher), plus a JSON
-report (kbit/s on the data channel, frames/s, capture-to-render latency).
+at the same bitrate as our payload (or x264's floor, if that is higher), plus a JSON
+report (the neural stream's payload and on-wire kbit/s, frames/s, capture-to-render latency).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.call import Call, CallOptions
-from app.loopback import run_loopback
+from app.loopback import meter_once_connected, run_loopback
 from codec.families.base import TalkingHeadModel
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,20 @@ async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptio
     size = loaded.image_size
     recorder = Mp4Recorder(out / "received.mp4", fps=fps, size=(size, size))
 
+    wire: dict[str, object] = {}
+
+    async def meter(sending: Call, receiving: Call) -> None:
+        wire["meter"] = await meter_once_connected(sending)
+        wire["t0"] = time.monotonic()
+
+    async def started_hook(sending: Call, receiving: Call) -> None:
+        wire["task"] = asyncio.ensure_future(meter(sending, receiving))
+
     async def drain(sending: Call, receiving: Call) -> None:
+        if "meter" in wire:  # what the sender put on its wire while it sent
+            wire["seconds"] = time.monotonic() - float(wire["t0"])
+            wire["counts"] = wire["meter"].snapshot()
+            wire["meter"].detach()
         log.info("sender done; waiting for the receiver to render what it got")
         await asyncio.get_running_loop().run_in_executor(None, receiving.receiver_session.wait_idle, 600.0)
 
@@ -65,8 +78,11 @@ async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptio
             seconds=seconds, options=options,
             receiver_options=CallOptions(fps=fps, mode=options.mode, live=False),
             audio=PcmAudioTrack(default_audio(seconds + 1.0)), show=lambda image, t: shown.append((t, image)),
-            recorder=recorder, on_sent_frame=lambda image, t: sent.append((t, image)), finished=drain)
+            recorder=recorder, on_sent_frame=lambda image, t: sent.append((t, image)),
+            started=started_hook, finished=drain)
     finally:
+        if "task" in wire:
+            wire["task"].cancel()
         wall = time.monotonic() - started
         recording = recorder.close()
     stats = sending.sender_session.stats if sending.sender_session is not None else None
@@ -74,8 +90,15 @@ async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptio
     latencies = np.array(rx.stats.latencies_ms) if rx is not None else np.array([])
     duration = n / fps
     data_bytes = (stats.motion_bytes + stats.control_bytes) if stats else 0
-    messages = (stats.neural_frames + stats.keyframes) if stats else 0
-    from codec.api import DATA_CHANNEL_OVERHEAD_BYTES, data_channel_wire_kbps
+    counts = wire.get("counts", {})
+    metered = float(wire.get("seconds", duration))
+    carrier = sending.motion_carrier
+
+    def wire_kbps(*labels: str, extra: int = 0) -> float:
+        return 8.0 * (sum(counts.get(label, {}).get("wire_bytes", 0) for label in labels) + extra) \
+            / max(metered, 1e-9) / 1000.0
+
+    motion_in_audio = carrier.stats.bytes_added if carrier is not None else 0
 
     return {
         "sent": sent, "shown": shown,
@@ -84,10 +107,15 @@ async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptio
             "frames_rendered": rx.stats.rendered if rx is not None else 0,
             "mode": sending.sender_session.mode if sending.sender_session else None,
             "mode_reason": sending.mode_reason,
-            "data_channel_payload_kbps": 8.0 * data_bytes / duration / 1000.0,
+            # The neural stream: motion packets, keyframes, patches and control messages.
+            "payload_kbps": 8.0 * data_bytes / duration / 1000.0,
             "motion_kbps": 8.0 * (stats.motion_bytes if stats else 0) / duration / 1000.0,
-            "data_channel_wire_kbps_estimate": data_channel_wire_kbps(data_bytes, messages, duration),
-            "data_channel_overhead_bytes_per_message": DATA_CHANNEL_OVERHEAD_BYTES,
+            "motion_on_audio_packets": stats.motion_on_audio if stats else 0,
+            # Measured at the sender's sockets (rtc.wire_meter), with IPv4/UDP headers: motion is
+            # its data-channel datagrams plus what its elements added to the audio packets.
+            "wire_kbps": wire_kbps("motion", "control", extra=motion_in_audio),
+            "motion_wire_kbps": wire_kbps("motion", extra=motion_in_audio),
+            "audio_wire_kbps": wire_kbps("audio", extra=-motion_in_audio),
             "sender_encode_ms_per_frame": stats.encode_ms_per_frame if stats else None,
             "latency_ms_median": float(np.median(latencies)) if latencies.size else None,
             "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies.size else None,
@@ -120,7 +148,7 @@ def run_demo(loaded: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.
     blank = np.zeros((size, size, 3), np.uint8)
     # H.264 at our data-channel rate: the encoder's rate control targets it; x264 cannot go
     # below its floor (~10 kbit/s at 256 px), so the achieved rate is reported, not assumed.
-    target = max(report["data_channel_payload_kbps"], 1.0)
+    target = max(report["payload_kbps"], 1.0)
     encoder, decoder = H264Encoder((size, size), fps=fps, bitrate_kbps=target), H264Decoder()
     h264_frames, h264_bytes = [], 0
     for i, image in enumerate(inputs):

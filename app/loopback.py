@@ -16,6 +16,8 @@ from signaling.client import InMemorySignaling
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
 
+    from rtc.wire_meter import WireMeter
+
     from codec.families.base import TalkingHeadModel
     from receiver.sinks import Mp4Recorder
 
@@ -59,3 +61,13 @@ async def run_loopback(sender_model: TalkingHeadModel | None, receiver_model: Ta
         await sending.close()
         await receiving.close()
     return sending, receiving
+
+
+async def meter_once_connected(call: Call) -> WireMeter:
+    """A :class:`rtc.wire_meter.WireMeter` on ``call``'s connection, as soon as it is up (the
+    call's steady state: ICE and DTLS set-up are not counted)."""
+    from rtc.wire_meter import WireMeter
+
+    while not call.connected:
+        await asyncio.sleep(0.005)
+    return WireMeter(call.pc, [call.control, call.motion])

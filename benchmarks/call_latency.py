@@ -63,22 +63,18 @@ def _kbps(count: dict | None, seconds: float) -> float:
 async def _one_run(loaded: TalkingHeadModel, seconds: float, setup: str, fps: float, *,
                    audio: bool = True, capture: Path | None = None) -> dict:
     from app.call import CallOptions
-    from app.loopback import run_loopback
-    from rtc.wire_meter import WireMeter
+    from app.loopback import meter_once_connected, run_loopback
     from sender.media_tracks import PcmAudioTrack
     from sender.sources import default_audio, default_source
 
     mode, motion_on_audio = SETUPS[setup]
     n = int(round(seconds * fps))
     counters: dict[str, object] = {}
-    meters: dict[str, WireMeter] = {}
+    meters: dict[str, object] = {}
 
     async def attach_meters(sending, receiving) -> None:
-        # From the moment both peers are connected: the call's steady state, not the set-up.
-        while not (sending.connected and receiving.connected):
-            await asyncio.sleep(0.005)
-        meters["sender"] = WireMeter(sending.pc, [sending.control, sending.motion])
-        meters["receiver"] = WireMeter(receiving.pc, [receiving.control, receiving.motion])
+        meters["sender"] = await meter_once_connected(sending)
+        meters["receiver"] = await meter_once_connected(receiving)
         counters["t0"], counters["wall0"] = time.monotonic(), time.time()
         carrier = sending.motion_carrier
         counters["carried0"] = carrier.stats.bytes_added if carrier is not None else 0

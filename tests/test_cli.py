@@ -77,7 +77,9 @@ def test_demo_writes_side_by_side_recording_and_report(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["untrained"] is False and report["mode"] == "neural"
     assert report["frames_rendered"] == report["frames_sent"] == 50
-    assert 0 < report["data_channel_payload_kbps"] < report["data_channel_wire_kbps_estimate"]
+    assert 0 < report["payload_kbps"] < report["wire_kbps"]
+    assert report["motion_on_audio_packets"] > 40  # motion rode on the audio bed's packets
+    assert 0 < report["motion_wire_kbps"] < report["wire_kbps"]
     assert report["h264_kbps"] > 0 and report["latency_ms_median"] is not None
     with av.open(str(out / "side_by_side.mp4")) as container:
         stream = container.streams.video[0]

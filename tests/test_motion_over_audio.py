@@ -186,3 +186,14 @@ def test_the_meter_labels_sctp_chunks_by_channel():
     assert _sctp_label(common + data_chunk, {1: "control", 3: "motion"}) == "motion"
     assert _sctp_label(common + bytes([3, 0, 0, 16]) + bytes(12), {3: "motion"}) == "sctp"  # a SACK
     assert _sctp_label(common + data_chunk, {}) == "stream 3"
+
+
+@pytest.mark.parametrize("size", [1, 3, 4, 8, 9, 12, 16, 17, 20, 64, 255])
+def test_the_codecs_wire_estimate_is_what_the_carrier_adds(size):
+    """codec.api's estimate (used by the rd benchmark) against the real element in an aiortc
+    audio packet; codec must not import aiortc, so the arithmetic lives there on its own."""
+    from codec.api import motion_on_audio_wire_bytes
+
+    original = _audio_packet()
+    carried = add_extension_element(original, MOTION_EXTENSION_ID, bytes(range(size)))
+    assert motion_on_audio_wire_bytes(size) == len(carried) - len(original)

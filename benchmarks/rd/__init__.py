@@ -16,9 +16,12 @@ clip as .npy under the output folder, and every (codec, setting, clip) result is
 ``results.json`` as soon as it exists, so an interrupted run resumes where it stopped.
 
 Bits counted:
-- ours: stream header + every keyframe packet + every motion packet (payload kbit/s); the
-  on-wire estimate adds ``DATA_CHANNEL_OVERHEAD_BYTES`` (93 B) per message (each motion
-  packet and each keyframe packet is one data-channel message).
+- ours: stream header + every keyframe packet + every motion packet (payload kbit/s). The
+  on-wire estimate is what a call with audio sends: the header, keyframes and patches as
+  data-channel messages, ``DATA_CHANNEL_OVERHEAD_BYTES`` (93 B) per SCTP chunk of at most
+  ``DATA_CHANNEL_CHUNK_BYTES``; each motion packet as a header extension element of an audio
+  packet (``codec.api.motion_on_audio_wire_bytes``: its bytes, a header byte, the padding).
+  Each row's ``extra.wire_kbps_without_audio`` is a call without audio: one message a packet.
 - x264 / VP8 / VP9 / AV1: the raw elementary stream the encoder emits (Annex-B for H.264,
   bare frames for VP8/VP9, low-overhead OBUs for AV1), no container. For x264 the one
   "user data unregistered" SEI carrying x264's version and options string (~600 B, in the
@@ -27,7 +30,7 @@ Bits counted:
   (``x264_sei_bytes``) and ``kbps_with_sei`` gives the rate with it. On-wire adds
   ``SRTP_PACKET_OVERHEAD_BYTES`` (50 B) per RTP packet of at most ``RTP_MAX_PAYLOAD`` bytes.
 - frozen keyframe: one WebP q90 keyframe (``codec.keyframe.encode_keyframe``), shown for
-  every frame.
+  every frame; on the wire, one data-channel message.
 
 Metrics come from ``codec.metrics`` (PSNR on RGB, SSIM, MS-SSIM, LPIPS AlexNet v0.1, AKD and
 AED from dlib), per frame, then per clip (mean over frames), then averaged over clips.

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.env import git_sha
+from codec.api import DATA_CHANNEL_CHUNK_BYTES, DATA_CHANNEL_OVERHEAD_BYTES
 from codec.facecrop import FIT_FRAMES
 
 from .baselines import RTP_MAX_PAYLOAD, SRTP_PACKET_OVERHEAD_BYTES
@@ -50,8 +51,12 @@ def run_meta(name: str, command: str, untrained: bool, size: int, frames: int, e
              "threads 1 (one slice per frame). VP8/VP9: libvpx deadline realtime, cpu-used 8, "
              "lag-in-frames 0, qmin 0 qmax 63. AV1: libsvtav1 preset 10, svtav1-params "
              "pred-struct=1:rtc=1 (CRF) or pred-struct=1:rc=2:rtc=1 (CBR)."),
-            (f"on-wire: ours + {93} B per data-channel message (codec.api."
-             f"DATA_CHANNEL_OVERHEAD_BYTES; each motion and keyframe packet is one message); "
+            (f"on-wire, what the video adds to an audio call: ours = header, keyframes and patches "
+             f"as data-channel messages (+ {DATA_CHANNEL_OVERHEAD_BYTES} B per SCTP chunk of <= "
+             f"{DATA_CHANNEL_CHUNK_BYTES} B, codec.api.data_channel_message_wire_bytes) + each motion "
+             f"packet as a header extension element of an audio packet (its bytes + 1 or 2 + padding, "
+             f"codec.api.motion_on_audio_wire_bytes; 'wire_kbps_without_audio' in each row's extra: "
+             f"one data-channel message per packet); the frozen keyframe: one data-channel message; "
              f"baselines + {SRTP_PACKET_OVERHEAD_BYTES} B per SRTP packet of <= {RTP_MAX_PAYLOAD} B."),
             ("rates are averaged over clips per setting; the headline and BD-rates use those "
              "averaged curves; per-frame arrays are in perframe/*.npz."),
