@@ -3,10 +3,11 @@
 A :class:`SenderSession` owns the face crop, the codec's :class:`~codec.api.Encoder` and the
 H.264 fallback track. Per frame it either encodes head motion (``neural`` mode: keyframes on
 the reliable ``control`` channel, one motion packet per frame on the audio RTP packets when
-:mod:`app.call` gives it a ``motion_carrier``, else on the unreliable ``motion`` channel) or pushes the crop into the H.264 track (``h264`` mode). It switches to H.264 when
-the face is lost for more than ``face_lost_frames`` frames and back after a new keyframe,
-and, when the Encoder runs the closed loop (``RefreshPolicy``), when the loop says keyframes
-stopped helping, and back once ``Encoder.probe`` finds a keyframe that holds.
+:mod:`app.call` gives it a ``motion_carrier``, else on the unreliable ``motion`` channel) or
+pushes the crop into the H.264 track (``h264`` mode). It switches to H.264 when the face is
+lost for more than ``face_lost_frames`` frames and back after a new keyframe, and, when the
+Encoder runs the closed loop (``RefreshPolicy``), when the loop says keyframes stopped
+helping, and back once ``Encoder.probe`` finds a keyframe that holds.
 
 It knows nothing about signaling: :mod:`app.call` hands it two open data channels and the
 track it added to the peer connection.
