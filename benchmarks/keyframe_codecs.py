@@ -40,7 +40,7 @@ from codec.keyframe import decode_keyframe, encode_keyframe
 from codec.metrics import lpips_model
 from codec.motion_coding import DEFAULT_QUALITY
 
-SWEEPS = {"webp": (60, 70, 80, 90, 95), "av1": (32, 26, 20, 14, 8), "av1slow": (40, 34, 28, 22, 16),
+SWEEPS = {"webp": (60, 70, 80, 90, 95), "av1": (32, 26, 20, 14, 8), "av1slow": (34, 28, 22, 16, 12, 8),
           "h264": (26, 22, 18, 14, 10)}
 QUICK = {"webp": (70, 90), "av1": (26, 14), "av1slow": (34, 22), "h264": (22, 14)}
 REFERENCE = ("webp", 90)
