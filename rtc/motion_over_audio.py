@@ -198,9 +198,17 @@ class AudioMotionCarrier:
         asyncio.get_running_loop().call_later(MAX_WAIT_S, self._flush_stale)
         return True
 
-    def _flush_stale(self) -> None:
+    async def flush(self) -> None:
+        """Return once every queued packet has left in an audio packet (or, after
+        :data:`MAX_WAIT_S`, on the data channel): the sender's last frame is on the wire."""
+        deadline = time.monotonic() + MAX_WAIT_S
+        while self._queue and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self._flush_stale(force=True)
+
+    def _flush_stale(self, force: bool = False) -> None:
         now = time.monotonic()
-        while self._queue and now - self._queue[0][0] >= MAX_WAIT_S:
+        while self._queue and (force or now - self._queue[0][0] >= MAX_WAIT_S):
             self.stats.to_data_channel += 1
             self.fallback(self._queue.popleft()[1])
 

@@ -184,11 +184,23 @@ class SenderSession:
             elif packet[0] == PacketType.PATCH:
                 self.stats.patches += 1
                 self._send_control(Patch(packet=packet))
-            elif self.motion_carrier is not None and self.motion_carrier.send(packet):
+            elif self.motion_carrier is not None and not self._control_backlog() \
+                    and self.motion_carrier.send(packet):
                 self.stats.motion_bytes += len(packet)
                 self.stats.motion_on_audio += 1
             elif self.send_motion_on_channel(packet):
                 self.stats.motion_bytes += len(packet)
+
+    def _control_backlog(self) -> bool:
+        """True while a control message (a keyframe of several SCTP chunks, a patch) has not
+        wholly left. Motion on the audio packets would overtake it, and a receiver drops motion
+        that comes before its keyframe; on the data channel it queues behind it instead.
+        (aiortc counts a message out of ``bufferedAmount`` once it is chunked, not sent, so this
+        reads the SCTP transport's own queues.)"""
+        if self._control is None or self._control.bufferedAmount:
+            return self._control is not None
+        sctp = self._control.transport
+        return bool(getattr(sctp, "_outbound_queue", None) or getattr(sctp, "_data_channel_queue", None))
 
     def send_motion_on_channel(self, packet: bytes) -> bool:
         """One motion packet on the unreliable data channel; False if it was not sent."""
@@ -311,6 +323,8 @@ class SenderSession:
                 self.stats.skipped_late += 1
                 index += 1
                 frame = await loop.run_in_executor(self._pool, next, self.frames, None)
+        if self.motion_carrier is not None:
+            await self.motion_carrier.flush()  # the last frame's motion may still wait for audio
         return self.stats
 
     async def _send_frame(self, frame: np.ndarray, t: float, index: int) -> None:
