@@ -36,7 +36,7 @@ from codec.bitstream import (
 )
 from codec.errors import MissingReferenceError, ModelMismatchError
 from codec.families.base import PatchCandidate, TalkingHeadModel, ViewControl
-from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, encode_keyframe
+from codec.keyframe import KEYFRAME_CODEC_IDS, decode_keyframe, default_keyframe_quality, encode_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
 from codec.rebuild_score import rebuild_error
 from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
@@ -186,7 +186,7 @@ class Encoder:
 
     def __init__(self, model: TalkingHeadModel, *, quality: int = DEFAULT_QUALITY,
                  intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = "webp",
-                 keyframe_quality: int = 90, timebase: int = DEFAULT_TIMEBASE,
+                 keyframe_quality: int | None = None, timebase: int = DEFAULT_TIMEBASE,
                  frame_rate: float = 25.0, refresh: RefreshPolicy | None = None, patches: bool = True,
                  patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS) -> None:
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
@@ -196,7 +196,9 @@ class Encoder:
         self.table = quant_table_for(model.layout, quality)
         self.intra_period = intra_period
         self.keyframe_codec = keyframe_codec
-        self.keyframe_quality = keyframe_quality
+        # None: the codec's default (WebP q90; AV1 q78, which matched WebP q90's rebuilt frames)
+        self.keyframe_quality = keyframe_quality if keyframe_quality is not None else \
+            default_keyframe_quality(keyframe_codec)
         self.timebase = timebase
         self.frame_rate = frame_rate
         self._tracker = model.motion_tracker()
@@ -229,7 +231,10 @@ class Encoder:
         self._probe_frames = 0
         # Reference patches need the receiver's state too: its keyframe and patches.
         self.patches = patches and model.supports_patches
-        self._patch_sender = (PatchSender(model, keyframe_codec, patch_quality, patch_kbps)
+        # Patches are small crops of the mouth and eyes: WebP also when keyframes are AV1 (an AV1
+        # encoder per patch would cost ~70 ms; each patch packet names its own codec).
+        patch_codec = "webp" if keyframe_codec == "av1" else keyframe_codec
+        self._patch_sender = (PatchSender(model, patch_codec, patch_quality, patch_kbps)
                               if self.patches else None)
 
     @classmethod

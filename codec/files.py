@@ -132,8 +132,8 @@ class DecompressReport:
 
 def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel,
              quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
-             fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = "webp",
-             keyframe_quality: int = 90, audio: bool = True, patches: bool = True,
+             fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = "av1",
+             keyframe_quality: int | None = None, audio: bool = True, patches: bool = True,
              refresh: RefreshPolicy | None = None,
              progress: Callable[[int], None] | None = None) -> CompressReport:
     """Compress a talking-head video file into our container (.fvc).

@@ -1,15 +1,23 @@
-"""Keyframe image coding (WebP or JPEG through OpenCV).
+"""Keyframe image coding: WebP or JPEG through OpenCV, or one AV1 intra frame through PyAV.
 
 The keyframe is the one full image of the face the receiver gets per call or refresh;
 every later frame is rebuilt from it. It travels on the reliable "control" channel, so
 a few kB are fine, but it must never crash the receiver: :func:`decode_keyframe` reads
 and checks the image header (format, dimensions ≤ 4096×4096) before decoding, and every
 failure is a :class:`KeyframeDecodeError`.
+
+AV1 (``benchmarks.keyframe_codecs``): SVT-AV1 at preset 3 with its visual-quality tuning
+reaches WebP q90's rebuilt-frame LPIPS on the dev crops with ~30 % fewer bytes, but takes
+~125 ms a 256 px keyframe on one of our CPU cores (WebP: 8 ms). The data is the encoder's
+low-overhead OBU stream (temporal delimiter, sequence header, frame): what AVIF stores, without
+the container; dav1d decodes it. PyAV is imported only when AV1 is used (the training image
+has OpenCV but no PyAV).
 """
 
 from __future__ import annotations
 
 import struct
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -23,15 +31,24 @@ __all__ = [
     "MAX_KEYFRAME_SIDE",
     "KeyframeDecodeError",
     "KeyframeOversizedError",
+    "DEFAULT_KEYFRAME_QUALITY",
     "decode_keyframe",
+    "default_keyframe_quality",
     "encode_keyframe",
     "keyframe_dimensions",
 ]
 
 # The ids written in the bitstream are defined once, by codec.bitstream.KeyframeCodec.
 KEYFRAME_CODEC_IDS: dict[str, int] = {"webp": int(KeyframeCodec.WEBP),
-                                      "jpeg": int(KeyframeCodec.JPEG)}
+                                      "jpeg": int(KeyframeCodec.JPEG),
+                                      "av1": int(KeyframeCodec.AV1)}
 KEYFRAME_CODEC_NAMES: dict[int, str] = {v: k for k, v in KEYFRAME_CODEC_IDS.items()}
+# Quality 1-100 for every codec (higher = larger and better); AV1's CRF is 63·(100 - q)/100.
+# The defaults: WebP q90 (what keyframes were measured against); AV1 q78 = CRF 14, which
+# matched WebP q90's rebuilt-frame LPIPS on the dev crops.
+DEFAULT_KEYFRAME_QUALITY: dict[str, int] = {"webp": 90, "jpeg": 90, "av1": 78}
+AV1_PRESET = "3"  # SVT-AV1 speed preset: 3 of 0 (slowest) - 13; keyframes are rare
+AV1_PARAMS = "tune=0"  # SVT-AV1's subjective (visual quality) tuning: lower LPIPS per byte than PSNR tuning
 MAX_KEYFRAME_SIDE = 4096
 # The biggest keyframe a sane sender makes (4096² JPEG at q=100 is ~20 MB); refuse
 # larger input before handing it to a decoder.
@@ -60,16 +77,22 @@ def _codec_name(codec: str | int) -> str:
     return name
 
 
-def encode_keyframe(image_rgb: np.ndarray, codec: str = "webp", quality: int = 90) -> bytes:
-    """Code an RGB image as WebP or JPEG.
+def default_keyframe_quality(codec: str) -> int:
+    """The quality a codec's keyframes use unless asked otherwise."""
+    return DEFAULT_KEYFRAME_QUALITY[_codec_name(codec)]
+
+
+def encode_keyframe(image_rgb: np.ndarray, codec: str = "webp", quality: int | None = None) -> bytes:
+    """Code an RGB image as WebP, JPEG or one AV1 intra frame.
 
     Args:
         image_rgb: H×W×3 uint8 RGB, H and W ≤ 4096.
-        codec: "webp" or "jpeg".
-        quality: 1–100 (higher = larger and better; WebP 100 is still lossy here).
+        codec: "webp", "jpeg" or "av1".
+        quality: 1–100 (higher = larger and better; WebP 100 is still lossy here); None:
+            the codec's default (:data:`DEFAULT_KEYFRAME_QUALITY`).
 
     Returns:
-        The image file bytes (a complete .webp / .jpg file).
+        The image file bytes (a complete .webp / .jpg file, or AV1 OBUs).
     """
     name = _codec_name(codec)
     if not (isinstance(image_rgb, np.ndarray) and image_rgb.ndim == 3 and image_rgb.shape[2] == 3):
@@ -79,8 +102,12 @@ def encode_keyframe(image_rgb: np.ndarray, codec: str = "webp", quality: int = 9
     height, width = image_rgb.shape[:2]
     if not (1 <= height <= MAX_KEYFRAME_SIDE and 1 <= width <= MAX_KEYFRAME_SIDE):
         raise ValueError(f"keyframe size {width}×{height} outside 1..{MAX_KEYFRAME_SIDE}")
+    if quality is None:
+        quality = DEFAULT_KEYFRAME_QUALITY[name]
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
+    if name == "av1":
+        return _encode_av1(image_rgb, int(quality))
     bgr = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
     if name == "webp":
         # OpenCV reads WebP quality > 100 as lossless; we cap at 100 (lossy)
@@ -153,6 +180,149 @@ def _webp_dimensions(data: bytes) -> tuple[int, int]:
     raise KeyframeDecodeError(f"unsupported WebP chunk {fourcc!r}")
 
 
+def _encode_av1(image_rgb: np.ndarray, quality: int) -> bytes:
+    import os
+
+    import av
+
+    # SVT-AV1 prints its whole configuration to stderr for every encoder it opens; errors only.
+    os.environ.setdefault("SVT_LOG", "1")
+    height, width = image_rgb.shape[:2]
+    if width % 2 or height % 2 or min(width, height) < 16:
+        # 4:2:0 chroma: the decoder would hand back a padded image. Face crops are even.
+        raise ValueError(f"AV1 keyframes need even sides of at least 16, not {width}×{height}")
+    context = av.CodecContext.create("libsvtav1", "w")
+    context.width, context.height = width, height
+    context.pix_fmt = "yuv420p"
+    context.time_base = Fraction(1, 25)
+    context.options = {"crf": str(round(63 * (100 - quality) / 100)), "preset": AV1_PRESET,
+                       "svtav1-params": AV1_PARAMS}
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image_rgb), format="rgb24").reformat(format="yuv420p")
+    frame.pts = 0
+    try:
+        data = b"".join(bytes(p) for p in [*context.encode(frame), *context.encode(None)])
+    except av.FFmpegError as exc:
+        raise CodecError(f"SVT-AV1 failed to encode a {width}×{height} keyframe: {exc}") from exc
+    if not data:
+        raise CodecError(f"SVT-AV1 returned nothing for a {width}×{height} keyframe")
+    return data
+
+
+class _Bits:
+    """MSB-first bit reader over bytes (AV1 headers); running out is a KeyframeDecodeError."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            byte = self.pos >> 3
+            if byte >= len(self.data):
+                raise KeyframeDecodeError("truncated AV1 sequence header")
+            value = (value << 1) | ((self.data[byte] >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return value
+
+
+def _leb128(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for i in range(8):
+        if pos + i >= len(data):
+            raise KeyframeDecodeError("truncated AV1 OBU size")
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, pos + i + 1
+    raise KeyframeDecodeError("AV1 OBU size longer than 8 bytes")
+
+
+_OBU_SEQUENCE_HEADER = 1
+_OBU_TEMPORAL_DELIMITER = 2
+
+
+def _av1_dimensions(data: bytes) -> tuple[int, int]:
+    """(max frame width, max frame height) from the sequence header OBU (AV1 spec 5.5), which
+    must come first after any temporal delimiter. Every OBU must carry its size and the sizes
+    must add up to the data exactly (a truncated keyframe is refused, not half-decoded)."""
+    pos, size_found = 0, None
+    while pos < len(data):
+        header = data[pos]
+        if header & 0x80:
+            raise KeyframeDecodeError("corrupt AV1: OBU forbidden bit set")
+        obu_type, has_extension, has_size = (header >> 3) & 0x0F, header & 0x04, header & 0x02
+        if not has_size:
+            raise KeyframeDecodeError("AV1 keyframe OBUs must carry their size")
+        size, start = _leb128(data, pos + 1 + (1 if has_extension else 0))
+        if start + size > len(data):
+            raise KeyframeDecodeError("truncated AV1 OBU")
+        if obu_type == _OBU_SEQUENCE_HEADER and size_found is None:
+            size_found = _sequence_header_size(data[start:start + size])
+        elif size_found is None and obu_type != _OBU_TEMPORAL_DELIMITER:
+            raise KeyframeDecodeError("not an AV1 keyframe (no sequence header first)")
+        pos = start + size
+    if size_found is None:
+        raise KeyframeDecodeError("not an AV1 keyframe (no sequence header)")
+    return size_found
+
+
+def _sequence_header_size(payload: bytes) -> tuple[int, int]:
+    bits = _Bits(payload)
+    bits.read(3)  # seq_profile
+    bits.read(1)  # still_picture
+    if bits.read(1):  # reduced_still_picture_header
+        bits.read(5)  # seq_level_idx[0]
+    else:
+        decoder_model_info = False
+        buffer_delay_bits = 0
+        if bits.read(1):  # timing_info_present_flag
+            bits.read(32)  # num_units_in_display_tick
+            bits.read(32)  # time_scale
+            if bits.read(1):  # equal_picture_interval: num_ticks_per_picture_minus_1, uvlc
+                zeros = 0
+                while not bits.read(1):
+                    zeros += 1
+                    if zeros >= 32:
+                        raise KeyframeDecodeError("corrupt AV1 sequence header (uvlc)")
+                bits.read(zeros)
+            decoder_model_info = bool(bits.read(1))
+            if decoder_model_info:
+                buffer_delay_bits = bits.read(5) + 1
+                bits.read(32)  # num_units_in_decoding_tick
+                bits.read(5)  # buffer_removal_time_length_minus_1
+                bits.read(5)  # frame_presentation_time_length_minus_1
+        initial_display_delay = bool(bits.read(1))
+        for _ in range(bits.read(5) + 1):  # operating points
+            bits.read(12)  # operating_point_idc
+            if bits.read(5) > 7:  # seq_level_idx
+                bits.read(1)  # seq_tier
+            if decoder_model_info and bits.read(1):  # decoder_model_present_for_this_op
+                bits.read(2 * buffer_delay_bits + 1)
+            if initial_display_delay and bits.read(1):
+                bits.read(4)
+    width_bits, height_bits = bits.read(4) + 1, bits.read(4) + 1
+    return bits.read(width_bits) + 1, bits.read(height_bits) + 1
+
+
+def _decode_av1(data: bytes, width: int, height: int) -> np.ndarray:
+    import av
+
+    try:
+        context = av.CodecContext.create("libdav1d", "r")
+        # dav1d's own frame-size limit, on top of the header check above
+        context.options = {"max_pixels": str(MAX_KEYFRAME_SIDE * MAX_KEYFRAME_SIDE)}
+        frames = [*context.decode(av.Packet(data)), *context.decode(None)]
+    except (av.FFmpegError, ValueError) as exc:
+        raise KeyframeDecodeError(f"corrupt AV1 keyframe ({len(data)} bytes): {exc}") from exc
+    if len(frames) != 1:
+        raise KeyframeDecodeError(f"an AV1 keyframe holds one frame, this one {len(frames)}")
+    image = frames[0].to_ndarray(format="rgb24")
+    if image.shape[:2] != (height, width):
+        raise KeyframeDecodeError(f"decoded size {image.shape[1]}×{image.shape[0]} differs from the "
+                                  f"sequence header's {width}×{height}")
+    return image
+
+
 def keyframe_dimensions(data: bytes, codec: str) -> tuple[int, int]:
     """(width, height) announced by a keyframe's header, without decoding it.
 
@@ -162,6 +332,8 @@ def keyframe_dimensions(data: bytes, codec: str) -> tuple[int, int]:
     name = _codec_name(codec)
     if not data:
         raise KeyframeDecodeError("empty keyframe")
+    if name == "av1":
+        return _av1_dimensions(data)
     return _webp_dimensions(data) if name == "webp" else _jpeg_dimensions(data)
 
 
@@ -170,7 +342,7 @@ def decode_keyframe(data: bytes, codec: str | int = "webp") -> np.ndarray:
 
     Args:
         data: the image bytes.
-        codec: "webp" or "jpeg", or the bitstream's codec id.
+        codec: "webp", "jpeg" or "av1", or the bitstream's codec id.
 
     Returns:
         H×W×3 uint8 RGB.
@@ -188,6 +360,8 @@ def decode_keyframe(data: bytes, codec: str | int = "webp") -> np.ndarray:
         raise KeyframeOversizedError(
             f"keyframe header says {width}×{height}; limit is {MAX_KEYFRAME_SIDE} per side"
         )
+    if _codec_name(codec) == "av1":
+        return _decode_av1(data, width, height)
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
         raise KeyframeDecodeError(f"corrupt {_codec_name(codec)} keyframe ({len(data)} bytes)")

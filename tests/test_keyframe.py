@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from codec.keyframe import (
 )
 
 skimage_data = pytest.importorskip("skimage.data")
-CODECS = ["webp", "jpeg"]
+CODECS = ["webp", "jpeg", "av1"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_codec_ids_are_stable() -> None:
-    assert KEYFRAME_CODEC_IDS == {"webp": 1, "jpeg": 2}
+    assert KEYFRAME_CODEC_IDS == {"webp": 1, "jpeg": 2, "av1": 5}
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -77,6 +78,28 @@ def test_oversized_header_rejected_before_decoding(face: np.ndarray) -> None:
     with pytest.raises(KeyframeOversizedError) as info:
         decode_keyframe(bytes(data), "jpeg")
     assert isinstance(info.value, OversizedError) and isinstance(info.value, KeyframeDecodeError)
+
+
+def test_oversized_av1_sequence_header_rejected_before_decoding() -> None:
+    """An AV1 keyframe wider than 4096 (made with PyAV directly: encode_keyframe refuses it)."""
+    import av
+
+    context = av.CodecContext.create("libsvtav1", "w")
+    context.width, context.height, context.pix_fmt = 4160, 64, "yuv420p"
+    context.time_base = Fraction(1, 25)
+    context.options = {"preset": "12", "crf": "50"}
+    frame = av.VideoFrame.from_ndarray(np.full((64, 4160, 3), 90, np.uint8), format="rgb24")
+    frame = frame.reformat(format="yuv420p")
+    frame.pts = 0
+    data = b"".join(bytes(p) for p in [*context.encode(frame), *context.encode(None)])
+    assert keyframe_dimensions(data, "av1") == (4160, 64)
+    with pytest.raises(KeyframeOversizedError):
+        decode_keyframe(data, "av1")
+
+
+def test_av1_needs_even_sides(face: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="even"):
+        encode_keyframe(face[:, :191], "av1")
 
 
 def test_bad_arguments(face: np.ndarray) -> None:

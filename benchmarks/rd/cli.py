@@ -58,9 +58,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="landmark family: score the plain warp, without the learned refiner")
     p.add_argument("--no-patches", action="store_true",
                    help="our sender sends no reference patches of the mouth and eyes")
-    p.add_argument("--keyframe-quality", type=int, default=90,
-                   help="our keyframes' WebP quality (default: %(default)s; others name their "
-                        "settings -kq<Q>)")
+    p.add_argument("--keyframe-codec", choices=["webp", "av1", "jpeg"], default="webp",
+                   help="our keyframes' image codec (default: %(default)s, what a call sends; "
+                        "others name their settings -k<codec>)")
+    p.add_argument("--keyframe-quality", type=int, default=None,
+                   help="our keyframes' quality, 1-100 (default: the codec's, WebP 90, AV1 78; "
+                        "others name their settings -kq<Q>)")
     p.add_argument("--qualities", default="0,1,2,3,4,5")
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
@@ -133,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     store.data.setdefault("metrics_unavailable", {})
     sweep = Sweep(store, sweep_settings(codecs, ours_points, quick=args.sweep == "quick",
                                         patches=not args.no_patches,
-                                        keyframe_quality=args.keyframe_quality), loaded,
+                                        keyframe_quality=args.keyframe_quality,
+                                        keyframe_codec=args.keyframe_codec), loaded,
                   args.size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)
     started = time.perf_counter()

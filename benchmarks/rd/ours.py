@@ -51,13 +51,19 @@ def _refresh_name(refresh: float | str) -> str:
 
 
 def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True,
-                  keyframe_quality: int = 90) -> list[Setting]:
+                  keyframe_quality: int | None = None, keyframe_codec: str = "webp") -> list[Setting]:
     """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
-    (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-kq<Q>`` when
-    the keyframes' WebP quality is not 90)."""
-    suffix = ("" if patches else "-nopatch") + ("" if keyframe_quality == 90 else f"-kq{keyframe_quality}")
+    (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-k<codec>`` when
+    keyframes are not WebP, ``-kq<Q>`` when their quality is not the codec's default)."""
+    from codec.keyframe import default_keyframe_quality
+
+    default = default_keyframe_quality(keyframe_codec)
+    quality = default if keyframe_quality is None else keyframe_quality
+    suffix = ("" if patches else "-nopatch") + ("" if keyframe_codec == "webp" else f"-k{keyframe_codec}") \
+        + ("" if quality == default else f"-kq{quality}")
     return [Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
-                    {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": keyframe_quality})
+                    {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": quality,
+                     "keyframe_codec": keyframe_codec})
             for r, q in points]
 
 
@@ -78,13 +84,14 @@ def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
     periodic = refresh if isinstance(refresh, float) else 0.0
     return run_ours(crops, loaded, params["quality"], periodic, refresh_policy=refresh_policy(refresh),
                     progress=progress, metric_every=metric_every, patches=params.get("patches", True),
-                    keyframe_quality=params.get("keyframe_quality", 90))
+                    keyframe_quality=params.get("keyframe_quality", 90),
+                    keyframe_codec=params.get("keyframe_codec", "webp"))
 
 
 def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
              metric_every: int = 1, refresh_policy=None, patches: bool = True,
-             keyframe_quality: int = 90) -> CodecRun:
+             keyframe_quality: int = 90, keyframe_codec: str = "webp") -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds.
@@ -107,7 +114,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
 
     n, size = crops.shape[0], crops.shape[1]
     encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
-                      keyframe_quality=keyframe_quality)
+                      keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec)
     header = encoder.header()
     period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
@@ -154,7 +161,8 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
         wire_bytes=wire_bytes,
         encode_s=encode_s, decode_s=decode_s,
         extra={"model": loaded.name, "untrained": bool(loaded.untrained), "quality": quality,
-               "keyframe_refresh_s": keyframe_refresh_s,
+               "keyframe_refresh_s": keyframe_refresh_s, "keyframe_codec": keyframe_codec,
+               "keyframe_quality": keyframe_quality,
                "refresh_policy": None if refresh_policy is None else str(refresh_policy),
                "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,

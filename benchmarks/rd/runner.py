@@ -27,7 +27,8 @@ log = logging.getLogger("benchmarks.rd")
 
 
 def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | str, int]],
-                   quick: bool, patches: bool = True, keyframe_quality: int = 90) -> list[Setting]:
+                   quick: bool, patches: bool = True, keyframe_quality: int | None = None,
+                   keyframe_codec: str = "webp") -> list[Setting]:
     """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``)."""
     settings: list[Setting] = []
     for codec in codecs:
@@ -36,7 +37,7 @@ def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | st
         elif codec == "frozen":
             settings.append(Setting("frozen", "webp-q90", {}))
         elif codec == "ours":
-            settings += ours_settings(ours_points, patches, keyframe_quality)
+            settings += ours_settings(ours_points, patches, keyframe_quality, keyframe_codec)
     return settings
 
 

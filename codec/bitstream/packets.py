@@ -111,6 +111,7 @@ class KeyframeCodec(IntEnum):
     WEBP = 1
     JPEG = 2
     # Ids 3 (PNG) and 4 (one H.264 intra frame) are reserved; add them only with a decoder.
+    AV1 = 5  # one SVT-AV1 intra frame as low-overhead OBUs (AVIF's image data, no container)
 
 
 class PacketType(IntEnum):
