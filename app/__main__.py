@@ -215,10 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None,
                    help="stop after this many frames (default: the whole file)")
     p.add_argument("--keyframe-codec", choices=["av1", "webp", "jpeg"], default="av1",
-                   help="how keyframe images are coded (default: av1, ~30%% fewer bytes than WebP q90 "
-                        "for the same rebuilt frames; webp encodes ~15x faster)")
+                   help="how keyframe images are coded: av1 takes ~30%% fewer bytes than WebP q90 "
+                        "for the same rebuilt frames, webp encodes ~15x faster")
     p.add_argument("--keyframe-quality", type=int, default=None,
-                   help="keyframe image quality, 1-100 (default: av1 78, webp/jpeg 90)")
+                   help="keyframe image quality, 1-100; none: the codec's (av1 78, webp and jpeg 90)")
     p.add_argument("--no-audio", action="store_true", help="drop the audio track")
     p.add_argument("--no-patches", action="store_true",
                    help="send no reference patches (real pixels of an open mouth or closed eyes "
