@@ -133,8 +133,9 @@ def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, 
             _, refresh, *variant = row["setting"].split("-")  # q<Q>-(kf0|kf<s>|ad<price>)[-nopatch][-kq<Q>]
             # One curve across qualities with one keyframe, one across periodic refresh
             # periods, one across the closed loop's prices; each variant its own.
+            turn = refresh.partition("t")[2] if refresh.startswith("ad") else ""  # ad<price>t<deg>
             label = ("ours kf0" if refresh == "kf0" else "ours adaptive" if refresh.startswith("ad")
-                     else "ours periodic") + "".join(f" {v}" for v in variant)
+                     else "ours periodic") + (f" turn {turn}" if turn else "") + "".join(f" {v}" for v in variant)
         curves.setdefault(label, []).append(row)
     for points in curves.values():
         points.sort(key=lambda r: r["payload_kbps"])

@@ -55,7 +55,7 @@ def closed_loop_clips(results: list[dict[str, Any]]) -> list[str]:
         return parts[1] if row["codec"] == "ours" and len(parts) == 2 else None
 
     adaptive = sorted({r for r in map(refresh, results) if r and r.startswith("ad")},
-                      key=lambda name: -float(name[2:]))
+                      key=lambda name: (-float(name[2:].partition("t")[0]), name))  # ad<price>[t<deg>]
     if not adaptive:
         return []
     fixed = sorted({r for r in map(refresh, results) if r and r.startswith("kf")},

@@ -20,8 +20,8 @@ from .runs import CodecRun, Setting
 def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, int]]:
     """(refresh, quality) pairs of our codec's sweep from ``--keyframe-refresh``: "R" runs
     every quality at period R seconds, "R@Q" quality Q only; "aP" / "aP@Q" the sender's
-    closed-loop refresh at keyframe price P (kept as the string "aP"). Order kept,
-    duplicates dropped."""
+    closed-loop refresh at keyframe price P (kept as the string "aP"), "aPtD" with its head-turn
+    trigger at D degrees instead of the policy's default. Order kept, duplicates dropped."""
     out: list[tuple[float | str, int]] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
@@ -29,10 +29,16 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
         period, _, only = item.partition("@")
         refresh: float | str
         if period[:1] == "a":
-            price = float(period[1:])
+            price_text, _, turn_text = period[1:].partition("t")
+            price = float(price_text)
             if not 0 < price < 100:
                 raise ValueError(f"bad adaptive price {item!r}")
             refresh = f"a{price:g}"
+            if turn_text:
+                turn = float(turn_text)
+                if not 0 < turn <= 90:
+                    raise ValueError(f"bad head-turn trigger {item!r}")
+                refresh += f"t{turn:g}"
         else:
             refresh = float(period)
             if refresh < 0 or not math.isfinite(refresh):
@@ -46,7 +52,7 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
 def _refresh_name(refresh: float | str) -> str:
     """kf<seconds> for a periodic refresh (kf0: one keyframe); ad<price> for the closed loop."""
     if isinstance(refresh, str):
-        return f"ad{float(refresh[1:]):g}"
+        return f"ad{refresh[1:]}"
     return f"kf{refresh:g}"
 
 
@@ -74,7 +80,10 @@ def refresh_policy(refresh: float | str) -> Any:
         return None
     from codec.api import RefreshPolicy
 
-    return RefreshPolicy(price=float(refresh[1:]))
+    price, _, turn = refresh[1:].partition("t")
+    if turn:
+        return RefreshPolicy(price=float(price), pose_limit_deg=float(turn))
+    return RefreshPolicy(price=float(price))
 
 
 def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
