@@ -373,3 +373,21 @@ def test_a_refresh_period_the_sampling_divides_is_warned_about(tmp_path, tiny_mo
     with caplog.at_level("WARNING", logger="benchmarks.rd"):
         assert rd.main(argv) == 0
     assert any("scores the keyframes of refresh period(s) 0.16 s" in r.getMessage() for r in caplog.records)
+
+
+def test_closed_loop_settings_parse_price_and_head_turn_trigger():
+    from benchmarks.rd.curves import curves_by_codec
+    from benchmarks.rd.ours import ours_settings, ours_sweep, refresh_policy
+
+    points = ours_sweep("0,a0.5@3,a1t15@3", [2, 3])
+    assert points == [(0.0, 2), (0.0, 3), ("a0.5", 3), ("a1t15", 3)]
+    names = [s.name for s in ours_settings(points)]
+    assert names == ["q2-kf0", "q3-kf0", "q3-ad0.5", "q3-ad1t15"]
+    assert refresh_policy("a0.5").pose_limit_deg == 25.0  # the policy's default
+    policy = refresh_policy("a1t15")
+    assert policy.price == 1.0 and policy.pose_limit_deg == 15.0
+    for bad in ("a0", "a1t0", "a1t200", "a1tx"):
+        with pytest.raises(ValueError):
+            ours_sweep(bad, [3])
+    rows = [{"codec": "ours", "setting": name, "payload_kbps": i} for i, name in enumerate(names)]
+    assert set(curves_by_codec(rows)) == {"ours kf0", "ours adaptive", "ours adaptive turn 15"}
