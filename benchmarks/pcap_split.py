@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from rtc.motion_over_audio import read_extension_element
+from rtc.motion_over_audio import read_extension_element, rtp_ssrc
 
 _LINK_HEADER = {1: 14, 113: 16, 276: 20, 0: 4}  # Ethernet, Linux SLL, SLL2, BSD null
 
@@ -33,6 +33,7 @@ def _udp_datagrams(path: Path, window: tuple[float, float] | None = None):
         endian = ">"
     else:
         raise ValueError(f"{path}: not a libpcap capture")
+    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")  # nanosecond timestamps
     linktype = struct.unpack_from(endian + "I", data, 20)[0] & 0x0FFFFFFF
     if linktype not in _LINK_HEADER:
         raise ValueError(f"{path}: link type {linktype} not supported")
@@ -41,7 +42,6 @@ def _udp_datagrams(path: Path, window: tuple[float, float] | None = None):
         seconds, fraction, caplen = struct.unpack_from(endian + "III", data, pos)
         frame = data[pos + 16:pos + 16 + caplen]
         pos += 16 + caplen
-        nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
         stamp = seconds + fraction * (1e-9 if nano else 1e-6)
         if window is not None and not window[0] <= stamp <= window[1]:
             continue
@@ -78,8 +78,7 @@ def split_capture(path: Path, ports: set[int], ssrcs: dict[int, str] | None = No
             if 192 <= head[1] <= 223:
                 kind = "rtcp"
             else:
-                ssrc = struct.unpack_from("!I", head, 8)[0]
-                kind = (ssrcs or {}).get(ssrc, f"rtp pt {head[1] & 0x7F}")
+                kind = (ssrcs or {}).get(rtp_ssrc(head), f"rtp pt {head[1] & 0x7F}")
                 if motion_extension_id is not None:
                     try:
                         value = read_extension_element(head, motion_extension_id)

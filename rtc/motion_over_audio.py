@@ -120,8 +120,16 @@ def _split(rtp: bytes) -> tuple[int, list[tuple[int, bytes]], int]:
     return pos, unpack_header_extensions(profile, rtp[pos + 4:end]), end
 
 
-def rtp_ssrc(rtp: bytes) -> int:
-    return struct.unpack_from("!I", rtp, 8)[0]
+def rtp_ssrc(rtp: bytes) -> int | None:
+    """The SSRC of an RTP packet; None if it is too short to have one."""
+    return struct.unpack_from("!I", rtp, 8)[0] if len(rtp) >= _RTP_FIXED_HEADER else None
+
+
+def dtls_transport(pc: RTCPeerConnection):
+    """The connection's one RTCDtlsTransport (BUNDLE: data channels and every RTP stream share it)."""
+    if pc.sctp is not None:
+        return pc.sctp.transport
+    return next(t.sender.transport for t in pc.getTransceivers())
 
 
 def add_extension_element(rtp: bytes, extension_id: int, value: bytes) -> bytes:
@@ -170,8 +178,7 @@ class AudioMotionCarrier:
         self.stats = CarrierStats()
         self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self._last_audio = -1e9
-        self._transport = pc.sctp.transport if pc.sctp is not None else \
-            next(t.sender.transport for t in pc.getTransceivers() if t.kind == "audio")
+        self._transport = dtls_transport(pc)
         self._original = self._transport._send_rtp
         self._transport._send_rtp = self._send_rtp
         self._attached = True
@@ -213,7 +220,7 @@ class AudioMotionCarrier:
             self.fallback(self._queue.popleft()[1])
 
     async def _send_rtp(self, data: bytes) -> None:
-        if self._attached and not is_rtcp(data) and len(data) >= _RTP_FIXED_HEADER and rtp_ssrc(data) == self.extension.local_ssrc:
+        if self._attached and not is_rtcp(data) and rtp_ssrc(data) == self.extension.local_ssrc:
             self._last_audio = time.monotonic()
             self.stats.audio_packets += 1
             if self._queue:
@@ -236,9 +243,7 @@ class AudioMotionCarrier:
         self._attached = False
         if self._transport.__dict__.get("_send_rtp") == self._send_rtp:
             del self._transport._send_rtp
-        while self._queue:
-            self.stats.to_data_channel += 1
-            self.fallback(self._queue.popleft()[1])
+        self._flush_stale(force=True)
 
 
 # ---------------------------------------------------------------------------- receiver
@@ -258,14 +263,13 @@ class MotionReader:
         self.extension = extension
         self.on_motion = on_motion
         self.stats = ReaderStats()
-        self._transport = pc.sctp.transport if pc.sctp is not None else \
-            next(t.receiver.transport for t in pc.getTransceivers() if t.kind == "audio")
+        self._transport = dtls_transport(pc)
         self._original = self._transport._handle_rtp_data
         self._transport._handle_rtp_data = self._handle_rtp_data
         self._attached = True
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
-        if self._attached and len(data) >= _RTP_FIXED_HEADER and data[0] & 0x10 and rtp_ssrc(data) == self.extension.remote_ssrc:
+        if self._attached and rtp_ssrc(data) == self.extension.remote_ssrc and data[0] & 0x10:
             try:
                 value = read_extension_element(data, self.extension.extension_id)
             except ValueError as exc:

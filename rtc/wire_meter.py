@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from aiortc import RTCPeerConnection
 from aiortc.rtp import is_rtcp
 
+from rtc.motion_over_audio import dtls_transport, rtp_ssrc
+
 UDP_HEADER_BYTES = 8
 IP_HEADER_BYTES = {4: 20, 6: 40}
 _SCTP_DATA = 0
@@ -37,9 +39,6 @@ class WireCount:
     packets: int = 0
     payload_bytes: int = 0  # UDP payload
     wire_bytes: int = 0  # with the UDP and IP headers
-
-    def kbps(self, seconds: float) -> float:
-        return 8.0 * self.wire_bytes / max(seconds, 1e-9) / 1000.0
 
 
 def _sctp_label(packet: bytes, channels: dict[int, str]) -> str:
@@ -67,8 +66,7 @@ class WireMeter:
             if t.sender is not None and t.sender.track is not None:
                 self._ssrcs[t.sender._ssrc] = t.kind
                 self._ssrcs[t.sender._rtx_ssrc] = t.kind  # retransmissions count with their stream
-        dtls = pc.sctp.transport if pc.sctp is not None else pc.getTransceivers()[0].sender.transport
-        self._dtls = dtls
+        dtls = dtls_transport(pc)
         self._protocols = list(dtls.transport._connection._protocols)
         self._wrapped: list[tuple[object, str, object]] = []
         self._active = True
@@ -97,8 +95,7 @@ class WireMeter:
             if is_rtcp(data):
                 self._label = "rtcp"
             else:
-                ssrc = struct.unpack_from("!I", data, 8)[0] if len(data) >= 12 else None
-                self._label = self._ssrcs.get(ssrc, "rtp")
+                self._label = self._ssrcs.get(rtp_ssrc(data), "rtp")
             try:
                 await original(data)
             finally:
@@ -139,14 +136,6 @@ class WireMeter:
     def ssrcs(self) -> dict[int, str]:
         """SSRC → kind of this peer's RTP streams."""
         return dict(self._ssrcs)
-
-    def total(self) -> WireCount:
-        total = WireCount()
-        for count in self.counts.values():
-            total.packets += count.packets
-            total.payload_bytes += count.payload_bytes
-            total.wire_bytes += count.wire_bytes
-        return total
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {label: asdict(count) for label, count in sorted(self.counts.items())}

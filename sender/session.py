@@ -197,10 +197,11 @@ class SenderSession:
         that comes before its keyframe; on the data channel it queues behind it instead.
         (aiortc counts a message out of ``bufferedAmount`` once it is chunked, not sent, so this
         reads the SCTP transport's own queues.)"""
-        if self._control is None or self._control.bufferedAmount:
-            return self._control is not None
+        if self._control is None:
+            return False
         sctp = self._control.transport
-        return bool(getattr(sctp, "_outbound_queue", None) or getattr(sctp, "_data_channel_queue", None))
+        return bool(self._control.bufferedAmount or getattr(sctp, "_outbound_queue", None)
+                    or getattr(sctp, "_data_channel_queue", None))
 
     def send_motion_on_channel(self, packet: bytes) -> bool:
         """One motion packet on the unreliable data channel; False if it was not sent."""
