@@ -391,3 +391,31 @@ def test_closed_loop_settings_parse_price_and_head_turn_trigger():
             ours_sweep(bad, [3])
     rows = [{"codec": "ours", "setting": name, "payload_kbps": i} for i, name in enumerate(names)]
     assert set(curves_by_codec(rows)) == {"ours kf0", "ours adaptive", "ours adaptive turn 15"}
+
+
+def test_common_face_akd_scores_every_setting_on_the_same_frames(tmp_path) -> None:
+    """A setting that loses the face on its hardest frame must not look better for it: AKD on
+    the frames every setting shows a face puts both on the same pictures."""
+    from benchmarks.rd.scoring import add_common_face_akd, perframe_file
+
+    def row(setting, clip, akd):
+        np.savez_compressed(perframe_file(tmp_path, "ours", setting, clip), akd=np.asarray(akd))
+        return {"codec": "ours", "setting": setting, "clip": clip, "size": 256, "frames": 12,
+                "frames_requested": 12, "metric_every": 4, "scored_frames": len(akd),
+                "akd": float(np.nanmean(akd))}
+
+    # Frame 1 is hard: "lost" shows no face there, "kept" shows one 5 px off. Frame 2 has no
+    # face in the real frame (NaN in both).
+    lost = row("q3-kf4", "a.mp4", [1.0, np.nan, np.nan])
+    kept = row("q3-ad1", "a.mp4", [1.2, 5.0, np.nan])
+    assert lost["akd"] < kept["akd"]  # the per-setting mean rewards losing the face
+    stale = row("q3-kf8", "b.mp4", [2.0, 2.0, 2.0])
+    stale["akd"] = 3.0  # its file belongs to another run
+    alone = row("q3-kf8", "c.mp4", [np.nan, 1.5, 2.5])
+    add_common_face_akd([lost, kept, stale, alone], tmp_path)
+    assert lost["akd_common"] == pytest.approx(1.0) and kept["akd_common"] == pytest.approx(1.2)
+    assert lost["akd_common_frames"] == kept["akd_common_frames"] == 1
+    assert stale["akd_common"] is None and stale["akd_common_frames"] == 0
+    assert alone["akd_common"] == pytest.approx(2.0) and alone["akd_common_frames"] == 2
+    averages = rd.average_rows([lost, kept, stale])
+    assert {a["setting"]: a["akd_common"] for a in averages} == {"q3-kf4": 1.0, "q3-ad1": 1.2, "q3-kf8": None}

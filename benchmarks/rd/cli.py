@@ -21,6 +21,7 @@ from .plots import plot_all
 from .protocol import ALL_CODECS, FPS, METRICS, UNTRAINED_MARK
 from .results import ResultStore, average_rows, run_meta
 from .runner import Sweep, sweep_settings
+from .scoring import add_common_face_akd
 
 
 class Refused(Exception):
@@ -208,6 +209,7 @@ def _load_model(args: argparse.Namespace) -> Any:
 def _finish(store: ResultStore, out: Path, rows: list[dict[str, Any]], used_clips: list[str],
             untrained: bool, started: float) -> None:
     """Averages, analysis and plots into results.json, then summary.md beside it."""
+    add_common_face_akd(rows, out / "perframe")
     averages = average_rows(rows)
     store.data["clips"] = used_clips
     store.data["averages"] = averages

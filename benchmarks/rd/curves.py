@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import LOWER_IS_BETTER, METRICS
+from .protocol import AKD_COMMON, LOWER_IS_BETTER, SUMMARY_METRICS
 
 
 def _envelope(rates: Sequence[float], values: Sequence[float],
@@ -158,7 +158,7 @@ def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
     for label, points in curves.items():
         if label == "x264" or not x264 or label == "frozen":
             continue
-        for metric in METRICS:
+        for metric in SUMMARY_METRICS:
             a = [(p["payload_kbps"], p.get(metric)) for p in x264 if p.get(metric) is not None]
             b = [(p["payload_kbps"], p.get(metric)) for p in points if p.get(metric) is not None]
             if len(a) >= 2 and len(b) >= 2:
@@ -174,7 +174,7 @@ def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
         no_patch = "nopatch" in label
         fixed = [r for r, (q, refresh, *variant) in ours if q in qualities and refresh.startswith("kf")
                  and variant == (["nopatch"] if no_patch else [])]
-        for metric in ("lpips", "akd", "psnr"):
+        for metric in ("lpips", "akd", AKD_COMMON, "psnr"):
             a = [(p["payload_kbps"], p.get(metric)) for p in fixed if p.get(metric) is not None]
             b = [(p["payload_kbps"], p.get(metric)) for p in adaptive if p.get(metric) is not None]
             if len(a) >= 2 and len(b) >= 2:

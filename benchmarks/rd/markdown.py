@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .protocol import METRICS, UNTRAINED_MARK, metric_sampling_text
+from .protocol import AKD_COMMON, SUMMARY_METRICS, UNTRAINED_MARK, metric_label, metric_sampling_text
 
 
 def format_cell(value: Any, digits: int = 3) -> str:
@@ -22,14 +22,15 @@ def format_cell(value: Any, digits: int = 3) -> str:
 
 
 TABLE_COLUMNS = ("codec", "setting", "clips", "scored_frames", "payload_kbps", "wire_kbps",
-                 "bits_per_frame", "psnr", "ssim", "ms_ssim", "lpips", "akd", "aed", "encode_ms_per_frame",
-                 "decode_ms_per_frame")
+                 "bits_per_frame", "psnr", "ssim", "ms_ssim", "lpips", "akd", AKD_COMMON, "aed",
+                 "encode_ms_per_frame", "decode_ms_per_frame")
 
 
 def markdown_table(averages: list[dict[str, Any]]) -> str:
-    """The averaged results as a markdown table (untrained rows flagged)."""
+    """The averaged results as a markdown table (untrained rows flagged). "AKD common" is AKD
+    over the frames where every setting of the run shows a face (``akd_common``)."""
     head = ["codec", "setting", "clips", "scored frames/clip", "payload kbit/s", "on-wire kbit/s",
-            "bits/frame", "PSNR", "SSIM", "MS-SSIM", "LPIPS", "AKD", "AED", "enc ms/f", "dec ms/f"]
+            "bits/frame", "PSNR", "SSIM", "MS-SSIM", "LPIPS", "AKD", "AKD common", "AED", "enc ms/f", "dec ms/f"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in averages:
         cells = []
@@ -123,19 +124,19 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
         lines += [("## BD-rate against x264 (payload kbit/s; negative = fewer bits for the same "
                    "quality; log-rate interpolated piecewise-linearly on each curve's monotone "
                    "envelope; n/a = no overlap)"), "",
-                  "| curve | " + " | ".join(m.upper() for m in METRICS) + " |",
-                  "|" + " --- |" * (len(METRICS) + 1)]
+                  "| curve | " + " | ".join(metric_label(m) for m in SUMMARY_METRICS) + " |",
+                  "|" + " --- |" * (len(SUMMARY_METRICS) + 1)]
         for label, values in ana["bd_rate_vs_x264"].items():
             cells = [(format_cell(values.get(m)) + " %") if values.get(m) is not None else "n/a"
-                     for m in METRICS]
+                     for m in SUMMARY_METRICS]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     if ana.get("bd_rate_adaptive_vs_fixed_refresh"):
-        metrics = ("lpips", "akd", "psnr")
+        metrics = ("lpips", "akd", AKD_COMMON, "psnr")
         lines += [("## The closed loop against fixed keyframe refresh (BD-rate of each 'ours adaptive' "
                    "curve against every fixed period at its motion quality, none included, with "
                    "WebP q90 keyframes; negative = fewer bits for the same quality)"), "",
-                  "| curve | " + " | ".join(m.upper() for m in metrics) + " |",
+                  "| curve | " + " | ".join(metric_label(m) for m in metrics) + " |",
                   "|" + " --- |" * (len(metrics) + 1)]
         for label, values in ana["bd_rate_adaptive_vs_fixed_refresh"].items():
             lines.append(f"| {label} | " + " | ".join(

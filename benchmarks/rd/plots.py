@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .curves import curves_by_codec
-from .protocol import LOWER_IS_BETTER, METRICS
+from .protocol import LOWER_IS_BETTER, SUMMARY_METRICS, metric_label
 
 COLOURS = {"x264": (31, 119, 180), "vp8": (255, 127, 14), "vp9": (44, 160, 44),
            "av1": (148, 103, 189), "frozen": (0, 0, 0)}  # RGB
@@ -52,11 +52,11 @@ def plot_all(averages: list[dict[str, Any]], out_dir: Path, untrained: bool,
         backend = "matplotlib"
     except ImportError:
         backend = "opencv"
-    for metric in METRICS:
+    for metric in SUMMARY_METRICS:
         if not any(p.get(metric) is not None for c in curves.values() for p in c):
             continue
         path = out_dir / f"rd_{metric}.png"
-        title = f"{metric.upper()} vs {rate_key.replace('_', ' ').replace('kbps', 'kbit/s')}"
+        title = f"{metric_label(metric)} vs {rate_key.replace('_', ' ').replace('kbps', 'kbit/s')}"
         if untrained:
             title = "UNTRAINED — " + title
         if backend == "matplotlib":
@@ -88,7 +88,7 @@ def _plot_matplotlib(curves: dict[str, list[dict]], metric: str, rate_key: str, 
             ax.plot(xs, ys, style, color=colour, label=label, markersize=4)
     ax.set_xscale("log")
     ax.set_xlabel(rate_key.replace("_", " ").replace("kbps", "kbit/s"))
-    ax.set_ylabel(metric.upper() + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    ax.set_ylabel(metric_label(metric) + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
     ax.set_title(title, color="red" if title.startswith("UNTRAINED") else "black")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -144,7 +144,7 @@ def _plot_opencv(curves: dict[str, list[dict]], metric: str, rate_key: str, titl
     cv2.rectangle(img, (left, top), (width - right, height - bottom), black, 1)
     xlabel = rate_key.replace("_", " ").replace("kbps", "kbit/s") + " (log)"
     cv2.putText(img, xlabel, (left + 200, height - 15), font, 0.55, black, 1, cv2.LINE_AA)
-    ylabel = metric.upper() + (" (lower is better)" if metric in LOWER_IS_BETTER else "")
+    ylabel = metric_label(metric) + (" (lower is better)" if metric in LOWER_IS_BETTER else "")
     cv2.putText(img, ylabel, (left, top - 8), font, 0.5, black, 1, cv2.LINE_AA)
     title_colour = (220, 0, 0) if title.startswith("UNTRAINED") else black
     cv2.putText(img, title, (left, 25), font, 0.65, title_colour, 2, cv2.LINE_AA)

@@ -8,9 +8,20 @@ import numpy as np
 FPS = 25.0
 UNTRAINED_MARK = "UNTRAINED MODEL — our codec's quality figures are meaningless"
 METRICS = ("psnr", "ssim", "ms_ssim", "lpips", "akd", "aed")
+# AKD over the frames where every setting of the run shows a face (scoring.add_common_face_akd):
+# per-setting AKD averages whichever frames dlib found a face in, so a setting that loses the
+# face on its hardest frames looks better than one that keeps it there.
+AKD_COMMON = "akd_common"
+# Per-clip means averaged over clips, compared in BD-rates and plotted: the metrics and AKD_COMMON.
+SUMMARY_METRICS = (*METRICS, AKD_COMMON)
 # Lower is better for these; higher for the rest.
-LOWER_IS_BETTER = {"lpips", "akd", "aed"}
+LOWER_IS_BETTER = {"lpips", "akd", "aed", AKD_COMMON}
 ALL_CODECS = ("ours", "x264", "vp8", "vp9", "av1", "frozen")
+
+
+def metric_label(metric: str) -> str:
+    """A metric's name in headings and plot titles: "LPIPS", "AKD common" for AKD_COMMON."""
+    return "AKD common" if metric == AKD_COMMON else metric.upper()
 
 
 def scored_indices(n: int, metric_every: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from codec.api import DATA_CHANNEL_CHUNK_BYTES, DATA_CHANNEL_OVERHEAD_BYTES
 from codec.facecrop import FIT_FRAMES
 
 from .baselines import RTP_MAX_PAYLOAD, SRTP_PACKET_OVERHEAD_BYTES
-from .protocol import ALL_CODECS, FPS, METRICS, UNTRAINED_MARK, metric_sampling_text
+from .protocol import ALL_CODECS, FPS, SUMMARY_METRICS, UNTRAINED_MARK, metric_sampling_text
 
 
 def environment() -> dict[str, Any]:
@@ -124,7 +124,7 @@ def average_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [m.get(key) for m in members]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 avg[key] = float(np.mean(values))
-            elif key in METRICS:
+            elif key in SUMMARY_METRICS:
                 finite = [v for v in values if isinstance(v, (int, float))]
                 avg[key] = float(np.mean(finite)) if finite else None
         out.append(avg)

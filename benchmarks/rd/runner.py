@@ -16,11 +16,11 @@ import numpy as np
 from codec.progress import ProgressBar
 
 from .baselines import _pyav_settings, run_frozen, run_pyav
-from .clips import Clip, SkipClip, load_crops, slug
+from .clips import Clip, SkipClip, load_crops
 from .ours import ours_settings, run_ours_setting
 from .results import ResultStore
 from .runs import CodecRun, Setting
-from .scoring import MetricSuite, summarize
+from .scoring import MetricSuite, perframe_file, summarize
 
 # The package's name, not this module's: the stderr lines keep their "benchmarks.rd:" prefix.
 log = logging.getLogger("benchmarks.rd")
@@ -136,7 +136,6 @@ class Sweep:
         row["metric_ms_per_scored_frame"] = 1000.0 * metric_s / max(len(index), 1)
         row.update(side)
         row["extra"] = run.extra
-        name = slug(setting.codec + "_" + setting.name + "_" + clip.name)
-        np.savez_compressed(self.out / "perframe" / f"{name}.npz", frame_bytes=run.frame_bytes,
-                            scored=index, **values)
+        np.savez_compressed(perframe_file(self.out / "perframe", setting.codec, setting.name, clip.name),
+                            frame_bytes=run.frame_bytes, scored=index, **values)
         return row
