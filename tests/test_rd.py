@@ -419,3 +419,18 @@ def test_common_face_akd_scores_every_setting_on_the_same_frames(tmp_path) -> No
     assert alone["akd_common"] == pytest.approx(2.0) and alone["akd_common_frames"] == 2
     averages = rd.average_rows([lost, kept, stale])
     assert {a["setting"]: a["akd_common"] for a in averages} == {"q3-kf4": 1.0, "q3-ad1": 1.2, "q3-kf8": None}
+
+
+def test_a_run_that_only_resummarises_keeps_the_meta_of_the_code_that_scored(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    first = rd.ResultStore(path, {"env": {"git_sha": "aaa"}, "command": "run 1", "notes": ["old"]})
+    first.add({"codec": "ours", "setting": "q3-kf0", "clip": "a.mp4", "size": 256, "frames": 8})
+    again = rd.ResultStore(path, {"env": {"git_sha": "bbb"}, "command": "run 2", "notes": ["new"]})
+    again.note_resummarised()
+    again.save()
+    data = json.loads(path.read_text())
+    assert data["env"]["git_sha"] == "aaa" and data["notes"] == ["old"]
+    assert data["resummarised"] == [{"git_sha": "bbb", "command": "run 2"}]
+    resumed = rd.ResultStore(path, {"env": {"git_sha": "ccc"}, "command": "run 3", "notes": ["newer"]})
+    resumed.add({"codec": "ours", "setting": "q3-kf4", "clip": "a.mp4", "size": 256, "frames": 8})
+    assert json.loads(path.read_text())["env"]["git_sha"] == "ccc"  # it scored a row: its meta

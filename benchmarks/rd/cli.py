@@ -210,6 +210,7 @@ def _finish(store: ResultStore, out: Path, rows: list[dict[str, Any]], used_clip
             untrained: bool, started: float) -> None:
     """Averages, analysis and plots into results.json, then summary.md beside it."""
     add_common_face_akd(rows, out / "perframe")
+    store.note_resummarised()
     averages = average_rows(rows)
     store.data["clips"] = used_clips
     store.data["averages"] = averages

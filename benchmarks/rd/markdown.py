@@ -99,6 +99,8 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
               (f"- git sha: `{env.get('git_sha')}`; torch {env.get('torch')}, PyAV {env.get('av')}, "
                f"{env.get('device')} with {env.get('cpu_threads')} threads"),
               f"- protocol: {data.get('protocol', '')}",
+              *[f"- re-summarised from the stored rows and per-frame arrays at git sha `{r['git_sha']}`"
+                for r in data.get("resummarised", [])[-1:]],
               "- **metric sampling: " + metric_sampling_text(
                   data.get("metric_every", 1), data.get("frames_requested") or 250) + ".**",
               f"- clips: {', '.join(data.get('clips', [])) or 'none'}"]

@@ -70,15 +70,33 @@ def run_meta(name: str, command: str, untrained: bool, size: int, frames: int, e
 
 
 class ResultStore:
-    """results.json: loaded on start, rewritten atomically after every new row."""
+    """results.json: loaded on start, rewritten atomically after every new row.
+
+    ``meta`` (``run_meta``: environment, command, notes) describes the invocation that scores
+    rows. A resumed run records it once it adds a row; an invocation that only re-summarises
+    rows already there (new averages or analysis from the per-frame arrays) keeps the meta of
+    the code that scored them, and is recorded in ``resummarised`` instead."""
 
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.data: dict[str, Any] = {"results": []}
         if path.is_file():
             self.data = json.loads(path.read_text())
-        self.data.update(meta)
         self.data.setdefault("results", [])
+        self._meta: dict[str, Any] | None = meta
+        if not self.data["results"]:
+            self._record_meta()
+
+    def _record_meta(self) -> None:
+        if self._meta is not None:
+            self.data.update(self._meta)
+            self._meta = None
+
+    def note_resummarised(self) -> None:
+        """Called when a summary is written: an invocation that scored nothing says so."""
+        if self._meta is not None:
+            self.data.setdefault("resummarised", []).append(
+                {"git_sha": self._meta["env"]["git_sha"], "command": self._meta["command"]})
 
     @staticmethod
     def key(row: dict[str, Any]) -> tuple:
@@ -92,6 +110,7 @@ class ResultStore:
         return any(self.key(r) == wanted for r in self.data["results"])
 
     def add(self, row: dict[str, Any]) -> None:
+        self._record_meta()
         self.data["results"] = [r for r in self.data["results"] if self.key(r) != self.key(row)]
         self.data["results"].append(row)
         self.save()
