@@ -46,9 +46,10 @@ def markdown_table(averages: list[dict[str, Any]]) -> str:
 
 
 def closed_loop_clips(results: list[dict[str, Any]]) -> list[str]:
-    """Per clip, LPIPS and kbit/s of each closed-loop setting beside one keyframe, each fixed
-    period and the frozen keyframe (WebP q90 keyframes only); a clip where the loop is worse
-    than the frozen keyframe is marked. Empty without closed-loop rows."""
+    """Per clip, LPIPS (AKD on common frames in a run without LPIPS) and kbit/s of each
+    closed-loop setting beside one keyframe, each fixed period and the frozen keyframe (WebP
+    q90 keyframes only); a clip where the loop is worse than the frozen keyframe is marked.
+    Empty without closed-loop rows or either metric."""
     def refresh(row: dict[str, Any]) -> str | None:
         if row["codec"] == "frozen":
             return "frozen"
@@ -57,7 +58,8 @@ def closed_loop_clips(results: list[dict[str, Any]]) -> list[str]:
 
     adaptive = sorted({r for r in map(refresh, results) if r and r.startswith("ad")},
                       key=lambda name: (-float(name[2:].partition("t")[0]), name))  # ad<price>[t<deg>]
-    if not adaptive:
+    metric = next((m for m in ("lpips", AKD_COMMON) if any(r.get(m) is not None for r in results)), None)
+    if not adaptive or metric is None:
         return []
     fixed = sorted({r for r in map(refresh, results) if r and r.startswith("kf")},
                    key=lambda name: -float(name[2:]) if name != "kf0" else -1e9)
@@ -67,21 +69,21 @@ def closed_loop_clips(results: list[dict[str, Any]]) -> list[str]:
         name = refresh(row)
         if name in columns:
             cells.setdefault(row["clip"], {})[name] = row
-    lines = [("## The closed loop per clip (LPIPS at kbit/s; ✗: worse than the frozen keyframe; "
-              "keyframes: how many the loop sent)"), "",
+    lines = [(f"## The closed loop per clip ({metric_label(metric)} at kbit/s; ✗: worse than the frozen "
+              "keyframe; keyframes: how many the loop sent)"), "",
              "| clip | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
     for clip, row in cells.items():
-        frozen = row.get("frozen", {}).get("lpips")
+        frozen = row.get("frozen", {}).get(metric)
         out = []
         for name in columns:
             r = row.get(name)
-            if r is None or r.get("lpips") is None:
+            if r is None or r.get(metric) is None:
                 out.append("n/a")
                 continue
-            text = f"{r['lpips']:.3f} at {r['payload_kbps']:.1f}"
+            text = f"{r[metric]:.3f} at {r['payload_kbps']:.1f}"
             if name.startswith("ad"):
                 text += f" ({r.get('extra', {}).get('keyframes', '?')} kf)"
-                if frozen is not None and r["lpips"] > frozen:
+                if frozen is not None and r[metric] > frozen:
                     text += " ✗"
             out.append(text)
         lines.append(f"| {clip} | " + " | ".join(out) + " |")
