@@ -33,7 +33,9 @@ Bits counted:
   every frame; on the wire, one data-channel message.
 
 Metrics come from ``codec.metrics`` (PSNR on RGB, SSIM, MS-SSIM, LPIPS AlexNet v0.1, AKD and
-AED from dlib), per frame, then per clip (mean over frames), then averaged over clips.
+AED from dlib), per frame, then per clip (mean over frames), then averaged over clips. AKD
+skips the frames where dlib finds no face; ``akd_common`` is AKD over the frames where every
+setting of the run (and the real frame) shows one, so settings are compared on the same pictures.
 
 ``--metric-every K`` (default 1) scores only frames 0, K, 2K, …: every codec still encodes
 and decodes every frame, and the rates count every frame's bits, but the quality metrics
