@@ -35,6 +35,7 @@ import numpy as np
 from benchmarks.rd.clips import load_crops, manifest_clips
 from benchmarks.rd.curves import bd_rate
 from codec.api import RefreshPolicy
+from codec.families.base import NUM_POSE_VALUES
 from codec.families.landmark import motion_from_landmarks, pack_keyframe_info
 from codec.keyframe import decode_keyframe, encode_keyframe
 from codec.rebuild_score import rebuild_error
@@ -162,6 +163,29 @@ def online(errors: np.ndarray, step: int, policy: RefreshPolicy, motions: np.nda
     return keyframes
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two 1-D arrays (ties broken by order; NaN pairs dropped)."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3:
+        return float("nan")
+    ra, rb = (np.argsort(np.argsort(x[keep])).astype(np.float64) for x in (a, b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def keyframe_predictors(errors: np.ndarray, motions: np.ndarray, step: int) -> dict[str, float]:
+    """How well what the sender knows at a frame predicts how good a keyframe it makes: the
+    Spearman correlation, over the grid keyframes, between a keyframe's mean error over the
+    clip and how far its pose (the largest of |yaw, pitch, roll − the clip's median|) and its
+    expression (the distance of its expression coefficients from their median) are from the
+    clip's usual."""
+    keys = motions[np.arange(errors.shape[0]) * step]
+    median = np.nanmedian(motions, axis=0)
+    pose = np.max(np.abs(keys[:, :3] - median[:3]), axis=1)
+    expression = np.linalg.norm(keys[:, NUM_POSE_VALUES:] - median[NUM_POSE_VALUES:], axis=1)
+    quality = np.nanmean(errors, axis=1)
+    return {"pose": spearman(pose, quality), "expression": spearman(expression, quality)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.refresh_oracle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         n = errors.shape[1]
         seconds = n / FPS
         row = {"clip": clip.name, "seconds": seconds, "keyframe_bytes": keyframe_bytes,
+               "keyframe_predictors": keyframe_predictors(errors, motions, args.step),
                **{family: {} for family in FAMILIES}}
         for period in periods:
             frames = max(args.step, round(period * FPS / args.step) * args.step)
@@ -247,8 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         for c in pts:
             print(f"  {family:8s} {c['setting']:>5s}: {c['keyframes_per_s']:.3f} keyframes/s "
                   f"({c['keyframe_kbps']:5.1f} kbit/s) error {c['error']:.4f}")
+    predictors = {name: float(np.nanmedian([r["keyframe_predictors"][name] for r in rows]))
+                  for name in ("pose", "expression")}
+    print("a keyframe's mean error against its distance from the clip's usual pose / expression, "
+          f"Spearman, median over clips: {predictors['pose']:.2f} / {predictors['expression']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"step": args.step, "mean_keyframe_bytes": mean_bytes,
+                                    "keyframe_predictors_median": predictors,
                                     "bd_rate_keyframe_bits_vs_periodic_pct": summary, "curves": curves,
                                     "clips": rows}, indent=1))
     return 0

@@ -434,3 +434,19 @@ def test_a_run_that_only_resummarises_keeps_the_meta_of_the_code_that_scored(tmp
     resumed = rd.ResultStore(path, {"env": {"git_sha": "ccc"}, "command": "run 3", "notes": ["newer"]})
     resumed.add({"codec": "ours", "setting": "q3-kf4", "clip": "a.mp4", "size": 256, "frames": 8})
     assert json.loads(path.read_text())["env"]["git_sha"] == "ccc"  # it scored a row: its meta
+
+
+def test_refresh_oracle_ranks_keyframes_by_their_distance_from_the_usual_pose() -> None:
+    from benchmarks.refresh_oracle import keyframe_predictors, spearman
+
+    assert spearman(np.arange(5.0), np.arange(5.0) ** 3) == pytest.approx(1.0)
+    assert spearman(np.arange(5.0), -np.arange(5.0)) == pytest.approx(-1.0)
+    # 10 grid keyframes every 5th frame; a keyframe rebuilds the clip worse the further its
+    # yaw is from the clip's usual 0; the expression is unrelated noise.
+    rng = np.random.default_rng(0)
+    motions = np.zeros((50, 8))
+    motions[:, 0] = np.repeat([0, 1, 0, 20, 0, 5, 0, 2, 40, 0], 5)
+    motions[:, 6:] = rng.normal(size=(50, 2))
+    errors = (0.1 + 0.01 * np.abs(motions[::5, 0]))[:, None] + np.zeros((10, 50))
+    found = keyframe_predictors(errors, motions, 5)
+    assert found["pose"] > 0.8 and abs(found["expression"]) < 0.8
