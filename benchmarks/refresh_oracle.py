@@ -186,6 +186,21 @@ def keyframe_predictors(errors: np.ndarray, motions: np.ndarray, step: int) -> d
     return {"pose": spearman(pose, quality), "expression": spearman(expression, quality)}
 
 
+def policy_overrides(spec: str) -> dict[str, float]:
+    """"name=value,…" -> RefreshPolicy fields (numeric ones; the price comes from --prices)."""
+    import dataclasses
+
+    # Field types are strings under postponed annotations, classes otherwise.
+    fields = {f.name: getattr(f.type, "__name__", f.type) for f in dataclasses.fields(RefreshPolicy)}
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, value = item.partition("=")
+        if name not in fields or name == "price" or fields[name] not in ("float", "int"):
+            raise ValueError(f"not a numeric RefreshPolicy field: {name!r}")
+        out[name] = int(value) if fields[name] == "int" else float(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.refresh_oracle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step", type=int, default=5, help="keyframe grid, in frames (default: %(default)s)")
     p.add_argument("--periods", default="10,8,6,4,3,2,1.4,1", help="periodic refresh, seconds")
     p.add_argument("--prices", default="2,1,0.5,0.25,0.12", help="the online loop's prices")
+    p.add_argument("--policy", default="",
+                   help="replay the online loop with these RefreshPolicy fields changed, e.g. "
+                        "settle_wait_s=2,settle_deg=5 (numbers only)")
     p.add_argument("--select-s", type=float, default=2.0,
                    help="the selecting variants pick the keyframe among the last N seconds' frames")
     p.add_argument("--crops", type=Path, default=Path("out/rd/crops"), help="the rd crop cache")
@@ -206,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     from codec.zoo import load_landmark_model
 
     model = load_landmark_model(refiner=False)  # what the sender's check renders
+    try:
+        overrides = policy_overrides(args.policy)
+    except ValueError as exc:
+        p.error(f"--policy: {exc}")
     periods = [float(x) for x in args.periods.split(",")]
     prices = [float(x) for x in args.prices.split(",")]
     clips = manifest_clips(args.manifest, args.split)[:args.clips]
@@ -238,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "error": schedule_error(errors, args.step, oracle(errors, args.step, count))}
         for price in prices:
             for family, select_s in (("online", 0.0), ("online_select", args.select_s)):
-                plan = online(errors, args.step, RefreshPolicy(price=price), motions, select_s)
+                plan = online(errors, args.step, RefreshPolicy(**(overrides | {"price": price})), motions,
+                              select_s)
                 row[family][f"{price:g}"] = {"keyframes": len(plan),
                                              "error": schedule_error(errors, args.step, plan)}
         rows.append(row)
@@ -277,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     print("a keyframe's mean error against its distance from the clip's usual pose / expression, "
           f"Spearman, median over clips: {predictors['pose']:.2f} / {predictors['expression']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"step": args.step, "mean_keyframe_bytes": mean_bytes,
+    args.out.write_text(json.dumps({"step": args.step, "policy_overrides": overrides,
+                                    "mean_keyframe_bytes": mean_bytes,
                                     "keyframe_predictors_median": predictors,
                                     "bd_rate_keyframe_bits_vs_periodic_pct": summary, "curves": curves,
                                     "clips": rows}, indent=1))

@@ -450,3 +450,13 @@ def test_refresh_oracle_ranks_keyframes_by_their_distance_from_the_usual_pose() 
     errors = (0.1 + 0.01 * np.abs(motions[::5, 0]))[:, None] + np.zeros((10, 50))
     found = keyframe_predictors(errors, motions, 5)
     assert found["pose"] > 0.8 and abs(found["expression"]) < 0.8
+
+
+def test_refresh_oracle_replays_the_loop_with_changed_policy_fields() -> None:
+    from benchmarks.refresh_oracle import policy_overrides
+
+    assert policy_overrides("settle_wait_s=2, hold_checks=4") == {"settle_wait_s": 2.0, "hold_checks": 4}
+    assert policy_overrides("") == {}
+    for bad in ("price=1", "bogus=1", "settle_wait_s=x"):
+        with pytest.raises(ValueError):
+            policy_overrides(bad)
