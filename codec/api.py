@@ -273,6 +273,11 @@ class Encoder:
             self._next_keyframe_reason = reason
         self._keyframe_requested = True
 
+    @property
+    def face_seen(self) -> bool:
+        """Whether the tracker found a face by detection in the last encoded frame."""
+        return bool(self._tracker.face_seen)
+
     def request_intra(self) -> None:
         """Make the next motion packet absolute (the receiver lost one; no keyframe needed)."""
         self._motion.force_intra()

@@ -460,3 +460,29 @@ def test_refresh_oracle_replays_the_loop_with_changed_policy_fields() -> None:
     for bad in ("price=1", "bogus=1", "settle_wait_s=x"):
         with pytest.raises(ValueError):
             policy_overrides(bad)
+
+
+def test_periodic_refresh_that_waits_for_a_face_is_a_baseline_of_its_own():
+    from benchmarks.rd.curves import analysis, curves_by_codec
+    from benchmarks.rd.ours import ours_settings, ours_sweep, refresh_policy
+
+    points = ours_sweep("0,4@3,4f@3,2f@3", [3])
+    assert points == [(0.0, 3), (4.0, 3), ("f4", 3), ("f2", 3)]
+    assert [s.name for s in ours_settings(points)] == ["q3-kf0", "q3-kf4", "q3-kf4f", "q3-kf2f"]
+    assert refresh_policy("f4") is None
+    for bad in ("0f", "-2f"):
+        with pytest.raises(ValueError):
+            ours_sweep(bad, [3])
+
+    def row(setting, kbps, lpips):
+        return {"codec": "ours", "setting": setting, "payload_kbps": kbps, "lpips": lpips}
+
+    averages = [row("q3-kf0", 8, 0.14), row("q3-kf4", 19, 0.13), row("q3-kf2", 29, 0.12),
+                row("q3-kf4f", 19, 0.11), row("q3-kf2f", 29, 0.09),
+                row("q3-ad1", 17, 0.125), row("q3-ad0.5", 21, 0.118)]
+    assert set(curves_by_codec(averages)) == {"ours kf0", "ours periodic", "ours periodic face-wait",
+                                              "ours adaptive"}
+    result = analysis(averages)
+    blind = result["bd_rate_adaptive_vs_fixed_refresh"]["ours adaptive"]["lpips"]
+    waiting = result["bd_rate_adaptive_vs_face_wait_refresh"]["ours adaptive"]["lpips"]
+    assert blind < 0 < waiting  # the loop beats blind periods and loses to face-waiting ones here

@@ -226,3 +226,11 @@ def test_the_receiver_keeps_why_the_last_keyframe_and_switch_came(tiny_model):
         assert snapshot["last_switch_why"] == "h264: the rebuild fails: no face for 26 frames"
     finally:
         receiver.close()
+
+
+def test_the_encoder_says_whether_it_saw_a_face(portrait):
+    encoder = Encoder(resolve_model())
+    encoder.encode(next(iter(portrait)))
+    assert encoder.face_seen
+    encoder.encode(np.full((256, 256, 3), 128, np.uint8))
+    assert not encoder.face_seen

@@ -135,7 +135,8 @@ def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, 
             # periods, one across the closed loop's prices; each variant its own.
             turn = refresh.partition("t")[2] if refresh.startswith("ad") else ""  # ad<price>t<deg>
             label = ("ours kf0" if refresh == "kf0" else "ours adaptive" if refresh.startswith("ad")
-                     else "ours periodic") + (f" turn {turn}" if turn else "") + "".join(f" {v}" for v in variant)
+                     else "ours periodic face-wait" if refresh.endswith("f") else "ours periodic") \
+                + (f" turn {turn}" if turn else "") + "".join(f" {v}" for v in variant)
         curves.setdefault(label, []).append(row)
     for points in curves.values():
         points.sort(key=lambda r: r["payload_kbps"])
@@ -172,13 +173,19 @@ def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         qualities = {r["setting"].split("-")[0] for r in adaptive}
         no_patch = "nopatch" in label
-        fixed = [r for r, (q, refresh, *variant) in ours if q in qualities and refresh.startswith("kf")
-                 and variant == (["nopatch"] if no_patch else [])]
-        for metric in ("lpips", "akd", AKD_COMMON, "psnr"):
-            a = [(p["payload_kbps"], p.get(metric)) for p in fixed if p.get(metric) is not None]
-            b = [(p["payload_kbps"], p.get(metric)) for p in adaptive if p.get(metric) is not None]
-            if len(a) >= 2 and len(b) >= 2:
-                out.setdefault("bd_rate_adaptive_vs_fixed_refresh", {}).setdefault(label, {})[metric] = bd_rate(
-                    *zip(*a), *zip(*b), lower_is_better=metric in LOWER_IS_BETTER)
+        same = [(r, refresh) for r, (q, refresh, *variant) in ours if q in qualities
+                and refresh.startswith("kf") and variant == (["nopatch"] if no_patch else [])]
+        # Blind periods, and periods whose refresh waits for a detected face (kf<s>f), as the
+        # loop's does; one keyframe (kf0) belongs to both curves.
+        baselines = {"bd_rate_adaptive_vs_fixed_refresh": [r for r, name in same if not name.endswith("f")],
+                     "bd_rate_adaptive_vs_face_wait_refresh": [r for r, name in same
+                                                               if name.endswith("f") or name == "kf0"]}
+        for key, fixed in baselines.items():
+            for metric in ("lpips", "akd", AKD_COMMON, "psnr"):
+                a = [(p["payload_kbps"], p.get(metric)) for p in fixed if p.get(metric) is not None]
+                b = [(p["payload_kbps"], p.get(metric)) for p in adaptive if p.get(metric) is not None]
+                if len(a) >= 2 and len(b) >= 2:
+                    out.setdefault(key, {}).setdefault(label, {})[metric] = bd_rate(
+                        *zip(*a), *zip(*b), lower_is_better=metric in LOWER_IS_BETTER)
     return out
 

@@ -21,7 +21,9 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
     """(refresh, quality) pairs of our codec's sweep from ``--keyframe-refresh``: "R" runs
     every quality at period R seconds, "R@Q" quality Q only; "aP" / "aP@Q" the sender's
     closed-loop refresh at keyframe price P (kept as the string "aP"), "aPtD" with its head-turn
-    trigger at D degrees instead of the policy's default. Order kept, duplicates dropped."""
+    trigger at D degrees instead of the policy's default; "Rf" a period of R seconds whose
+    refresh waits for a frame where the face is detected (kept as the string "fR"). Order
+    kept, duplicates dropped."""
     out: list[tuple[float | str, int]] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
@@ -40,9 +42,10 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
                     raise ValueError(f"bad head-turn trigger {item!r}")
                 refresh += f"t{turn:g}"
         else:
-            refresh = float(period)
-            if refresh < 0 or not math.isfinite(refresh):
+            seconds = float(period.removesuffix("f"))
+            if seconds < 0 or not math.isfinite(seconds) or (period.endswith("f") and seconds == 0):
                 raise ValueError(f"bad refresh period {item!r}")
+            refresh = f"f{seconds:g}" if period.endswith("f") else seconds
         for q in ([int(only)] if only else qualities):
             if (refresh, q) not in out:
                 out.append((refresh, q))
@@ -50,9 +53,10 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
 
 
 def _refresh_name(refresh: float | str) -> str:
-    """kf<seconds> for a periodic refresh (kf0: one keyframe); ad<price> for the closed loop."""
+    """kf<seconds> for a periodic refresh (kf0: one keyframe), kf<seconds>f when it waits for a
+    face; ad<price> for the closed loop."""
     if isinstance(refresh, str):
-        return f"ad{refresh[1:]}"
+        return f"kf{refresh[1:]}f" if refresh.startswith("f") else f"ad{refresh[1:]}"
     return f"kf{refresh:g}"
 
 
@@ -76,7 +80,7 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
 def refresh_policy(refresh: float | str) -> Any:
     """The sender's closed-loop ``codec.api.RefreshPolicy`` for an "aP" refresh (keyframe
     price P); None for a period."""
-    if not isinstance(refresh, str):
+    if not isinstance(refresh, str) or not refresh.startswith("a"):
         return None
     from codec.api import RefreshPolicy
 
@@ -90,8 +94,10 @@ def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
                      progress: ProgressBar | None = None, metric_every: int = 1) -> CodecRun:
     """``run_ours`` for one ``ours_settings`` point: a periodic refresh or the closed loop."""
     refresh = params["refresh"]
-    periodic = refresh if isinstance(refresh, float) else 0.0
+    face_wait = isinstance(refresh, str) and refresh.startswith("f")
+    periodic = float(refresh[1:]) if face_wait else refresh if isinstance(refresh, float) else 0.0
     return run_ours(crops, loaded, params["quality"], periodic, refresh_policy=refresh_policy(refresh),
+                    face_wait=face_wait,
                     progress=progress, metric_every=metric_every, patches=params.get("patches", True),
                     keyframe_quality=params.get("keyframe_quality", 90),
                     keyframe_codec=params.get("keyframe_codec", "webp"))
@@ -100,10 +106,12 @@ def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
 def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
              metric_every: int = 1, refresh_policy=None, patches: bool = True,
-             keyframe_quality: int = 90, keyframe_codec: str = "webp") -> CodecRun:
+             keyframe_quality: int = 90, keyframe_codec: str = "webp", face_wait: bool = False) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
-    ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds.
+    ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds; with
+    ``face_wait`` a due refresh waits for a frame after one where the tracker detected a face
+    (the closed loop does the same: a keyframe without a face serves nothing after it).
     ``refresh_policy``: the sender's closed loop instead (``codec.api.RefreshPolicy``): a new
     keyframe when its own rebuild has drifted from the real frames long enough. ``patches``: the sender's
     reference patches of the mouth and eyes (their bytes count like the rest). Every frame
@@ -135,9 +143,12 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
     wire_bytes_without_audio = len(header) + DATA_CHANNEL_OVERHEAD_BYTES
     stream: list[bytes] = []
     started = time.perf_counter()
+    due = False
     for i in range(n):
-        if period and i > 0 and i % period == 0:
+        due = due or bool(period and i > 0 and i % period == 0)
+        if due and (not face_wait or encoder.face_seen):
             encoder.request_keyframe()
+            due = False
         packets = encoder.encode(np.ascontiguousarray(crops[i]), timestamp=i / fps)
         frame_bytes[i] += sum(len(p) for p in packets)
         messages += len(packets)
@@ -170,7 +181,8 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
         wire_bytes=wire_bytes,
         encode_s=encode_s, decode_s=decode_s,
         extra={"model": loaded.name, "untrained": bool(loaded.untrained), "quality": quality,
-               "keyframe_refresh_s": keyframe_refresh_s, "keyframe_codec": keyframe_codec,
+               "keyframe_refresh_s": keyframe_refresh_s, "face_wait": face_wait,
+               "keyframe_codec": keyframe_codec,
                "keyframe_quality": keyframe_quality,
                "refresh_policy": None if refresh_policy is None else str(refresh_policy),
                "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
