@@ -134,13 +134,12 @@ def settled(motions: np.ndarray, t: int, policy: RefreshPolicy) -> bool:
 
 def online(errors: np.ndarray, step: int, policy: RefreshPolicy, motions: np.ndarray | None = None,
            select_s: float = 0.0, window_s: float = 1.0) -> list[tuple[int, int]]:
-    """The Encoder's closed loop (floor, debt, jump, interval and, given the motions, settle rules;
+    """The Encoder's closed loop (debt, jump, interval and, given the motions, settle rules;
     no pose trigger, no budget) replayed on E: a refresh lands on a grid frame; with
     ``select_s`` it sends the best recent frame (``select``)."""
     n = errors.shape[1]
     keyframes, last, key = [(0, 0)], 0, 0
     floor, debt, jumps, due_since, cut = None, 0.0, 0, None, False
-    plateau: list[float] = []
     for t in range(1, n):
         if due_since is not None and t % step == 0 and (
                 cut or motions is None or settled(motions, t, policy)
@@ -148,17 +147,11 @@ def online(errors: np.ndarray, step: int, policy: RefreshPolicy, motions: np.nda
             key = select(errors, step, t, select_s, window_s) if select_s else t
             keyframes.append((t, key))
             last, floor, debt, jumps, due_since, cut = t, None, 0.0, 0, None, False
-            plateau = []
             continue
         if t == last:
             continue
         error = float(errors[key // step, t])
         floor = error if floor is None else floor
-        since = (t - last) / FPS
-        if policy.floor_from_s <= since < policy.floor_until_s:
-            plateau.append(error)
-        elif since >= policy.floor_until_s and plateau:
-            floor, plateau = float(np.mean(plateau)), []
         excess = max(0.0, error - floor)
         debt += excess / FPS
         jumps = jumps + 1 if excess > policy.jump else 0
