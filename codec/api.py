@@ -116,12 +116,8 @@ class RefreshPolicy:
     decoded keyframe and the quantized motion, through the same model, without the refiner)
     and scores it against the real crop with :func:`codec.rebuild_score.rebuild_error`.
 
-    The rule prices keyframes. Soon after a keyframe the rebuild is as good as this camera,
-    this model and this keyframe allow (the *floor*: the first check's error, then, from
-    ``floor_until_s`` on, the mean error of the checks from ``floor_from_s`` to
-    ``floor_until_s``: a talking face's error climbs within half a second of any keyframe and
-    stays, and measured from the first check that climb alone would pay for a keyframe every
-    few seconds, a blind period at worse moments). Every check adds the error
+    The rule prices keyframes. Right after a keyframe the rebuild is as good as this camera
+    and this model allow (the *floor*: the first check's error). Every check adds the error
     above that floor, times the seconds it stood for, to a *debt*; a new keyframe is sent
     when the debt reaches ``price``. A still talker runs up no debt and costs one keyframe;
     a turning head pays for one as soon as its rebuild has looked wrong long enough to be
@@ -129,7 +125,6 @@ class RefreshPolicy:
     is never sharp; a drop threshold fires on every nod.) ``price`` is the rate knob.
 
     price: error-seconds above the floor a keyframe is worth;
-    floor_from_s / floor_until_s: the window after a keyframe whose checks set its floor;
     jump: ... or refresh at once when the error stands this far above the floor for
         ``hold_checks`` checks (a cut, a light switched on: no need to wait for the debt);
     settle_deg / settle_window_s / settle_wait_s: a refresh that is due (debt or pose, not a
@@ -154,8 +149,6 @@ class RefreshPolicy:
 
     price: float = 0.5
     jump: float = 0.45
-    floor_from_s: float = 0.2
-    floor_until_s: float = 0.6
     settle_deg: float = 8.0
     settle_window_s: float = 3.0
     settle_wait_s: float = 1.0
@@ -222,9 +215,7 @@ class Encoder:
         self._last_keyframe_seq: int | None = None
         self._next_keyframe_reason = "stream start"
         self.last_keyframe_reason = ""  # why the newest keyframe was sent (a call's viewer shows it)
-        self._floor: float | None = None  # the keyframe's floor: first check's error, then its plateau
-        self._plateau: list[float] = []  # errors of the checks in the floor window
-        self._debt_floor: float | None = None  # the plateau: the debt counts the error above it
+        self._floor: float | None = None  # the first check's error after the last keyframe
         self._debt = 0.0  # error-seconds above the floor since the last keyframe
         self._keyframe_pose: np.ndarray | None = None  # yaw, pitch of the last keyframe
         self._turned_checks = 0
@@ -316,7 +307,6 @@ class Encoder:
                 self._local_source = self.model.prepare_source(decoded, info)
             self._last_keyframe_seq = seq
             self._floor, self._debt, self._turned_checks, self._jump_checks = None, 0.0, 0, 0
-            self._plateau, self._debt_floor = [], None
             self._due_since = None
             self._keyframe_pose = None
             packets.append(packet)
@@ -378,14 +368,7 @@ class Encoder:
         self.stats.last_rebuild_error = error
         if self._floor is None:
             self._floor = error
-        since = (seq - self._last_keyframe_seq) / self.frame_rate if self._last_keyframe_seq is not None else 0.0
-        if policy.floor_from_s <= since < policy.floor_until_s:
-            self._plateau.append(error)
-        elif since >= policy.floor_until_s and self._plateau:
-            self._debt_floor = float(np.mean(self._plateau))  # the plateau, measured once
-            self._plateau = []
-        debt_floor = self._floor if self._debt_floor is None else max(self._floor, self._debt_floor)
-        self._debt += max(0.0, error - debt_floor) * policy.check_every / self.frame_rate
+        self._debt += max(0.0, error - self._floor) * policy.check_every / self.frame_rate
         turn = float(np.max(np.abs(decoded[:2] - self._keyframe_pose))) if self._keyframe_pose is not None else 0.0
         self._turned_checks = self._turned_checks + 1 if turn > policy.pose_limit_deg else 0
         self._jump_checks = self._jump_checks + 1 if error - self._floor > policy.jump else 0
