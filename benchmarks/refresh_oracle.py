@@ -34,6 +34,7 @@ import numpy as np
 
 from benchmarks.rd.clips import load_crops, manifest_clips
 from benchmarks.rd.curves import bd_rate
+from benchmarks.score_calibration import spearman
 from codec.api import RefreshPolicy
 from codec.families.base import NUM_POSE_VALUES
 from codec.families.landmark import motion_from_landmarks, pack_keyframe_info
@@ -163,13 +164,10 @@ def online(errors: np.ndarray, step: int, policy: RefreshPolicy, motions: np.nda
     return keyframes
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation of two 1-D arrays (ties broken by order; NaN pairs dropped)."""
+def _spearman_finite(a: np.ndarray, b: np.ndarray) -> float:
+    """``spearman`` over the pairs where both are finite; NaN with fewer than 3."""
     keep = np.isfinite(a) & np.isfinite(b)
-    if keep.sum() < 3:
-        return float("nan")
-    ra, rb = (np.argsort(np.argsort(x[keep])).astype(np.float64) for x in (a, b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return spearman(a[keep], b[keep]) if keep.sum() >= 3 else float("nan")
 
 
 def keyframe_predictors(errors: np.ndarray, motions: np.ndarray, step: int) -> dict[str, float]:
@@ -183,7 +181,7 @@ def keyframe_predictors(errors: np.ndarray, motions: np.ndarray, step: int) -> d
     pose = np.max(np.abs(keys[:, :3] - median[:3]), axis=1)
     expression = np.linalg.norm(keys[:, NUM_POSE_VALUES:] - median[NUM_POSE_VALUES:], axis=1)
     quality = np.nanmean(errors, axis=1)
-    return {"pose": spearman(pose, quality), "expression": spearman(expression, quality)}
+    return {"pose": _spearman_finite(pose, quality), "expression": _spearman_finite(expression, quality)}
 
 
 def policy_overrides(spec: str) -> dict[str, float]:

@@ -344,7 +344,7 @@ class Encoder:
 
     def _watch_face(self, vector: np.ndarray, seq: int) -> None:
         """Fallback when the tracker has detected no face for ``face_lost_frames`` frames."""
-        lost = np.isnan(vector[:2]).all() or not self._tracker.face_seen
+        lost = np.isnan(vector[:2]).all() or not self.face_seen
         self._frames_without_face = self._frames_without_face + 1 if lost else 0
         if self.fallback is None and self._frames_without_face > self.refresh.face_lost_frames:
             self._enter_fallback(seq, f"no face for {self._frames_without_face} frames")
@@ -396,7 +396,7 @@ class Encoder:
             waited = (seq - self._due_since) / self.frame_rate
             median = np.median(np.stack(self._poses), axis=0) if self._poses else decoded[:3]
             settled = float(np.max(np.abs(decoded[:3] - median))) <= policy.settle_deg
-            if not self._tracker.face_seen:
+            if not self.face_seen:
                 return  # a keyframe without a detected face serves nothing after it
             if not settled and waited < policy.settle_wait_s:
                 return
@@ -428,7 +428,7 @@ class Encoder:
         seq = self._probe_frames
         self._probe_frames += 1
         vector = self._tracker.motion(crop)
-        if np.isnan(vector).any() or not self._tracker.face_seen:
+        if np.isnan(vector).any() or not self.face_seen:
             self._probe = None
             return None
         if self._probe is None:

@@ -154,7 +154,6 @@ def summarize(metrics: dict[str, np.ndarray], run: CodecRun, fps: float = FPS,
     return row
 
 
-
 def perframe_file(folder: Path, codec: str, setting: str, clip: str) -> Path:
     """Where a row's per-frame arrays live (written by the sweep, read by
     ``add_common_face_akd``)."""
@@ -182,8 +181,8 @@ def add_common_face_akd(rows: Sequence[dict[str, Any]], folder: Path) -> None:
         shared = None
         if all(v is not None for v in values) and len({len(v) for v in values}) == 1:
             shared = np.all(np.isfinite(np.stack(values)), axis=0)
+        found = shared is not None and bool(shared.any())
         for row, akd in zip(members, values):
-            found = shared is not None and bool(shared.any())
             row[AKD_COMMON] = float(akd[shared].mean()) if found else None
             row[AKD_COMMON + "_frames"] = int(shared.sum()) if shared is not None else 0
 
