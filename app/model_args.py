@@ -34,13 +34,12 @@ def model_from_args(args: argparse.Namespace, name: str | None = None) -> Talkin
 
 def add_refresh_arg(parser: argparse.ArgumentParser) -> None:
     """--refresh: the sender's closed-loop keyframe refresh (codec.api.RefreshPolicy)."""
-    parser.add_argument("--refresh", default="off", type=refresh_policy, metavar="PRICE|off",
+    parser.add_argument("--refresh", default="off", type=refresh_policy, metavar="GAIN|off",
                         help="closed-loop keyframe refresh: the sender renders what the receiver "
-                             "shows and sends a new keyframe when its error over a fresh "
-                             "keyframe's, summed over time, reaches PRICE (e.g. 0.5; lower: more "
-                             "keyframes); in a call it also falls back to H.264 while keyframes "
-                             "stop helping. Off by default until the rd benchmark shows it "
-                             "beating periodic refresh (README)")
+                             "shows and sends the frame at hand as a new keyframe when it would "
+                             "have rebuilt the last 2 s with a mean error lower by GAIN (e.g. "
+                             "0.05; lower: more keyframes); in a call it also falls back to H.264 "
+                             "while keyframes stop helping. Off by default (README)")
 
 
 def refresh_policy(value: str):
@@ -50,9 +49,9 @@ def refresh_policy(value: str):
     if value.strip().lower() in ("off", "none", "0"):
         return None
     try:
-        price = float(value)
+        gain = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--refresh takes a price or 'off', not {value!r}") from None
-    if not 0 < price < 1e6:
-        raise argparse.ArgumentTypeError(f"--refresh price must be positive, got {value!r}")
-    return RefreshPolicy(price=price)
+        raise argparse.ArgumentTypeError(f"--refresh takes a gain or 'off', not {value!r}") from None
+    if not 0 < gain < 1e6:
+        raise argparse.ArgumentTypeError(f"--refresh gain must be positive, got {value!r}")
+    return RefreshPolicy(gain=gain)

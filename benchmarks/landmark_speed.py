@@ -4,8 +4,10 @@
 
 Sender stages: ``landmarks`` (dlib shape predictor in the box of the last landmarks),
 ``pose_expression`` (pose fit + expression coefficients), ``motion_code`` (quantize +
-range-code + packet), and ``encode_total`` (``Encoder.encode`` on an inter frame, all of the
-above). Receiver stages: ``motion_decode`` (parse + range-decode), ``warp_maps`` (driving
+range-code + packet), ``encode_total`` (``Encoder.encode`` on an inter frame, all of the
+above) and, with ``--refresh GAIN``, ``encode_closed_loop`` (the same with the closed loop:
+a check render every frame, a trial keyframe every 5th; its mean is the per-frame cost).
+Receiver stages: ``motion_decode`` (parse + range-decode), ``warp_maps`` (driving
 points + mesh rasterisation), ``remap`` (sampling the keyframe), ``render`` (the model's
 render: the warp, plus the learned refiner unless ``--no-refiner``) and ``decode_total``
 (``Decoder.decode`` of a motion packet: decode + render, with the reference patches the
@@ -44,20 +46,21 @@ def _input_frames(data: Path, frames: int, model: LandmarkModel) -> tuple[list[n
 
 def _summary(times_ms: list[float]) -> dict[str, float]:
     values = np.asarray(times_ms)
-    return {"median_ms": float(np.median(values)), "p90_ms": float(np.percentile(values, 90)),
+    return {"median_ms": float(np.median(values)), "mean_ms": float(values.mean()),
+            "p90_ms": float(np.percentile(values, 90)),
             "min_ms": float(values.min()), "count": int(values.size)}
 
 
 def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int,
-            patches: bool = True) -> dict[str, dict[str, float]]:
-    from codec.api import Decoder, Encoder
+            patches: bool = True, refresh_gain: float | None = None) -> dict[str, dict[str, float]]:
+    from codec.api import Decoder, Encoder, RefreshPolicy
     from codec.bitstream import MotionPacket, parse_packet
     from codec.families.landmark import motion_from_landmarks
     from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table_for
 
     stages: dict[str, list[float]] = {name: [] for name in (
         "landmarks", "pose_expression", "motion_code", "encode_total",
-        "motion_decode", "warp_maps", "remap", "render", "decode_total")}
+        "encode_closed_loop", "motion_decode", "warp_maps", "remap", "render", "decode_total")}
     clock = time.perf_counter
 
     # Stage by stage, on the same frames the end-to-end runs use.
@@ -108,6 +111,14 @@ def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int,
                 stages["decode_total"].append(1000.0 * (t3 - t2))
         if i >= warmup and i > 0:
             stages["encode_total"].append(1000.0 * (t1 - t0))
+    if refresh_gain is not None:
+        # The closed loop's keyframes are timed with the rest: they are part of its cost.
+        encoder = Encoder(model, patches=patches, refresh=RefreshPolicy(gain=refresh_gain))
+        for i, frame in enumerate(frames):
+            t0 = clock()
+            encoder.encode(frame, i / 25)
+            if i >= warmup and i > 0:
+                stages["encode_closed_loop"].append(1000.0 * (clock() - t0))
     return {name: _summary(values) for name, values in stages.items() if values}
 
 
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-refiner", action="store_true", help="time the plain warp, without the refiner")
     p.add_argument("--no-patches", action="store_true",
                    help="the end-to-end stages without reference patches (the sender sends none)")
+    p.add_argument("--refresh", type=float, default=None, metavar="GAIN",
+                   help="also time Encoder.encode with the closed-loop refresh at this gain")
     args = p.parse_args(argv)
     import torch
 
@@ -132,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = resolve_model("landmark", refiner=not args.no_refiner)
     frames, what = _input_frames(args.data, args.frames + args.warmup, model)
-    results = measure(frames, model, args.warmup, patches=not args.no_patches)
+    results = measure(frames, model, args.warmup, patches=not args.no_patches, refresh_gain=args.refresh)
     for name, row in results.items():
-        print(f"{name:16s} median {row['median_ms']:6.2f} ms  p90 {row['p90_ms']:6.2f} ms  (n={row['count']})")
+        print(f"{name:18s} median {row['median_ms']:6.2f} ms  mean {row['mean_ms']:6.2f} ms  "
+              f"p90 {row['p90_ms']:6.2f} ms  (n={row['count']})")
     report = {"name": "landmark-speed", "input": what, "threads": args.threads, "model": model.name,
               "refiner": model.refiner is not None, "patches": not args.no_patches,
               "env": {"machine": platform.machine(), "processor": platform.processor(),

@@ -11,10 +11,10 @@ second. Compared, per number of keyframes:
 - periodic: a keyframe every P seconds (what ``--keyframe-refresh P`` sends);
 - oracle: the schedule with the least error for its number of keyframes, found by dynamic
   programming with the whole clip known in advance (no online rule can beat it);
-- online: ``codec.api.Encoder``'s closed loop replayed on E, at each ``--prices`` value;
-- periodic_select / online_select: the same schedules, but each refresh sends, of the frames
-  of the last ``--select-s`` seconds, the one that rebuilds the last second best (a sender
-  that renders its own output can choose its keyframe, not only its timing).
+- online: ``codec.api.Encoder``'s closed loop replayed on E, at each ``--gains`` value
+  (its trial keyframes and its cut rule; no pose trigger, no face test, no byte budget);
+- periodic_select: the periodic schedules, but each refresh sends, of the frames of the last
+  ``--select-s`` seconds, the one that rebuilds the last second best.
 
 The gap between periodic and the oracle bounds what any closed loop can win by timing
 alone, on this score; the online rows show how much of it the shipped rule takes.
@@ -42,7 +42,7 @@ from codec.keyframe import decode_keyframe, encode_keyframe
 from codec.rebuild_score import rebuild_error
 
 FPS = 25.0
-FAMILIES = ("periodic", "periodic_select", "online", "online_select", "oracle")
+FAMILIES = ("periodic", "periodic_select", "online", "oracle")
 
 
 def error_matrix(model, crops: np.ndarray, step: int) -> tuple[np.ndarray, int, np.ndarray]:
@@ -126,41 +126,28 @@ def oracle(errors: np.ndarray, step: int, count: int) -> list[int]:
     return sorted(starts[i] for i in chosen)
 
 
-def settled(motions: np.ndarray, t: int, policy: RefreshPolicy) -> bool:
-    """The Encoder's settle test: yaw, pitch and roll within ``settle_deg`` of their median
-    over the last ``settle_window_s``."""
-    recent = motions[max(0, t - round(policy.settle_window_s * FPS)):t + 1, :3]
-    return float(np.max(np.abs(motions[t, :3] - np.median(recent, axis=0)))) <= policy.settle_deg
-
-
-def online(errors: np.ndarray, step: int, policy: RefreshPolicy, motions: np.ndarray | None = None,
-           select_s: float = 0.0, window_s: float = 1.0) -> list[tuple[int, int]]:
-    """The Encoder's closed loop (debt, jump, interval and, given the motions, settle rules;
-    no pose trigger, no budget) replayed on E: a refresh lands on a grid frame; with
-    ``select_s`` it sends the best recent frame (``select``)."""
+def online(errors: np.ndarray, step: int, policy: RefreshPolicy) -> list[int]:
+    """The Encoder's closed loop replayed on E: every ``candidate_every``-th grid frame, once
+    ``min_interval_s`` has passed, the frame at hand is a trial keyframe, sent when it rebuilds
+    the window's frames (E[trial, ·]) better than the held keyframe did by ``gain``; a cut
+    (the error ``jump`` over the first check for ``hold_checks`` frames) refreshes at the next
+    grid frame."""
     n = errors.shape[1]
-    keyframes, last, key = [(0, 0)], 0, 0
-    floor, debt, jumps, due_since, cut = None, 0.0, 0, None, False
+    every = max(step, -(-policy.candidate_every // step) * step)
+    gap, span = round(policy.window_gap_s * FPS), round(policy.window_s * FPS)
+    keyframes, last, floor, jumps = [0], 0, None, 0
     for t in range(1, n):
-        if due_since is not None and t % step == 0 and (
-                cut or motions is None or settled(motions, t, policy)
-                or (t - due_since) / FPS >= policy.settle_wait_s):
-            key = select(errors, step, t, select_s, window_s) if select_s else t
-            keyframes.append((t, key))
-            last, floor, debt, jumps, due_since, cut = t, None, 0.0, 0, None, False
-            continue
-        if t == last:
-            continue
-        error = float(errors[key // step, t])
+        error = float(errors[last // step, t])
         floor = error if floor is None else floor
-        excess = max(0.0, error - floor)
-        debt += excess / FPS
-        jumps = jumps + 1 if excess > policy.jump else 0
-        if jumps >= policy.hold_checks:
-            cut = True
-        due = cut or debt >= policy.price
-        if due and due_since is None and (t - last) / FPS >= policy.min_interval_s:
-            due_since = t
+        jumps = jumps + 1 if error - floor > policy.jump else 0
+        if t % every or (t - last) / FPS < policy.min_interval_s:
+            continue
+        window = np.arange(t - gap, max(last, t - span - 1), -policy.window_step)
+        if jumps < policy.hold_checks and (len(window) < 2 or float(
+                np.mean(errors[last // step, window]) - np.mean(errors[t // step, window])) < policy.gain):
+            continue
+        keyframes.append(t)
+        last, floor, jumps = t, None, 0
     return keyframes
 
 
@@ -185,7 +172,7 @@ def keyframe_predictors(errors: np.ndarray, motions: np.ndarray, step: int) -> d
 
 
 def policy_overrides(spec: str) -> dict[str, float]:
-    """"name=value,…" -> RefreshPolicy fields (numeric ones; the price comes from --prices)."""
+    """"name=value,…" -> RefreshPolicy fields (numeric ones; the gain comes from --gains)."""
     import dataclasses
 
     # Field types are strings under postponed annotations, classes otherwise.
@@ -193,7 +180,7 @@ def policy_overrides(spec: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, value = item.partition("=")
-        if name not in fields or name == "price" or fields[name] not in ("float", "int"):
+        if name not in fields or name == "gain" or fields[name] not in ("float", "int"):
             raise ValueError(f"not a numeric RefreshPolicy field: {name!r}")
         out[name] = int(value) if fields[name] == "int" else float(value)
     return out
@@ -207,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=250)
     p.add_argument("--step", type=int, default=5, help="keyframe grid, in frames (default: %(default)s)")
     p.add_argument("--periods", default="10,8,6,4,3,2,1.4,1", help="periodic refresh, seconds")
-    p.add_argument("--prices", default="2,1,0.5,0.25,0.12", help="the online loop's prices")
+    p.add_argument("--gains", default="0.2,0.12,0.08,0.05,0.03,0.02", help="the online loop's gains")
     p.add_argument("--policy", default="",
                    help="replay the online loop with these RefreshPolicy fields changed, e.g. "
-                        "settle_wait_s=2,settle_deg=5 (numbers only)")
+                        "window_s=3,min_interval_s=2 (numbers only)")
     p.add_argument("--select-s", type=float, default=2.0,
                    help="the selecting variants pick the keyframe among the last N seconds' frames")
     p.add_argument("--crops", type=Path, default=Path("out/rd/crops"), help="the rd crop cache")
@@ -227,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(f"--policy: {exc}")
     periods = [float(x) for x in args.periods.split(",")]
-    prices = [float(x) for x in args.prices.split(",")]
+    gains = [float(x) for x in args.gains.split(",")]
     clips = manifest_clips(args.manifest, args.split)[:args.clips]
     rows = []
     for clip in clips:
@@ -256,12 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         for count in sorted({v["keyframes"] for v in row["periodic"].values()}):
             row["oracle"][str(count)] = {"keyframes": count,
                                          "error": schedule_error(errors, args.step, oracle(errors, args.step, count))}
-        for price in prices:
-            for family, select_s in (("online", 0.0), ("online_select", args.select_s)):
-                plan = online(errors, args.step, RefreshPolicy(**(overrides | {"price": price})), motions,
-                              select_s)
-                row[family][f"{price:g}"] = {"keyframes": len(plan),
-                                             "error": schedule_error(errors, args.step, plan)}
+        for gain in gains:
+            plan = online(errors, args.step, RefreshPolicy(**(overrides | {"gain": gain})))
+            row["online"][f"{gain:g}"] = {"keyframes": len(plan), "error": schedule_error(errors, args.step, plan)}
         rows.append(row)
         print(f"{clip.name[:50]:50s} {time.perf_counter() - started:5.1f} s  periodic 4 s "
               f"{row['periodic'].get('4', {}).get('error', float('nan')):.4f}", flush=True)

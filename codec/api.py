@@ -116,24 +116,27 @@ class RefreshPolicy:
     decoded keyframe and the quantized motion, through the same model, without the refiner)
     and scores it against the real crop with :func:`codec.rebuild_score.rebuild_error`.
 
-    The rule prices keyframes. Right after a keyframe the rebuild is as good as this camera
-    and this model allow (the *floor*: the first check's error). Every check adds the error
-    above that floor, times the seconds it stood for, to a *debt*; a new keyframe is sent
-    when the debt reaches ``price``. A still talker runs up no debt and costs one keyframe;
-    a turning head pays for one as soon as its rebuild has looked wrong long enough to be
-    worth the bytes. (An absolute threshold refreshes forever on a noisy webcam whose rebuild
-    is never sharp; a drop threshold fires on every nod.) ``price`` is the rate knob.
+    The rule asks the question a refresh answers: would the frame at hand, sent as the
+    keyframe, have rebuilt the last seconds better than the keyframe the receiver holds? Every
+    ``candidate_every`` frames the sender takes the current crop as a trial keyframe, renders
+    from it the frames of the last ``window_s`` seconds (every ``window_step``-th, leaving out
+    the last ``window_gap_s``, which any neighbour rebuilds well) and compares their mean error
+    with what the held keyframe gave on the same frames. When the trial does better by
+    ``gain`` or more, the trial frame itself is sent. Recent frames stand in for the coming
+    ones: a still talker whose keyframe already serves is left alone, whatever its error; a
+    keyframe caught mid-blink or mid-word is replaced by one that serves the talker's usual
+    face; a turned head or a new scene is caught as soon as the new view has lasted long
+    enough to be worth a keyframe. ``gain`` is the rate knob. (An error threshold refreshes
+    forever on a noisy webcam whose rebuild is never sharp; a debt of error above the floor
+    right after the keyframe, the rule before this one, refreshes a steady talker whose error
+    plateaus, and sends whatever frame is at hand: benchmarks.refresh_oracle and README.)
 
-    price: error-seconds above the floor a keyframe is worth;
-    jump: ... or refresh at once when the error stands this far above the floor for
-        ``hold_checks`` checks (a cut, a light switched on: no need to wait for the debt);
-    settle_deg / settle_window_s / settle_wait_s: a refresh that is due (debt or pose, not a
-        jump) waits, at most ``settle_wait_s``, for a frame whose yaw, pitch and roll are all
-        within ``settle_deg`` of their median over the last ``settle_window_s``: a keyframe
-        taken at the head's usual pose serves the frames after it better than one caught
-        mid-movement (benchmarks.refresh_oracle: the best keyframes sit near the clip's
-        median pose). It always waits for a frame where the face is detected;
-    pose_limit_deg: ... or refresh when yaw or pitch stays this far from the keyframe's for
+    gain: mean rebuild error over the window a trial keyframe must save (lower: more keyframes);
+    window_s / window_gap_s / window_step / candidate_every: the trial's frames and how often
+        one is tried (sender CPU: one source and window_s·fps/window_step warps per trial);
+    jump: ... or refresh at once when the error stands this far above the first check after
+        the keyframe for ``hold_checks`` checks (a cut, a light switched on: no need to wait);
+    pose_limit_deg: ... or when yaw or pitch stays this far from the keyframe's for
         ``hold_checks`` checks (a turned head shows sides of the face the keyframe lacks);
     check_every: render and score every N-th frame (sender CPU: one warp, ~3 ms at 256 px);
     min_interval_s: never two keyframes closer than this;
@@ -143,15 +146,17 @@ class RefreshPolicy:
         within this many seconds of the keyframe before, a keyframe no longer helps (a hand
         over the face, someone walking through): the Encoder says so in ``fallback`` and a
         call switches to H.264; so does a face missing for ``face_lost_frames`` frames;
-    probe_s: while in fallback the sender tries a local keyframe (nothing is sent) and
-        returns when, for this long, it runs up less than half the price and a face is seen.
+    probe_s / probe_excess: while in fallback the sender tries a local keyframe (nothing is
+        sent) and returns when, for ``probe_s``, the rebuild's error stays on average less
+        than ``probe_excess`` above its first check and a face is seen.
     """
 
-    price: float = 0.5
+    gain: float = 0.05
+    window_s: float = 2.0
+    window_gap_s: float = 0.2
+    window_step: int = 5
+    candidate_every: int = 5
     jump: float = 0.45
-    settle_deg: float = 8.0
-    settle_window_s: float = 3.0
-    settle_wait_s: float = 1.0
     pose_limit_deg: float = 25.0
     hold_checks: int = 3
     check_every: int = 1
@@ -161,6 +166,7 @@ class RefreshPolicy:
     fallback_window_s: float = 2.0
     face_lost_frames: int = 25
     probe_s: float = 1.0
+    probe_excess: float = 0.25
 
 
 @dataclass
@@ -216,14 +222,13 @@ class Encoder:
         self._next_keyframe_reason = "stream start"
         self.last_keyframe_reason = ""  # why the newest keyframe was sent (a call's viewer shows it)
         self._floor: float | None = None  # the first check's error after the last keyframe
-        self._debt = 0.0  # error-seconds above the floor since the last keyframe
         self._keyframe_pose: np.ndarray | None = None  # yaw, pitch of the last keyframe
         self._turned_checks = 0
         self._jump_checks = 0
-        self._due_since: int | None = None  # a refresh came due at this frame, waiting for a settled pose
-        # Recent yaw, pitch, roll: the settle test's median pose.
-        self._poses: collections.deque = collections.deque(
-            maxlen=max(1, round(refresh.settle_window_s * frame_rate)) if refresh is not None else 1)
+        # The checked frames since the last keyframe, within the trial window: (seq, crop,
+        # decoded motion, rebuild error from the held keyframe).
+        self._window: collections.deque = collections.deque()
+        self._trial_keyframe: tuple[np.ndarray, bytes] | None = None  # (crop, info) the loop chose to send
         self._quick_refreshes = 0  # refreshes in a row that came due within fallback_window_s
         self._frames_without_face = 0
         self.fallback: str | None = None  # set when keyframes stopped helping: why (a call goes H.264)
@@ -295,8 +300,10 @@ class Encoder:
         vector = self._tracker.motion(crop)
         packets: list[bytes] = []
         if self._keyframe_requested:
-            data = encode_keyframe(crop, self.keyframe_codec, self.keyframe_quality)
-            info = self._tracker.keyframe_info(crop)
+            # The frame the closed loop tried and chose (one frame back), else this one.
+            image, info = self._trial_keyframe or (crop, self._tracker.keyframe_info(crop))
+            self._trial_keyframe = None
+            data = encode_keyframe(image, self.keyframe_codec, self.keyframe_quality)
             packet = KeyframePacket(seq=seq, timestamp=ticks,
                                     codec_id=KEYFRAME_CODEC_IDS[self.keyframe_codec],
                                     image_bytes=data, info=info).pack()
@@ -306,8 +313,8 @@ class Encoder:
                                      self.model.image_size)
                 self._local_source = self.model.prepare_source(decoded, info)
             self._last_keyframe_seq = seq
-            self._floor, self._debt, self._turned_checks, self._jump_checks = None, 0.0, 0, 0
-            self._due_since = None
+            self._floor, self._turned_checks, self._jump_checks = None, 0, 0
+            self._window.clear()
             self._keyframe_pose = None
             packets.append(packet)
             self.stats.keyframes += 1
@@ -335,8 +342,6 @@ class Encoder:
         if self._keyframe_pose is None and decoded is not None:
             self._keyframe_pose = decoded[:2].copy()
         if self.refresh is not None:
-            if decoded is not None:
-                self._poses.append(decoded[:3].copy())
             self._watch_face(vector, seq)
             if seq % self.refresh.check_every == 0:
                 self._check_rebuild(crop, seq)
@@ -368,18 +373,12 @@ class Encoder:
         self.stats.last_rebuild_error = error
         if self._floor is None:
             self._floor = error
-        self._debt += max(0.0, error - self._floor) * policy.check_every / self.frame_rate
+        self._window.append((seq, crop, decoded.copy(), error))
+        while seq - self._window[0][0] > round(policy.window_s * self.frame_rate):
+            self._window.popleft()
         turn = float(np.max(np.abs(decoded[:2] - self._keyframe_pose))) if self._keyframe_pose is not None else 0.0
         self._turned_checks = self._turned_checks + 1 if turn > policy.pose_limit_deg else 0
         self._jump_checks = self._jump_checks + 1 if error - self._floor > policy.jump else 0
-        if self._jump_checks >= policy.hold_checks:
-            why = f"rebuild error {error:.2f} jumped over the keyframe's floor {self._floor:.3f}"
-        elif self._debt >= policy.price:
-            why = f"rebuild error {self._debt:.2f} error-s over the keyframe's floor {self._floor:.3f}"
-        elif self._turned_checks >= policy.hold_checks:
-            why = f"head turned {turn:.0f}° from the keyframe"
-        else:
-            return
         if self._keyframe_requested:
             return
         since = (1e9 if self._last_keyframe_seq is None
@@ -390,21 +389,25 @@ class Encoder:
         budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
         if since < policy.min_interval_s or self.stats.keyframe_bytes + average_keyframe > budget_bytes:
             return
-        if self._jump_checks < policy.hold_checks:
-            # Not a cut: wait (a little) for the head's usual pose.
-            self._due_since = seq if self._due_since is None else self._due_since
-            waited = (seq - self._due_since) / self.frame_rate
-            median = np.median(np.stack(self._poses), axis=0) if self._poses else decoded[:3]
-            settled = float(np.max(np.abs(decoded[:3] - median))) <= policy.settle_deg
-            if not self.face_seen:
-                return  # a keyframe without a detected face serves nothing after it
-            if not settled and waited < policy.settle_wait_s:
+        if self._jump_checks >= policy.hold_checks:
+            why = f"rebuild error {error:.2f} jumped over the keyframe's first check {self._floor:.3f}"
+        elif not self.face_seen:
+            return  # a keyframe without a detected face serves nothing after it
+        elif self._turned_checks >= policy.hold_checks:
+            why = f"head turned {turn:.0f}° from the keyframe"
+        elif seq % policy.candidate_every == 0 and (trial := self._trial(crop, seq)) is not None:
+            held, fresh, info = trial
+            if held - fresh < policy.gain:
                 return
-            why += (f"; at a settled pose {waited:.1f} s later" if settled
-                    else f"; the pose did not settle in {waited:.1f} s")
+            window = (seq - self._window[0][0]) / self.frame_rate
+            why = f"this frame rebuilds the last {window:.1f} s better: error {fresh:.3f}, not {held:.3f}"
+            self._trial_keyframe = (crop, info)
+        else:
+            return
         self._quick_refreshes = self._quick_refreshes + 1 if since <= policy.fallback_window_s else 0
         if self._quick_refreshes >= policy.fallback_refreshes and self.fallback is None:
             # A call switches to H.264 now; a file (no H.264 in it) goes on refreshing.
+            self._trial_keyframe = None
             self._enter_fallback(seq, f"{self._quick_refreshes} keyframes in a row each lasted "
                                       f"under {policy.fallback_window_s:g} s")
             return
@@ -412,13 +415,32 @@ class Encoder:
         log.info("keyframe refresh at frame %d: %s", seq, why)
         self.request_keyframe(why)
 
+    def _trial(self, crop: np.ndarray, seq: int) -> tuple[float, float, bytes] | None:
+        """This crop as a trial keyframe: the mean error of the window's frames rebuilt from
+        it and from the held keyframe, and its keyframe info; None when the window is short.
+
+        The trial source is the crop itself, not its coded image: coding it would cost an
+        encode per trial (~100 ms for AV1), and WebP q90's loss is small against ``gain``."""
+        policy = self.refresh
+        gap = round(policy.window_gap_s * self.frame_rate)
+        frames = [entry for entry in reversed(self._window) if seq - entry[0] >= gap][::policy.window_step]
+        if len(frames) < 2:
+            return None
+        info = self._tracker.keyframe_info(crop)
+        source = self._check_model.prepare_source(crop, info)
+        rebuilt = self._check_model.render(source, np.stack([motion for _, _, motion, _ in frames]))
+        fresh = float(np.mean([rebuild_error(image, real) for image, (_, real, _, _) in zip(rebuilt, frames)]))
+        held = float(np.mean([error for _, _, _, error in frames]))
+        return held, fresh, info
+
     def probe(self, frame: np.ndarray) -> str | None:
         """While in ``fallback`` (a call sends H.264): would a keyframe of the camera hold now?
 
         Tries a local keyframe (coded and decoded as the receiver would get it; nothing is
         sent) and scores the frames after it as the closed loop does. Returns why, and leaves
-        fallback with a keyframe requested, once the trial keyframe ran up less than half the
-        price over ``probe_s`` seconds with a face in every frame; None meanwhile."""
+        fallback with a keyframe requested, once the trial keyframe's error has stayed on
+        average less than ``probe_excess`` above its first check for ``probe_s`` seconds, with
+        a face in every frame; None meanwhile."""
         policy = self.refresh
         if self.fallback is None or policy is None:
             return None
@@ -443,7 +465,7 @@ class Encoder:
         floor = error if floor is None else floor
         debt += max(0.0, error - floor) / self.frame_rate
         self._probe = [source, first, floor, debt]
-        if debt >= policy.price / 2:
+        if debt >= policy.probe_excess * policy.probe_s:
             self._probe = None  # this one did not hold: try a fresh one next frame
             return None
         if (seq - first) / self.frame_rate < policy.probe_s:

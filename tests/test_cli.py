@@ -144,10 +144,10 @@ def test_help_lists_defaults_models_and_takes_v_after_the_command(capsys):
     assert main(["info", "missing.fvc", "-v"]) == 2  # -v after the subcommand parses
 
 
-def test_a_bad_refresh_price_is_a_usage_error(tmp_path, capsys):
+def test_a_bad_refresh_gain_is_a_usage_error(tmp_path, capsys):
     for command in (["compress", str(tmp_path / "a.mp4"), str(tmp_path / "a.fvc")],
                     ["call", "--signaling", "ws://127.0.0.1:1/ws", "--room", "r", "--token", "t"]):
         with pytest.raises(SystemExit) as exit_info:
             main([*command, "--refresh", "soon"])
         assert exit_info.value.code == 2
-        assert "--refresh takes a price or 'off', not 'soon'" in capsys.readouterr().err
+        assert "--refresh takes a gain or 'off', not 'soon'" in capsys.readouterr().err

@@ -375,7 +375,7 @@ def test_a_refresh_period_the_sampling_divides_is_warned_about(tmp_path, tiny_mo
     assert any("scores the keyframes of refresh period(s) 0.16 s" in r.getMessage() for r in caplog.records)
 
 
-def test_closed_loop_settings_parse_price_and_head_turn_trigger():
+def test_closed_loop_settings_parse_gain_and_head_turn_trigger():
     from benchmarks.rd.curves import curves_by_codec
     from benchmarks.rd.ours import ours_settings, ours_sweep, refresh_policy
 
@@ -385,7 +385,7 @@ def test_closed_loop_settings_parse_price_and_head_turn_trigger():
     assert names == ["q2-kf0", "q3-kf0", "q3-ad0.5", "q3-ad1t15"]
     assert refresh_policy("a0.5").pose_limit_deg == 25.0  # the policy's default
     policy = refresh_policy("a1t15")
-    assert policy.price == 1.0 and policy.pose_limit_deg == 15.0
+    assert policy.gain == 1.0 and policy.pose_limit_deg == 15.0
     for bad in ("a0", "a1t0", "a1t200", "a1tx"):
         with pytest.raises(ValueError):
             ours_sweep(bad, [3])
@@ -452,12 +452,28 @@ def test_refresh_oracle_ranks_keyframes_by_their_distance_from_the_usual_pose() 
     assert found["pose"] > 0.8 and abs(found["expression"]) < 0.8
 
 
+def test_refresh_oracle_replays_the_loops_trial_keyframes() -> None:
+    from benchmarks.refresh_oracle import online
+    from codec.api import RefreshPolicy
+
+    # 100 frames, a keyframe tried every 5th: the one at frame 0 rebuilds everything with error
+    # 0.3; any later one rebuilds every frame with 0.1, except the cut's, after frame 70.
+    errors = np.full((20, 100), 0.1)
+    errors[0] = 0.3
+    errors[:14, 70:] = 0.9
+    # Frame 25 is the first trial the interval (1 s) allows; the cut's error stands over the
+    # jump for hold_checks frames (70-72), which refreshes at the next grid frame.
+    assert online(errors, 5, RefreshPolicy(gain=0.1)) == [0, 25, 75]
+    # A gain no trial reaches leaves only the cut.
+    assert online(errors, 5, RefreshPolicy(gain=1.0)) == [0, 75]
+
+
 def test_refresh_oracle_replays_the_loop_with_changed_policy_fields() -> None:
     from benchmarks.refresh_oracle import policy_overrides
 
-    assert policy_overrides("settle_wait_s=2, hold_checks=4") == {"settle_wait_s": 2.0, "hold_checks": 4}
+    assert policy_overrides("window_s=3, hold_checks=4") == {"window_s": 3.0, "hold_checks": 4}
     assert policy_overrides("") == {}
-    for bad in ("price=1", "bogus=1", "settle_wait_s=x"):
+    for bad in ("gain=1", "bogus=1", "window_s=x"):
         with pytest.raises(ValueError):
             policy_overrides(bad)
 

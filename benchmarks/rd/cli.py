@@ -69,7 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
                         "each run at every --qualities value; R@Q runs period R at quality Q "
-                        "only; aP (or aP@Q) the sender's closed-loop refresh at keyframe price P "
+                        "only; aG (or aG@Q) the sender's closed-loop refresh at gain G, aGtD with its "
+                        "head-turn trigger at D degrees, Rf a period of R s that waits for a face "
                         "(codec.api.RefreshPolicy; e.g. 0,4@3,a0.05@3)")
     p.add_argument("--metrics", default=",".join(METRICS),
                    help="subset of psnr,ssim,ms_ssim,lpips,akd,aed (SSIM/MS-SSIM cost ~0.5 s/frame "

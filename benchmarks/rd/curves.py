@@ -130,10 +130,10 @@ def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, 
     for row in averages:
         label = row["codec"]
         if label == "ours":
-            _, refresh, *variant = row["setting"].split("-")  # q<Q>-(kf0|kf<s>|ad<price>)[-nopatch][-kq<Q>]
+            _, refresh, *variant = row["setting"].split("-")  # q<Q>-(kf0|kf<s>|ad<gain>)[-nopatch][-kq<Q>]
             # One curve across qualities with one keyframe, one across periodic refresh
-            # periods, one across the closed loop's prices; each variant its own.
-            turn = refresh.partition("t")[2] if refresh.startswith("ad") else ""  # ad<price>t<deg>
+            # periods, one across the closed loop's gains; each variant its own.
+            turn = refresh.partition("t")[2] if refresh.startswith("ad") else ""  # ad<gain>t<deg>
             label = ("ours kf0" if refresh == "kf0" else "ours adaptive" if refresh.startswith("ad")
                      else "ours periodic face-wait" if refresh.endswith("f") else "ours periodic") \
                 + (f" turn {turn}" if turn else "") + "".join(f" {v}" for v in variant)

@@ -57,7 +57,7 @@ def closed_loop_clips(results: list[dict[str, Any]]) -> list[str]:
         return parts[1] if row["codec"] == "ours" and len(parts) == 2 else None
 
     adaptive = sorted({r for r in map(refresh, results) if r and r.startswith("ad")},
-                      key=lambda name: (-float(name[2:].partition("t")[0]), name))  # ad<price>[t<deg>]
+                      key=lambda name: (-float(name[2:].partition("t")[0]), name))  # ad<gain>[t<deg>]
     metric = next((m for m in ("lpips", AKD_COMMON) if any(r.get(m) is not None for r in results)), None)
     if not adaptive or metric is None:
         return []

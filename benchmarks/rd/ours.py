@@ -20,7 +20,7 @@ from .runs import CodecRun, Setting
 def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, int]]:
     """(refresh, quality) pairs of our codec's sweep from ``--keyframe-refresh``: "R" runs
     every quality at period R seconds, "R@Q" quality Q only; "aP" / "aP@Q" the sender's
-    closed-loop refresh at keyframe price P (kept as the string "aP"), "aPtD" with its head-turn
+    closed-loop refresh at gain P (kept as the string "aP"), "aPtD" with its head-turn
     trigger at D degrees instead of the policy's default; "Rf" a period of R seconds whose
     refresh waits for a frame where the face is detected (kept as the string "fR"). Order
     kept, duplicates dropped."""
@@ -31,11 +31,11 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
         period, _, only = item.partition("@")
         refresh: float | str
         if period[:1] == "a":
-            price_text, _, turn_text = period[1:].partition("t")
-            price = float(price_text)
-            if not 0 < price < 100:
-                raise ValueError(f"bad adaptive price {item!r}")
-            refresh = f"a{price:g}"
+            gain_text, _, turn_text = period[1:].partition("t")
+            gain = float(gain_text)
+            if not 0 < gain < 100:
+                raise ValueError(f"bad adaptive gain {item!r}")
+            refresh = f"a{gain:g}"
             if turn_text:
                 turn = float(turn_text)
                 if not 0 < turn <= 90:
@@ -54,7 +54,7 @@ def ours_sweep(spec: str, qualities: Sequence[int]) -> list[tuple[float | str, i
 
 def _refresh_name(refresh: float | str) -> str:
     """kf<seconds> for a periodic refresh (kf0: one keyframe), kf<seconds>f when it waits for a
-    face; ad<price> for the closed loop."""
+    face; ad<gain> for the closed loop."""
     if isinstance(refresh, str):
         return f"kf{refresh[1:]}f" if refresh.startswith("f") else f"ad{refresh[1:]}"
     return f"kf{refresh:g}"
@@ -78,16 +78,16 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
 
 
 def refresh_policy(refresh: float | str) -> Any:
-    """The sender's closed-loop ``codec.api.RefreshPolicy`` for an "aP" refresh (keyframe
-    price P); None for a period."""
+    """The sender's closed-loop ``codec.api.RefreshPolicy`` for an "aG" refresh (gain G);
+    None for a period."""
     if not isinstance(refresh, str) or not refresh.startswith("a"):
         return None
     from codec.api import RefreshPolicy
 
-    price, _, turn = refresh[1:].partition("t")
+    gain, _, turn = refresh[1:].partition("t")
     if turn:
-        return RefreshPolicy(price=float(price), pose_limit_deg=float(turn))
-    return RefreshPolicy(price=float(price))
+        return RefreshPolicy(gain=float(gain), pose_limit_deg=float(turn))
+    return RefreshPolicy(gain=float(gain))
 
 
 def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
