@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               "refiner": model.refiner is not None, "patches": not args.no_patches,
               "env": {"machine": platform.machine(), "processor": platform.processor(),
                       "python": platform.python_version(), "opencv": cv2.__version__},
-              "command": "python -m benchmarks.landmark_speed " + " ".join(argv or []),
+              "command": "python -m benchmarks.landmark_speed " + " ".join(sys.argv[1:] if argv is None else argv),
               "stages": results}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,7 @@ class RefreshPolicy:
         than ``probe_excess`` above its first check and a face is seen.
     """
 
-    gain: float = 0.05
+    gain: float = 0.1
     window_s: float = 2.0
     window_gap_s: float = 0.2
     window_step: int = 5
@@ -393,14 +393,16 @@ class Encoder:
             why = f"rebuild error {error:.2f} jumped over the keyframe's first check {self._floor:.3f}"
         elif not self.face_seen:
             return  # a keyframe without a detected face serves nothing after it
-        elif self._turned_checks >= policy.hold_checks:
-            why = f"head turned {turn:.0f}° from the keyframe"
         elif seq % policy.candidate_every == 0 and (trial := self._trial(crop, seq)) is not None:
             held, fresh, info = trial
-            if held - fresh < policy.gain:
+            # A head turned far from the keyframe's pose lowers the bar to any gain: the trial
+            # still has to do better, which a frame caught mid-turn (blurred, half way) does not.
+            turned = self._turned_checks >= policy.hold_checks
+            if held - fresh < (0.0 if turned else policy.gain):
                 return
             window = (seq - self._window[0][0]) / self.frame_rate
-            why = f"this frame rebuilds the last {window:.1f} s better: error {fresh:.3f}, not {held:.3f}"
+            why = (f"head turned {turn:.0f}° from the keyframe; " if turned else "") + \
+                f"this frame rebuilds the last {window:.1f} s better: error {fresh:.3f}, not {held:.3f}"
             self._trial_keyframe = (crop, info)
         else:
             return
