@@ -373,7 +373,8 @@ class Encoder:
         self.stats.last_rebuild_error = error
         if self._floor is None:
             self._floor = error
-        self._window.append((seq, crop, decoded.copy(), error))
+        # A copy: fit_square hands back the caller's array, which a camera may fill again.
+        self._window.append((seq, crop.copy(), decoded.copy(), error))
         while seq - self._window[0][0] > round(policy.window_s * self.frame_rate):
             self._window.popleft()
         turn = float(np.max(np.abs(decoded[:2] - self._keyframe_pose))) if self._keyframe_pose is not None else 0.0
@@ -403,7 +404,7 @@ class Encoder:
             window = (seq - self._window[0][0]) / self.frame_rate
             why = (f"head turned {turn:.0f}° from the keyframe; " if turned else "") + \
                 f"this frame rebuilds the last {window:.1f} s better: error {fresh:.3f}, not {held:.3f}"
-            self._trial_keyframe = (crop, info)
+            self._trial_keyframe = (self._window[-1][1], info)  # this crop, as copied above
         else:
             return
         self._quick_refreshes = self._quick_refreshes + 1 if since <= policy.fallback_window_s else 0
