@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.landmark_dev import evaluate_segment, read_segment
+from benchmarks.landmark_dev import evaluate_segment
 from benchmarks.rd.curves import bd_rate, rate_for_quality
 from codec.keyframe import decode_keyframe, encode_keyframe
-from codec.metrics import lpips_model
 from codec.motion_coding import DEFAULT_QUALITY
+from evaluation.metrics import lpips_model
+from training.dataset import read_segment
 
 SWEEPS = {"webp": (60, 70, 80, 90, 95), "av1": (32, 26, 20, 14, 8), "av1slow": (34, 28, 22, 16, 12, 8),
           "h264": (26, 22, 18, 14, 10)}

@@ -1,6 +1,6 @@
 """Quick dev check of the landmark family on the cached dev crops (no re-detection).
 
-Reads ``cache/dev256`` (written by ``codec.training.dataset_builder --split dev``: the
+Reads ``cache/dev256`` (written by ``training.dataset_builder --split dev``: the
 rd protocol's fixed 256px crops, first 250 frames, with dlib landmarks per frame),
 takes frame 0 as the keyframe, and scores the rebuilt frames against the real ones:
 RGB PSNR and LPIPS (AlexNet), for the default model (the warp, the reference patches and
@@ -22,30 +22,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from codec.families.landmark import LandmarkModel, motion_from_landmarks, pack_keyframe_info
-from codec.metrics import frames_to_tensor, lpips_model, psnr_frames
 from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
 from codec.reference_patches import REGIONS, PatchSender, patch_box
-
-
-def read_segment(data: Path, segment: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(N×S×S×3 uint8 RGB frames, N×68×2 landmarks) of one cached segment."""
-    capture = cv2.VideoCapture(str(data / segment["file"]))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
-    labels = np.load(data / segment["labels"])
-    landmarks = labels["landmarks"].astype(np.float64)
-    n = min(len(frames), len(landmarks))
-    return np.stack(frames[:n]), landmarks[:n]
+from evaluation.metrics import frames_to_tensor, lpips_model, psnr_frames
+from training.dataset import read_segment
 
 
 def region_errors(rebuilt: np.ndarray, real: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:

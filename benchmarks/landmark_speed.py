@@ -35,7 +35,7 @@ from codec.families.landmark import LandmarkModel
 def _input_frames(data: Path, frames: int, model: LandmarkModel) -> tuple[list[np.ndarray], str]:
     index_file = data / "index.json"
     if index_file.is_file():
-        from benchmarks.landmark_dev import read_segment
+        from training.dataset import read_segment
 
         segment = json.loads(index_file.read_text(encoding="utf-8"))["segments"][0]
         crops, _ = read_segment(data, segment)

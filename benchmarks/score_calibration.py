@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.landmark_dev import read_segment
 from codec.families.landmark import motion_from_landmarks, pack_keyframe_info
 from codec.keyframe import decode_keyframe, encode_keyframe
-from codec.metrics import frames_to_tensor, lpips_model
 from codec.rebuild_score import gmsd, rebuild_psnr, ssim_error
+from evaluation.metrics import frames_to_tensor, lpips_model
+from training.dataset import read_segment
 
 SCORES = {"psnr_half": lambda a, b: -rebuild_psnr(a, b), "ssim_half": ssim_error, "gmsd_half": gmsd}
 

@@ -6,7 +6,7 @@ closed eyes and the largest head turn of each dev segment, as
 Each segment runs through the real sender (``codec.api.Encoder``: dlib tracking, the motion
 coder, patches under their byte budget) and two receivers of that one stream: the default
 model, and the plain warp that ignores the patch packets. Reads the cached dev crops
-(``codec.training.dataset_builder --split dev``), whose labels give the real frames'
+(``training.dataset_builder --split dev``), whose labels give the real frames'
 landmarks and head pose to pick the frames by.
 
     python -m benchmarks.strips --data cache/dev256 --out out/strips
@@ -21,11 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.landmark_dev import read_segment
 from codec.api import Decoder, Encoder
 from codec.bitstream import PacketType
 from codec.reference_patches import MOUTH, RIGHT_EYE, openness
 from codec.zoo import resolve_model
+from training.dataset import read_segment
 
 KINDS = ("open_mouth", "blink", "turn")
 

@@ -18,7 +18,7 @@ Coordinates:
   talking face's mouth, lids and brows move mostly across the face, not along the view.
 
 The mean shape and the expression basis are fitted on the train split by
-:mod:`codec.training.fit_face_model` and shipped as a small safetensors file in
+:mod:`training.fit_face_model` and shipped as a small safetensors file in
 ``codec/weights/landmark/`` (see :mod:`codec.zoo`).
 """
 

@@ -2,7 +2,7 @@
 
 - ``landmark`` (the default): the landmark family. Its only data file is the face model
   (mean 3D face + expression basis) fitted on the train split by
-  ``python -m codec.training.fit_face_model``, committed under codec/weights/landmark/
+  ``python -m training.fit_face_model``, committed under codec/weights/landmark/
   with a card beside it.
 - ``vox256`` / ``tiny``: the vid2vid family. Our weights would be trained by this project
   (no pretrained weights of this model family can be had); until a trained entry exists,

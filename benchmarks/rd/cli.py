@@ -176,7 +176,7 @@ def _clips(args: argparse.Namespace) -> tuple[list[Clip], str]:
         clips = folder_clips(args.folder)
         source = "every video under --folder"
         if not clips:
-            from codec.training.dataset import VIDEO_SUFFIXES
+            from training.dataset import VIDEO_SUFFIXES
 
             raise Refused(f"no clip to score: no video under {args.folder} (looked for "
                           f"{' '.join(VIDEO_SUFFIXES)}, recursively)")

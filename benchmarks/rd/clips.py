@@ -42,9 +42,9 @@ def manifest_clips(manifest: Path, split: str, folder: Path | None = None) -> li
 
 
 def folder_clips(folder: Path) -> list[Clip]:
-    """Every video under ``folder`` (recursively; ``codec.training.dataset.VIDEO_SUFFIXES``),
+    """Every video under ``folder`` (recursively; ``training.dataset.VIDEO_SUFFIXES``),
     sorted by path, each named by its path relative to ``folder``."""
-    from codec.training.clip_jobs import jobs_from_folder
+    from training.clip_jobs import jobs_from_folder
 
     return [Clip(path=Path(job.path), name=job.source) for job in jobs_from_folder(folder)]
 

@@ -1,4 +1,4 @@
-"""Scoring: per-frame quality metrics from ``codec.metrics`` (``MetricSuite``), one clip's
+"""Scoring: per-frame quality metrics from ``evaluation.metrics`` (``MetricSuite``), one clip's
 result row from them and a codec run (``summarize``), and AKD on the frames every setting
 shares (``add_common_face_akd``)."""
 
@@ -19,7 +19,7 @@ from .runs import CodecRun
 
 
 class MetricSuite:
-    """Per-frame quality metrics from ``codec.metrics``; a metric that cannot run is 'n/a'
+    """Per-frame quality metrics from ``evaluation.metrics``; a metric that cannot run is 'n/a'
     with the reason (recorded once in ``unavailable``).
 
     The reference clip's landmarks and embeddings are computed once per clip (``reference``)
@@ -27,7 +27,7 @@ class MetricSuite:
     analysed once."""
 
     def __init__(self, batch: int = 10, wanted: Sequence[str] = METRICS) -> None:
-        from codec import metrics  # lazy: pulls in the LPIPS backbone and dlib
+        from evaluation import metrics  # lazy: pulls in the LPIPS backbone and dlib
 
         self.m = metrics
         self.batch = batch
@@ -109,7 +109,7 @@ class MetricSuite:
         if ref_features is not None:
             ref_lms, ref_emb = ref_features
             lms, emb = self._face_features(decoded)
-            for i in range(n):  # per-frame values; the clip means below use codec.metrics' own
+            for i in range(n):  # per-frame values; the clip means below use evaluation.metrics' own
                 if lms[i] is not None and ref_lms[i] is not None:
                     out["akd"][i] = float(np.linalg.norm(lms[i] - ref_lms[i], axis=1).mean())
                 if emb[i] is not None and ref_emb[i] is not None:

@@ -411,7 +411,7 @@ class LandmarkModel(TalkingHeadModel):
     def _refine(self, source: LandmarkSource, warped: list[np.ndarray], maps: list[np.ndarray],
                 masks: list[np.ndarray]) -> list[np.ndarray]:
         """The refiner over a batch of warped frames, with the inputs it was trained on
-        (``codec.training.refiner_data.warp_inputs``): uint8 RGB in, uint8 RGB out."""
+        (``training.refiner_data.warp_inputs``): uint8 RGB in, uint8 RGB out."""
         import torch
 
         device = next(self.refiner.parameters()).device

@@ -1,6 +1,6 @@
 """The vid2vid family (the paper's learned keypoints) behind the model interface.
 
-It stays trainable (:mod:`codec.training`), but this project has no weights for it, so
+It stays trainable (:mod:`training`), but this project has no weights for it, so
 it only runs as a seeded, untrained network whose output is marked UNTRAINED.
 """
 

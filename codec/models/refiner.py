@@ -170,7 +170,7 @@ class Refiner(nn.Module):
 
 def load_refiner(path: Any, device: Any = "cpu", expected_sha256: str | None = None
                  ) -> tuple[Refiner, dict[str, Any]]:
-    """(fp32 Refiner in eval mode, its metadata) from a ``codec.training.refiner`` export:
+    """(fp32 Refiner in eval mode, its metadata) from a ``training.refiner`` export:
     fp16 safetensors whose metadata key ``facecodec`` is JSON {format, config, trained}.
 
     ``expected_sha256``: the file's registered digest, checked before anything is read

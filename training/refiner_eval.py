@@ -1,7 +1,7 @@
 """Dev evaluation of the refiner: the warp alone, warp + refiner and the frozen keyframe, scored.
 
 The receiver's path on cached dev landmarks (motion unquantised): PSNR, LPIPS-AlexNet and the
-mouth/eye region L1s per segment and their mean (``python -m codec.training.refiner evaluate``).
+mouth/eye region L1s per segment and their mean (``python -m training.refiner evaluate``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from codec.models.refiner import REFINER_FORMAT, Refiner, load_refiner
-from codec.training.refiner_data import landmark_warp_model, region_masks, warp_inputs
+from training.dataset import read_segment
+from training.refiner_data import landmark_warp_model, region_masks, warp_inputs
 
-log = logging.getLogger("codec.training.refiner")  # one logger name for the whole refiner CLI
+log = logging.getLogger("training.refiner")  # one logger name for the whole refiner CLI
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -53,8 +54,7 @@ def evaluate(data: Path, weights: Path | None = None, *, every: int = 10, frames
     unless ``use_lpips`` is off) and ``{warp,refined}_{mouth,eyes}_l1`` (mean |error| in
     [0, 1] over :func:`region_masks` of the true driving landmarks).
     """
-    from benchmarks.landmark_dev import read_segment  # lazy: keeps benchmarks off the import path
-    from codec.metrics import frames_to_tensor, lpips_model, psnr_frames
+    from evaluation.metrics import frames_to_tensor, lpips_model, psnr_frames
 
     data = Path(data)
     index = json.loads((data / "index.json").read_text(encoding="utf-8"))

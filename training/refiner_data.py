@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from codec.families.landmark import LandmarkModel, motion_from_landmarks, pack_keyframe_info
 from codec.models.refiner import landmark_masks
-from codec.training.dataset import SegmentStore
+from training.dataset import SegmentStore
 
 # Region masks (loss weight, evaluation): polygons of the true landmarks grown by this many
 # pixels at 256 px, so lips, teeth and eyelids all count.
@@ -72,7 +72,7 @@ class RefinerPairs(Dataset):
     """(keyframe, driving) pairs of one train segment, warped on the fly.
 
     Item ``k`` is a pure function of (seed, start + k): the segment (drawn ∝ min(frames, 250),
-    as :class:`codec.training.dataset.PairDataset` does) and two distinct frames with a
+    as :class:`training.dataset.PairDataset` does) and two distinct frames with a
     detected face.
 
     Args:

@@ -1,7 +1,7 @@
 """The training's perceptual loss: multi-scale VGG16 features (the face vid2vid / FOMM loss).
 
-Loads the ``vgg16`` file of :mod:`codec.backbones` (made once by
-``python -m codec.training.backbones setup``) and imports with torch alone. The parameters are
+Loads the ``vgg16`` file of :mod:`evaluation.backbones` (made once by
+``python -m training.backbones setup``) and imports with torch alone. The parameters are
 frozen and the module stays in eval mode; gradients still flow to the *inputs*.
 """
 
@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codec.backbones import VGG16_PLAN, VGG16_RELUS, VGG_LAYERS, backbone_path, freeze, load_state
 from codec.errors import WeightsError
+from evaluation.backbones import VGG16_PLAN, VGG16_RELUS, VGG_LAYERS, backbone_path, freeze, load_state
 
-# ImageNet normalisation of [0, 1] inputs (the same as the LPIPS scaling layer's, see codec.lpips).
+# ImageNet normalisation of [0, 1] inputs (the same as the LPIPS scaling layer's, see evaluation.lpips).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -13,15 +13,15 @@ Runs unchanged under ``torchrun`` (DistributedDataParallel, DistributedSampler,
 rank-0-only logging and saving; NCCL on CUDA, gloo on CPU). Imports torch, numpy and
 OpenCV only (no av, aiortc, constriction): the GPU machine has nothing else. This module is
 the loop (one step, logging, stopping, the chunk end); the setup is
-:mod:`~codec.training.train_run`, the saved state :mod:`~codec.training.checkpoint`, the
-process group :mod:`~codec.training.distributed` and video-file data
-:mod:`~codec.training.video_pairs`.
+:mod:`~training.train_run`, the saved state :mod:`~training.checkpoint`, the
+process group :mod:`~training.distributed` and video-file data
+:mod:`~training.video_pairs`.
 
 CPU proof (tiny config, one shared VoxCeleb-cropped clip, 2 shared CPU cores; the dev
 "set" is the same clip, so this proves the pipeline learns, not that it generalises)::
 
     cp ../shared/data/talking/CVPR2022-DaGAN/driving.mp4 /tmp/clip.mp4
-    python -m codec.training train --config tiny --data /tmp/clip.mp4 --dev /tmp/clip.mp4 \
+    python -m training train --config tiny --data /tmp/clip.mp4 --dev /tmp/clip.mp4 \
         --out /tmp/proof --minutes 8 --batch 4 --workers 0 --threads 1 --device cpu
 
 Measured (VGG16 perceptual backbone, 886 steps in 8 min): G loss 304 -> 77 (perceptual
@@ -47,8 +47,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from codec.models import DiscriminatorScaleOutput
-from codec.training import losses as L
-from codec.training.checkpoint import (
+from training import losses as L
+from training.checkpoint import (
     STATE_FORMAT,
     atomic_torch_save,
     export_discriminator,
@@ -56,11 +56,11 @@ from codec.training.checkpoint import (
     plain_config,
     save_sample_grid,
 )
-from codec.training.distributed import ResumableBatches, any_rank
-from codec.training.evaluate import evaluate_model
-from codec.training.train_run import TrainConfig, TrainRun, setup_run
+from training.distributed import ResumableBatches, any_rank
+from training.evaluate import evaluate_model
+from training.train_run import TrainConfig, TrainRun, setup_run
 
-log = logging.getLogger("codec.training")
+log = logging.getLogger("training")
 
 LOG_COLUMNS = ["step", "epoch", "time_s", "perceptual", "gan", "feature_matching", "equivariance",
                "keypoint_prior", "head_pose", "deformation_prior", "generator_total",

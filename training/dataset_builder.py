@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m codec.training.dataset_builder --manifest ../shared/data/talking/MANIFEST.tsv \
+    python -m training.dataset_builder --manifest ../shared/data/talking/MANIFEST.tsv \
         --split train --out cache/train256
-    python -m codec.training.dataset_builder --manifest ... --split dev --out cache/dev256
-    python -m codec.training.dataset_builder --folder ~/voxceleb/train --out cache/vox256
+    python -m training.dataset_builder --manifest ... --split dev --out cache/dev256
+    python -m training.dataset_builder --folder ~/voxceleb/train --out cache/vox256
 
 What it writes under ``--out``::
 
@@ -27,11 +27,11 @@ Dev clips follow the benchmark protocol: ONE segment per clip, its first 250 fra
 25 fps, the crop fixed from the start (median box of the first 5 frames, as
 :func:`codec.files.compress` does), keyframe = frame 1.
 
-Head pose pseudo-labels come from :mod:`codec.training.head_pose`; the segments are planned by
-:mod:`codec.training.segment_plan` and the clips listed by :mod:`codec.training.clip_jobs`.
+Head pose pseudo-labels come from :mod:`training.head_pose`; the segments are planned by
+:mod:`training.segment_plan` and the clips listed by :mod:`training.clip_jobs`.
 
 PyAV is used for reading sources and writing H.264 (lazily, through codec.media); the
-trainer reads the result with OpenCV only (see :mod:`codec.training.dataset`).
+trainer reads the result with OpenCV only (see :mod:`training.dataset`).
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ import numpy as np
 
 from codec.errors import FaceNotFoundError, MediaError
 from codec.facecrop import FIT_FRAMES, FaceCropper
-from codec.training.clip_jobs import ClipJob, jobs_from_folder, jobs_from_manifest
-from codec.training.dataset import VIDEO_SUFFIXES
-from codec.training.head_pose import fill_nearest, head_poses
-from codec.training.segment_plan import (
+from training.clip_jobs import ClipJob, jobs_from_folder, jobs_from_manifest
+from training.dataset import VIDEO_SUFFIXES
+from training.head_pose import fill_nearest, head_poses
+from training.segment_plan import (
     DEV_FRAMES,
     LandmarkTracker,
     SegmentPlan,
@@ -408,7 +408,7 @@ def _print_summary(summary: dict[str, Any], skips: Sequence[dict[str, Any]], log
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m codec.training.dataset_builder",
+    p = argparse.ArgumentParser(prog="python -m training.dataset_builder",
                                 description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="MANIFEST.tsv (paths relative to its folder)")

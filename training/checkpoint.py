@@ -21,8 +21,8 @@ import torch.distributed as dist
 from torch import nn
 
 from codec.config import ModelConfig
-from codec.training import losses as L
-from codec.training.distributed import DistContext
+from training import losses as L
+from training.distributed import DistContext
 
 STATE_FORMAT = "facecodec-train-state-v1"
 DISCRIMINATOR_FORMAT = "facecodec-discriminator-v1"

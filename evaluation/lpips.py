@@ -1,7 +1,7 @@
 """The LPIPS metric network: AlexNet features with the v0.1 linear heads, and its weight loading.
 
-Loads the ``lpips_alex`` file of :mod:`codec.backbones` (made once by
-``python -m codec.training.backbones setup``) and imports with torch alone. The parameters are
+Loads the ``lpips_alex`` file of :mod:`evaluation.backbones` (made once by
+``python -m training.backbones setup``) and imports with torch alone. The parameters are
 frozen (``requires_grad=False``) and the module stays in eval mode; gradients still flow to the
 *inputs*, so it can be used as a loss too.
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codec.backbones import ALEX_NUM_CONVS, LPIPS_NUM_HEADS, backbone_path, freeze, load_state
 from codec.errors import WeightsError
+from evaluation.backbones import ALEX_NUM_CONVS, LPIPS_NUM_HEADS, backbone_path, freeze, load_state
 
 # The LPIPS scaling layer for inputs in [-1, 1]; it equals ImageNet's mean/std mapped to [-1, 1]
 # (shift = 2*mean - 1, scale = 2*std), which is why the training's VGGPerceptual normalisation

@@ -2,7 +2,7 @@
 
 :func:`build_dataset` picks the dataset for a ``--data`` path: this module's
 :class:`VideoPairDataset` for a video file or a folder of them, else the real training data,
-:class:`codec.training.dataset.PairDataset`. Imports torch, numpy and OpenCV alone.
+:class:`training.dataset.PairDataset`. Imports torch, numpy and OpenCV alone.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from codec.training.dataset import read_video_rgb, video_files
+from training.dataset import read_video_rgb, video_files
 
-log = logging.getLogger("codec.training")  # the trainer's logger: its rank-0-only level applies
+log = logging.getLogger("training")  # the trainer's logger: its rank-0-only level applies
 
 
 class VideoPairDataset(Dataset):
     """Pairs of frames of the same clip from video files read with OpenCV.
 
     For quick single-clip experiments and the CPU proof (the real training data is
-    ``codec.training.dataset.PairDataset``). Items follow PairDataset's dict layout;
+    ``training.dataset.PairDataset``). Items follow PairDataset's dict layout;
     there are no pose pseudo-labels or landmarks, so "source_pose"/"driving_pose" are
     NaN (the head-pose loss skips them). Item ``i`` of epoch ``e`` is a pure function
     of (seed, e, i), so resumed runs see the same pairs.
@@ -71,6 +71,6 @@ def build_dataset(path: Path, size: int, seed: int, length: int | None = None) -
     if videos:
         log.info("training on %d video file(s) under %s (no pose pseudo-labels)", len(videos), path)
         return VideoPairDataset(videos, size, length=length, seed=seed)
-    from codec.training.dataset import PairDataset
+    from training.dataset import PairDataset
 
     return PairDataset(path, size=size, augment=True, seed=seed, length=length)

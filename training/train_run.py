@@ -3,7 +3,7 @@
 :func:`setup_run` binds the device and the process group, seeds every RNG, builds the generator,
 discriminator, optimizers and scalers, restores ``--resume`` / ``--init-from`` state, wraps the
 modules for DDP, loads the perceptual network and builds the data: a :class:`TrainRun`, which
-the loop in :mod:`codec.training.trainer` then advances. Imports torch, numpy and OpenCV alone.
+the loop in :mod:`training.trainer` then advances. Imports torch, numpy and OpenCV alone.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from torch.utils.data import Dataset
 from codec.config import ModelConfig, get_config
 from codec.keypoints import transform_keypoints
 from codec.models import FaceVid2Vid, Vid2VidOutput, build_discriminator, build_model
-from codec.training import losses as L
-from codec.training.checkpoint import load_discriminator_file, read_state, set_rng_state
-from codec.training.distributed import DistContext, init_distributed
-from codec.training.video_pairs import build_dataset
+from training import losses as L
+from training.checkpoint import load_discriminator_file, read_state, set_rng_state
+from training.distributed import DistContext, init_distributed
+from training.video_pairs import build_dataset
 
-log = logging.getLogger("codec.training")
+log = logging.getLogger("training")
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
 def load_perceptual_backbone(cfg: TrainConfig) -> nn.Module:
     """The frozen perceptual network ``cfg.perceptual_backbone`` names ("vgg": the converted VGG16)."""
     if cfg.perceptual_backbone == "vgg":
-        from codec.training.perceptual import VGGPerceptual
+        from training.perceptual import VGGPerceptual
 
         return VGGPerceptual.from_cache().eval().requires_grad_(False)
     raise ValueError(f"unknown perceptual backbone {cfg.perceptual_backbone!r} (use 'vgg')")

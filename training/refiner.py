@@ -1,8 +1,8 @@
 """Train and evaluate the landmark-warp refiner (:class:`codec.models.refiner.Refiner`).
 
-    python -m codec.training.refiner train --data cache/train256 --out out/refiner \\
+    python -m training.refiner train --data cache/train256 --out out/refiner \\
         --minutes 5 --device cpu --batch 4 --workers 1 --threads 1 --perceptual lpips --preload
-    python -m codec.training.refiner evaluate --weights out/refiner/refiner.safetensors \\
+    python -m training.refiner evaluate --weights out/refiner/refiner.safetensors \\
         --data cache/dev256 --every 10 --json out/refiner/eval.json
 
 Data: random (keyframe i, driving j) pairs of one train segment, i ≠ j anywhere in it.
@@ -36,7 +36,7 @@ cached landmarks, unquantised):
 - CPU, 2 shared cores, ``--threads 1 --workers 1 --batch 4 --perceptual lpips --preload``,
   5 min: 354 steps, 1416 pairs, ~5 pairs/s. Dev (every 25th frame): PSNR 22.49 -> 22.62 dB,
   LPIPS 0.1466 -> 0.1454 (frozen keyframe 18.81 dB, 0.2381). It learns, barely.
-- H200, ``bash codec/training/refiner_chunk.sh`` with MINUTES=4 (batch 16, 14 workers, VGG
+- H200, ``bash training/refiner_chunk.sh`` with MINUTES=4 (batch 16, 14 workers, VGG
   ×0.01, bf16): 6836 steps, 109k pairs, ~480 pairs/s, setup with preload 9 s. Dev (every
   10th frame): PSNR 22.59 -> 23.21 dB, mouth L1 0.0555 -> 0.0518, eyes 0.0622 -> 0.0614,
   but LPIPS 0.1435 -> 0.1542 (worse: the L1 term makes it blur); frozen 19.01 dB, 0.2313.
@@ -71,10 +71,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from codec.models.refiner import REFINER_FORMAT, Refiner, load_refiner
-from codec.training.refiner_data import RefinerPairs, worker_init
-from codec.training.refiner_eval import evaluate
+from training.refiner_data import RefinerPairs, worker_init
+from training.refiner_eval import evaluate
 
-log = logging.getLogger("codec.training.refiner")
+log = logging.getLogger("training.refiner")
 
 # warp_l1 / warp_region_l1: the same L1s of the plain warp on the same batch, so the gain is
 # readable despite the batch-to-batch spread of the pairs' difficulty.
@@ -87,8 +87,8 @@ def load_perceptual(kind: str, device: torch.device) -> nn.Module | None:
     """"vgg": frozen VGG16 features; "lpips": frozen LPIPS-AlexNet; "none": None."""
     if kind == "none":
         return None
-    from codec.lpips import LPIPS
-    from codec.training.perceptual import VGGPerceptual
+    from evaluation.lpips import LPIPS
+    from training.perceptual import VGGPerceptual
 
     if kind == "vgg":
         return VGGPerceptual.from_cache().to(device)
@@ -106,10 +106,10 @@ def refiner_loss(output: torch.Tensor, target: torch.Tensor, region: torch.Tenso
         output, target: B×3×H×W in [0, 1]; region: B×1×H×W in {0, 1}.
         perceptual: None, an LPIPS module (B distances) or VGGPerceptual (feature list).
     L1 weights region pixels ``region_weight`` times the rest; the perceptual term is
-    LPIPS's batch mean or the 4-scale VGG loss of :func:`codec.training.perceptual.multiscale_perceptual_loss`.
+    LPIPS's batch mean or the 4-scale VGG loss of :func:`training.perceptual.multiscale_perceptual_loss`.
     """
-    from codec.lpips import LPIPS
-    from codec.training.perceptual import multiscale_perceptual_loss
+    from evaluation.lpips import LPIPS
+    from training.perceptual import multiscale_perceptual_loss
 
     diff = (output.float() - target.float()).abs()
     weight = 1.0 + (region_weight - 1.0) * region.float()
@@ -281,7 +281,7 @@ def train(cfg: RefinerTrainConfig, dataset: Dataset | None = None) -> dict[str, 
 
 # ---------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m codec.training.refiner", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m training.refiner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the refiner for a fixed time")

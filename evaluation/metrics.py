@@ -9,7 +9,7 @@ README's "What has been measured"), so results compare across sessions:
 * :class:`FaceLandmarkMetrics`: AKD (mean pixel distance of the 68 dlib landmarks) and
   AED (L2 distance of dlib's 128-d face embeddings), each with the count of frame pairs
   scored and skipped because a face was missing in either frame.
-* :func:`lpips_model`: LPIPS (AlexNet v0.1) from ``codec.lpips``, loaded lazily.
+* :func:`lpips_model`: LPIPS (AlexNet v0.1) from ``evaluation.lpips``, loaded lazily.
 
 Imports torch and numpy only. dlib (absent on the GPU machine) and the LPIPS module are
 imported lazily. When dlib or its model files are missing, :class:`FaceLandmarkMetrics`
@@ -236,7 +236,7 @@ def ms_ssim_frames(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- LPIPS
 @functools.lru_cache(maxsize=4)
 def _lpips_on(device: str) -> Any:
-    from codec.lpips import LPIPS  # lazy: keeps this module torch + numpy only
+    from evaluation.lpips import LPIPS  # lazy: keeps this module torch + numpy only
 
     return LPIPS.from_cache().to(torch.device(device)).eval()
 
@@ -246,7 +246,7 @@ def lpips_model(device: torch.device | str = "cpu") -> Any:
 
     ``model(x0, x1)`` takes B×3×H×W in [0, 1] and returns B distances. Raises
     ``codec.errors.WeightsError`` when the converted backbone is missing (run
-    ``python -m codec.training.backbones setup``). Shared instance: do not move it with
+    ``python -m training.backbones setup``). Shared instance: do not move it with
     ``.to()``; ask for another device instead.
     """
     return _lpips_on(str(torch.device(device)))

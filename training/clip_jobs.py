@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from codec.training.dataset import VIDEO_SUFFIXES
+from training.dataset import VIDEO_SUFFIXES
 
 
 @dataclass

@@ -32,7 +32,7 @@ elif [ -f "codec/weights/$CONFIG/model.safetensors" ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 # shellcheck disable=SC2086
-python3 -m codec.training train "${args[@]}" $EXTRA
+python3 -m training train "${args[@]}" $EXTRA
 
 mkdir -p "$OUT"
 latest_eval=$(ls -d "$RUN"/eval/step_* 2>/dev/null | sort -t_ -k2 -n | tail -1 || true)

@@ -8,7 +8,7 @@
 # file continues at that file's sample count, so chained chunks see new pairs.
 # What comes back in $OUT: refiner.safetensors (fp16, < 2 MB), log.csv, refiner_eval.json.
 # CPU smoke test here: MINUTES=0.3 DEVICE=cpu WORKERS=1 BATCH=2 PERCEPTUAL=lpips PRELOAD=0 \
-#   EVERY=125 OUT=/tmp/out RUN=/tmp/run PYTHON=.venv/bin/python bash codec/training/refiner_chunk.sh
+#   EVERY=125 OUT=/tmp/out RUN=/tmp/run PYTHON=.venv/bin/python bash training/refiner_chunk.sh
 set -euo pipefail
 
 # Defaults: the recipe of the shipped refiner (3 min from identity, LPIPS + 0.1 × L1, lr 3e-5).
@@ -47,11 +47,11 @@ fi
 if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true; fi
 echo "== train: ${args[*]} $EXTRA"
 # shellcheck disable=SC2086
-"$PYTHON" -m codec.training.refiner "${args[@]}" $EXTRA
+"$PYTHON" -m training.refiner "${args[@]}" $EXTRA
 
 echo "== evaluate on $DEV (every $EVERY frames) $EVAL_ARGS"
 # shellcheck disable=SC2086
-"$PYTHON" -m codec.training.refiner evaluate --weights "$RUN/refiner.safetensors" --data "$DEV" \
+"$PYTHON" -m training.refiner evaluate --weights "$RUN/refiner.safetensors" --data "$DEV" \
   --every "$EVERY" --device "$DEVICE" --json "$RUN/refiner_eval.json" $EVAL_ARGS
 
 mkdir -p "$OUT"

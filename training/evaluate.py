@@ -7,7 +7,7 @@ lossless motion. The baseline shows frame 1 forever. Both are scored on frames 2
 (index ≥ 1): frame 1 itself is the keyframe the receiver already has, and the frozen
 baseline would score an infinite PSNR on it.
 
-Metrics, all from ``codec.metrics`` (the project's one definition of each): PSNR (RGB,
+Metrics, all from ``evaluation.metrics`` (the project's one definition of each): PSNR (RGB,
 images in [0, 1]), SSIM (gaussian window, equals skimage's ``structural_similarity(...,
 gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1,
 channel_axis=2)``), LPIPS (AlexNet v0.1, only when the converted backbones are present)
@@ -31,9 +31,9 @@ import cv2
 import numpy as np
 import torch
 
-from codec.metrics import FaceLandmarkMetrics, landmark_metrics_or_reason, lpips_model, psnr, ssim
 from codec.models import FaceVid2Vid
-from codec.training.dataset import read_video_rgb, video_files
+from evaluation.metrics import FaceLandmarkMetrics, landmark_metrics_or_reason, lpips_model, psnr, ssim
+from training.dataset import read_video_rgb, video_files
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def lpips_or_reason(device: torch.device) -> tuple[Any, str | None]:
         return lpips_model(device), None
     except Exception as exc:  # missing module or WeightsError subclass: report, never crash
         return None, (f"LPIPS unavailable ({type(exc).__name__}: {exc}); run "
-                      "`python -m codec.training.backbones setup`")
+                      "`python -m training.backbones setup`")
 
 
 # ---------------------------------------------------------------------------- clips
@@ -55,7 +55,7 @@ def lpips_or_reason(device: torch.device) -> tuple[Any, str | None]:
 def iter_dev_clips(dev: Path | str, max_frames: int | None = None) -> Iterator[Clip]:
     """(name, frames N×H×W×3 uint8, landmarks | None, pose | None) for each dev clip.
 
-    ``dev`` is a dataset root (read with ``codec.training.dataset.DevClips``), one video
+    ``dev`` is a dataset root (read with ``training.dataset.DevClips``), one video
     file, or a directory of video files (read with OpenCV; for quick experiments).
     """
     dev = Path(dev)
@@ -64,7 +64,7 @@ def iter_dev_clips(dev: Path | str, max_frames: int | None = None) -> Iterator[C
         for video in videos:
             yield video.stem, read_video_rgb(video, max_frames), None, None
         return
-    from codec.training.dataset import DevClips
+    from training.dataset import DevClips
 
     for name, frames, landmarks, pose in DevClips(dev):
         yield name, frames, landmarks, pose

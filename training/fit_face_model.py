@@ -3,7 +3,7 @@ expression basis over dlib's 68 points (see :mod:`codec.face3d`).
 
 Usage::
 
-    python -m codec.training.fit_face_model --data cache/train256 \
+    python -m training.fit_face_model --data cache/train256 \
         --out codec/weights/landmark/face_model.safetensors
 
 Input is the dataset builder's per-frame landmarks (``segments/*.npz``, crop pixels).
@@ -140,10 +140,10 @@ def save_face_model(model: FaceModel, path: Path, info: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m codec.training.fit_face_model", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m training.fit_face_model", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("cache/train256"),
-                   help="train set written by codec.training.dataset_builder (default: %(default)s)")
+                   help="train set written by training.dataset_builder (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("codec/weights/landmark/face_model.safetensors"),
                    help="output file (default: %(default)s)")
     p.add_argument("--every", type=int, default=2, help="use every N-th frame (default: %(default)s)")

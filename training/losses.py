@@ -57,11 +57,11 @@ def perceptual_loss(vgg: nn.Module, prediction: torch.Tensor, target: torch.Tens
     """Multi-scale VGG perceptual loss L_P (scalar).
 
     prediction, target: B×3×H×W in [0, 1]. Delegates to
-    :func:`codec.training.perceptual.multiscale_perceptual_loss` (L1 between VGG19/16 feature
+    :func:`training.perceptual.multiscale_perceptual_loss` (L1 between VGG19/16 feature
     maps of both images at each scale of an image pyramid); imported lazily so this module
     stays importable without the backbone code.
     """
-    from codec.training.perceptual import multiscale_perceptual_loss
+    from training.perceptual import multiscale_perceptual_loss
 
     return multiscale_perceptual_loss(vgg, prediction, target.detach(), scales=tuple(scales))
 

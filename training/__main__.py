@@ -1,6 +1,6 @@
-"""CLI: ``python -m codec.training {train,evaluate} ...`` (``main(argv) -> int`` for tests).
+"""CLI: ``python -m training {train,evaluate} ...`` (``main(argv) -> int`` for tests).
 
-train     one time-boxed chunk (see codec.training.trainer); works under torchrun.
+train     one time-boxed chunk (see training.trainer); works under torchrun.
 evaluate  dev evaluation of a weights file next to the frozen-keyframe baseline.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m codec.training", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -79,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "train":
-        from codec.training.losses import LossWeights
-        from codec.training.trainer import TrainConfig, train
+        from training.losses import LossWeights
+        from training.trainer import TrainConfig, train
 
         weights = LossWeights(
             perceptual=args.w_perceptual, gan=args.w_gan, feature_matching=args.w_feature_matching,
@@ -97,15 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             dev_clips=args.dev_clips, eval_at_end=not args.no_eval,
             dataset_length=args.dataset_length, deterministic=args.deterministic,
             threads=args.threads))
-        logging.getLogger("codec.training").info(
+        logging.getLogger("training").info(
             "stopped by %s at step %d (%d steps this chunk)", result.stopped_by, result.step,
             result.steps_this_chunk)
         return 0
     if args.command == "evaluate":
         import torch
 
-        from codec.training.evaluate import evaluate_model
         from codec.zoo import load_weights_file
+        from training.evaluate import evaluate_model
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if args.threads is not None:

