@@ -35,7 +35,7 @@ from signaling.errors import BadTokenError, RoomFullError, SignalingError
 log = logging.getLogger("facecodec")
 
 
-# `facecodec call` exit codes, in its --help (CALL_EPILOG) and the README's Calls section.
+# `facecodec call` exit codes, in its --help (CALL_EPILOG) and docs/calls.md.
 EXIT_NO_CALL = 1  # a peer joined but no call connected, or the call failed
 EXIT_NOBODY_JOINED = 3
 EXIT_BAD_TOKEN = 4

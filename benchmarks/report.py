@@ -1,14 +1,21 @@
-"""Write the README's "## Results" section from a benchmarks.rd results.json (and, optionally,
-a benchmarks.speed JSON).
+"""Write the results from a benchmarks.rd results.json (and, optionally, a benchmarks.speed
+JSON): a short table with the headline into the README, the full generated results into
+docs/results.md.
 
-    python -m benchmarks.report out/rd/results.json --readme README.md
+    python -m benchmarks.report benchmarks/results/rd-dev.json --readme README.md
     python -m benchmarks.report out/rd-dev/results.json --speed out/speed-cpu/speed.json \\
-        --publish benchmarks/results --readme README.md
+        --publish benchmarks/results --readme README.md --docs docs/results.md
 
-Only the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced
-(the markers and an empty section are appended at the end of the file when absent), so the
-numbers in the README always come from a results file and are never typed by hand. The
-README is read just before it is written, so edits elsewhere in it are kept.
+In both files only the text between ``<!-- results:start -->`` and ``<!-- results:end -->``
+is replaced (the markers are appended at the end of a file that lacks them; a missing docs
+page is created with a "# Results" title), so the numbers always come from a results file
+and are never typed by hand. Each file is read just before it is written, so edits
+elsewhere in it are kept, and running the same command twice changes nothing.
+
+The README's table (``short_section``) holds our default setting and any closed-loop
+setting, each baseline codec's setting nearest our default's LPIPS, x264's nearest our rate,
+and the frozen keyframe; ``--docs`` (default: docs/results.md beside the README) gets every
+row, the protocol, the face counts, the plots and the speed table (``results_section``).
 
 ``--publish DIR`` first copies what the section is built from into a committed folder:
 the rd JSON (per-clip rows and averages, floats rounded, no per-frame arrays), its
@@ -209,11 +216,125 @@ def results_section(data: dict[str, Any], results_path: Path, readme_dir: Path,
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _reference_setting(data: dict[str, Any]) -> str | None:
+    """Our setting the headline is quoted for: the first counted one, else the first with a
+    headline entry, else our first averaged row's."""
+    headline = data.get("analysis", {}).get("headline", [])
+    for entries in ([h for h in headline if h.get("counted")], headline,
+                    [a for a in data.get("averages", []) if a.get("codec") == "ours"]):
+        if entries:
+            return entries[0].get("setting")
+    return None
+
+
+def key_rows(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The README's few rows, each with why it is there: our reference setting (one keyframe),
+    our closed-loop settings, x264 at our rate and at our LPIPS, every other baseline nearest
+    our LPIPS (each baseline's lowest rate when there is no row of ours), the frozen keyframe.
+    Averaged rows only, in that order, no row twice."""
+    averages = data.get("averages", [])
+    reference = _reference_setting(data)
+    ours = next((a for a in averages if a.get("codec") == "ours" and a.get("setting") == reference),
+                None)
+    picked: list[tuple[str, dict[str, Any]]] = []
+
+    def add(why: str, row: dict[str, Any] | None) -> None:
+        if row is not None and all(row is not r for _, r in picked):
+            picked.append((why, row))
+
+    add("ours, one keyframe" if reference and reference.endswith("-kf0") else "ours", ours)
+    for row in averages:
+        setting = str(row.get("setting", ""))
+        if row.get("codec") == "ours" and "-ad" in setting:
+            add("ours, closed-loop keyframe refresh", row)
+
+    def nearest(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+        if ours is None or ours.get(key) is None:
+            return None
+        rows = [r for r in rows if r.get(key) is not None]
+        return min(rows, key=lambda r: abs(r[key] - ours[key])) if rows else None
+
+    codecs = list(dict.fromkeys(str(a.get("codec")) for a in averages))
+    for codec in codecs:
+        if codec in ("ours", "frozen"):
+            continue
+        rows = [a for a in averages if a.get("codec") == codec]
+        if ours is None:  # nothing to be near: each baseline's lowest rate
+            rated = [r for r in rows if r.get("payload_kbps") is not None]
+            add(f"{codec} lowest rate", min(rated, key=lambda r: r["payload_kbps"]) if rated else None)
+            continue
+        if codec == "x264":
+            add("x264 nearest our rate", nearest(rows, "payload_kbps"))
+        add(f"{codec} nearest our LPIPS", nearest(rows, "lpips"))
+    for row in averages:
+        if row.get("codec") == "frozen":
+            add("frozen keyframe (no motion)", row)
+    return picked
+
+
+def _headline_text(data: dict[str, Any]) -> str:
+    """The headline in one sentence: per counted setting, payload and on-wire ratios."""
+    entries = data.get("analysis", {}).get("headline", [])
+    counted = [h for h in entries if h.get("counted")]
+    if not counted:
+        reasons = sorted({h.get("reason", "n/a") for h in entries if h.get("rate_key") == "payload_kbps"})
+        return ("**Headline** (x264 kbit/s needed for our LPIPS ÷ ours, counted only where our AKD "
+                "is no worse): not counted for any setting"
+                + (f" ({'; '.join(reasons)})" if reasons else "") + ".")
+    by_setting: dict[str, dict[str, Any]] = {}
+    for h in counted:
+        by_setting.setdefault(h["setting"], {})[h.get("rate_key")] = h
+    parts = []
+    for setting, ratios in by_setting.items():
+        cells = [f"{format_cell(ratios[k]['ratio'])}× {label}"
+                 for k, label in (("payload_kbps", "payload"), ("wire_kbps", "on the wire"))
+                 if k in ratios]
+        parts.append(f"{setting}: " + ", ".join(cells))
+    return ("**Headline** (x264 kbit/s needed for our LPIPS ÷ ours, counted only where our AKD "
+            "is no worse): " + "; ".join(parts) + ".")
+
+
+def short_section(data: dict[str, Any], results_path: Path, readme_dir: Path, docs_path: Path,
+                  command: str | None = None, heading: bool = True) -> str:
+    """The README's block (without the markers): what the run was, the headline and the
+    ``key_rows`` table, linking to the full results page."""
+    command = command or f"python -m benchmarks.report {results_path.as_posix()}"
+    clips = data.get("clips", [])
+    lines = (["## Results", ""] if heading else []) + [
+        f"The rd benchmark on {len(clips)} clip{'' if len(clips) == 1 else 's'}"
+        + (f" ({data['protocol']})" if data.get("protocol") else "") + ", from "
+        f"[{results_path.name}]({_rel(results_path, readme_dir)}). Every row, the plots and how "
+        f"the run was made: [{_rel(docs_path, readme_dir)}]({_rel(docs_path, readme_dir)}). "
+        f"Generated by `{command}`; do not edit by hand.", ""]
+    if data.get("untrained"):
+        lines += [f"> **{UNTRAINED_MARK}.**", ""]
+    lines += [_headline_text(data), ""]
+    head = ["row", "setting", "payload kbit/s", "on-wire kbit/s", "PSNR", "LPIPS ↓",
+            "AKD px ↓", "x264 kbit/s at this LPIPS"]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    matched = {h["setting"]: h for h in data.get("analysis", {}).get("headline", [])
+               if h.get("rate_key") == "payload_kbps"}
+    for why, row in key_rows(data):
+        match = matched.get(row.get("setting")) if row.get("codec") == "ours" else None
+        at_lpips = ""
+        if match is not None and match.get("x264_kbps") is not None:
+            at_lpips = (f"{format_cell(match['x264_kbps'])} ({format_cell(match.get('ratio'))}×"
+                        + ("" if match.get("counted") else ", not counted: " + match.get("reason", "n/a"))
+                        + ")")
+        why = f"{why} (UNTRAINED)" if row.get("untrained") else why
+        cells = [why, row.get("setting"), format_cell(row.get("payload_kbps")),
+                 format_cell(row.get("wire_kbps")), format_cell(row.get("psnr")),
+                 format_cell(row.get("lpips"), 4), format_cell(row.get("akd")), at_lpips]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def has_results_heading(text: str) -> bool:
-    """Whether the last "## " heading above the start marker is already "## Results"."""
+    """Whether the last "# " or "## " heading above the start marker already says "Results"."""
     before = text[: text.find(START)] if START in text else text
-    headings = [line.strip() for line in before.splitlines() if line.startswith("## ")]
-    return bool(headings) and headings[-1] == "## Results"
+    headings = [line.strip() for line in before.splitlines()
+                if line.startswith("# ") or line.startswith("## ")]
+    return bool(headings) and headings[-1].lstrip("#").strip() == "Results"
 
 
 def replace_section(text: str, section: str) -> str:
@@ -232,7 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("results", type=Path, help="a benchmarks.rd results.json")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--readme", type=Path, default=Path("README.md"),
+                        help="gets the short table and the headline (default: README.md)")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="gets the full results (default: docs/results.md beside the README)")
     parser.add_argument("--speed", type=Path, default=None,
                         help="a benchmarks.speed JSON: adds the speed table")
     parser.add_argument("--publish", type=Path, default=None, metavar="DIR",
@@ -251,13 +375,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.publish is not None:
         data, results_path, speed, speed_path = publish(data, args.results, args.publish,
                                                         speed, args.speed)
-    # Read the README only now (others edit other parts of it) and change only the section.
+    docs = args.docs if args.docs is not None else args.readme.parent / "docs" / "results.md"
+    # Read each file only now (others edit other parts of them) and change only the section.
+    text = docs.read_text() if docs.is_file() else "# Results\n"
+    section = results_section(data, results_path, docs.resolve().parent, speed, speed_path,
+                              command, heading=not has_results_heading(text))
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(docs, replace_section(text, section))
     text = args.readme.read_text() if args.readme.is_file() else ""
-    section = results_section(data, results_path, args.readme.resolve().parent, speed,
-                              speed_path, command, heading=not has_results_heading(text))
-    args.readme.write_text(replace_section(text, section))
-    print(f"rewrote the results section of {args.readme}", file=sys.stderr)
+    section = short_section(data, results_path, args.readme.resolve().parent, docs.resolve(),
+                            command, heading=not has_results_heading(text))
+    _write_if_changed(args.readme, replace_section(text, section))
+    print(f"rewrote the results sections of {docs} (full) and {args.readme} (short)", file=sys.stderr)
     return 0
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` unless the file already holds it (a rerun leaves the files untouched)."""
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Image and face metrics for the whole project (benchmarks and training evaluation).
 
-One place for every number the rate-distortion benchmark reports (its protocol: the
-README's "What has been measured"), so results compare across sessions:
+One place for every number the rate-distortion benchmark reports (its protocol:
+docs/results.md and docs/measurements.md), so results compare across sessions:
 
 * :func:`psnr`, :func:`ssim`, :func:`ms_ssim` on B×3×H×W float tensors in [0, 1] (RGB,
   data range 1), each returning B values (float64); :func:`psnr_frames`,

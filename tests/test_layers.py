@@ -1,4 +1,4 @@
-"""The packages are layered and imports point down only (README, "Layout").
+"""The packages are layered and imports point down only (docs/design.md, "Layout").
 
 Read from the source, so function-local imports count too: a lazy import is still an arrow.
 """

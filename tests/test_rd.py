@@ -1,5 +1,6 @@
 """benchmarks.rd and benchmarks.report: curve maths with known answers, an x264 round trip
-on a tiny synthetic clip, and the README rewrite staying between its markers."""
+on a tiny synthetic clip, and the README and docs/results.md rewrites staying between their
+markers (more on the report in test_report.py)."""
 
 from __future__ import annotations
 
@@ -104,9 +105,13 @@ def test_report_rewrites_only_between_markers(tmp_path) -> None:
     assert report.main([str(results), "--readme", str(readme)]) == 0
     first = readme.read_text()
     assert first.startswith("# Title\n\nintro\n")
-    assert report.START in first and report.END in first and "abc123" in first
+    assert report.START in first and report.END in first and "9.5" in first
     assert first.count("## Results") == 1  # no heading above the markers: the section has it
-    assert "UNTRAINED" in first and "rd/rd_lpips.png" in first
+    assert "UNTRAINED" in first and "](docs/results.md)" in first
+    # The full results go to docs/results.md beside the README, created with its title.
+    docs = (tmp_path / "docs" / "results.md").read_text()
+    assert docs.startswith("# Results\n") and "## Results" not in docs
+    assert "abc123" in docs and "UNTRAINED" in docs and "](../rd/rd_lpips.png)" in docs
     # Text after the section survives a rewrite; the section is replaced, not duplicated.
     readme.write_text(first + "\n## After\n\nkept\n")
     row["payload_kbps"] = 7.25
@@ -238,9 +243,12 @@ def test_report_publish_with_speed(tmp_path) -> None:
                      "frames_per_s": 1.63}]}))
     readme = tmp_path / "README.md"
     readme.write_text(f"# T\n\n## Results\n\nbefore\n\n{report.START}\nold\n{report.END}\n\nafter\n")
+    docs = tmp_path / "docs" / "results.md"
+    docs.parent.mkdir()
+    docs.write_text(f"# T\n\n## Results\n\nbefore\n\n{report.START}\nold\n{report.END}\n\nafter\n")
     published = tmp_path / "benchmarks" / "results"
     assert report.main([str(results), "--speed", str(speed), "--publish", str(published),
-                        "--readme", str(readme)]) == 0
+                        "--readme", str(readme), "--docs", str(docs)]) == 0
     assert sorted(p.name for p in published.iterdir()) == [
         "rd-dev-summary.md", "rd-dev.json", "rd-dev_rd_lpips.png", "speed-cpu.json"]
     copy = json.loads((published / "rd-dev.json").read_text())
@@ -248,14 +256,18 @@ def test_report_publish_with_speed(tmp_path) -> None:
     assert copy["results"][0]["extra"] == {"keyframes": 1}  # encoder options live in the notes
     assert copy["plots"] == ["rd-dev_rd_lpips.png"]
     assert "UNTRAINED" in (published / "rd-dev-summary.md").read_text()
-    text = readme.read_text()
-    assert text.startswith("# T\n\n## Results\n\nbefore\n\n")
-    assert text.endswith(f"{report.END}\n\nafter\n") and text.count("## Results") == 1
-    section = text.split(report.START)[1].split(report.END)[0]
+    for path in (readme, docs):  # both keep everything outside the markers
+        text = path.read_text()
+        assert text.startswith("# T\n\n## Results\n\nbefore\n\n")
+        assert text.endswith(f"{report.END}\n\nafter\n") and text.count("## Results") == 1
+    short = readme.read_text().split(report.START)[1].split(report.END)[0]
+    assert "old" not in short and "UNTRAINED" in short and "](docs/results.md)" in short
+    assert "](benchmarks/results/rd-dev.json)" in short and "| ours, one keyframe (UNTRAINED) | q0-kf0 |" in short
+    section = docs.read_text().split(report.START)[1].split(report.END)[0]
     assert "old" not in section and "UNTRAINED" in section and "abc123" in section
     assert "every 25th frame" in section and "10 of 250" in section and "31 min wall" in section
-    assert "](benchmarks/results/rd-dev_rd_lpips.png)" in section
-    assert "](benchmarks/results/rd-dev-summary.md)" in section
+    assert "](../benchmarks/results/rd-dev_rd_lpips.png)" in section
+    assert "](../benchmarks/results/rd-dev-summary.md)" in section
     assert "| receiver.render | fp32 | eager | ok | 612 |" in section
     assert "2 torch threads" in section and "python -m benchmarks.speed --threads 2" in section
     assert "--publish" in section

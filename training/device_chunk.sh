@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One time-boxed training chunk on the lent GPU machine (README: "Training on the accelerator").
+# One time-boxed training chunk on the lent GPU machine (docs/training.md, "Training on the accelerator").
 #
 # Run from the repo root there, with cache/train256, cache/dev256 and cache/backbones carried.
 # The full training state stays in $RUN on the machine between calls while it is warm, so the

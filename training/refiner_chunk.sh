@@ -2,7 +2,7 @@
 # One time-boxed refiner training chunk on the lent GPU machine, then the dev evaluation.
 #
 # Run from the repo root there, with cache/train256, cache/dev256 and cache/backbones carried
-# (README: "Training on the accelerator"). It starts from, in order: $RUN/refiner.safetensors
+# (docs/training.md, "Training on the accelerator"). It starts from, in order: $RUN/refiner.safetensors
 # (a warm machine: the previous call's result), the committed
 # codec/weights/landmark/refiner.safetensors, or a fresh (identity) refiner. Each start from a
 # file continues at that file's sample count, so chained chunks see new pairs.
@@ -13,7 +13,7 @@ set -euo pipefail
 
 # Defaults: the recipe of the shipped refiner (3 min from identity, LPIPS + 0.1 × L1, lr 3e-5).
 # Longer or faster runs overfit the train clips: lr 1e-4 for 3 min gave dev LPIPS 0.1385,
-# 4.4 more minutes 0.1469, worse than the plain warp's 0.1435 (README, Training).
+# 4.4 more minutes 0.1469, worse than the plain warp's 0.1435 (docs/training.md).
 MINUTES=${MINUTES:-3}          # training time, setup and preload included; evaluation comes after
 DEVICE=${DEVICE:-cuda}
 AMP=${AMP:-$([ "$DEVICE" = cuda ] && echo bf16 || echo none)}
