@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.env import cpu_name, git_sha
+from benchmarks.env import cpu_name, git_state
 from codec.api import DATA_CHANNEL_OVERHEAD_BYTES
 from codec.families.base import TalkingHeadModel
 
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 after["latency_ms_median_of_runs"] - before["latency_ms_median_of_runs"]
     result = {
         "name": "call_latency",
-        "env": {"git_sha": git_sha(), "torch": torch.__version__, "device": "cpu", "cpu": cpu_name(),
+        "env": {**git_state(), "torch": torch.__version__, "device": "cpu", "cpu": cpu_name(),
                 "threads": args.threads},
         "command": "python -m benchmarks.call_latency " + " ".join(sys.argv[1:] if argv is None else argv),
         "untrained": bool(loaded.untrained),

@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.env import cpu_name, git_sha
+from benchmarks.env import cpu_name, git_state
 
 During = Callable[[], Awaitable[Any]] | None
 # A capabilities object of a real peer (the server only checks its shape).
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rss_growth_last_third_mb": round(last_third[-1] - last_third[0], 2) if last_third else None,
         "legitimate_pairs_ok": all(s["during"]["ok"] for r in rounds for s in r.values() if "during" in s),
         "last_round": rounds[-1] if rounds else None,
-        "cpu": cpu_name(), "git_sha": git_sha(),
+        "cpu": cpu_name(), **git_state(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.env import cpu_name, git_sha
+from benchmarks.env import cpu_name, git_state
 
 PEERS = ("a", "b")
 
@@ -207,7 +207,7 @@ def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode
         "call_reports": {peer: {k: (r or {}).get(k) for k in ("calls", "seconds", "end_reasons")}
                          for peer, r in reports.items()},
         "samples": samples,
-        "cpu": cpu_name(), "cpus": os.cpu_count(), "git_sha": git_sha(),
+        "cpu": cpu_name(), "cpus": os.cpu_count(), **git_state(),
     }
 
 

@@ -6,13 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skimage import data as skimage_data
 
 from codec.errors import FaceNotFoundError
 from codec.facecrop import CropBox, FaceCropper, detect_landmarks, face_height
-
-skimage_data = pytest.importorskip("skimage.data")
-pytest.importorskip("dlib")
-
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +104,6 @@ def test_real_clip_box_stable(shared_data: Path) -> None:
     clip = shared_data / "talking" / "first-order-model" / "10.mp4"
     if not clip.is_file():
         pytest.skip(f"{clip} missing")
-    pytest.importorskip("av")
     from codec.media import read_frames
 
     frames = [f.image for f in read_frames(clip, fps=25.0, max_frames=50)]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from skimage import data as skimage_data
 
 from codec.errors import BitstreamError, OversizedError
 from codec.keyframe import (
@@ -20,7 +21,6 @@ from codec.keyframe import (
     keyframe_dimensions,
 )
 
-skimage_data = pytest.importorskip("skimage.data")
 CODECS = ["webp", "jpeg", "av1"]
 
 

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("av")
-
-from codec.errors import MediaError  # noqa: E402
-from codec.media import (  # noqa: E402
+from codec.errors import MediaError
+from codec.media import (
     AUDIO_SAMPLE_RATE,
     VideoWriter,
     decode_audio_packets,
@@ -27,7 +25,6 @@ FPS = 25.0
 NUM_FRAMES = 50  # 2 s
 WIDTH, HEIGHT = 128, 96
 TONE_HZ = 440.0
-
 
 
 def _frame(index: int) -> np.ndarray:

@@ -250,7 +250,9 @@ def test_aiortc_loopback_delivers_h264_frames_and_pli(clip, monkeypatch):
                 incoming = await asyncio.wait_for(remote, 10)
                 frames = [await asyncio.wait_for(incoming.recv(), 10) for _ in range(10)]
             except TimeoutError:
-                pytest.skip(f"loopback call did not connect (ICE state {sender_pc.iceConnectionState})")
+                # ICE is pinned to 127.0.0.1: not connecting is a regression, not the environment
+                pytest.fail(f"loopback call did not connect (ICE state {sender_pc.iceConnectionState}, "
+                            f"connection {sender_pc.connectionState})")
             assert all((f.width, f.height) == SIZE for f in frames)
             times = [f.time for f in frames]
             assert times == sorted(times) and times[-1] > times[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import subprocess
 import time
 from fractions import Fraction
@@ -13,6 +12,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import require_tool, skip_or_fail_in_ci
 
 from codec.errors import CodecError, MediaError
 from receiver.sinks import Mp4Recorder, SinkUnavailableError, consume_audio
@@ -220,10 +220,9 @@ def test_window_sink_unavailable_without_display(monkeypatch):
 
 @pytest.fixture
 def xvfb_display(monkeypatch):
-    """A private Xvfb server's display, set as $DISPLAY; skips when Xvfb is not installed."""
-    binary = shutil.which("Xvfb")
-    if binary is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb): no display for a real window")
+    """A private Xvfb server's display, set as $DISPLAY; skips when Xvfb is not installed
+    (fails under CI, whose .ci/run installs it)."""
+    binary = require_tool("Xvfb", "Xvfb is not installed (apt-get install xvfb): no display for a real window")
     read_fd, write_fd = os.pipe()
     server = subprocess.Popen(
         [binary, "-displayfd", str(write_fd), "-screen", "0", "320x240x24", "-nolisten", "tcp"],
@@ -236,7 +235,7 @@ def xvfb_display(monkeypatch):
         with os.fdopen(read_fd) as pipe:  # Xvfb writes its display number when ready
             number = pipe.readline().strip()
         if not number:
-            pytest.skip("Xvfb did not start")
+            skip_or_fail_in_ci("Xvfb did not start")
         monkeypatch.setenv("DISPLAY", f":{number}")
         yield f":{number}"
     finally:

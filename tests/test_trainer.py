@@ -280,6 +280,24 @@ print("OK")
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     clip_report = report["clips"]["clip"]
     assert clip_report["frames"] == 3
-    assert isinstance(clip_report["ours"]["psnr"], float)
-    assert isinstance(clip_report["frozen_keyframe"]["ssim"], float)
+    # The frozen keyframe's scores, recomputed here: frame 0 against frames 1..3 of the clip
+    # (64 px, the tiny model's size, so no resize), PSNR in float64, SSIM by scikit-image.
+    from skimage.metrics import structural_similarity
+
+    from training.dataset import read_video_rgb
+
+    real = read_video_rgb(clip, max_frames=4).astype(np.float64) / 255.0
+    frozen = clip_report["frozen_keyframe"]
+    expected_psnr = np.mean([10 * math.log10(1 / np.mean((real[0] - f) ** 2)) for f in real[1:]])
+    expected_ssim = np.mean([structural_similarity(real[0], f, gaussian_weights=True, sigma=1.5,
+                                                   use_sample_covariance=False, data_range=1.0,
+                                                   channel_axis=-1) for f in real[1:]])
+    assert frozen["psnr"] == pytest.approx(expected_psnr, abs=1e-3)
+    assert frozen["ssim"] == pytest.approx(expected_ssim, abs=1e-4)
+    # The disc moved 1..3 px: the frozen frame is close but not equal (≈ 20-30 dB).
+    assert 15 < frozen["psnr"] < 40 and 0.5 < frozen["ssim"] < 1
+    # One step of training: a picture in [0, 1], neither garbage nor a copy (finite, sane).
+    ours = clip_report["ours"]
+    assert math.isfinite(ours["psnr"]) and 5 < ours["psnr"] < 60, ours
+    assert -1 < ours["ssim"] < 1, ours
     assert (tmp_path / "eval" / "clip.png").is_file()

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.env import describe_commit
+
 from .protocol import AKD_COMMON, SUMMARY_METRICS, UNTRAINED_MARK, metric_label, metric_sampling_text
 
 
@@ -99,10 +101,10 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
                    "weights: they test the pipeline only."), ""]
     env = data.get("env", {})
     lines += [f"- command: `{data.get('command', '')}`",
-              (f"- git sha: `{env.get('git_sha')}`; torch {env.get('torch')}, PyAV {env.get('av')}, "
+              (f"- git sha: {describe_commit(env)}; torch {env.get('torch')}, PyAV {env.get('av')}, "
                f"{env.get('device')} with {env.get('cpu_threads')} threads"),
               f"- protocol: {data.get('protocol', '')}",
-              *[f"- re-summarised from the stored rows and per-frame arrays at git sha `{r['git_sha']}`"
+              *[f"- re-summarised from the stored rows and per-frame arrays at git sha {describe_commit(r)}"
                 for r in data.get("resummarised", [])[-1:]],
               "- **metric sampling: " + metric_sampling_text(
                   data.get("metric_every", 1), data.get("frames_requested") or 250) + ".**",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.env import git_sha
+from benchmarks.env import git_state
 from codec.api import DATA_CHANNEL_CHUNK_BYTES, DATA_CHANNEL_OVERHEAD_BYTES
 from codec.facecrop import FIT_FRAMES
 
@@ -25,7 +25,7 @@ def environment() -> dict[str, Any]:
     import av
     import torch
 
-    return {"git_sha": git_sha(),
+    return {**git_state(),
             "torch": torch.__version__, "av": av.__version__, "numpy": np.__version__,
             "device": "cpu", "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform()}
@@ -95,8 +95,9 @@ class ResultStore:
     def note_resummarised(self) -> None:
         """Called when a summary is written: an invocation that scored nothing says so."""
         if self._meta is not None:
+            env = self._meta["env"]
             self.data.setdefault("resummarised", []).append(
-                {"git_sha": self._meta["env"]["git_sha"], "command": self._meta["command"]})
+                {**{k: env[k] for k in ("git_sha", "git_dirty") if k in env}, "command": self._meta["command"]})
 
     @staticmethod
     def key(row: dict[str, Any]) -> tuple:

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.env import cpu_name, git_sha
+from benchmarks.env import cpu_name, git_state
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
-        "git_sha": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
+        **git_state(), "torch": torch.__version__, "python": platform.python_version(),
         "device": device.type, "threads": torch.get_num_threads(), "cpu": cpu_name(),
         "platform": platform.platform(),
         # the dev machine's 2 cores are shared: a high load average explains noisy CPU rows
