@@ -49,8 +49,9 @@ def _compress_summary(report: CompressReport) -> str:
     """The report's lines, with what a call's data channel would add to the motion."""
     from rtc.wire_cost import DATA_CHANNEL_OVERHEAD_BYTES
 
-    return report.summary(on_wire=(f"  on-wire estimate  {_motion_wire_kbps(report):.2f} kbit/s for motion "
-                                   f"as one data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)"))
+    line = (f"  on-wire estimate  {_motion_wire_kbps(report):.2f} kbit/s for motion as one "
+            f"data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)")
+    return report.summary(on_wire=line)
 
 
 def _compress_json(report: CompressReport) -> dict:

@@ -200,7 +200,7 @@ class Encoder:
                 decoded = received_keyframe(data, self.keyframe_codec, self.model.image_size)
                 self._local_source = self.model.prepare_source(decoded, info)
             if self._loop is not None:
-                self._loop.keyframe_sent(seq)
+                self._loop.keyframe_sent(seq, len(packet))
             packets.append(packet)
             self.stats.keyframes += 1
             self.stats.keyframe_bytes += len(packet)
@@ -225,31 +225,25 @@ class Encoder:
         self.stats.motion_bytes += len(packet)
         self.stats.intra_packets += int(intra)
         if self._loop is not None:
-            events = self._loop.check(seq, crop, vector, decoded, self._local_source,
-                                      keyframe_pending=self._keyframe_requested,
-                                      keyframes=self.stats.keyframes, keyframe_bytes=self.stats.keyframe_bytes)
-            self.stats.last_rebuild_error = self._loop.last_error
-            for event in events:
+            for event in self._loop.check(seq, crop, vector, decoded, self._local_source,
+                                          keyframe_pending=self._keyframe_requested):
                 self._act_on(event)
+            self.stats.last_rebuild_error = self._loop.last_error
         return packets
 
     def _act_on(self, event: LoopEvent) -> None:
         if event.kind == "fallback":
             self.stats.fallbacks.append((event.seq, event.why))
             log.info("keyframes stopped helping at frame %d: %s", event.seq, event.why)
-            return
-        self.stats.refreshes.append((event.seq, event.why))
-        log.info("keyframe refresh at frame %d: %s", event.seq, event.why)
-        self.request_keyframe(event.why)
+        else:
+            self.stats.refreshes.append((event.seq, event.why))
+            log.info("keyframe refresh at frame %d: %s", event.seq, event.why)
+            self.request_keyframe(event.why)
 
     def probe(self, frame: np.ndarray) -> str | None:
         """While in ``fallback`` (a call sends H.264): would a keyframe of the camera hold now?
-
-        Tries a local keyframe (coded and decoded as the receiver would get it; nothing is
-        sent) and scores the frames after it as the closed loop does. Returns why, and leaves
-        fallback with a keyframe requested, once the trial keyframe's error has stayed on
-        average less than ``probe_excess`` above its first check for ``probe_s`` seconds, with
-        a face in every frame; None meanwhile."""
+        Why, once one would (:meth:`codec.refresh.RefreshLoop.probe`), and a keyframe is
+        requested; None meanwhile. Probed frames are not sent."""
         if self._loop is None or self._loop.fallback is None:
             return None
         why = self._loop.probe(fit_square(frame, self.model.image_size))

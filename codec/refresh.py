@@ -140,6 +140,8 @@ class RefreshLoop:
         self._keyframe_quality = keyframe_quality
         self.fallback: str | None = None  # why keyframes stopped helping, while they do not
         self.last_error: float | None = None  # the last check's rebuild error
+        self._keyframes = 0  # sent so far, and their bytes (the budget)
+        self._keyframe_bytes = 0
         # Since the last keyframe:
         self._keyframe_seq: int | None = None
         self._keyframe_pose: np.ndarray | None = None  # its yaw, pitch
@@ -158,27 +160,27 @@ class RefreshLoop:
         chosen, self._chosen = self._chosen, None
         return chosen
 
-    def keyframe_sent(self, seq: int) -> None:
-        """A keyframe went out with frame ``seq``: the loop starts over from it."""
+    def keyframe_sent(self, seq: int, packet_bytes: int) -> None:
+        """A keyframe packet of ``packet_bytes`` went out with frame ``seq``: the loop starts
+        over from it."""
+        self._keyframes += 1
+        self._keyframe_bytes += packet_bytes
         self._keyframe_seq = seq
         self._floor, self._turned_checks, self._jump_checks = None, 0, 0
         self._window.clear()
         self._keyframe_pose = None
 
     def check(self, seq: int, crop: np.ndarray, vector: np.ndarray, decoded: np.ndarray | None,
-              source: Any, *, keyframe_pending: bool, keyframes: int,
-              keyframe_bytes: int) -> list[LoopEvent]:
+              source: Any, *, keyframe_pending: bool) -> list[LoopEvent]:
         """After frame ``seq`` was encoded: its crop, the tracker's motion ``vector``, the
         motion as the receiver decodes it and the receiver's source state (None before a
-        keyframe). ``keyframe_pending``: a keyframe is already asked for; ``keyframes`` /
-        ``keyframe_bytes``: sent so far (the byte budget). What to do, in order."""
+        keyframe). ``keyframe_pending``: a keyframe is already asked for. What to do, in order."""
         events: list[LoopEvent] = []
         if self._keyframe_pose is None and decoded is not None:
             self._keyframe_pose = decoded[:2].copy()
         self._watch_face(vector, seq, events)
         if seq % self.policy.check_every == 0:
-            self._check_rebuild(crop, seq, decoded, source, keyframe_pending, keyframes,
-                                keyframe_bytes, events)
+            self._check_rebuild(crop, seq, decoded, source, keyframe_pending, events)
         return events
 
     @property
@@ -201,8 +203,7 @@ class RefreshLoop:
         return rebuild_error(self._model.render(source, motion[None])[0], crop)
 
     def _check_rebuild(self, crop: np.ndarray, seq: int, decoded: np.ndarray | None, source: Any,
-                       keyframe_pending: bool, keyframes: int, keyframe_bytes: int,
-                       events: list[LoopEvent]) -> None:
+                       keyframe_pending: bool, events: list[LoopEvent]) -> None:
         """Score the receiver's rebuild of this frame; a refresh event when one is due."""
         policy = self.policy
         if source is None or decoded is None or seq == self._keyframe_seq:
@@ -215,7 +216,8 @@ class RefreshLoop:
         self._window.append(CheckedFrame(seq, crop.copy(), decoded.copy(), error))
         while seq - self._window[0].seq > round(policy.window_s * self.frame_rate):
             self._window.popleft()
-        turn = float(np.max(np.abs(decoded[:2] - self._keyframe_pose))) if self._keyframe_pose is not None else 0.0
+        pose = self._keyframe_pose
+        turn = float(np.max(np.abs(decoded[:2] - pose))) if pose is not None else 0.0
         self._turned_checks = self._turned_checks + 1 if turn > policy.pose_limit_deg else 0
         self._jump_checks = self._jump_checks + 1 if error - self._floor > policy.jump else 0
         if keyframe_pending:
@@ -224,9 +226,9 @@ class RefreshLoop:
                  else (seq - self._keyframe_seq) / self.frame_rate)
         elapsed = (seq + 1) / self.frame_rate
         # Budget: the first keyframe and one refresh of credit, then max_keyframe_kbps.
-        average_keyframe = keyframe_bytes / max(keyframes, 1)
+        average_keyframe = self._keyframe_bytes / max(self._keyframes, 1)
         budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
-        if since < policy.min_interval_s or keyframe_bytes + average_keyframe > budget_bytes:
+        if since < policy.min_interval_s or self._keyframe_bytes + average_keyframe > budget_bytes:
             return
         if self._jump_checks >= policy.hold_checks:
             why = f"rebuild error {error:.2f} jumped over the keyframe's first check {self._floor:.3f}"
@@ -239,8 +241,9 @@ class RefreshLoop:
             if trial.held - trial.fresh < (0.0 if turned else policy.gain):
                 return
             window = (seq - self._window[0].seq) / self.frame_rate
-            why = (f"head turned {turn:.0f}° from the keyframe; " if turned else "") + \
-                f"this frame rebuilds the last {window:.1f} s better: error {trial.fresh:.3f}, not {trial.held:.3f}"
+            why = ((f"head turned {turn:.0f}° from the keyframe; " if turned else "")
+                   + f"this frame rebuilds the last {window:.1f} s better: "
+                   f"error {trial.fresh:.3f}, not {trial.held:.3f}")
             self._chosen = trial
         else:
             return
@@ -273,8 +276,13 @@ class RefreshLoop:
         return TrialKeyframe(crop, info, held, fresh)
 
     def probe(self, crop: np.ndarray) -> str | None:
-        """While in ``fallback``: would a keyframe of this crop hold now? (See
-        :meth:`codec.api.Encoder.probe`.) Why, once it has; None meanwhile."""
+        """While in ``fallback`` (a call sends H.264): would a keyframe of the camera hold now?
+
+        Tries a local keyframe (coded and decoded as the receiver would get it; nothing is
+        sent) and scores the frames after it as the closed loop does. Returns why, and leaves
+        fallback, once the trial keyframe's error has stayed on average less than
+        ``probe_excess`` above its first check for ``probe_s`` seconds, with a face in every
+        frame; None meanwhile."""
         policy = self.policy
         # Probed frames are not sent: they take no sequence number (the receiver would count
         # the gap as lost packets), only a count of their own for the probe's clock.
