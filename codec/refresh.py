@@ -10,7 +10,7 @@ the keyframes and keeps the stream's record (``EncoderStats``).
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +19,8 @@ from codec.families.base import MotionTracker, TalkingHeadModel
 from codec.keyframe import encode_keyframe, received_keyframe
 from codec.rebuild_score import rebuild_error
 
-__all__ = ["CheckedFrame", "LoopEvent", "Probe", "RefreshLoop", "RefreshPolicy", "TrialKeyframe"]
+__all__ = ["CheckedFrame", "HeldKeyframe", "LoopEvent", "Probe", "RefreshLoop", "RefreshPolicy",
+           "TrialKeyframe"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,18 @@ class CheckedFrame:
     error: float  # its rebuild error from the held keyframe
 
 
+@dataclass
+class HeldKeyframe:
+    """What the loop has seen since the keyframe the receiver holds (new with each keyframe)."""
+
+    seq: int | None = None  # its frame; None before the first
+    pose: np.ndarray | None = None  # yaw, pitch of the first decoded motion from it
+    floor: float | None = None  # the first check's rebuild error after it
+    turned_checks: int = 0  # checks in a row with the head beyond pose_limit_deg
+    jump_checks: int = 0  # checks in a row with the error beyond floor + jump
+    window: collections.deque[CheckedFrame] = field(default_factory=collections.deque)  # within window_s
+
+
 @dataclass(frozen=True)
 class TrialKeyframe:
     """A crop tried as the keyframe: the mean rebuild error of the window's frames from the
@@ -142,13 +155,7 @@ class RefreshLoop:
         self.last_error: float | None = None  # the last check's rebuild error
         self._keyframes = 0  # sent so far, and their bytes (the budget)
         self._keyframe_bytes = 0
-        # Since the last keyframe:
-        self._keyframe_seq: int | None = None
-        self._keyframe_pose: np.ndarray | None = None  # its yaw, pitch
-        self._floor: float | None = None  # the first check's error after it
-        self._turned_checks = 0
-        self._jump_checks = 0
-        self._window: collections.deque[CheckedFrame] = collections.deque()  # within window_s
+        self._held = HeldKeyframe()
         self._chosen: TrialKeyframe | None = None  # the trial the loop asked to send
         self._quick_refreshes = 0  # refreshes in a row that came due within fallback_window_s
         self._frames_without_face = 0
@@ -165,10 +172,7 @@ class RefreshLoop:
         over from it."""
         self._keyframes += 1
         self._keyframe_bytes += packet_bytes
-        self._keyframe_seq = seq
-        self._floor, self._turned_checks, self._jump_checks = None, 0, 0
-        self._window.clear()
-        self._keyframe_pose = None
+        self._held = HeldKeyframe(seq)
 
     def check(self, seq: int, crop: np.ndarray, vector: np.ndarray, decoded: np.ndarray | None,
               source: Any, *, keyframe_pending: bool) -> list[LoopEvent]:
@@ -176,8 +180,8 @@ class RefreshLoop:
         motion as the receiver decodes it and the receiver's source state (None before a
         keyframe). ``keyframe_pending``: a keyframe is already asked for. What to do, in order."""
         events: list[LoopEvent] = []
-        if self._keyframe_pose is None and decoded is not None:
-            self._keyframe_pose = decoded[:2].copy()
+        if self._held.pose is None and decoded is not None:
+            self._held.pose = decoded[:2].copy()
         self._watch_face(vector, seq, events)
         if seq % self.policy.check_every == 0:
             self._check_rebuild(crop, seq, decoded, source, keyframe_pending, events)
@@ -205,42 +209,40 @@ class RefreshLoop:
     def _check_rebuild(self, crop: np.ndarray, seq: int, decoded: np.ndarray | None, source: Any,
                        keyframe_pending: bool, events: list[LoopEvent]) -> None:
         """Score the receiver's rebuild of this frame; a refresh event when one is due."""
-        policy = self.policy
-        if source is None or decoded is None or seq == self._keyframe_seq:
+        policy, held = self.policy, self._held
+        if source is None or decoded is None or seq == held.seq:
             return  # (the keyframe's own frame rebuilds to itself: the floor is the next one's)
         error = self._rebuild_error(source, decoded, crop)
         self.last_error = error
-        if self._floor is None:
-            self._floor = error
+        if held.floor is None:
+            held.floor = error
         # A copy: fit_square hands back the caller's array, which a camera may fill again.
-        self._window.append(CheckedFrame(seq, crop.copy(), decoded.copy(), error))
-        while seq - self._window[0].seq > round(policy.window_s * self.frame_rate):
-            self._window.popleft()
-        pose = self._keyframe_pose
-        turn = float(np.max(np.abs(decoded[:2] - pose))) if pose is not None else 0.0
-        self._turned_checks = self._turned_checks + 1 if turn > policy.pose_limit_deg else 0
-        self._jump_checks = self._jump_checks + 1 if error - self._floor > policy.jump else 0
+        held.window.append(CheckedFrame(seq, crop.copy(), decoded.copy(), error))
+        while seq - held.window[0].seq > round(policy.window_s * self.frame_rate):
+            held.window.popleft()
+        turn = float(np.max(np.abs(decoded[:2] - held.pose))) if held.pose is not None else 0.0
+        held.turned_checks = held.turned_checks + 1 if turn > policy.pose_limit_deg else 0
+        held.jump_checks = held.jump_checks + 1 if error - held.floor > policy.jump else 0
         if keyframe_pending:
             return
-        since = (1e9 if self._keyframe_seq is None
-                 else (seq - self._keyframe_seq) / self.frame_rate)
+        since = 1e9 if held.seq is None else (seq - held.seq) / self.frame_rate
         elapsed = (seq + 1) / self.frame_rate
         # Budget: the first keyframe and one refresh of credit, then max_keyframe_kbps.
         average_keyframe = self._keyframe_bytes / max(self._keyframes, 1)
         budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
         if since < policy.min_interval_s or self._keyframe_bytes + average_keyframe > budget_bytes:
             return
-        if self._jump_checks >= policy.hold_checks:
-            why = f"rebuild error {error:.2f} jumped over the keyframe's first check {self._floor:.3f}"
+        if held.jump_checks >= policy.hold_checks:
+            why = f"rebuild error {error:.2f} jumped over the keyframe's first check {held.floor:.3f}"
         elif not self._face_seen:
             return  # a keyframe without a detected face serves nothing after it
         elif seq % policy.candidate_every == 0 and (trial := self._trial(seq)) is not None:
             # A head turned far from the keyframe's pose lowers the bar to any gain: the trial
             # still has to do better, which a frame caught mid-turn (blurred, half way) does not.
-            turned = self._turned_checks >= policy.hold_checks
+            turned = held.turned_checks >= policy.hold_checks
             if trial.held - trial.fresh < (0.0 if turned else policy.gain):
                 return
-            window = (seq - self._window[0].seq) / self.frame_rate
+            window = (seq - held.window[0].seq) / self.frame_rate
             why = ((f"head turned {turn:.0f}° from the keyframe; " if turned else "")
                    + f"this frame rebuilds the last {window:.1f} s better: "
                    f"error {trial.fresh:.3f}, not {trial.held:.3f}")
@@ -262,10 +264,10 @@ class RefreshLoop:
 
         The trial source is the crop itself, not its coded image: coding it would cost an
         encode per trial (~100 ms for AV1), and WebP q90's loss is small against ``gain``."""
-        policy = self.policy
-        crop = self._window[-1].crop
+        policy, window = self.policy, self._held.window
+        crop = window[-1].crop
         gap = round(policy.window_gap_s * self.frame_rate)
-        frames = [entry for entry in reversed(self._window) if seq - entry.seq >= gap][::policy.window_step]
+        frames = [entry for entry in reversed(window) if seq - entry.seq >= gap][::policy.window_step]
         if len(frames) < 2:
             return None
         info = self._tracker.keyframe_info(crop)
