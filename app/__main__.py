@@ -19,6 +19,7 @@ from codec.errors import CodecError
 
 if TYPE_CHECKING:
     from codec.families.base import TalkingHeadModel
+    from codec.files import CompressReport
 
 log = logging.getLogger("facecodec")
 
@@ -36,6 +37,30 @@ def _progress(total: int | None, label: str):
     return ProgressBar(total, label)
 
 
+def _motion_wire_kbps(report: CompressReport) -> float:
+    """The file's motion packets as WebRTC data-channel messages, one per frame, with the
+    per-message overhead (rtc.wire_cost); keyframe and header excluded."""
+    from rtc.wire_cost import data_channel_wire_kbps
+
+    return data_channel_wire_kbps(report.motion_bytes, report.frames, report.duration_s)
+
+
+def _compress_summary(report: CompressReport) -> str:
+    """The report's lines, with what a call's data channel would add to the motion."""
+    from rtc.wire_cost import DATA_CHANNEL_OVERHEAD_BYTES
+
+    line = (f"  on-wire estimate  {_motion_wire_kbps(report):.2f} kbit/s for motion as one "
+            f"data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)")
+    return report.summary(on_wire=line)
+
+
+def _compress_json(report: CompressReport) -> dict:
+    from rtc.wire_cost import DATA_CHANNEL_OVERHEAD_BYTES
+
+    return report.to_dict() | {"wire_kbps_estimate": _motion_wire_kbps(report),
+                               "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES}
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from codec.files import compress
 
@@ -46,9 +71,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
                           audio=not args.no_audio, patches=not args.no_patches,
                           refresh=args.refresh, progress=bar)
-    print(report.summary())
+    print(_compress_summary(report))
     if args.json:
-        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        args.json.write_text(json.dumps(_compress_json(report), indent=2))
     return 0
 
 
@@ -121,7 +146,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     with _progress(args.max_frames, "compress") as bar:
         report = compress(source, stream, model=model, quality=args.quality, fps=args.fps,
                           max_frames=args.max_frames, progress=bar)
-    print(report.summary())
+    print(_compress_summary(report))
     decoded = out / "decoded.mp4"
     with _progress(report.frames, "decompress") as bar:
         dreport = decompress(stream, decoded, model=model, batch_size=args.batch_size, progress=bar)

@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.env import cpu_name, git_state
-from codec.api import DATA_CHANNEL_OVERHEAD_BYTES
 from codec.families.base import TalkingHeadModel
+from rtc.wire_cost import DATA_CHANNEL_OVERHEAD_BYTES
 
 UDP_IPV4_HEADER_BYTES = 28
 MOTION_WIRE_BUDGET_KBPS = 4.0  # what the neural stream may add to an audio call at 25 fps
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "its UDP and IPv4 headers, split by what it carried; motion = its data-channel datagrams "
                   "+ the bytes its RTP header extension elements added to the audio packets",
                   "wire_kbps_measured: aiortc's DTLS transport counters (no STUN) + 28 B IPv4/UDP per "
-                  "packet, whole call; wire_kbps_estimate: payload + the codec's 93 B/message constant",
+                  "packet, whole call; wire_kbps_estimate: payload + rtc.wire_cost's 93 B/message constant",
                   "capture (with --capture): tcpdump on lo, the sender's ports, the meters' time window",
                   "on this shared 2-core CPU the generator dominates; absolute timings count only "
                   "on the accelerator"],

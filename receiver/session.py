@@ -324,7 +324,7 @@ class ReceiverSession:
             # frames must never pass for codec output.
             image = frame.image
             if frame.untrained:
-                from codec.api import stamp_untrained  # lazy: codec.api loads the model zoo
+                from codec.api import stamp_untrained  # lazy: only an untrained stream needs it
 
                 image = stamp_untrained(image)
             self.show(image, frame.timestamp)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from codec.errors import WeightsError
-from codec.zoo import file_sha256
+from codec.weights_io import file_sha256
 from evaluation.backbones import VGG16_PLAN, VGG16_RELUS, backbone_path, read_safetensors
 from evaluation.lpips import LPIPS
 from training import backbones as bb

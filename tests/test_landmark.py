@@ -16,7 +16,8 @@ from codec.families.landmark import (
     unpack_keyframe_info,
 )
 from codec.warp import MeshWarp, delaunay_triangles
-from codec.zoo import LANDMARK_MODELS, WEIGHTS_DIR, file_sha256, load_face_model, resolve_model
+from codec.weights_io import file_sha256, load_face_model
+from codec.zoo import LANDMARK_MODELS, WEIGHTS_DIR, resolve_model
 
 
 @pytest.fixture(scope="module")

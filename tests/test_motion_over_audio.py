@@ -190,9 +190,9 @@ def test_the_meter_labels_sctp_chunks_by_channel():
 
 @pytest.mark.parametrize("size", [1, 3, 4, 8, 9, 12, 16, 17, 20, 64, 255])
 def test_the_codecs_wire_estimate_is_what_the_carrier_adds(size):
-    """codec.api's estimate (used by the rd benchmark) against the real element in an aiortc
-    audio packet; codec must not import aiortc, so the arithmetic lives there on its own."""
-    from codec.api import motion_on_audio_wire_bytes
+    """rtc.wire_cost's estimate (used by the rd benchmark) against the real element in an aiortc
+    audio packet; the benchmark may run without aiortc, so the arithmetic lives there on its own."""
+    from rtc.wire_cost import motion_on_audio_wire_bytes
 
     original = _audio_packet()
     carried = add_extension_element(original, MOTION_EXTENSION_ID, bytes(range(size)))

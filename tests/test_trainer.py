@@ -179,7 +179,7 @@ def test_perceptual_loss_with_stand_in() -> None:
 
 # ---------------------------------------------------------------------------- training
 def test_one_step_is_finite_and_exports(tmp_path: Path) -> None:
-    from codec.zoo import load_weights_file
+    from codec.weights_io import load_weights_file
 
     result = train(_config(tmp_path / "run", chunk_steps=1), dataset=FakePairs())
     assert result.step == 1
@@ -227,7 +227,7 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
     """torchrun, 2 CPU processes on gloo, 2 steps through the real CLI: one state.pt holding
     both ranks' RNG states, and the export loads."""
-    from codec.zoo import load_weights_file
+    from codec.weights_io import load_weights_file
 
     clip = _write_clip(tmp_path / "clip.mp4")
     out = tmp_path / "ddp"

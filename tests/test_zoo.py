@@ -6,16 +6,8 @@ import pytest
 import torch
 
 from codec.errors import WeightsError
-from codec.zoo import (
-    REGISTRY,
-    WEIGHTS_DIR,
-    build_untrained,
-    export_weights,
-    file_sha256,
-    load_pretrained,
-    load_weights_file,
-    resolve_model,
-)
+from codec.weights_io import export_weights, file_sha256, load_weights_file
+from codec.zoo import REGISTRY, WEIGHTS_DIR, build_untrained, load_pretrained, resolve_model
 
 
 def test_export_then_load_round_trip(tmp_path, tiny_model):

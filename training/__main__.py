@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "evaluate":
         import torch
 
-        from codec.zoo import load_weights_file
+        from codec.weights_io import load_weights_file
         from training.evaluate import evaluate_model
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

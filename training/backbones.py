@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from codec.errors import WeightsError
-from codec.zoo import file_sha256
+from codec.weights_io import file_sha256
 from evaluation.backbones import (
     ALEX_NUM_CONVS,
     BACKBONES,

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from codec.face_masks import landmark_masks
 from codec.families.landmark import LandmarkModel, motion_from_landmarks, pack_keyframe_info
-from codec.models.refiner import landmark_masks
 from training.dataset import SegmentStore
 
 # Region masks (loss weight, evaluation): polygons of the true landmarks grown by this many

@@ -263,7 +263,7 @@ def _restore(run: TrainRun, lr_d: float) -> list[dict[str, Any]] | None:
                  run.batch_in_epoch)
         return resumed_rng
     if cfg.init_from is not None:
-        from codec.zoo import load_weights_file
+        from codec.weights_io import load_weights_file
 
         loaded = load_weights_file(Path(cfg.init_from) / "model.safetensors")
         if loaded.network.config != run.model_config:

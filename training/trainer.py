@@ -3,7 +3,7 @@
 One call of :func:`train` is a *chunk*: it trains until ``minutes`` have passed (or a
 step cap), then — on rank 0 only — saves the full training state atomically to
 ``OUT/state.pt``, exports the inference weights (``OUT/model.safetensors``, fp16, via
-:func:`codec.zoo.export_weights`) and the discriminator (``OUT/discriminator.safetensors``,
+:func:`codec.weights_io.export_weights`) and the discriminator (``OUT/discriminator.safetensors``,
 fp16), writes a sample grid and runs the dev evaluation. ``resume=True`` continues from
 ``state.pt`` with the same step, data position and RNG states, so chunked training gives
 the same parameters as one long run (tested on CPU). ``init_from`` restarts from the two
@@ -273,7 +273,7 @@ def _save_chunk(run: TrainRun, result: ChunkResult) -> dict[str, Any] | None:
              "train_seconds": run.train_seconds, "rng": rng_states, "world_size": run.ctx.world,
              "train_config": plain_config(cfg)}
     atomic_torch_save(state, out / "state.pt")
-    from codec.zoo import export_weights
+    from codec.weights_io import export_weights
 
     sha = export_weights(run.model, out / "model.safetensors")
     export_discriminator(run.discriminator, out / "discriminator.safetensors", run.model_config, step)

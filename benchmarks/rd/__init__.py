@@ -20,7 +20,7 @@ Bits counted:
   on-wire estimate is what a call with audio sends: the header, keyframes and patches as
   data-channel messages, ``DATA_CHANNEL_OVERHEAD_BYTES`` (93 B) per SCTP chunk of at most
   ``DATA_CHANNEL_CHUNK_BYTES``; each motion packet as a header extension element of an audio
-  packet (``codec.api.motion_on_audio_wire_bytes``: its bytes, a header byte, the padding).
+  packet (``rtc.wire_cost.motion_on_audio_wire_bytes``: its bytes, a header byte, the padding).
   Each row's ``extra.wire_kbps_without_audio`` is a call without audio: one message a packet.
 - x264 / VP8 / VP9 / AV1: the raw elementary stream the encoder emits (Annex-B for H.264,
   bare frames for VP8/VP9, low-overhead OBUs for AV1), no container. For x264 the one

@@ -156,7 +156,7 @@ def run_frozen(crops: np.ndarray) -> CodecRun:
     decode_s = time.perf_counter() - started
     frame_bytes = np.zeros(n, dtype=np.int64)
     frame_bytes[0] = len(data)
-    from codec.api import data_channel_message_wire_bytes
+    from rtc.wire_cost import data_channel_message_wire_bytes
 
     return CodecRun(decoded=[image] * n, frame_bytes=frame_bytes,
                     wire_bytes=data_channel_message_wire_bytes(len(data)), encode_s=encode_s,

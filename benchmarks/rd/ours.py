@@ -120,14 +120,13 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
     ``decoded`` holds just those."""
     import cv2
 
-    from codec.api import (
+    from codec.api import Decoder, Encoder
+    from codec.bitstream import PacketType
+    from rtc.wire_cost import (
         DATA_CHANNEL_OVERHEAD_BYTES,
-        Decoder,
-        Encoder,
         data_channel_message_wire_bytes,
         motion_on_audio_wire_bytes,
     )
-    from codec.bitstream import PacketType
 
     n, size = crops.shape[0], crops.shape[1]
     encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,

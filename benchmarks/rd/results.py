@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.env import git_state
-from codec.api import DATA_CHANNEL_CHUNK_BYTES, DATA_CHANNEL_OVERHEAD_BYTES
 from codec.facecrop import FIT_FRAMES
+from rtc.wire_cost import DATA_CHANNEL_CHUNK_BYTES, DATA_CHANNEL_OVERHEAD_BYTES
 
 from .baselines import RTP_MAX_PAYLOAD, SRTP_PACKET_OVERHEAD_BYTES
 from .protocol import ALL_CODECS, FPS, SUMMARY_METRICS, UNTRAINED_MARK, metric_sampling_text
@@ -53,9 +53,9 @@ def run_meta(name: str, command: str, untrained: bool, size: int, frames: int, e
              "pred-struct=1:rtc=1 (CRF) or pred-struct=1:rc=2:rtc=1 (CBR)."),
             (f"on-wire, what the video adds to an audio call: ours = header, keyframes and patches "
              f"as data-channel messages (+ {DATA_CHANNEL_OVERHEAD_BYTES} B per SCTP chunk of <= "
-             f"{DATA_CHANNEL_CHUNK_BYTES} B, codec.api.data_channel_message_wire_bytes) + each motion "
+             f"{DATA_CHANNEL_CHUNK_BYTES} B, rtc.wire_cost.data_channel_message_wire_bytes) + each motion "
              f"packet as a header extension element of an audio packet (its bytes + 1 or 2 + padding, "
-             f"codec.api.motion_on_audio_wire_bytes; 'wire_kbps_without_audio' in each row's extra: "
+             f"rtc.wire_cost.motion_on_audio_wire_bytes; 'wire_kbps_without_audio' in each row's extra: "
              f"one data-channel message per packet); the frozen keyframe: one data-channel message; "
              f"baselines + {SRTP_PACKET_OVERHEAD_BYTES} B per SRTP packet of <= {RTP_MAX_PAYLOAD} B."),
             ("rates are averaged over clips per setting; the headline and BD-rates use those "

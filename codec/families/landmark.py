@@ -40,6 +40,7 @@ from codec.face3d import (
     rotation_matrix,
     unit_to_pixels,
 )
+from codec.face_masks import landmark_masks
 from codec.families.base import (
     NUM_POSE_VALUES,
     ModelFamily,
@@ -377,8 +378,6 @@ class LandmarkModel(TalkingHeadModel):
 
     def render(self, source: LandmarkSource, motions: np.ndarray,
                view: ViewControl | None = None) -> list[np.ndarray]:
-        if self.refiner is not None:
-            from codec.models.refiner import landmark_masks  # torch: only with a refiner
         frames, picked, maps, masks = [], [], [], []  # picked: frames the refiner gets
         for motion in np.atleast_2d(np.asarray(motions, np.float32)):
             driving, depth = self.driving_points(source, motion, view)

@@ -12,8 +12,8 @@ The head conv that makes (residual, mask_logit) starts at zero weights, with the
 bias at −2, so a fresh refiner returns the warp exactly: training can only start from
 the warp, never below it.
 
-Imports torch only (cv2 and numpy inside :func:`landmark_masks`, the CPU-side helper), so
-the receiver and the accelerator machine load it with nothing else.
+Imports torch, and numpy + OpenCV through :mod:`codec.face_masks` (the masks it is fed,
+built on the CPU), so the receiver and the accelerator machine load it with nothing else.
 """
 
 from __future__ import annotations
@@ -24,52 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.errors import WeightsError
+from codec.face_masks import LANDMARK_CHANNELS, landmark_masks
+from codec.weights_io import verified_sha256
+
 __all__ = ["LANDMARK_CHANNELS", "MASK_BIAS", "REFINER_FORMAT", "Refiner", "landmark_masks", "load_refiner"]
 
 REFINER_FORMAT = "facecodec-refiner-v1"
 
-# Channels of landmark_masks: mouth (outer lips), mouth interior, both eyes.
-LANDMARK_CHANNELS = 3
 # Gate bias at init: sigmoid(−2) ≈ 0.12, so the residual gets a gradient from step one while
 # the gate's own weights wait until the residual is non-zero.
 MASK_BIAS = -2.0
-
-# dlib 68-point index ranges (end exclusive).
-_OUTER_LIPS = (48, 60)
-_INNER_LIPS = (60, 68)
-_EYES = ((36, 42), (42, 48))
-
-
-def landmark_masks(points_px: Any, size: int, blur_px: float = 2.0) -> Any:
-    """Soft masks of the driving mouth and eyes: size×size×3 float32 numpy in [0, 1].
-
-    Channels: 0 outer-lip region (48–59), 1 mouth interior (60–67), 2 both eyes (36–47).
-    Filled polygons, then a Gaussian blur of ``blur_px`` (σ in pixels at 256, scaled with
-    ``size``) so the net gets a smooth hint rather than a hard edge. ~0.3 ms at 256 px.
-
-    Args:
-        points_px: 68×2 (x, y) landmarks in output pixels (numpy or anything array-like).
-        size: the output side S.
-    """
-    import cv2  # lazy: this module imports torch only
-    import numpy as np
-
-    pts = np.asarray(points_px, np.float64).reshape(68, 2)
-    masks = np.zeros((size, size, LANDMARK_CHANNELS), np.float32)
-    shift = 4  # 1/16-pixel vertex precision, as codec.warp does
-    groups = ((_OUTER_LIPS,), (_INNER_LIPS,), _EYES)
-    for channel, ranges in enumerate(groups):
-        plane = np.zeros((size, size), np.uint8)
-        for start, end in ranges:
-            polygon = np.round(pts[start:end] * (1 << shift)).astype(np.int32)
-            if np.all(np.isfinite(pts[start:end])):
-                cv2.fillPoly(plane, [polygon], 255, lineType=cv2.LINE_AA, shift=shift)
-        masks[..., channel] = plane
-    sigma = blur_px * size / 256.0
-    if sigma > 0:
-        masks = cv2.GaussianBlur(masks, (0, 0), sigma)
-        masks = masks.reshape(size, size, LANDMARK_CHANNELS)
-    return masks * np.float32(1.0 / 255.0)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -179,9 +144,6 @@ def load_refiner(path: Any, device: Any = "cpu", expected_sha256: str | None = N
     from pathlib import Path
 
     from safetensors import SafetensorError, safe_open
-
-    from codec.errors import WeightsError
-    from codec.zoo import verified_sha256
 
     path = Path(path)
     verified_sha256(path, expected_sha256, "refiner weights")

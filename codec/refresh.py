@@ -1,0 +1,313 @@
+"""The sender's closed loop: keyframe refresh, and the fallback to H.264 and back.
+
+The :class:`~codec.api.Encoder` consults a :class:`RefreshLoop` on every frame it encodes
+(:meth:`RefreshLoop.check`) and on every frame it only probes while a call sends H.264
+(:meth:`RefreshLoop.probe`). The loop renders what the receiver will show, scores it
+against the real crop and answers with what to do (:class:`LoopEvent`); the Encoder sends
+the keyframes and keeps the stream's record (``EncoderStats``).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from codec.families.base import MotionTracker, TalkingHeadModel
+from codec.keyframe import encode_keyframe, received_keyframe
+from codec.rebuild_score import rebuild_error
+
+__all__ = ["CheckedFrame", "HeldKeyframe", "LoopEvent", "Probe", "RefreshLoop", "RefreshPolicy",
+           "TrialKeyframe"]
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    """Closed-loop keyframe refresh: the sender renders what the receiver will show (the
+    decoded keyframe and the quantized motion, through the same model, without the refiner)
+    and scores it against the real crop with :func:`codec.rebuild_score.rebuild_error`.
+
+    The rule asks the question a refresh answers: would the frame at hand, sent as the
+    keyframe, have rebuilt the last seconds better than the keyframe the receiver holds? Every
+    ``candidate_every`` frames the sender takes the current crop as a trial keyframe, renders
+    from it the frames of the last ``window_s`` seconds (every ``window_step``-th, leaving out
+    the last ``window_gap_s``, which any neighbour rebuilds well) and compares their mean error
+    with what the held keyframe gave on the same frames. When the trial does better by
+    ``gain`` or more, the trial frame itself is sent. Recent frames stand in for the coming
+    ones: a still talker whose keyframe already serves is left alone, whatever its error; a
+    keyframe caught mid-blink or mid-word is replaced by one that serves the talker's usual
+    face; a turned head or a new scene is caught as soon as the new view has lasted long
+    enough to be worth a keyframe. ``gain`` is the rate knob. (An error threshold refreshes
+    forever on a noisy webcam whose rebuild is never sharp; a debt of error above the floor
+    right after the keyframe, the rule before this one, refreshes a steady talker whose error
+    plateaus, and sends whatever frame is at hand: benchmarks.refresh_oracle and README.)
+
+    gain: mean rebuild error over the window a trial keyframe must save (lower: more keyframes);
+    window_s / window_gap_s / window_step / candidate_every: the trial's frames and how often
+        one is tried (sender CPU: one source and window_s·fps/window_step warps per trial);
+    jump: ... or refresh at once when the error stands this far above the first check after
+        the keyframe for ``hold_checks`` checks (a cut, a light switched on: no need to wait);
+    pose_limit_deg: ... or when yaw or pitch stays this far from the keyframe's for
+        ``hold_checks`` checks (a turned head shows sides of the face the keyframe lacks);
+    check_every: render and score every N-th frame (sender CPU: one warp, ~3 ms at 256 px);
+    min_interval_s: never two keyframes closer than this;
+    max_keyframe_kbps: keyframe bits per second over the stream so far stay under this,
+        after the first keyframe and one refresh of credit;
+    fallback_refreshes / fallback_window_s: when that many refreshes in a row each come due
+        within this many seconds of the keyframe before, a keyframe no longer helps (a hand
+        over the face, someone walking through): the Encoder says so in ``fallback`` and a
+        call switches to H.264; so does a face missing for ``face_lost_frames`` frames;
+    probe_s / probe_excess: while in fallback the sender tries a local keyframe (nothing is
+        sent) and returns when, for ``probe_s``, the rebuild's error stays on average less
+        than ``probe_excess`` above its first check and a face is seen.
+    """
+
+    gain: float = 0.1
+    window_s: float = 2.0
+    window_gap_s: float = 0.2
+    window_step: int = 5
+    candidate_every: int = 5
+    jump: float = 0.45
+    pose_limit_deg: float = 25.0
+    hold_checks: int = 3
+    check_every: int = 1
+    min_interval_s: float = 1.0
+    max_keyframe_kbps: float = 16.0
+    fallback_refreshes: int = 3
+    fallback_window_s: float = 2.0
+    face_lost_frames: int = 25
+    probe_s: float = 1.0
+    probe_excess: float = 0.25
+
+
+@dataclass(frozen=True)
+class CheckedFrame:
+    """A frame the loop scored since the last keyframe: an entry of the trial window."""
+
+    seq: int
+    crop: np.ndarray  # S×S×3 uint8 RGB, the loop's own copy
+    motion: np.ndarray  # the decoded motion vector the receiver renders it with
+    error: float  # its rebuild error from the held keyframe
+
+
+@dataclass
+class HeldKeyframe:
+    """What the loop has seen since the keyframe the receiver holds (new with each keyframe)."""
+
+    seq: int | None = None  # its frame; None before the first
+    pose: np.ndarray | None = None  # yaw, pitch of the first decoded motion from it
+    floor: float | None = None  # the first check's rebuild error after it
+    turned_checks: int = 0  # checks in a row with the head beyond pose_limit_deg
+    jump_checks: int = 0  # checks in a row with the error beyond floor + jump
+    window: collections.deque[CheckedFrame] = field(default_factory=collections.deque)  # within window_s
+
+
+@dataclass(frozen=True)
+class TrialKeyframe:
+    """A crop tried as the keyframe: the mean rebuild error of the window's frames from the
+    held keyframe and from this crop, and the keyframe info it would be sent with."""
+
+    crop: np.ndarray  # S×S×3 uint8 RGB
+    info: bytes
+    held: float
+    fresh: float
+
+
+@dataclass
+class Probe:
+    """A local keyframe tried while in fallback (coded and decoded; nothing is sent)."""
+
+    source: Any  # the model's source state of the decoded keyframe
+    first: int  # the probe clock's frame it was made at
+    floor: float | None = None  # the first check's error after it
+    debt: float = 0.0  # error-seconds above the floor so far
+
+
+@dataclass(frozen=True)
+class LoopEvent:
+    """What the loop decided on a frame: send a keyframe (``refresh``), or keyframes stopped
+    helping (``fallback``: a call switches to H.264)."""
+
+    kind: Literal["refresh", "fallback"]
+    seq: int
+    why: str
+
+
+class RefreshLoop:
+    """One stream's closed loop under a :class:`RefreshPolicy`.
+
+    It scores the receiver's picture without the learned refiner: on a CPU the refiner costs
+    ~10× the warp per check, and it moves PSNR by 0.05 dB on average on dev
+    (benchmarks/results/rd-dev-refiner.json against rd-dev-warp.json).
+    """
+
+    def __init__(self, policy: RefreshPolicy, model: TalkingHeadModel, tracker: MotionTracker, *,
+                 frame_rate: float, keyframe_codec: str, keyframe_quality: int) -> None:
+        self.policy = policy
+        self.frame_rate = frame_rate
+        self._model = model.plain()
+        self._tracker = tracker  # the Encoder's: its face_seen and keyframe_info follow the stream
+        self._keyframe_codec = keyframe_codec
+        self._keyframe_quality = keyframe_quality
+        self.fallback: str | None = None  # why keyframes stopped helping, while they do not
+        self.last_error: float | None = None  # the last check's rebuild error
+        self._keyframes = 0  # sent so far, and their bytes (the budget)
+        self._keyframe_bytes = 0
+        self._held = HeldKeyframe()
+        self._chosen: TrialKeyframe | None = None  # the trial the loop asked to send
+        self._quick_refreshes = 0  # refreshes in a row that came due within fallback_window_s
+        self._frames_without_face = 0
+        self._probe: Probe | None = None
+        self._probe_frames = 0  # the probe's clock: probed frames take no sequence number
+
+    def take_keyframe(self) -> TrialKeyframe | None:
+        """The trial frame the loop chose to send as the next keyframe (one frame back), once."""
+        chosen, self._chosen = self._chosen, None
+        return chosen
+
+    def keyframe_sent(self, seq: int, packet_bytes: int) -> None:
+        """A keyframe packet of ``packet_bytes`` went out with frame ``seq``: the loop starts
+        over from it."""
+        self._keyframes += 1
+        self._keyframe_bytes += packet_bytes
+        self._held = HeldKeyframe(seq)
+
+    def check(self, seq: int, crop: np.ndarray, vector: np.ndarray, decoded: np.ndarray | None,
+              source: Any, *, keyframe_pending: bool) -> list[LoopEvent]:
+        """After frame ``seq`` was encoded: its crop, the tracker's motion ``vector``, the
+        motion as the receiver decodes it and the receiver's source state (None before a
+        keyframe). ``keyframe_pending``: a keyframe is already asked for. What to do, in order."""
+        events: list[LoopEvent] = []
+        if self._held.pose is None and decoded is not None:
+            self._held.pose = decoded[:2].copy()
+        self._watch_face(vector, seq, events)
+        if seq % self.policy.check_every == 0:
+            self._check_rebuild(crop, seq, decoded, source, keyframe_pending, events)
+        return events
+
+    @property
+    def _face_seen(self) -> bool:
+        return bool(self._tracker.face_seen)
+
+    def _watch_face(self, vector: np.ndarray, seq: int, events: list[LoopEvent]) -> None:
+        """Fallback when the tracker has detected no face for ``face_lost_frames`` frames."""
+        lost = np.isnan(vector[:2]).all() or not self._face_seen
+        self._frames_without_face = self._frames_without_face + 1 if lost else 0
+        if self.fallback is None and self._frames_without_face > self.policy.face_lost_frames:
+            self._enter_fallback(seq, f"no face for {self._frames_without_face} frames", events)
+
+    def _enter_fallback(self, seq: int, why: str, events: list[LoopEvent]) -> None:
+        self.fallback = why
+        self._probe = None
+        events.append(LoopEvent("fallback", seq, why))
+
+    def _rebuild_error(self, source: Any, motion: np.ndarray, crop: np.ndarray) -> float:
+        return rebuild_error(self._model.render(source, motion[None])[0], crop)
+
+    def _check_rebuild(self, crop: np.ndarray, seq: int, decoded: np.ndarray | None, source: Any,
+                       keyframe_pending: bool, events: list[LoopEvent]) -> None:
+        """Score the receiver's rebuild of this frame; a refresh event when one is due."""
+        policy, held = self.policy, self._held
+        if source is None or decoded is None or seq == held.seq:
+            return  # (the keyframe's own frame rebuilds to itself: the floor is the next one's)
+        error = self._rebuild_error(source, decoded, crop)
+        self.last_error = error
+        if held.floor is None:
+            held.floor = error
+        # A copy: fit_square hands back the caller's array, which a camera may fill again.
+        held.window.append(CheckedFrame(seq, crop.copy(), decoded.copy(), error))
+        while seq - held.window[0].seq > round(policy.window_s * self.frame_rate):
+            held.window.popleft()
+        turn = float(np.max(np.abs(decoded[:2] - held.pose))) if held.pose is not None else 0.0
+        held.turned_checks = held.turned_checks + 1 if turn > policy.pose_limit_deg else 0
+        held.jump_checks = held.jump_checks + 1 if error - held.floor > policy.jump else 0
+        if keyframe_pending:
+            return
+        since = 1e9 if held.seq is None else (seq - held.seq) / self.frame_rate
+        elapsed = (seq + 1) / self.frame_rate
+        # Budget: the first keyframe and one refresh of credit, then max_keyframe_kbps.
+        average_keyframe = self._keyframe_bytes / max(self._keyframes, 1)
+        budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
+        if since < policy.min_interval_s or self._keyframe_bytes + average_keyframe > budget_bytes:
+            return
+        if held.jump_checks >= policy.hold_checks:
+            why = f"rebuild error {error:.2f} jumped over the keyframe's first check {held.floor:.3f}"
+        elif not self._face_seen:
+            return  # a keyframe without a detected face serves nothing after it
+        elif seq % policy.candidate_every == 0 and (trial := self._trial(seq)) is not None:
+            # A head turned far from the keyframe's pose lowers the bar to any gain: the trial
+            # still has to do better, which a frame caught mid-turn (blurred, half way) does not.
+            turned = held.turned_checks >= policy.hold_checks
+            if trial.held - trial.fresh < (0.0 if turned else policy.gain):
+                return
+            window = (seq - held.window[0].seq) / self.frame_rate
+            why = ((f"head turned {turn:.0f}° from the keyframe; " if turned else "")
+                   + f"this frame rebuilds the last {window:.1f} s better: "
+                   f"error {trial.fresh:.3f}, not {trial.held:.3f}")
+            self._chosen = trial
+        else:
+            return
+        self._quick_refreshes = self._quick_refreshes + 1 if since <= policy.fallback_window_s else 0
+        if self._quick_refreshes >= policy.fallback_refreshes and self.fallback is None:
+            # A call switches to H.264 now; a file (no H.264 in it) goes on refreshing.
+            self._chosen = None
+            self._enter_fallback(seq, f"{self._quick_refreshes} keyframes in a row each lasted "
+                                      f"under {policy.fallback_window_s:g} s", events)
+            return
+        events.append(LoopEvent("refresh", seq, why))
+
+    def _trial(self, seq: int) -> TrialKeyframe | None:
+        """The window's newest crop (this frame's) as a trial keyframe; None when the window
+        is short.
+
+        The trial source is the crop itself, not its coded image: coding it would cost an
+        encode per trial (~100 ms for AV1), and WebP q90's loss is small against ``gain``."""
+        policy, window = self.policy, self._held.window
+        crop = window[-1].crop
+        gap = round(policy.window_gap_s * self.frame_rate)
+        frames = [entry for entry in reversed(window) if seq - entry.seq >= gap][::policy.window_step]
+        if len(frames) < 2:
+            return None
+        info = self._tracker.keyframe_info(crop)
+        source = self._model.prepare_source(crop, info)
+        rebuilt = self._model.render(source, np.stack([entry.motion for entry in frames]))
+        fresh = float(np.mean([rebuild_error(image, entry.crop) for image, entry in zip(rebuilt, frames)]))
+        held = float(np.mean([entry.error for entry in frames]))
+        return TrialKeyframe(crop, info, held, fresh)
+
+    def probe(self, crop: np.ndarray) -> str | None:
+        """While in ``fallback`` (a call sends H.264): would a keyframe of the camera hold now?
+
+        Tries a local keyframe (coded and decoded as the receiver would get it; nothing is
+        sent) and scores the frames after it as the closed loop does. Returns why, and leaves
+        fallback, once the trial keyframe's error has stayed on average less than
+        ``probe_excess`` above its first check for ``probe_s`` seconds, with a face in every
+        frame; None meanwhile."""
+        policy = self.policy
+        # Probed frames are not sent: they take no sequence number (the receiver would count
+        # the gap as lost packets), only a count of their own for the probe's clock.
+        seq = self._probe_frames
+        self._probe_frames += 1
+        vector = self._tracker.motion(crop)
+        if np.isnan(vector).any() or not self._face_seen:
+            self._probe = None
+            return None
+        probe = self._probe
+        if probe is None:
+            data = encode_keyframe(crop, self._keyframe_codec, self._keyframe_quality)
+            decoded = received_keyframe(data, self._keyframe_codec, self._model.image_size)
+            self._probe = Probe(self._model.prepare_source(decoded, self._tracker.keyframe_info(crop)), seq)
+            return None
+        error = self._rebuild_error(probe.source, vector, crop)
+        if probe.floor is None:
+            probe.floor = error
+        probe.debt += max(0.0, error - probe.floor) / self.frame_rate
+        if probe.debt >= policy.probe_excess * policy.probe_s:
+            self._probe = None  # this one did not hold: try a fresh one next frame
+            return None
+        if (seq - probe.first) / self.frame_rate < policy.probe_s:
+            return None
+        self.fallback, self._probe, self._quick_refreshes, self._frames_without_face = None, None, 0, 0
+        return f"a trial keyframe held for {policy.probe_s:g} s ({probe.debt:.2f} error-s)"
