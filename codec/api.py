@@ -129,8 +129,10 @@ class Encoder:
     def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
                         weights: Path | str | None = None, seed: int = 0,
                         device: str = "cpu", **settings) -> Encoder:
+        # The sender never renders with the learned refiner (its closed loop scores the plain
+        # warp), so it is not loaded: the default model then encodes without torch.
         return cls(resolve_model(name, untrained=untrained, weights=weights, seed=seed,
-                                 device=device), **settings)
+                                 device=device, refiner=False), **settings)
 
     def stream_header(self) -> StreamHeader:
         model = self.model
@@ -296,7 +298,7 @@ class Decoder:
     @classmethod
     def from_header(cls, header: bytes | StreamHeader, *, untrained: bool = False,
                     weights: Path | str | None = None, model: TalkingHeadModel | None = None,
-                    seed: int = 0, device: str = "cpu") -> Decoder:
+                    seed: int = 0, device: str = "cpu", refiner: bool = True) -> Decoder:
         if isinstance(header, (bytes, bytearray, memoryview)):
             header = StreamHeader.parse(bytes(header))
         if model is None:
@@ -305,7 +307,7 @@ class Decoder:
                     "this stream was made with an UNTRAINED model; decoding it needs the same "
                     "untrained model: pass --untrained (API: untrained=True)")
             model = resolve_model(header.model_name, untrained=untrained, weights=weights,
-                                  seed=seed, device=device)
+                                  seed=seed, device=device, refiner=refiner)
         return cls(header, model)
 
     @property

@@ -32,20 +32,19 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
 
 
 def test_a_landmark_round_trip_without_the_refiner_loads_no_torch():
-    """The default model's plain warp, with the closed loop and the patches on: encode and
-    decode a few frames of the built-in portrait; torch stays out."""
+    """The default model through the public constructors (the sender never loads the refiner;
+    the receiver is asked for the plain warp), with the closed loop and the patches on:
+    encode and decode a few frames of the built-in portrait; torch stays out."""
     out = run_python("""
 import sys
 from skimage import data
 from codec.api import Decoder, Encoder, RefreshPolicy
 from codec.facecrop import FaceCropper
-from codec.zoo import resolve_model
 
 image = data.astronaut()
 crop = FaceCropper(out_size=256).fit([image]).crop(image, 256)
-model = resolve_model("landmark", refiner=False)
-encoder = Encoder(model, refresh=RefreshPolicy(), patches=True)
-decoder = Decoder.from_header(encoder.header(), model=model)
+encoder = Encoder.from_pretrained(refresh=RefreshPolicy(), patches=True)
+decoder = Decoder.from_header(encoder.header(), refiner=False)
 frames = [decoder.decode(p) for i in range(3) for p in encoder.encode(crop, i / 25)]
 print(sum(f is not None for f in frames), "torch" in sys.modules)
 """)
