@@ -129,8 +129,7 @@ class Encoder:
     def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
                         weights: Path | str | None = None, seed: int = 0,
                         device: str = "cpu", **settings) -> Encoder:
-        # The sender never renders with the learned refiner (its closed loop scores the plain
-        # warp), so it is not loaded: the default model then encodes without torch.
+        # No refiner: the sender only renders the plain warp, so encoding needs no torch.
         return cls(resolve_model(name, untrained=untrained, weights=weights, seed=seed,
                                  device=device, refiner=False), **settings)
 
