@@ -97,12 +97,14 @@ class CallOptions:
             raise ValueError(f"mode must be one of {MODES}")
 
 def call_encoder(loaded: TalkingHeadModel, options: CallOptions) -> Encoder:
-    """The sender's Encoder in a call: keyframes coded off the frame loop (an AV1 keyframe
-    takes ~110 ms), with the options' codec and qualities."""
+    """The sender's Encoder in a call, with the options' codec and qualities. A live call codes
+    keyframes off the frame loop (an AV1 keyframe takes ~110 ms; the frames while the first
+    one is coded send no motion); a recording (``live`` False: every frame sent and rendered,
+    however late) codes each with its own frame."""
     settings = {} if options.quality is None else {"quality": options.quality}
     return Encoder(loaded, frame_rate=options.fps, patches=options.patches, refresh=options.refresh,
                    keyframe_codec=options.keyframe_codec, keyframe_quality=options.keyframe_quality,
-                   keyframe_worker=True, **settings)
+                   keyframe_worker=options.live, **settings)
 
 
 def prefer_h264(transceiver: RTCRtpTransceiver) -> None:

@@ -160,7 +160,8 @@ def test_calls_compress_and_rd_send_the_shipped_keyframes():
     encoder = call_encoder(resolve_model(refiner=False), options)
     assert encoder.keyframe_codec == DEFAULT_KEYFRAME_CODEC and encoder.keyframe_pending
     assert encoder.keyframe_quality == default_keyframe_quality(DEFAULT_KEYFRAME_CODEC)
-    assert encoder._worker is not None  # a call codes keyframes off its frame loop
+    assert encoder._worker is not None  # a live call codes keyframes off its frame loop
+    assert call_encoder(resolve_model(refiner=False), CallOptions(live=False))._worker is None  # a recording
     parser = argparse.ArgumentParser()
     add_call_args(parser)
     args = parser.parse_args(["--room", "r"])
