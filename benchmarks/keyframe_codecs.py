@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train", help="with --manifest (default: %(default)s)")
     p.add_argument("--clips", type=int, default=8, help="with --manifest (default: %(default)s)")
     p.add_argument("--frames", type=int, default=150, help="with --manifest: first N frames (default: %(default)s)")
-    p.add_argument("--qualities", default=None,
-                   help="with one coder in --codecs: these qualities instead of its sweep (e.g. 66,78)")
+    p.add_argument("--qualities", action="append", default=[], metavar="[CODER=]Q,Q",
+                   help="these qualities instead of the sweep: for every coder (66,78), or for one "
+                        "(av1q=66,78; repeat the flag per coder)")
     p.add_argument("--tolerance", type=float, default=0.001,
                    help="the knee: rebuilt LPIPS allowed above the default quality's (default: %(default)s)")
     p.add_argument("--every", type=int, default=25, help="rebuild every N-th frame (default: %(default)s)")
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.env import cpu_name, git_state
     from codec.zoo import load_landmark_model
 
+    env = {**git_state(), "cpu": cpu_name()}  # the code as it was when the run started
     model = load_landmark_model()
     codecs = args.codecs.split(",")
     if args.manifest is not None:
@@ -203,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     points = []
     for codec in codecs:
         sweep = (QUICK if args.segments else SWEEPS)[codec]
-        if args.qualities is not None:
-            sweep = tuple(int(q) for q in args.qualities.split(","))
+        for item in args.qualities:
+            coder, _, values = item.rpartition("=")
+            if coder in ("", codec):
+                sweep = tuple(int(q) for q in values.split(","))
         for quality in sweep:
             started = time.perf_counter()
             coder = still_coder(codec, quality)
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{point['keyframe_psnr']:5.2f} dB | rebuilt {point['psnr']:5.2f} dB LPIPS {point['lpips']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     result = {"every": args.every, "command": "python -m benchmarks.keyframe_codecs " + " ".join(
-        sys.argv[1:] if argv is None else argv), "env": {**git_state(), "cpu": cpu_name()},
+        sys.argv[1:] if argv is None else argv), "env": env,
         "segments": [name for name, _, _ in segments], "frames": [len(f) for _, f, _ in segments]}
     if args.manifest is not None:
         result.update(split=args.split, tolerance=args.tolerance, knee=knees(points, args.tolerance))
