@@ -153,6 +153,7 @@ def test_calls_compress_and_rd_send_the_shipped_keyframes():
     from app.call_command import add_call_args
     from benchmarks.rd.cli import parse_args
     from benchmarks.rd.ours import ours_settings, shipped_keyframes
+    from benchmarks.rd.results import run_meta
     from codec.files import compress
     from codec.zoo import resolve_model
 
@@ -176,3 +177,6 @@ def test_calls_compress_and_rd_send_the_shipped_keyframes():
     assert setting.params["keyframe_quality"] == shipped["quality"]
     [webp] = ours_settings([(0.0, 3)], keyframe_codec="webp")
     assert webp.name == "q3-kf0-kwebp"
+    meta = run_meta("rd", "python -m benchmarks.rd", False, 256, 10, 1, "split dev", shipped)
+    assert meta["ours_keyframes"] == shipped
+    assert any(f"{DEFAULT_KEYFRAME_CODEC} q{shipped['quality']} (the shipped default" in note for note in meta["notes"])
