@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Here, not at the top: `facecodec serve-signaling` starts without torch and aiortc.
     from app.call_command import add_call_args, cmd_call
     from app.mode_choice import MODES
-    from app.model_args import add_model_args, add_refresh_arg
+    from app.model_args import add_keyframe_args, add_model_args, add_refresh_arg
 
     parser = argparse.ArgumentParser(
         prog="facecodec", formatter_class=_HelpFormatter,
@@ -239,11 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
     p.add_argument("--max-frames", type=int, default=None,
                    help="stop after this many frames (default: the whole file)")
-    p.add_argument("--keyframe-codec", choices=["av1", "webp", "jpeg"], default="av1",
-                   help="how keyframe images are coded: av1 takes ~30%% fewer bytes than WebP q90 "
-                        "for the same rebuilt frames, webp encodes ~15x faster")
-    p.add_argument("--keyframe-quality", type=int, default=None,
-                   help="keyframe image quality, 1-100; none: the codec's (av1 78, webp and jpeg 90)")
+    add_keyframe_args(p)
     p.add_argument("--no-audio", action="store_true", help="drop the audio track")
     p.add_argument("--no-patches", action="store_true",
                    help="send no reference patches (real pixels of an open mouth or closed eyes "

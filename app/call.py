@@ -49,6 +49,7 @@ from codec.bitstream.control import (
 )
 from codec.errors import CodecError
 from codec.facecrop import FaceCropper
+from codec.keyframe import DEFAULT_KEYFRAME_CODEC
 from receiver.session import ReceiverSession
 from receiver.sinks import consume_audio
 from rtc.motion_over_audio import AudioMotionCarrier, MotionReader, attach_motion_reader
@@ -84,6 +85,8 @@ class CallOptions:
     quality: int | None = None  # None: the codec's default motion quality
     patches: bool = True  # reference patches of the mouth and eyes (codec.reference_patches)
     refresh: RefreshPolicy | None = None  # the sender's closed-loop keyframe refresh
+    keyframe_codec: str = DEFAULT_KEYFRAME_CODEC  # coded off the frame loop (codec.keyframe_worker)
+    keyframe_quality: int | None = None  # None: the codec's default
     compare: bool = False  # also send H.264 while in neural mode
     face_lost_frames: int = 25
     live: bool = True  # False: every frame is sent and rendered, however late (demo recordings)
@@ -92,6 +95,17 @@ class CallOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+
+def call_encoder(loaded: TalkingHeadModel, options: CallOptions) -> Encoder:
+    """The sender's Encoder in a call, with the options' codec and qualities. A live call codes
+    keyframes off the frame loop (an AV1 keyframe takes ~110 ms; the frames while the first
+    one is coded send no motion); a recording (``live`` False: every frame sent and rendered,
+    however late) codes each with its own frame."""
+    settings = {} if options.quality is None else {"quality": options.quality}
+    return Encoder(loaded, frame_rate=options.fps, patches=options.patches, refresh=options.refresh,
+                   keyframe_codec=options.keyframe_codec, keyframe_quality=options.keyframe_quality,
+                   keyframe_worker=options.live, **settings)
+
 
 def prefer_h264(transceiver: RTCRtpTransceiver) -> None:
     """Offer only H.264 on a video transceiver: our track hands aiortc ready H.264 packets."""
@@ -390,11 +404,7 @@ class Call:
         mode, why = choose_mode(options.mode, self.loaded, peer, options.fps)
         self.mode_reason = why
         events.info("sending %s: %s", mode, why)
-        encoder = None
-        if self.loaded is not None:
-            settings = {} if options.quality is None else {"quality": options.quality}
-            encoder = Encoder(self.loaded, frame_rate=options.fps, patches=options.patches,
-                              refresh=options.refresh, **settings)
+        encoder = None if self.loaded is None else call_encoder(self.loaded, options)
         size = self.loaded.image_size if self.loaded is not None else 256
         self.sender_session = SenderSession(self.frames, fps=options.fps, encoder=encoder,
                                     cropper=FaceCropper(out_size=size), h264_track=self.h264_track,

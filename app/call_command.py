@@ -18,7 +18,7 @@ import numpy as np
 from app.call import WAIT_S, CallEnded, CallOptions, NobodyJoined
 from app.call_stats import write_call_stats
 from app.mode_choice import MODES
-from app.model_args import add_model_args, add_refresh_arg, model_from_args
+from app.model_args import add_keyframe_args, add_model_args, add_refresh_arg, model_from_args
 from app.peer import join_room, run_peer
 from codec.errors import CodecError
 from codec.facecrop import detect_landmarks
@@ -64,6 +64,7 @@ def add_call_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-patches", action="store_true",
                         help="send no reference patches of the mouth and eyes")
     add_refresh_arg(parser)
+    add_keyframe_args(parser)
     parser.add_argument("--fps", type=float, default=25.0, help="frames per second sent")
     parser.add_argument("--seconds", type=float, default=60.0,
                    help="length of the call, counted from when it connects (waiting is --wait)")
@@ -158,7 +159,8 @@ def cmd_call(args: argparse.Namespace) -> int:
                 sink(image, t)
 
     options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality,
-                          patches=not args.no_patches, refresh=args.refresh)
+                          patches=not args.no_patches, refresh=args.refresh,
+                          keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality)
 
     current: dict = {}
     made: dict = {}  # the recorder, made once the model is loaded; closed below whatever happens

@@ -20,6 +20,17 @@ benchmark's matched-quality rates are) and its Bjøntegaard delta rate against W
 
     python -m benchmarks.keyframe_codecs --data cache/dev256 --every 25 \\
         --out benchmarks/results/keyframe-codecs.json
+
+Choosing the shipped keyframe quality (``--manifest``, no cache needed): the clips of a
+split (``--clips`` of them, evenly spaced through the manifest), their protocol crops
+(``benchmarks.rd``'s) and dlib landmarks on every frame, coded by the shipped coders
+themselves (``webpq`` / ``av1q``: :func:`codec.keyframe.encode_keyframe` on its 1-100 quality
+scale). The JSON's ``knee`` per coder is the lowest quality whose rebuilt LPIPS stays within
+``--tolerance`` of the coder's current default: tune it on train, confirm it on dev.
+
+    python -m benchmarks.keyframe_codecs --manifest ../shared/data/talking/MANIFEST.tsv \\
+        --split train --clips 8 --frames 150 --every 5 --codecs av1q,webpq \\
+        --out benchmarks/results/keyframe-quality-train.json
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -42,7 +54,9 @@ from evaluation.metrics import lpips_model
 from training.dataset import read_segment
 
 SWEEPS = {"webp": (60, 70, 80, 90, 95), "av1": (32, 26, 20, 14, 8), "av1slow": (34, 28, 22, 16, 12, 8),
-          "h264": (26, 22, 18, 14, 10)}
+          "h264": (26, 22, 18, 14, 10),
+          # the shipped coders on their 1-100 scale (AV1: CRF = 63·(100 - q)/100)
+          "av1q": (52, 60, 66, 70, 74, 78, 84), "webpq": (70, 80, 85, 90, 95)}
 QUICK = {"webp": (70, 90), "av1": (26, 14), "av1slow": (34, 22), "h264": (22, 14)}
 REFERENCE = ("webp", 90)
 
@@ -70,7 +84,15 @@ def _av_still(image: np.ndarray, encoder: str, decoder: str, options: dict[str, 
 
 
 def still_coder(codec: str, quality: int) -> Callable[[np.ndarray], tuple[bytes, np.ndarray]]:
-    """image -> (bytes, decoded image) for one coder at one quality (WebP quality or CRF)."""
+    """image -> (bytes, decoded image) for one coder at one quality (WebP quality or CRF;
+    ``av1q`` / ``webpq``: the shipped keyframe coder at its 1-100 quality)."""
+    if codec in ("av1q", "webpq"):
+        name = codec[:-1]
+
+        def shipped(image: np.ndarray) -> tuple[bytes, np.ndarray]:
+            data = encode_keyframe(image, name, quality)
+            return data, decode_keyframe(data, name)
+        return shipped
     if codec == "webp":
         def webp(image: np.ndarray) -> tuple[bytes, np.ndarray]:
             data = encode_keyframe(image, "webp", quality)
@@ -87,27 +109,107 @@ def still_coder(codec: str, quality: int) -> Callable[[np.ndarray], tuple[bytes,
     raise ValueError(f"unknown coder {codec!r}")
 
 
+def cached_segments(data: Path, limit: int | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, frames, landmarks) of the first ``limit`` segments of a cached dev set."""
+    index = json.loads((data / "index.json").read_text(encoding="utf-8"))
+    if index.get("split") != "dev":
+        raise SystemExit(f"{data} is not the dev split")
+    return [(s["name"], *read_segment(data, s)) for s in index["segments"][:limit]]
+
+
+def manifest_segments(manifest: Path, split: str, count: int, frames: int,
+                      crops_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, frames, landmarks) of ``count`` clips of a split, evenly spaced through the
+    manifest: the rd protocol's crops and dlib's landmarks on every frame (a frame without a
+    face keeps the last landmarks). Clips that the protocol skips, or without a face in the
+    first frame, are left out (printed)."""
+    from benchmarks.rd.clips import SkipClip, load_crops, manifest_clips
+    from codec.facecrop import detect_landmarks
+
+    clips = manifest_clips(manifest, split)
+    out = []
+    for clip in clips[::max(1, len(clips) // count)]:
+        if len(out) >= count:
+            break
+        try:
+            crops = np.asarray(load_crops(clip, 256, frames, crops_dir))
+        except SkipClip as exc:
+            print(f"skip {clip.name}: {exc}", flush=True)
+            continue
+        landmarks, last = [], None
+        for crop in crops:
+            found = detect_landmarks(crop)
+            last = found if found is not None else last
+            landmarks.append(last)
+        if landmarks[0] is None:
+            print(f"skip {clip.name}: no face in the first frame", flush=True)
+            continue
+        out.append((clip.name, crops, np.stack(landmarks).astype(np.float64)))
+    return out
+
+
+def knees(points: list[dict], tolerance: float) -> dict[str, dict]:
+    """Per shipped coder (``av1q`` / ``webpq``): its current default's point and the lowest
+    swept quality whose rebuilt LPIPS is within ``tolerance`` of it (the knee)."""
+    from codec.keyframe import default_keyframe_quality
+
+    out = {}
+    for codec in ("av1q", "webpq"):
+        curve = {pt["quality"]: pt for pt in points if pt["codec"] == codec}
+        default = default_keyframe_quality(codec[:-1])
+        if default not in curve:
+            continue
+        base = curve[default]
+        within = [q for q, pt in curve.items() if pt["lpips"] <= base["lpips"] + tolerance]
+        knee = curve[min(within)]
+        out[codec] = {"default_quality": default, "default_bytes": base["keyframe_bytes"],
+                      "default_lpips": base["lpips"], "knee_quality": knee["quality"],
+                      "knee_bytes": knee["keyframe_bytes"], "knee_lpips": knee["lpips"],
+                      "bytes_saved_pct": 100.0 * (1 - knee["keyframe_bytes"] / base["keyframe_bytes"])}
+        print(f"{codec}: knee q{knee['quality']} {knee['keyframe_bytes']:.0f} B LPIPS {knee['lpips']:.4f} "
+              f"(default q{default}: {base['keyframe_bytes']:.0f} B, {base['lpips']:.4f})", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.keyframe_codecs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("cache/dev256"), help="cached dev crops (default: %(default)s)")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="read --clips clips of --split from this manifest instead of --data")
+    p.add_argument("--split", default="train", help="with --manifest (default: %(default)s)")
+    p.add_argument("--clips", type=int, default=8, help="with --manifest (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=150, help="with --manifest: first N frames (default: %(default)s)")
+    p.add_argument("--qualities", action="append", default=[], metavar="[CODER=]Q,Q",
+                   help="these qualities instead of the sweep: for every coder (66,78), or for one "
+                        "(av1q=66,78; repeat the flag per coder)")
+    p.add_argument("--tolerance", type=float, default=0.001,
+                   help="the knee: rebuilt LPIPS allowed above the default quality's (default: %(default)s)")
     p.add_argument("--every", type=int, default=25, help="rebuild every N-th frame (default: %(default)s)")
     p.add_argument("--codecs", default="webp,av1,h264", help="coders to sweep (default: %(default)s)")
     p.add_argument("--segments", type=int, default=None, help="first N dev segments only (a quick look)")
     p.add_argument("--out", type=Path, required=True, help="write the JSON here")
     args = p.parse_args(argv)
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration per frame otherwise
+    from benchmarks.env import cpu_name, git_state
     from codec.zoo import load_landmark_model
 
+    env = {**git_state(), "cpu": cpu_name()}  # the code as it was when the run started
     model = load_landmark_model()
-    index = json.loads((args.data / "index.json").read_text(encoding="utf-8"))
-    if index.get("split") != "dev":
-        p.error(f"{args.data} is not the dev split")
-    segments = [(s["name"], *read_segment(args.data, s)) for s in index["segments"][:args.segments]]
+    codecs = args.codecs.split(",")
+    if args.manifest is not None:
+        segments = manifest_segments(args.manifest, args.split, args.clips, args.frames, Path("out/keyframe-crops"))
+    else:
+        segments = cached_segments(args.data, args.segments)
     lpips = lpips_model("cpu")
     points = []
-    for codec in args.codecs.split(","):
-        for quality in (QUICK if args.segments else SWEEPS)[codec]:
+    for codec in codecs:
+        sweep = (QUICK if args.segments else SWEEPS)[codec]
+        for item in args.qualities:
+            coder, _, values = item.rpartition("=")
+            if coder in ("", codec):
+                sweep = tuple(int(q) for q in values.split(","))
+        for quality in sweep:
             started = time.perf_counter()
             coder = still_coder(codec, quality)
             rows = [{"segment": name, **evaluate_segment(model, frames, landmarks, args.every, DEFAULT_QUALITY,
@@ -122,6 +224,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{codec:5s} {quality:3d}: keyframe {point['keyframe_bytes']:6.0f} B "
                   f"{point['keyframe_psnr']:5.2f} dB | rebuilt {point['psnr']:5.2f} dB LPIPS {point['lpips']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
+    result = {"every": args.every, "command": "python -m benchmarks.keyframe_codecs " + " ".join(
+        sys.argv[1:] if argv is None else argv), "env": env,
+        "segments": [name for name, _, _ in segments], "frames": [len(f) for _, f, _ in segments]}
+    if args.manifest is not None:
+        result.update(split=args.split, tolerance=args.tolerance, knee=knees(points, args.tolerance))
+    if any((pt["codec"], pt["quality"]) == REFERENCE for pt in points):
+        result.update(_summary(points))
+    result["points"] = points
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _summary(points: list[dict]) -> dict:
+    """Each coder's bytes at WebP q90's rebuilt LPIPS and its BD-rate against WebP."""
     reference = next(pt for pt in points if (pt["codec"], pt["quality"]) == REFERENCE)
     summary = {}
     for codec in dict.fromkeys(pt["codec"] for pt in points):
@@ -135,13 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             "bd_rate_vs_webp_pct": bd_rate([pt["keyframe_bytes"] for pt in webp], [pt["lpips"] for pt in webp],
                                            rates, values, lower_is_better=True)}
         print(f"{codec}: {summary[codec]}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"every": args.every, "reference": {"codec": REFERENCE[0],
-                                                                        "quality": REFERENCE[1],
-                                                                        "lpips": reference["lpips"],
-                                                                        "keyframe_bytes": reference["keyframe_bytes"]},
-                                    "summary": summary, "points": points}, indent=1))
-    return 0
+    return {"reference": {"codec": REFERENCE[0], "quality": REFERENCE[1], "lpips": reference["lpips"],
+                          "keyframe_bytes": reference["keyframe_bytes"]}, "summary": summary}
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Encoder (sender side): square face crops in, packets out. The first frame (and any
 frame after ``request_keyframe``) also yields a keyframe packet; every frame yields
-one motion packet with its head pose and expression.
+one motion packet with its head pose and expression. A real-time sender codes keyframes
+off its frame loop (``keyframe_worker=True``, :mod:`codec.keyframe_worker`): the keyframe
+packet of a frame then comes out with a later frame's packets.
 
 Decoder (receiver side): packets in, rebuilt frames out. A keyframe packet sets the
 cached source state (``model.prepare_source``); each motion packet is rendered from it
@@ -34,13 +36,14 @@ from codec.bitstream import (
 from codec.errors import MissingReferenceError, ModelMismatchError
 from codec.families.base import PatchCandidate, TalkingHeadModel, ViewControl
 from codec.keyframe import (
+    DEFAULT_KEYFRAME_CODEC,
     KEYFRAME_CODEC_IDS,
     decode_keyframe,
     default_keyframe_quality,
-    encode_keyframe,
     fit_square,
     received_keyframe,
 )
+from codec.keyframe_worker import CodedKeyframe, KeyframeJob, KeyframeWorker, code_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
 from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
 from codec.refresh import LoopEvent, RefreshLoop, RefreshPolicy
@@ -77,6 +80,7 @@ class EncoderStats:
     patches: int = 0
     patch_bytes: int = 0
     patches_over_budget: int = 0  # wanted, but the byte budget said wait
+    skipped: int = 0  # frames sent without motion: the receiver held no keyframe to render them from
     keyframe_reasons: list[tuple[int, str]] = field(default_factory=list)  # (seq, why) of every keyframe
     refreshes: list[tuple[int, str]] = field(default_factory=list)  # (seq, why) of closed-loop keyframes
     fallbacks: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): keyframes stopped helping
@@ -88,10 +92,17 @@ class Encoder:
     """Sender side of the codec: square RGB face crops -> packets (bytes)."""
 
     def __init__(self, model: TalkingHeadModel, *, quality: int = DEFAULT_QUALITY,
-                 intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = "webp",
+                 intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = DEFAULT_KEYFRAME_CODEC,
                  keyframe_quality: int | None = None, timebase: int = DEFAULT_TIMEBASE,
                  frame_rate: float = 25.0, refresh: RefreshPolicy | None = None, patches: bool = True,
-                 patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS) -> None:
+                 patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS,
+                 keyframe_worker: bool = False) -> None:
+        """``keyframe_worker``: code keyframes on a background thread (a call: ``encode`` never
+        waits for the ~110 ms of an AV1 keyframe; the keyframe packet comes out with the first
+        frame encoded after it is done, and until the receiver holds a first keyframe — or a
+        fresh one after ``request_keyframe(restart=True)`` — frames send no motion). Without
+        it (files, benchmarks) the keyframe goes out with its own frame and the packets are
+        deterministic."""
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
@@ -99,7 +110,7 @@ class Encoder:
         self.table = quant_table_for(model.layout, quality)
         self.intra_period = intra_period
         self.keyframe_codec = keyframe_codec
-        # None: the codec's default (WebP q90; AV1 q78, which matched WebP q90's rebuilt frames)
+        # None: the codec's default (codec.keyframe.DEFAULT_KEYFRAME_QUALITY)
         self.keyframe_quality = keyframe_quality if keyframe_quality is not None else \
             default_keyframe_quality(keyframe_codec)
         self.timebase = timebase
@@ -108,12 +119,20 @@ class Encoder:
         self._motion = MotionEncoder(self.table, model.layout.expression_count, intra_period)
         self._seq = 0
         self._keyframe_requested = True
+        self._worker = KeyframeWorker() if keyframe_worker else None
+        # The receiver holds no keyframe fit to render from until one of this frame or later
+        # is out (None: it does).
+        self._restart_from: int | None = 0
         self.stats = EncoderStats()
         self.refresh = refresh
         # The closed loop (codec.refresh), or None: keyframes only when asked for.
+        # The loop codes keyframes only for its fallback probe, on the frame loop: a real-time
+        # sender's probe uses WebP (the default qualities rebuild alike; AV1 would stall it).
+        probe_codec = "webp" if keyframe_worker else keyframe_codec
         self._loop = None if refresh is None else RefreshLoop(
-            refresh, model, self._tracker, frame_rate=frame_rate, keyframe_codec=keyframe_codec,
-            keyframe_quality=self.keyframe_quality)
+            refresh, model, self._tracker, frame_rate=frame_rate, keyframe_codec=probe_codec,
+            keyframe_quality=self.keyframe_quality if probe_codec == keyframe_codec
+            else default_keyframe_quality(probe_codec))
         self._local_source = None  # the receiver's source state, for the closed loop and patches
         self._next_keyframe_reason = "stream start"
         self.last_keyframe_reason = ""  # why the newest keyframe was sent (a call's viewer shows it)
@@ -155,12 +174,31 @@ class Encoder:
         """The stream header, sent once before any packet (and again to a rejoining peer)."""
         return self.stream_header().pack()
 
-    def request_keyframe(self, reason: str = "requested") -> None:
-        """Send a keyframe with the next frame (start of call, receiver request, face moved);
-        ``reason`` is recorded with it (``last_keyframe_reason``, ``stats.keyframe_reasons``)."""
+    def request_keyframe(self, reason: str = "requested", *, restart: bool = False) -> None:
+        """Send a keyframe of the next frame (start of call, receiver request, face moved);
+        ``reason`` is recorded with it (``last_keyframe_reason``, ``stats.keyframe_reasons``).
+        ``restart``: the receiver holds no keyframe fit to render from (a new stream, back from
+        H.264, a new crop box); with the keyframe worker, frames send no motion until it is out."""
         if not self._keyframe_requested:
             self._next_keyframe_reason = reason
         self._keyframe_requested = True
+        if restart:
+            self._restart_from = self._seq
+
+    @property
+    def keyframe_pending(self) -> bool:
+        """A keyframe is asked for, or being coded off the frame loop."""
+        return self._keyframe_requested or (self._worker is not None and self._worker.busy)
+
+    def wait_keyframe(self, timeout: float | None = None) -> bool:
+        """Block until the keyframe being coded off the loop is done (up to ``timeout`` s), so
+        that the next ``encode`` sends it; whether one is. (``encode`` itself never waits.)"""
+        return self._worker is not None and self._worker.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the keyframe worker's thread (a keyframe being coded is dropped)."""
+        if self._worker is not None:
+            self._worker.close()
 
     @property
     def fallback(self) -> str | None:
@@ -187,30 +225,19 @@ class Encoder:
         self._seq += 1
         ticks = max(0, int(round(timestamp * self.timebase)))
         vector = self._tracker.motion(crop)
-        packets: list[bytes] = []
-        if self._keyframe_requested:
-            # The frame the closed loop tried and chose (one frame back), else this one.
-            chosen = self._loop.take_keyframe() if self._loop is not None else None
-            image, info = (chosen.crop, chosen.info) if chosen else (crop, self._tracker.keyframe_info(crop))
-            data = encode_keyframe(image, self.keyframe_codec, self.keyframe_quality)
-            packet = KeyframePacket(seq=seq, timestamp=ticks,
-                                    codec_id=KEYFRAME_CODEC_IDS[self.keyframe_codec],
-                                    image_bytes=data, info=info).pack()
-            if self._loop is not None or self.patches:
-                # Exactly what the receiver will hold: the decoded image, not the crop.
-                decoded = received_keyframe(data, self.keyframe_codec, self.model.image_size)
-                self._local_source = self.model.prepare_source(decoded, info)
-            if self._loop is not None:
-                self._loop.keyframe_sent(seq, len(packet))
-            packets.append(packet)
-            self.stats.keyframes += 1
-            self.stats.keyframe_bytes += len(packet)
-            self.last_keyframe_reason = self._next_keyframe_reason
-            self.stats.keyframe_reasons.append((seq, self.last_keyframe_reason))
-            self._keyframe_requested = False
-            self._next_keyframe_reason = "requested"
-            # A fresh keyframe is a natural resync point for the motion chain too.
-            self._motion.force_intra()
+        worker = self._worker
+        # A keyframe the worker finished goes out before this frame's motion, which it serves.
+        coded = worker.take() if worker is not None else None
+        packets = [] if coded is None else [self._keyframe_out(coded)]
+        if self._keyframe_requested and not (worker is not None and worker.busy):
+            job = self._keyframe_job(crop, seq, ticks, copy=worker is not None)
+            if worker is None:
+                packets.append(self._keyframe_out(code_keyframe(job)))
+            else:
+                worker.submit(job)
+        if self._restart_from is not None:
+            self.stats.skipped += 1  # the receiver could render nothing from this motion
+            return packets
         intra, payload = self._motion.encode_vector(vector, seq)
         packet = MotionPacket(seq=seq, timestamp=ticks, intra=intra, payload=payload).pack()
         decoded = self._motion.last_decoded
@@ -227,10 +254,42 @@ class Encoder:
         self.stats.intra_packets += int(intra)
         if self._loop is not None:
             for event in self._loop.check(seq, crop, vector, decoded, self._local_source,
-                                          keyframe_pending=self._keyframe_requested):
+                                          keyframe_pending=self.keyframe_pending):
                 self._act_on(event)
             self.stats.last_rebuild_error = self._loop.last_error
         return packets
+
+    def _keyframe_job(self, crop: np.ndarray, seq: int, ticks: int, copy: bool) -> KeyframeJob:
+        """The keyframe asked for, taken now: the frame the closed loop tried and chose (one
+        frame back), else this one (``copy``: the worker's own copy of the caller's crop)."""
+        chosen = self._loop.take_keyframe() if self._loop is not None else None
+        image, info = (chosen.crop, chosen.info) if chosen else (crop, self._tracker.keyframe_info(crop))
+        job = KeyframeJob(seq, ticks, image.copy() if copy and not chosen else image, info,
+                          self._next_keyframe_reason, self.keyframe_codec, self.keyframe_quality,
+                          self.model.image_size, decode=self._loop is not None or self.patches)
+        self._keyframe_requested = False
+        self._next_keyframe_reason = "requested"
+        return job
+
+    def _keyframe_out(self, coded: CodedKeyframe) -> bytes:
+        """The packet of a coded keyframe, with the sender's record of what the receiver holds."""
+        job = coded.job
+        packet = KeyframePacket(seq=job.seq, timestamp=job.ticks, codec_id=KEYFRAME_CODEC_IDS[job.codec],
+                                image_bytes=coded.data, info=job.info).pack()
+        if coded.received is not None:
+            # Exactly what the receiver will hold: the decoded image, not the crop.
+            self._local_source = self.model.prepare_source(coded.received, job.info)
+        if self._loop is not None:
+            self._loop.keyframe_sent(job.seq, len(packet))
+        self.stats.keyframes += 1
+        self.stats.keyframe_bytes += len(packet)
+        self.last_keyframe_reason = job.reason
+        self.stats.keyframe_reasons.append((job.seq, job.reason))
+        if self._restart_from is not None and job.seq >= self._restart_from:
+            self._restart_from = None
+        # A fresh keyframe is a natural resync point for the motion chain too.
+        self._motion.force_intra()
+        return packet
 
     def _act_on(self, event: LoopEvent) -> None:
         if event.kind == "fallback":

@@ -19,6 +19,7 @@ import numpy as np
 from codec.api import DEFAULT_INTRA_PERIOD, Decoder, DecoderStats, Encoder, RefreshPolicy, stamp_untrained
 from codec.bitstream import MotionPacket, PacketType, parse_packet
 from codec.errors import MediaError
+from codec.keyframe import DEFAULT_KEYFRAME_CODEC
 from codec.families.base import TalkingHeadModel, ViewControl
 from codec.motion_coding import DEFAULT_QUALITY
 
@@ -116,7 +117,7 @@ class DecompressReport:
 
 def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel,
              quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
-             fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = "av1",
+             fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = DEFAULT_KEYFRAME_CODEC,
              keyframe_quality: int | None = None, audio: bool = True, patches: bool = True,
              refresh: RefreshPolicy | None = None,
              progress: Callable[[int], None] | None = None) -> CompressReport:

@@ -217,8 +217,9 @@ class SenderSession:
         if mode == self.mode:
             return
         if mode == "neural":
-            # Back to neural only behind a fresh keyframe (the receiver may hold a stale one).
-            self.encoder.request_keyframe(f"back to neural: {reason}")
+            # Back to neural only behind a fresh keyframe (the receiver may hold a stale one):
+            # no motion until it is out.
+            self.encoder.request_keyframe(f"back to neural: {reason}", restart=True)
         self.mode = mode
         self.stats.mode_switches += 1
         events.info("switching to %s: %s", mode, reason)
@@ -228,7 +229,7 @@ class SenderSession:
         """(Re)send the stream header; the next frame carries a keyframe."""
         if self.encoder is not None:
             self._send_control(StreamStart(header=self.encoder.header(), clock=self.clock, fps=self.fps))
-            self.encoder.request_keyframe("stream start")
+            self.encoder.request_keyframe("stream start", restart=True)
         self._send_control(ModeSwitch(mode=self.mode, reason="call start"))
 
     # ------------------------------------------------------------------ face tracking
@@ -266,7 +267,9 @@ class SenderSession:
             log.info("face moved out of the crop: new crop box and keyframe")
             self.box = new_box
             if self.encoder is not None:
-                self.encoder.request_keyframe("the face moved out of the crop")
+                # Motion of the new crop against the old crop's keyframe would show a shifted
+                # face: none until the new keyframe is out.
+                self.encoder.request_keyframe("the face moved out of the crop", restart=True)
         if self.mode == "h264" and self.wanted_mode == "neural" and not self._quality_fallback:
             self._switch("neural", "face found again")
 
@@ -372,5 +375,7 @@ class SenderSession:
             self.stats.encode_cpu_ms_total += 1000.0 * (time.thread_time() - started)
 
     def close(self) -> None:
+        if self.encoder is not None:
+            self.encoder.close()  # its keyframe worker's thread
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._face_pool.shutdown(wait=False, cancel_futures=True)

@@ -174,8 +174,11 @@ class _ScriptedEncoder:
         self.fallback = None
         return "a trial keyframe held for 1 s"
 
-    def request_keyframe(self, reason: str = "requested") -> None:
-        self.requested.append(reason)
+    def request_keyframe(self, reason: str = "requested", *, restart: bool = False) -> None:
+        self.requested.append(reason + (" (restart)" if restart else ""))
+
+    def close(self) -> None:
+        pass
 
 
 def test_a_call_sends_h264_while_keyframes_fail_and_comes_back():
@@ -205,7 +208,8 @@ def test_a_call_sends_h264_while_keyframes_fail_and_comes_back():
         assert session.mode == "h264" and encoder.probes == 2 and session.stats.h264_frames == 3
         asyncio.run(frames([6]))
         assert session.mode == "neural" and session.stats.mode_switches == 2
-        assert encoder.requested == ["back to neural: a trial keyframe held for 1 s"]
+        # The receiver's keyframe is stale: no motion until the new one is out.
+        assert encoder.requested == ["back to neural: a trial keyframe held for 1 s (restart)"]
     finally:
         session.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 from .clips import Clip, folder_clips, manifest_clips, skip_summary
 from .curves import analysis
 from .markdown import markdown_summary
-from .ours import ours_sweep
+from .ours import ours_sweep, shipped_keyframes
 from .plots import plot_all
 from .protocol import ALL_CODECS, FPS, METRICS, UNTRAINED_MARK
 from .results import ResultStore, average_rows, run_meta
@@ -59,12 +59,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="landmark family: score the plain warp, without the learned refiner")
     p.add_argument("--no-patches", action="store_true",
                    help="our sender sends no reference patches of the mouth and eyes")
-    p.add_argument("--keyframe-codec", choices=["webp", "av1", "jpeg"], default="webp",
-                   help="our keyframes' image codec (default: %(default)s, what a call sends; "
-                        "others name their settings -k<codec>)")
+    p.add_argument("--keyframe-codec", choices=["webp", "av1", "jpeg"], default=None,
+                   help="our keyframes' image codec (default: the shipped one, what compress and a "
+                        "call send, codec.keyframe.DEFAULT_KEYFRAME_CODEC; others name their "
+                        "settings -k<codec>)")
     p.add_argument("--keyframe-quality", type=int, default=None,
-                   help="our keyframes' quality, 1-100 (default: the codec's, WebP 90, AV1 78; "
-                        "others name their settings -kq<Q>)")
+                   help="our keyframes' quality, 1-100 (default: the codec's, "
+                        "codec.keyframe.DEFAULT_KEYFRAME_QUALITY; others name their settings -kq<Q>)")
     p.add_argument("--qualities", default="0,1,2,3,4,5")
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
@@ -131,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     untrained = bool(loaded is not None and loaded.untrained)
     command = "python -m benchmarks.rd " + " ".join(
         sys.argv[1:] if argv is None else list(argv))
+    keyframes = shipped_keyframes(args.keyframe_codec, args.keyframe_quality)
     store = ResultStore(out / "results.json", run_meta(
-        args.name or out.name, command, untrained, args.size, args.frames, args.metric_every, source))
+        args.name or out.name, command, untrained, args.size, args.frames, args.metric_every, source,
+        keyframes))
     store.data["codecs"] = codecs
     store.data.setdefault("skipped", {})
     store.data.setdefault("metrics_unavailable", {})

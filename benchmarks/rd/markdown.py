@@ -49,8 +49,8 @@ def markdown_table(averages: list[dict[str, Any]]) -> str:
 
 def closed_loop_clips(results: list[dict[str, Any]]) -> list[str]:
     """Per clip, LPIPS (AKD on common frames in a run without LPIPS) and kbit/s of each
-    closed-loop setting beside one keyframe, each fixed period and the frozen keyframe (WebP
-    q90 keyframes only); a clip where the loop is worse than the frozen keyframe is marked.
+    closed-loop setting beside one keyframe, each fixed period and the frozen keyframe (the
+    run's own keyframes only, no -k<codec>/-kq<Q> variants); a clip where the loop is worse than the frozen keyframe is marked.
     Empty without closed-loop rows or either metric."""
     def refresh(row: dict[str, Any]) -> str | None:
         if row["codec"] == "frozen":
@@ -145,7 +145,7 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
         if not ana.get(key):
             continue
         lines += [(f"## The closed loop against {baseline} (BD-rate of each 'ours adaptive' curve "
-                   "at its motion quality, one keyframe included, with WebP q90 keyframes; "
+                   "at its motion quality, one keyframe included, with the run's keyframes; "
                    "negative = fewer bits for the same quality)"), "",
                   "| curve | " + " | ".join(metric_label(m) for m in metrics) + " |",
                   "|" + " --- |" * (len(metrics) + 1)]

@@ -61,20 +61,35 @@ def _refresh_name(refresh: float | str) -> str:
 
 
 def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True,
-                  keyframe_quality: int | None = None, keyframe_codec: str = "webp") -> list[Setting]:
+                  keyframe_quality: int | None = None, keyframe_codec: str | None = None) -> list[Setting]:
     """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
     (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-k<codec>`` when
-    keyframes are not WebP, ``-kq<Q>`` when their quality is not the codec's default)."""
-    from codec.keyframe import default_keyframe_quality
+    keyframes are not the shipped codec, ``-kq<Q>`` when their quality is not the codec's
+    default). None: what ``compress`` and a call send (:func:`shipped_keyframes`)."""
+    from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
 
+    keyframe_codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
     default = default_keyframe_quality(keyframe_codec)
     quality = default if keyframe_quality is None else keyframe_quality
-    suffix = ("" if patches else "-nopatch") + ("" if keyframe_codec == "webp" else f"-k{keyframe_codec}") \
+    suffix = ("" if patches else "-nopatch") \
+        + ("" if keyframe_codec == DEFAULT_KEYFRAME_CODEC else f"-k{keyframe_codec}") \
         + ("" if quality == default else f"-kq{quality}")
     return [Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
                     {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": quality,
                      "keyframe_codec": keyframe_codec})
             for r, q in points]
+
+
+def shipped_keyframes(keyframe_codec: str | None = None, keyframe_quality: int | None = None) -> dict[str, Any]:
+    """Ours' keyframe codec and quality in a run (None: the shipped defaults of
+    ``codec.keyframe``, what ``compress`` and a call send) and whether they are those."""
+    from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
+
+    codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
+    quality = default_keyframe_quality(codec) if keyframe_quality is None else keyframe_quality
+    return {"codec": codec, "quality": quality,
+            "shipped_default": (codec, quality) == (DEFAULT_KEYFRAME_CODEC,
+                                                    default_keyframe_quality(DEFAULT_KEYFRAME_CODEC))}
 
 
 def refresh_policy(refresh: float | str) -> Any:
@@ -99,14 +114,15 @@ def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
     return run_ours(crops, loaded, params["quality"], periodic, refresh_policy=refresh_policy(refresh),
                     face_wait=face_wait,
                     progress=progress, metric_every=metric_every, patches=params.get("patches", True),
-                    keyframe_quality=params.get("keyframe_quality", 90),
-                    keyframe_codec=params.get("keyframe_codec", "webp"))
+                    keyframe_quality=params.get("keyframe_quality"),
+                    keyframe_codec=params.get("keyframe_codec"))
 
 
 def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
              metric_every: int = 1, refresh_policy=None, patches: bool = True,
-             keyframe_quality: int = 90, keyframe_codec: str = "webp", face_wait: bool = False) -> CodecRun:
+             keyframe_quality: int | None = None, keyframe_codec: str | None = None,
+             face_wait: bool = False) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds; with
@@ -117,7 +133,8 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
     reference patches of the mouth and eyes (their bytes count like the rest). Every frame
     is encoded and every packet decoded, but with ``metric_every`` = K > 1 only frames 0, K,
     2K, … are rendered by the generator (the others advance the motion chain only), and
-    ``decoded`` holds just those."""
+    ``decoded`` holds just those. ``keyframe_codec`` / ``keyframe_quality``: None, the
+    shipped defaults (``shipped_keyframes``)."""
     import cv2
 
     from codec.api import Decoder, Encoder
@@ -129,6 +146,8 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
     )
 
     n, size = crops.shape[0], crops.shape[1]
+    keyframes = shipped_keyframes(keyframe_codec, keyframe_quality)
+    keyframe_codec, keyframe_quality = keyframes["codec"], keyframes["quality"]
     encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
                       keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec)
     header = encoder.header()
@@ -183,6 +202,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
                "keyframe_refresh_s": keyframe_refresh_s, "face_wait": face_wait,
                "keyframe_codec": keyframe_codec,
                "keyframe_quality": keyframe_quality,
+               "keyframes_shipped_default": keyframes["shipped_default"],
                "refresh_policy": None if refresh_policy is None else str(refresh_policy),
                "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,

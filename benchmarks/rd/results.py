@@ -32,12 +32,17 @@ def environment() -> dict[str, Any]:
 
 
 def run_meta(name: str, command: str, untrained: bool, size: int, frames: int, every: int,
-             source: str) -> dict[str, Any]:
+             source: str, keyframes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's header in results.json: environment, protocol and the notes that say how
     bytes, rates and times were counted (``every``: ``--metric-every``; ``source``: where the
-    clips came from)."""
+    clips came from; ``keyframes``: ours' keyframe codec and quality, ``ours.shipped_keyframes``)."""
+    keyframe_note = [] if keyframes is None else [
+        (f"ours' keyframes: {keyframes['codec']} q{keyframes['quality']}"
+         + (" (the shipped default, what compress and a call send: codec.keyframe)"
+            if keyframes["shipped_default"] else " (not the shipped default: setting names say -k<codec>/-kq<Q>)")
+         + "; the frozen keyframe stays WebP q90.")]
     return {
-        "name": name, "env": environment(), "command": command,
+        "name": name, "env": environment(), "command": command, "ours_keyframes": keyframes,
         "untrained": untrained, "marker": UNTRAINED_MARK if untrained else None,
         "protocol": (f"face crop fitted on the first {FIT_FRAMES} frames and fixed, {size}px, "
                      f"{FPS:g} fps, first {frames} frames, {source}; "
@@ -66,6 +71,7 @@ def run_meta(name: str, command: str, untrained: bool, size: int, frames: int, e
                 "; ours' decode ms/frame is per rendered (scored) frame: the other frames' "
                 "packets are parsed but not rendered.")),
             metric_sampling_text(every, frames) + " (each row: metric_every, scored_frames).",
+            *keyframe_note,
         ]}
 
 

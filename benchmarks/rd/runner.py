@@ -28,7 +28,7 @@ log = logging.getLogger("benchmarks.rd")
 
 def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | str, int]],
                    quick: bool, patches: bool = True, keyframe_quality: int | None = None,
-                   keyframe_codec: str = "webp") -> list[Setting]:
+                   keyframe_codec: str | None = None) -> list[Setting]:
     """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``)."""
     settings: list[Setting] = []
     for codec in codecs:
