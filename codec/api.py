@@ -393,8 +393,8 @@ class Decoder:
         motion packet dropped unnumbered (counted as stale or a lost reference).
 
         ``arrival``: when a motion packet arrived (time.monotonic() seconds). A receiver on
-        a lossy transport must give it: after an arrival gap of 32 frame intervals only an
-        intra packet can renumber the stream (codec.bitstream.sequencing)."""
+        a lossy transport must give it: when nothing was numbered for 32 frame intervals only
+        an intra packet can renumber the stream (codec.bitstream.sequencing)."""
         packet = parse_packet(data, self.header)
         if arrival is not None and isinstance(packet, MotionPacket | CompactMotionPacket):
             forgotten = self._sequencer.forgotten

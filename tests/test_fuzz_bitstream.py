@@ -173,13 +173,15 @@ def test_fuzz_motion_sequencer(stream: list[bytes], gaps: list[float]) -> None:
 
 
 @FUZZ_SETTINGS
-@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 400)), max_size=4),
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 400), st.integers(0, 12)), max_size=4),
        st.integers(0, 2**20), st.floats(0.0, 0.5))
-def test_no_outage_misnumbers_a_frame(outages: list[tuple[int, int]], start: int, jitter: float) -> None:
-    """Loss bursts of any length and place (and arrival jitter up to 0.5 s): every packet the
-    receiver numbers gets its true sequence number and timestamp."""
+def test_no_outage_misnumbers_a_frame(outages: list[tuple[int, int, int]], start: int, jitter: float) -> None:
+    """Loss bursts of any length and place, whole or letting every k-th packet through (and
+    arrival jitter up to 0.5 s): every packet the receiver numbers gets its true sequence
+    number and timestamp."""
     framer, sequencer = MotionFramer(HEADER), MotionSequencer(HEADER)
-    lost = {start + offset + k for offset, length in outages for k in range(length)}
+    lost = {start + offset + k for offset, length, keep in outages for k in range(length)
+            if not keep or k % keep}
     rng = np.random.default_rng(len(lost))
     for seq in range(start, start + 700):
         data = framer.pack(seq, 40 * seq, (seq - start) % 25 == 0, seq.to_bytes(8, "little"))

@@ -54,10 +54,10 @@ How a receiver recovers what a compact packet leaves out (codec.bitstream.sequen
 - sequence: an intra packet carries all of it (H·64 + s). An inter packet can only be
   decoded after its predecessor, so it is taken as the last motion packet's sequence + 1
   when s matches that (mod 64), and dropped otherwise (counted as stale or as a lost
-  reference; no number is guessed). A burst of exactly 64·k lost packets would make the
-  next inter packet look contiguous: a receiver that gets nothing for 32 frame intervals
-  forgets its last sequence (Decoder.parse's arrival time), so after an outage of any
-  length only an intra packet resynchronises;
+  reference; no number is guessed). 64·k lost packets since the last numbered one would
+  make the next inter packet look contiguous: a receiver that has numbered nothing for 32
+  frame intervals forgets its last sequence (Decoder.parse's arrival time), so after an
+  outage of any length or shape only an intra packet resynchronises;
 - timestamp: the grid timestamp round(seq · timebase / frame rate) plus the chain's
   departure, the extended packet's timestamp minus its grid timestamp (0 after a compact
   intra packet): a compact inter packet inherits its predecessor's;

@@ -10,9 +10,10 @@ for the format):
 
 - **sequence**: intra packets carry it whole. An inter packet is taken as the previous
   motion packet's sequence + 1 when its low bits say so, else it is dropped unnumbered (a
-  predicted packet needs that predecessor anyway). Only a run of 64·k lost packets could
-  fake "+ 1": a receiver that hears nothing for :data:`ALIAS_GUARD_FRAMES` frame
-  intervals forgets its previous sequence, so after an outage of any length compact inter
+  predicted packet needs that predecessor anyway). Only 64·k lost packets since the previous
+  numbered one could fake "+ 1": a receiver that numbered nothing for
+  :data:`ALIAS_GUARD_FRAMES` frame intervals forgets its previous sequence (whatever else
+  arrived meanwhile, unnumbered), so after an outage of any length or shape compact inter
   packets wait for an intra packet (which asks nothing of the receiver's memory).
 - **timestamp**: the frame-rate grid, ``round(seq · timebase · 1000 / frame_rate_millihz)``
   in exact integers, plus the chain's *departure*: an extended packet's timestamp minus its
@@ -120,7 +121,8 @@ class MotionSequencer:
     def __init__(self, header: StreamHeader) -> None:
         self.header = header
         self._previous: _Chain | None = None
-        self._last_arrival: float | None = None
+        self._previous_at: float | None = None  # when the packet that set _previous arrived
+        self._now: float | None = None  # the arrival time of the packet being resolved
         self.guard_s = (ALIAS_GUARD_FRAMES / header.frame_rate if header.frame_rate > 0
                         else float("inf"))
         self.stale = 0  # compact inter packets whose low bits point at or before the previous one
@@ -129,19 +131,24 @@ class MotionSequencer:
 
     def forget(self) -> None:
         """Drop the previous sequence number: compact inter packets wait for an intra one."""
-        self._previous = None
+        self._previous = self._previous_at = None
 
     def arrival(self, seconds: float) -> None:
-        """A motion packet arrived at ``seconds`` (a monotonic clock). After a gap of
-        ALIAS_GUARD_FRAMES frame intervals the previous sequence number is forgotten."""
-        last, self._last_arrival = self._last_arrival, seconds
-        if last is not None and seconds - last >= self.guard_s and self._previous is not None:
+        """The next motion packet arrived at ``seconds`` (a monotonic clock). When nothing was
+        numbered for ALIAS_GUARD_FRAMES frame intervals, the previous number is forgotten:
+        the sender may have moved on too far for 6 bits to say where to."""
+        self._now = seconds
+        if self._previous_at is not None and seconds - self._previous_at >= self.guard_s:
             self.forgotten += 1
             self.forget()
 
+    def _set(self, seq: int, departure: int | None) -> None:
+        self._previous = _Chain(seq, departure)
+        self._previous_at = self._now
+
     def _advance(self, seq: int, departure: int | None) -> None:
         if self._previous is None or seq > self._previous.seq:
-            self._previous = _Chain(seq, departure)
+            self._set(seq, departure)
 
     def resolve(self, packet: MotionPacket | CompactMotionPacket) -> MotionPacket | None:
         """The packet with its sequence number and timestamp, or None (see the class doc)."""
@@ -165,6 +172,6 @@ class MotionSequencer:
             return None
         seq = previous.seq + 1
         departure = previous.departure or 0  # None only after a gridless packet: unreachable here
-        self._previous = _Chain(seq, departure)
+        self._set(seq, departure)
         return MotionPacket(seq, grid_ticks(self.header, seq) + departure, False,
                             packet.payload, None)
