@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from codec.api import Decoder, Encoder, ViewControl
-from codec.bitstream import CompactMotionPacket, KeyframeCodec, KeyframePacket, MotionPacket, PatchPacket
+from codec.bitstream import (
+    CompactMotionPacket,
+    KeyframeCodec,
+    KeyframePacket,
+    MotionPacket,
+    PatchPacket,
+    parse_packet,
+)
 from codec.errors import ReferenceSlotError
 from codec.families.base import PatchCandidate
 from codec.families.landmark import pack_keyframe_info
@@ -121,3 +128,28 @@ def test_patch_of_an_empty_slot_asks_for_its_keyframe(model, parts) -> None:
     assert decoder.stats.unheld_reference == 1 and decoder.needs_reference == 1 and decoder.stats.patches == 0
     decoder.decode(KeyframePacket(5, 200, KeyframeCodec.WEBP, images[1], info, slot=1).pack())
     assert decoder.needs_reference is None
+
+
+def test_the_call_receiver_asks_for_the_keyframe_of_an_unheld_slot(tiny_model) -> None:
+    from codec.bitstream.control import KeyframeRequest, StreamStart
+    from receiver.session import ReceiverSession
+    from sender.sources import default_source
+
+    encoder = Encoder(tiny_model)
+    header = dataclasses.replace(encoder.stream_header(), reference_slots=2)
+    frame = next(iter(default_source(num_frames=1, size=(tiny_model.image_size,) * 2)))
+    keyframe, motion = encoder.encode(frame)
+    intra = parse_packet(motion)  # the Encoder's compact intra packet (slot 0, implied)
+    assert isinstance(intra, CompactMotionPacket) and intra.intra
+    sent = []
+    receiver = ReceiverSession(tiny_model, show=lambda image, t: None, send_control=sent.append)
+    try:
+        receiver.on_control(StreamStart(header=header.pack(), clock=0.0, fps=25.0))
+        receiver._enqueue(keyframe)
+        receiver.on_motion(MotionPacket(1, 40, True, intra.payload, reference=1).pack())
+        assert receiver.wait_idle(10.0)
+        assert receiver.decoder.stats.unheld_reference == 1
+        assert [m for m in sent if isinstance(m, KeyframeRequest)] == [
+            KeyframeRequest(reason="no keyframe in reference slot 1")]
+    finally:
+        receiver.close()
