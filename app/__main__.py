@@ -94,17 +94,24 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket, parse_packet, read_container
+    from codec.bitstream import (
+        CompactMotionPacket,
+        KeyframePacket,
+        MotionPacket,
+        PatchPacket,
+        parse_packet,
+        read_container,
+    )
 
     with open(args.input, "rb") as f:
         container = read_container(f)
     header = container.header
-    kinds = [type(parse_packet(data)) for data in container.video_packets]
+    kinds = [type(parse_packet(data, header)) for data in container.video_packets]
 
-    def of(kind: type) -> list[bytes]:
-        return [data for data, k in zip(container.video_packets, kinds) if k is kind]
+    def of(*kind: type) -> list[bytes]:
+        return [data for data, k in zip(container.video_packets, kinds) if k in kind]
 
-    motion, keyframes, patches = of(MotionPacket), of(KeyframePacket), of(PatchPacket)
+    motion, keyframes, patches = of(MotionPacket, CompactMotionPacket), of(KeyframePacket), of(PatchPacket)
     info = {
         "model": header.model_name,
         "weights_sha256_prefix": header.weights_sha256_prefix.hex(),

@@ -3,8 +3,9 @@ full receiver (codec.api.Decoder with the tiny seeded model, rendering what it a
 
     python -m benchmarks.fuzz_bitstream --inputs 100000 [--seed 0] [--no-decoder]
 
-Each input is either random bytes or a valid seed (stream header, frame packets,
-container file, motion payloads) after a few random mutations (bit flips, byte
+Each input is either random bytes or a valid seed (stream header with K reference slots,
+frame packets of every format-4 form: compact and extended motion, keyframes and patches
+naming slots; container file, motion payloads) after a few random mutations (bit flips, byte
 overwrites with boundary values, truncation, insertion, deletion, duplication, splicing
 two seeds); half the mutated headers get their CRC recomputed so the field checks
 behind it are reached. It goes to the parser its seed belongs to, and now and then to a random
@@ -15,6 +16,7 @@ quantizer's bounds. Anything else is a failure: the run prints it and exits 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import random
 import sys
@@ -28,10 +30,12 @@ import numpy as np
 
 from codec.bitstream import (
     AudioHeader,
+    CompactMotionPacket,
     ContainerWriter,
     HeaderFlags,
     KeyframeCodec,
     KeyframePacket,
+    MotionFramer,
     MotionPacket,
     PatchPacket,
     StreamHeader,
@@ -46,6 +50,7 @@ from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table
 EXPRESSION_VALUES = 16
 QUALITY = 3
 INTRA_PERIOD = 4
+REFERENCE_SLOTS = 3
 INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF)
 MAX_FAILURES_SHOWN = 5
 
@@ -65,15 +70,21 @@ def build_seeds(expression_count: int = EXPRESSION_VALUES, quality: int = QUALIT
         motion.append((seq, *encoder.encode_vector(vector, seq)))
     header = StreamHeader("fv2v-fuzz", bytes(range(8)), 256, 256, int(ModelFamily.LANDMARK),
                           expression_count, 1000, quality, INTRA_PERIOD, table, KeyframeCodec.WEBP,
-                          HeaderFlags.UNTRAINED)
+                          HeaderFlags.UNTRAINED, reference_slots=REFERENCE_SLOTS)
     landmarks = np.stack([np.linspace(60, 200, 68), np.linspace(80, 220, 68)], axis=1)
     packets = [KeyframePacket(0, 0, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPtiny",
-                              pack_keyframe_info(landmarks)).pack()]
-    packets += [MotionPacket(seq + 1, 40 * seq, intra, payload).pack()
-                for seq, intra, payload in motion]
+                              pack_keyframe_info(landmarks)).pack(),
+               KeyframePacket(0, 0, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPtwo!",
+                              pack_keyframe_info(landmarks), slot=2).pack()]
+    framer = MotionFramer(header)
+    framer.keyframe(2)
+    # Compact packets, and extended ones: timestamps off the grid (frames 3-4), slots named (6, 9).
+    packets += [framer.pack(seq + 1, 40 * (seq + 1) + (5 if seq in (3, 4) else 0), intra, payload,
+                            {6: 0, 9: 2}.get(seq)) for seq, intra, payload in motion]
+    packets += [MotionPacket(20, 800, False, motion[1][2], 1).pack()]  # names a slot never filled
     packets.insert(3, PatchPacket(2, 40, region=0, slot=1, x0=90, y0=150, codec_id=KeyframeCodec.WEBP,
                                   image_bytes=b"RIFF\x08\0\0\0WEBPtiny",
-                                  info=np.zeros(6 + expression_count, "<f2").tobytes()).pack())
+                                  info=np.zeros(6 + expression_count, "<f2").tobytes(), reference=2).pack())
     output = io.BytesIO()
     with ContainerWriter(output, header) as writer:
         writer.write_video_packet(packets[0])
@@ -82,7 +93,7 @@ def build_seeds(expression_count: int = EXPRESSION_VALUES, quality: int = QUALIT
             writer.write_video_packet(packet)
             writer.write_audio_packet(960 * index, bytes([0xF8, index]))
     return {
-        "header": [header.pack()],
+        "header": [header.pack(), dataclasses.replace(header, reference_slots=1).pack()],
         "packet": packets,
         "container": [output.getvalue()],
         "motion": [payload for _, _, payload in motion],
@@ -162,9 +173,19 @@ class DecoderTarget:
         cropper = FaceCropper(out_size=self.model.image_size)
         box = cropper.fit(frames[:3])
         encoder = Encoder(self.model, intra_period=INTRA_PERIOD)
-        self.header = encoder.header()
+        # The Encoder's stream under a header of K = 3: its packets use slot 0; a second keyframe
+        # fills slot 2 and extended motion packets name slot 2 and slot 1 (never filled).
+        header = dataclasses.replace(StreamHeader.parse(encoder.header()), reference_slots=REFERENCE_SLOTS)
+        self.header = header.pack()
         self.packets = [p for i, frame in enumerate(frames)
                         for p in encoder.encode(box.crop(frame, cropper.out_size), i / 25)]
+        keyframe = parse_packet(self.packets[0], header)
+        last = len(frames)
+        self.packets += [dataclasses.replace(keyframe, seq=last, slot=2).pack()]
+        intra = next(p for p in map(lambda d: parse_packet(d, header), self.packets)
+                     if isinstance(p, MotionPacket | CompactMotionPacket) and p.intra)
+        self.packets += [MotionPacket(last, 40 * last, True, intra.payload, 2).pack(),
+                         MotionPacket(last + 1, 40 * last + 40, True, intra.payload, 1).pack()]
         # A well-formed patch (the scripted portrait never opens its mouth): the patch path is
         # fuzzed too.
         source = self.model.prepare_source(np.full((256, 256, 3), 128, np.uint8),
@@ -186,15 +207,18 @@ class DecoderTarget:
         if frame is not None:
             if frame.image.dtype != np.uint8 or not np.all(np.isfinite(frame.motion)):
                 raise AssertionError("decoder produced a malformed frame")
+            if not 0 <= frame.reference < REFERENCE_SLOTS:
+                raise AssertionError(f"frame warped from slot {frame.reference}")
 
 
 def run(num_inputs: int, seed: int, decoder: bool = True) -> tuple[Counter[str], list[str]]:
     """Fuzz ``num_inputs`` inputs; returns (outcome counts, failure descriptions)."""
     rng = random.Random(seed)
     seeds = build_seeds()
+    packet_header = StreamHeader.parse(seeds["header"][0])  # K = REFERENCE_SLOTS
     targets: dict[str, Callable[[bytes], object]] = {
         "header": StreamHeader.parse,
-        "packet": parse_packet,
+        "packet": lambda data: parse_packet(data, packet_header),
         "container": read_container,
         "motion": MotionTarget(EXPRESSION_VALUES, QUALITY, seeds["motion"][0]),
     }

@@ -55,7 +55,7 @@ def _summary(times_ms: list[float]) -> dict[str, float]:
 def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int,
             patches: bool = True, refresh_gain: float | None = None) -> dict[str, dict[str, float]]:
     from codec.api import Decoder, Encoder, RefreshPolicy
-    from codec.bitstream import MotionPacket, parse_packet
+    from codec.bitstream import MotionPacket, is_motion_packet, parse_packet
     from codec.families.landmark import motion_from_landmarks
     from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table_for
 
@@ -104,7 +104,7 @@ def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int,
         packets = encoder.encode(frame, i / 25)
         t1 = clock()
         for data in packets:
-            is_motion = isinstance(parse_packet(data), MotionPacket)
+            is_motion = is_motion_packet(data)
             t2 = clock()
             decoder.decode(data)
             t3 = clock()

@@ -12,6 +12,12 @@ cached source state (``model.prepare_source``); each motion packet is rendered f
 either family works. Sequence numbers are frame numbers, shared by a frame's keyframe
 and motion packets, so the motion prediction chain is never broken by a keyframe. What the
 packets cost on a call's wire is :mod:`rtc.wire_cost`'s business.
+
+Motion packets are compact where the receiver can recover what they leave out
+(:mod:`codec.bitstream.sequencing`); the Decoder runs that recovery, so it must see packets
+in arrival order, and in a call it is told when each motion packet arrived (``parse``). It
+holds up to the header's K references (keyframe slots), each with its patches; the Encoder
+writes K = 1 and fills slot 0.
 """
 
 from __future__ import annotations
@@ -25,15 +31,18 @@ import cv2
 import numpy as np
 
 from codec.bitstream import (
+    CompactMotionPacket,
     FramePacket,
     HeaderFlags,
     KeyframePacket,
+    MotionFramer,
     MotionPacket,
+    MotionSequencer,
     PatchPacket,
     StreamHeader,
     parse_packet,
 )
-from codec.errors import MissingReferenceError, ModelMismatchError
+from codec.errors import MissingReferenceError, ModelMismatchError, ReferenceSlotError
 from codec.families.base import PatchCandidate, TalkingHeadModel, ViewControl
 from codec.keyframe import (
     DEFAULT_KEYFRAME_CODEC,
@@ -51,7 +60,7 @@ from codec.zoo import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodedFrame", "Decoder", "DecoderStats", "Encoder", "EncoderStats", "RefreshPolicy",
+__all__ = ["DecodedFrame", "Decoder", "DecoderStats", "Encoder", "EncoderStats", "HeldReference", "RefreshPolicy",
            "ViewControl", "fit_square", "stamp_untrained"]
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
@@ -75,7 +84,7 @@ class EncoderStats:
     keyframes: int = 0
     keyframe_bytes: int = 0
     motion_packets: int = 0
-    motion_bytes: int = 0  # whole motion packets: type byte, varints and range-coded payload
+    motion_bytes: int = 0  # whole motion packets: framing and range-coded payload
     intra_packets: int = 0
     patches: int = 0
     patch_bytes: int = 0
@@ -143,6 +152,8 @@ class Encoder:
         patch_codec = "webp" if keyframe_codec == "av1" else keyframe_codec
         self._patch_sender = (PatchSender(model, patch_codec, patch_quality, patch_kbps)
                               if self.patches else None)
+        # Compact motion packets where the receiver can recover the rest (one reference: slot 0).
+        self._framer = MotionFramer(self.stream_header())
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_MODEL, *, untrained: bool = False,
@@ -239,7 +250,7 @@ class Encoder:
             self.stats.skipped += 1  # the receiver could render nothing from this motion
             return packets
         intra, payload = self._motion.encode_vector(vector, seq)
-        packet = MotionPacket(seq=seq, timestamp=ticks, intra=intra, payload=payload).pack()
+        packet = self._framer.pack(seq, ticks, intra, payload)
         decoded = self._motion.last_decoded
         if self._patch_sender is not None and self._local_source is not None and decoded is not None:
             # Before the motion packet: they apply to this frame.
@@ -320,15 +331,29 @@ class DecodedFrame:
     image: np.ndarray  # H×W×3 uint8 RGB
     motion: np.ndarray  # the decoded motion vector (6 + N float32)
     untrained: bool
+    reference: int = 0  # the reference slot it was warped from
 
 
 @dataclass
 class DecoderStats:
     keyframes: int = 0
     frames: int = 0
-    missing_reference: int = 0  # inter packets dropped because their reference was lost
+    missing_reference: int = 0  # inter packets dropped because their predecessor was lost
     before_keyframe: int = 0  # motion packets that arrived before any keyframe
     stale: int = 0  # duplicated or reordered motion packets older than the last decoded one
+    patches: int = 0
+    unheld_reference: int = 0  # motion or patch packets naming a slot this receiver does not hold
+    sequence_forgotten: int = 0  # arrival gaps after which compact packets waited for an intra
+
+
+@dataclass
+class HeldReference:
+    """One reference slot: a keyframe's prepared source state (its patches are added to it,
+    so they go with it) and its keyframe info."""
+
+    seq: int  # the keyframe's frame
+    source: object  # model.prepare_source(...)
+    info: bytes
     patches: int = 0
 
 
@@ -349,7 +374,13 @@ class Decoder:
         self.model = model
         self.untrained = header.untrained
         self._motion = MotionDecoder(header.quant_table, header.expression_count)
-        self._source = None
+        self._sequencer = MotionSequencer(header)
+        self.references: list[HeldReference | None] = [None] * header.reference_slots
+        self._newest_slot: int | None = None  # the slot the newest keyframe filled
+        self._current_slot: int | None = None  # the slot motion warps from now
+        # A slot the stream uses and this receiver does not hold (its keyframe was lost, or
+        # the receiver joined late): a call turns it into a keyframe request. None: none.
+        self.needs_reference: int | None = None
         self.view = ViewControl()
         self.stats = DecoderStats()
 
@@ -372,24 +403,72 @@ class Decoder:
     def has_keyframe(self) -> bool:
         return self._source is not None
 
+    @property
+    def _source(self):
+        """The current reference's source state (None before its keyframe)."""
+        held = None if self._current_slot is None else self.references[self._current_slot]
+        return None if held is None else held.source
+
+    def _slot(self, slot: int) -> int:
+        if not 0 <= slot < len(self.references):
+            raise ReferenceSlotError(f"reference slot {slot} out of range: the stream has "
+                                     f"{len(self.references)}")
+        return slot
+
     def _set_keyframe(self, packet: KeyframePacket) -> None:
+        slot = self._slot(packet.slot)
         image = received_keyframe(packet.image_bytes, packet.codec_id, self.model.image_size)
-        self._source = self.model.prepare_source(image, packet.info)
+        self.references[slot] = HeldReference(packet.seq, self.model.prepare_source(image, packet.info),
+                                              packet.info)
+        self._newest_slot = self._current_slot = slot  # a new keyframe makes its slot current
+        if self.needs_reference == slot:
+            self.needs_reference = None
         self.stats.keyframes += 1
 
+    def _unheld(self, slot: int) -> None:
+        self.stats.unheld_reference += 1
+        self.needs_reference = slot
+
     def _add_patch(self, packet: PatchPacket) -> None:
-        if self._source is None:
-            return  # its keyframe was lost: the next keyframe starts a fresh reference set
+        held = self.references[self._slot(packet.reference)]
+        if held is None:
+            self._unheld(packet.reference)  # its keyframe was lost: the next one starts afresh
+            return
         image = decode_keyframe(packet.image_bytes, packet.codec_id)
-        self.model.add_patch(self._source, PatchCandidate(packet.region, packet.slot, packet.x0, packet.y0,
-                                                          image, packet.info))
+        self.model.add_patch(held.source, PatchCandidate(packet.region, packet.slot, packet.x0, packet.y0,
+                                                         image, packet.info))
+        held.patches += 1
         self.stats.patches += 1
 
     def render(self, motions: list[np.ndarray]) -> list[np.ndarray]:
-        """Render a batch of decoded motion vectors against the current keyframe."""
+        """Render a batch of decoded motion vectors against the current reference."""
         if self._source is None:
             raise RuntimeError("render() before any keyframe")
         return self.model.render(self._source, np.stack(motions), self.view)
+
+    def parse(self, data: bytes | bytearray | memoryview, arrival: float | None = None) -> FramePacket | None:
+        """Parse one packet and recover what a compact motion packet leaves out; None for a
+        motion packet dropped unnumbered (counted as stale or a lost reference).
+
+        ``arrival``: when a motion packet arrived (time.monotonic() seconds). A receiver on
+        a lossy transport must give it: when nothing was numbered for 32 frame intervals only
+        an intra packet can renumber the stream (codec.bitstream.sequencing)."""
+        packet = parse_packet(data, self.header)
+        if arrival is not None and isinstance(packet, MotionPacket | CompactMotionPacket):
+            forgotten = self._sequencer.forgotten
+            self._sequencer.arrival(arrival)
+            self.stats.sequence_forgotten += self._sequencer.forgotten - forgotten
+        return self._sequence(packet)
+
+    def _sequence(self, packet: FramePacket) -> FramePacket | None:
+        if not isinstance(packet, MotionPacket | CompactMotionPacket):
+            return packet
+        sequencer = self._sequencer
+        stale, unnumbered = sequencer.stale, sequencer.unnumbered
+        resolved = sequencer.resolve(packet)
+        self.stats.stale += sequencer.stale - stale
+        self.stats.missing_reference += sequencer.unnumbered - unnumbered
+        return resolved
 
     def _decode_motion(self, packet: MotionPacket) -> np.ndarray | None:
         last = self._motion.last_seq
@@ -399,14 +478,28 @@ class Decoder:
             self.stats.stale += 1
             return None
         try:
-            motion = self._motion.decode_vector(packet.intra, packet.seq, packet.payload)
+            return self._motion.decode_vector(packet.intra, packet.seq, packet.payload)
         except MissingReferenceError:
             self.stats.missing_reference += 1
             return None
-        if self._source is None:
+
+    def _motion_reference(self, packet: MotionPacket) -> HeldReference | None:
+        """The reference a decoded motion packet warps from (it becomes the current one); None
+        (counted) before any keyframe or when its slot is not held."""
+        if packet.reference is not None:
+            slot = self._slot(packet.reference)  # named (extended form)
+        elif packet.intra:
+            slot = self._newest_slot  # compact intra: the newest keyframe's
+        else:
+            slot = self._current_slot  # compact inter: its predecessor's, or a newer keyframe's
+        if self._newest_slot is None or slot is None:
             self.stats.before_keyframe += 1
             return None
-        return motion
+        self._current_slot = slot
+        held = self.references[slot]
+        if held is None:
+            self._unheld(slot)
+        return held
 
     def decode(self, data: bytes) -> DecodedFrame | None:
         """One packet in; a rebuilt frame out for a decodable motion packet, else None.
@@ -417,31 +510,36 @@ class Decoder:
         frames = list(self.decode_stream([data]))
         return frames[0] if frames else None
 
-    def decode_stream(self, packets: Iterable[bytes | FramePacket], batch_size: int = 1,
+    def decode_stream(self, packets: Iterable[bytes | FramePacket | None], batch_size: int = 1,
                       render: Callable[[int], bool] | None = None) -> Iterator[DecodedFrame]:
-        """Decode many packets (bytes, or packets the caller already parsed), rendering up to
-        ``batch_size`` frames per generator call.
+        """Decode many packets (bytes, or packets the caller already parsed, with
+        :meth:`parse` or ``parse_packet``), in arrival order, rendering up to ``batch_size``
+        frames per generator call.
 
         ``render(seq)`` picks the frames to rebuild; the others still advance the motion
         prediction chain (so later frames decode exactly) but cost no generator call and are
         not yielded. A receiver that falls behind, or a benchmark that scores every k-th
         frame, uses it."""
-        pending: list[MotionPacket] = []
+        pending: list[tuple[MotionPacket, int]] = []
         motions: list[np.ndarray] = []
+        batch_reference: list[HeldReference | None] = [None]
 
         def flush() -> Iterator[DecodedFrame]:
             if not motions:
                 return
-            images = self.render(motions)
-            for packet, motion, image in zip(pending, motions, images):
+            images = self.model.render(batch_reference[0].source, np.stack(motions), self.view)
+            for (packet, slot), motion, image in zip(pending, motions, images):
                 self.stats.frames += 1
                 yield DecodedFrame(seq=packet.seq, timestamp=packet.timestamp / self.header.timebase,
-                                   image=image, motion=motion, untrained=self.untrained)
+                                   image=image, motion=motion, untrained=self.untrained, reference=slot)
             pending.clear()
             motions.clear()
 
         for data in packets:
-            packet = data if isinstance(data, FramePacket) else parse_packet(data)
+            packet = self.parse(data) if isinstance(data, bytes | bytearray | memoryview) \
+                else self._sequence(data) if data is not None else None
+            if packet is None:
+                continue
             if isinstance(packet, KeyframePacket):
                 yield from flush()  # frames before the new keyframe render against the old one
                 self._set_keyframe(packet)
@@ -451,9 +549,15 @@ class Decoder:
                 self._add_patch(packet)
                 continue
             motion = self._decode_motion(packet)
-            if motion is None or (render is not None and not render(packet.seq)):
+            if motion is None:
                 continue
-            pending.append(packet)
+            held = self._motion_reference(packet)
+            if held is None or (render is not None and not render(packet.seq)):
+                continue
+            if held is not batch_reference[0]:
+                yield from flush()
+                batch_reference[0] = held
+            pending.append((packet, self._current_slot))
             motions.append(motion)
             if len(motions) >= batch_size:
                 yield from flush()

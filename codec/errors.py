@@ -21,6 +21,10 @@ class OversizedError(BitstreamError):
     """A length or count field exceeds the format's limits."""
 
 
+class ReferenceSlotError(BitstreamError):
+    """A packet names a reference slot outside the stream header's K slots (corrupt input)."""
+
+
 class MissingReferenceError(CodecError):
     """A predicted (inter) motion packet arrived without its reference frame.
 

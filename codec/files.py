@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from codec.api import DEFAULT_INTRA_PERIOD, Decoder, DecoderStats, Encoder, RefreshPolicy, stamp_untrained
-from codec.bitstream import MotionPacket, PacketType, parse_packet
+from codec.bitstream import MotionPacket, is_motion_packet, parse_packet
 from codec.errors import MediaError
 from codec.keyframe import DEFAULT_KEYFRAME_CODEC
 from codec.families.base import TalkingHeadModel, ViewControl
@@ -213,9 +213,8 @@ def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadMod
     fps = _stream_fps(container)
     size = (header.width, header.height)
     count = 0
-    # Frames to expect: one per motion packet (its type byte; no need to parse them twice).
-    motion_types = {int(PacketType.MOTION_INTRA), int(PacketType.MOTION_INTER)}
-    total = sum(1 for data in container.video_packets if data[:1] and data[0] in motion_types)
+    # Frames to expect: one per motion packet (its first byte; no need to parse them twice).
+    total = sum(1 for data in container.video_packets if is_motion_packet(data))
     track = read_audio_track(container)
     with VideoWriter(out_video, fps=fps, size=size, audio=track) as writer:
         for frame in decoder.decode_stream(container.video_packets, batch_size=batch_size):
@@ -259,9 +258,9 @@ def _stream_fps(container) -> float:
     """The header's frame rate; else from the motion timestamps (median spacing); else 25."""
     if container.header.frame_rate > 0:
         return container.header.frame_rate
-    stamps = []
+    stamps = []  # (no frame rate: every motion packet has the extended form, with its timestamp)
     for data in container.video_packets:
-        packet = parse_packet(data)
+        packet = parse_packet(data, container.header)
         if isinstance(packet, MotionPacket):
             stamps.append(packet.timestamp)
     if len(stamps) < 2:

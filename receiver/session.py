@@ -12,6 +12,10 @@ Robustness, by construction:
 - after a gap in motion sequence numbers or a run of undecodable packets the receiver holds
   its last frame and asks for a keyframe (rate-limited); the periodic intra packets also
   resynchronise the motion chain on their own;
+- each motion packet's arrival time goes to the decoder with it: compact motion packets carry 6
+  sequence bits, and after an arrival gap only an intra packet renumbers the stream
+  (codec.bitstream.sequencing), so an outage of any length never misnumbers a frame;
+- motion that names a reference slot the receiver does not hold asks for a keyframe;
 - the render queue is bounded: in live mode only the newest decodable frame of each batch is
   rendered (older ones still advance the motion chain), so a slow receiver drops frames
   instead of falling behind.
@@ -145,6 +149,7 @@ class ReceiverSession:
         self._working = False  # the render thread is decoding a batch
         self._last_request = -1e9
         self._last_intra_request = -1e9
+        self._unnumbered = 0  # motion packets received since the last numbered one, not numbered
         self._last_decoded_at = time.monotonic()
         self._thread = threading.Thread(target=self._render_loop, name="receiver-render", daemon=True)
         self._thread.start()
@@ -209,14 +214,15 @@ class ReceiverSession:
             return
         self.stats.motion_bytes += len(data)
         self.motion_meter.add(len(data))
-        self._enqueue(data)
+        self._enqueue(data, time.monotonic())
 
-    def _enqueue(self, data: bytes) -> None:
+    def _enqueue(self, data: bytes, arrival: float | None = None) -> None:
+        """Queue one packet for the render thread; ``arrival``: when a motion packet came."""
         with self._cond:
             if len(self._pending) >= MAX_PENDING_PACKETS:
                 self._pending.popleft()
                 self.stats.queue_dropped += 1
-            self._pending.append(data)
+            self._pending.append((data, arrival))
             self._cond.notify()
 
     def on_h264_frame(self, image: np.ndarray, media_time: float) -> None:
@@ -250,8 +256,11 @@ class ReceiverSession:
         stats.motion_packets += 1
         if stats.first_seq is None:
             stats.first_seq = seq
-        if seq > stats.highest_seq + GAP_FRAMES_FOR_KEYFRAME + 1 and stats.highest_seq >= 0:
-            self._request_keyframe(f"{seq - stats.highest_seq - 1} motion packets lost")
+        # Packets received but not numbered (compact inter packets after a loss) lie in the gap.
+        lost = seq - stats.highest_seq - 1 - self._unnumbered
+        self._unnumbered = 0
+        if lost > GAP_FRAMES_FOR_KEYFRAME and stats.highest_seq >= 0:
+            self._request_keyframe(f"{lost} motion packets lost")
         stats.highest_seq = max(stats.highest_seq, seq)
 
     # ------------------------------------------------------------------ rendering
@@ -276,15 +285,20 @@ class ReceiverSession:
                     self._working = False
             self._check_stall()
 
-    def _decode_batch(self, decoder: Decoder, batch: list[bytes]) -> None:
-        from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket, parse_packet
+    def _decode_batch(self, decoder: Decoder, batch: list[tuple[bytes, float | None]]) -> None:
+        from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket
 
         packets, motion_seqs = [], []
-        for data in batch:
+        missing_before = decoder.stats.missing_reference  # the numbering counts some while parsing
+        for data, arrival in batch:
             try:
-                packet = parse_packet(data)
+                packet = decoder.parse(data, arrival)  # numbers compact motion packets, in order
             except CodecError:
                 self.stats.malformed += 1
+                continue
+            if packet is None:  # a motion packet that cannot be numbered: the decoder counted it
+                self.stats.motion_packets += 1  # received all the same (not a loss)
+                self._unnumbered += 1
                 continue
             if isinstance(packet, MotionPacket):
                 self._track_sequence(packet.seq)
@@ -297,7 +311,6 @@ class ReceiverSession:
         newest = max(motion_seqs) if motion_seqs and self.live else None
         if newest is not None:
             self.stats.render_skipped += len(motion_seqs) - 1
-        missing_before = decoder.stats.missing_reference
         try:
             started = time.perf_counter()
             for frame in decoder.decode_stream(
@@ -312,6 +325,8 @@ class ReceiverSession:
             log.exception("render failed")
         if decoder.stats.missing_reference > missing_before:
             self._request_intra()
+        if decoder.needs_reference is not None:  # motion names a slot whose keyframe we lack
+            self._request_keyframe(f"no keyframe in reference slot {decoder.needs_reference}")
 
     def _emit(self, frame) -> None:
         self._last_decoded_at = time.monotonic()

@@ -20,9 +20,14 @@ How:
   SSRC is searched for the element; its value goes to the same ``on_motion`` as a data-channel
   message, then the packet goes on to aiortc unchanged.
 
+The element's value is one motion packet exactly as on the data channel: since stream format 4
+usually the compact form, one framing byte (two in an intra packet) and the range-coded payload,
+its length given by the element (about 7 bytes on dev, so the one-byte element header form).
 Loss semantics are those of the unreliable ``motion`` channel: a lost audio packet loses the
-motion it carried, the receiver sees the gap in sequence numbers and asks for an intra packet
-or a keyframe, exactly as before. The extension's header is authenticated by SRTP but not
+motion it carried; the receiver drops the inter packets after it unnumbered and asks for an
+intra packet, or for a keyframe after a longer gap. It tells the decoder when each packet
+arrived, so after an outage of any length the 6 sequence bits of a compact packet never
+misnumber a frame (:mod:`codec.bitstream.sequencing`). The extension's header is authenticated by SRTP but not
 encrypted (as every RTP header extension in aiortc, and in WebRTC without RFC 6904/cryptex):
 motion parameters are visible on the path, but cannot be altered.
 

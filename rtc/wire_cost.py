@@ -42,7 +42,8 @@ def motion_on_audio_wire_bytes(packet_bytes: int) -> int:
     """What one motion packet of ``packet_bytes`` adds to the Opus RTP packet it rides on as a
     header extension element (rtc.motion_over_audio): the element and its header, and the
     padding of the extension block to 4 bytes. Up to 16 bytes every element keeps the one-byte
-    header; a longer one moves them all to the two-byte form (RFC 8285)."""
+    header; a longer one moves them all to the two-byte form (RFC 8285). The packet carries no
+    length of its own (stream format 4): the element's length delimits it."""
     if packet_bytes <= 16:
         block = AUDIO_PACKET_ELEMENT_BYTES + 1 + packet_bytes
     else:

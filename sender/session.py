@@ -206,12 +206,20 @@ class SenderSession:
     def send_motion_on_channel(self, packet: bytes) -> bool:
         """One motion packet on the unreliable data channel; False if it was not sent."""
         if self._motion is None or self._motion.readyState != "open":
+            self._dropped_motion()
             return False
         if self._motion.bufferedAmount > MOTION_BUFFER_LIMIT_BYTES:
             self.stats.motion_dropped += 1
+            self._dropped_motion()
             return False
         self._motion.send(packet)
         return True
+
+    def _dropped_motion(self) -> None:
+        """A motion packet never left: the next one is intra, so it carries its whole sequence
+        number (compact inter packets after a hole of 64·k frames would look contiguous)."""
+        if self.encoder is not None:
+            self.encoder.request_intra()
 
     def _switch(self, mode: str, reason: str) -> None:
         if mode == self.mode:

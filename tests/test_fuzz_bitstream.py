@@ -8,6 +8,7 @@ Examples per test: FUZZ_EXAMPLES (default 2000, so CI stays fast). For a long ru
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import zlib
@@ -19,11 +20,15 @@ from hypothesis import strategies as st
 
 from codec.bitstream import (
     AudioHeader,
+    CompactMotionPacket,
     ContainerWriter,
     HeaderFlags,
     KeyframeCodec,
     KeyframePacket,
+    MotionFramer,
     MotionPacket,
+    MotionSequencer,
+    PatchPacket,
     StreamHeader,
     parse_packet,
     read_container,
@@ -56,13 +61,33 @@ def _motion_payloads() -> list[tuple[bool, bytes]]:
 
 
 MOTION_PAYLOADS = _motion_payloads()
+SLOTS = 4
 HEADER = StreamHeader("fv2v-fuzz", bytes(8), 256, 256, int(ModelFamily.LANDMARK), EXPRESSION_VALUES,
-                      1000, QUALITY, 4, TABLE, KeyframeCodec.WEBP, HeaderFlags.UNTRAINED)
+                      1000, QUALITY, 4, TABLE, KeyframeCodec.WEBP, HeaderFlags.UNTRAINED, reference_slots=SLOTS)
+V3_HEADER = dataclasses.replace(HEADER, reference_slots=1, format_version=3)
 LANDMARKS = np.stack([np.linspace(60, 200, 68), np.linspace(80, 220, 68)], axis=1)
-PACKETS = [KeyframePacket(0, 0, KeyframeCodec.JPEG, b"\xff\xd8\xff\xe0tiny",
-                          pack_keyframe_info(LANDMARKS)).pack()] + [
-    MotionPacket(seq + 1, 40 * seq, intra, payload).pack()
-    for seq, (intra, payload) in enumerate(MOTION_PAYLOADS)]
+
+
+def _packets() -> list[bytes]:
+    """Every v4 form: keyframes into two slots, compact intra and inter packets, extended ones
+    (a timestamp off the grid, a named slot), a patch of slot 1."""
+    framer = MotionFramer(HEADER)
+    packets = [KeyframePacket(0, 0, KeyframeCodec.JPEG, b"\xff\xd8\xff\xe0tiny",
+                              pack_keyframe_info(LANDMARKS)).pack()]
+    framer.keyframe(0)
+    for seq, (intra, payload) in enumerate(MOTION_PAYLOADS, start=1):
+        if seq == 5:
+            packets.append(KeyframePacket(seq, 40 * seq, KeyframeCodec.JPEG, b"\xff\xd8\xff\xe0two",
+                                          pack_keyframe_info(LANDMARKS), slot=1).pack())
+            framer.keyframe(1)
+            packets.append(PatchPacket(seq, 40 * seq, 0, 2, 90, 150, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPtiny",
+                                       np.zeros(6 + EXPRESSION_VALUES, "<f2").tobytes(), reference=1).pack())
+        timestamp = 40 * seq + (7 if seq == 3 else 0)
+        packets.append(framer.pack(seq, timestamp, intra, payload, 3 if seq == 7 else None))
+    return packets
+
+
+PACKETS = _packets()
 
 
 def _container() -> bytes:
@@ -120,9 +145,53 @@ def _only_codec_errors(parse: Callable[[bytes], object], data: bytes) -> None:
 
 
 @FUZZ_SETTINGS
-@given(fuzz_input("packet"))
-def test_fuzz_parse_packet(data: bytes) -> None:
-    _only_codec_errors(parse_packet, data)
+@given(fuzz_input("packet"), st.sampled_from([None, HEADER, V3_HEADER]))
+def test_fuzz_parse_packet(data: bytes, header: StreamHeader | None) -> None:
+    _only_codec_errors(lambda d: parse_packet(d, header), data)
+
+
+@FUZZ_SETTINGS
+@given(st.lists(fuzz_input("packet"), max_size=12), st.lists(st.floats(0, 5), max_size=12))
+def test_fuzz_motion_sequencer(stream: list[bytes], gaps: list[float]) -> None:
+    """Mutated streams through the receiver's numbering: typed errors only, and whatever it
+    numbers has a sequence number and a timestamp the format can hold."""
+    sequencer = MotionSequencer(HEADER)
+    now = 0.0
+    for index, data in enumerate(stream):
+        now += gaps[index] if index < len(gaps) else 0.04
+        try:
+            packet = parse_packet(data, HEADER)
+        except CodecError:
+            continue
+        if not isinstance(packet, MotionPacket | CompactMotionPacket):
+            continue
+        sequencer.arrival(now)
+        resolved = sequencer.resolve(packet)
+        if resolved is not None:
+            assert 0 <= resolved.seq < 2**64 and isinstance(resolved.timestamp, int)
+            assert resolved.reference is None or 0 <= resolved.reference < SLOTS
+
+
+@FUZZ_SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 400), st.integers(0, 12)), max_size=4),
+       st.integers(0, 2**20), st.floats(0.0, 0.5))
+def test_no_outage_misnumbers_a_frame(outages: list[tuple[int, int, int]], start: int, jitter: float) -> None:
+    """Loss bursts of any length and place, whole or letting every k-th packet through (and
+    arrival jitter up to 0.5 s): every packet the receiver numbers gets its true sequence
+    number and timestamp."""
+    framer, sequencer = MotionFramer(HEADER), MotionSequencer(HEADER)
+    lost = {start + offset + k for offset, length, keep in outages for k in range(length)
+            if not keep or k % keep}
+    rng = np.random.default_rng(len(lost))
+    for seq in range(start, start + 700):
+        data = framer.pack(seq, 40 * seq, (seq - start) % 25 == 0, seq.to_bytes(8, "little"))
+        if seq in lost:
+            continue
+        sequencer.arrival(seq / HEADER.frame_rate + jitter * rng.random())
+        packet = sequencer.resolve(parse_packet(data, HEADER))
+        if packet is not None:
+            assert packet.seq == seq == int.from_bytes(packet.payload, "little")
+            assert packet.timestamp == 40 * seq
 
 
 @FUZZ_SETTINGS

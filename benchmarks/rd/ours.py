@@ -138,7 +138,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
     import cv2
 
     from codec.api import Decoder, Encoder
-    from codec.bitstream import PacketType
+    from codec.bitstream import is_motion_packet
     from rtc.wire_cost import (
         DATA_CHANNEL_OVERHEAD_BYTES,
         data_channel_message_wire_bytes,
@@ -171,7 +171,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
         frame_bytes[i] += sum(len(p) for p in packets)
         messages += len(packets)
         for p in packets:
-            motion = p[0] in (PacketType.MOTION_INTRA, PacketType.MOTION_INTER)
+            motion = is_motion_packet(p)
             wire_bytes += motion_on_audio_wire_bytes(len(p)) if motion else data_channel_message_wire_bytes(len(p))
             wire_bytes_without_audio += data_channel_message_wire_bytes(len(p))
         stream.extend(packets)

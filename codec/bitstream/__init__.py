@@ -24,8 +24,10 @@ from codec.bitstream.packets import (
     MAX_MOTION_PAYLOAD_BYTES,
     MAX_PACKET_BYTES,
     MAX_PATCH_SLOTS,
+    MAX_REFERENCE_SLOTS,
     STREAM_FORMAT_VERSION,
     STREAM_MAGIC,
+    CompactMotionPacket,
     FramePacket,
     HeaderFlags,
     KeyframeCodec,
@@ -34,16 +36,18 @@ from codec.bitstream.packets import (
     PacketType,
     PatchPacket,
     StreamHeader,
+    is_motion_packet,
     parse_packet,
 )
+from codec.bitstream.sequencing import MotionFramer, MotionSequencer
 from codec.bitstream.varint import ByteReader, decode_uvarint, encode_uvarint
 
 __all__ = [
     "CONTAINER_MAGIC", "CONTAINER_VERSION", "MAX_AUDIO_PACKET_BYTES", "MAX_HEADER_BYTES",
     "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES", "MAX_MOTION_PAYLOAD_BYTES", "MAX_PACKET_BYTES",
-    "MAX_PATCH_SLOTS", "STREAM_FORMAT_VERSION",
-    "STREAM_MAGIC", "AudioHeader", "AudioPacket", "ByteReader", "Container", "ContainerWriter",
-    "FramePacket", "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket",
-    "PacketType", "PatchPacket", "RecordKind", "StreamHeader", "decode_uvarint", "encode_uvarint",
-    "parse_packet", "read_container",
+    "MAX_PATCH_SLOTS", "MAX_REFERENCE_SLOTS", "STREAM_FORMAT_VERSION",
+    "STREAM_MAGIC", "AudioHeader", "AudioPacket", "ByteReader", "CompactMotionPacket", "Container",
+    "ContainerWriter", "FramePacket", "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionFramer",
+    "MotionPacket", "MotionSequencer", "PacketType", "PatchPacket", "RecordKind", "StreamHeader",
+    "decode_uvarint", "encode_uvarint", "is_motion_packet", "parse_packet", "read_container",
 ]

@@ -7,7 +7,7 @@ Layout, container version 1::
     varint    stream header length H (≤ MAX_HEADER_BYTES)
     H bytes   StreamHeader.pack()
     records, each: 1 byte kind | varint body length (≤ the kind's limit) | body
-      0x01 VIDEO_PACKET   a frame packet (KeyframePacket / MotionPacket bytes)
+      0x01 VIDEO_PACKET   a frame packet (codec.bitstream.packets; its length is the record's)
       0x02 AUDIO_HEADER   1 byte n, n bytes codec name ([a-z0-9_-], e.g. "opus"),
                           uint32 sample rate, uint8 channels, uint16 pre-skip
                           (decoder delay in samples to drop), uint32 sample count
@@ -18,6 +18,10 @@ Layout, container version 1::
       0x7F END            varint video packet count, varint audio packet count,
                           uint32 CRC32 of every file byte before this record
     nothing after END.
+
+Stream format version 4 changed only the packets inside the records (which the records
+already delimit), so the container stays at version 1: a reader of version 3 streams sees a
+version 4 file's stream header and refuses it with UnsupportedVersionError.
 
 The END record makes truncation detectable (a file that stops early raises
 TruncatedError) and its CRC catches corruption. Records are bounded per kind, so a
@@ -38,8 +42,7 @@ from typing import BinaryIO
 from codec.bitstream.packets import (
     MAX_HEADER_BYTES,
     MAX_PACKET_BYTES,
-    KeyframePacket,
-    MotionPacket,
+    FramePacket,
     StreamHeader,
     parse_packet,
 )
@@ -155,6 +158,7 @@ class ContainerWriter:
         self._audio_count = 0
         self._audio_header: AudioHeader | None = None
         self._closed = False
+        self._header = StreamHeader.parse(header.pack())  # as a reader will see it
         header_bytes = header.pack()
         self._write(CONTAINER_MAGIC + bytes([CONTAINER_VERSION])
                     + encode_uvarint(len(header_bytes)) + header_bytes)
@@ -165,10 +169,10 @@ class ContainerWriter:
         self._file.write(data)
         self._crc = zlib.crc32(data, self._crc)
 
-    def write_video_packet(self, packet: bytes | KeyframePacket | MotionPacket) -> None:
+    def write_video_packet(self, packet: bytes | FramePacket) -> None:
         """Append one frame packet (bytes are validated with parse_packet first)."""
-        data = packet.pack() if isinstance(packet, KeyframePacket | MotionPacket) else bytes(packet)
-        parse_packet(data)  # never write a record the reader would reject
+        data = packet.pack() if isinstance(packet, FramePacket) else bytes(packet)
+        parse_packet(data, self._header)  # never write a record the reader would reject
         self._write(_record(RecordKind.VIDEO_PACKET, data))
         self._video_count += 1
 
@@ -274,7 +278,7 @@ def read_container(source: BinaryIO | bytes | bytearray | memoryview) -> Contain
                                  f"{MAX_RECORD_BODY_BYTES[kind]}")
         body = stream.read_exact(body_length, f"{kind.name} record")
         if kind == RecordKind.VIDEO_PACKET:
-            parse_packet(body)
+            parse_packet(body, container.header)
             container.video_packets.append(body)
         elif kind == RecordKind.AUDIO_HEADER:
             if container.audio_header is not None:

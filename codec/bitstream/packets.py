@@ -1,10 +1,10 @@
 """The stream header and the frame packets: explicit little-endian layouts, never pickle.
 
-Stream header (sent once per call and at the start of a file), format version 3::
+Stream header (sent once per call and at the start of a file), format version 4::
 
     offset   size  field
     0        4     magic b"FVVS"
-    4        1     format version (3; 2 is also read: the same, without patch packets)
+    4        1     format version (4; 2 and 3 are also read, see below)
     5        2     flags, uint16 (bit 0 = UNTRAINED model; other bits reserved, must be 0)
     7        1     n = model name length (1 … 32)
     8        n     model name, ASCII [A-Za-z0-9._-]
@@ -18,10 +18,11 @@ Stream header (sent once per call and at the start of a file), format version 3:
     31+n     1     quality, uint8 (the quant_table level it was made with; informative)
     32+n     2     intra_period, uint16 (≥ 1)
     34+n     1     keyframe image codec id (KeyframeCodec)
-    35+n     48    QuantTable: angles, translation, expression × (step, bound, intra
+    35+n     1     K = reference slots the receiver keeps, uint8 (1 … 16)          (v4)
+    36+n     48    QuantTable: angles, translation, expression × (step, bound, intra
                    scale, inter scale), float32
-    83+n     4     CRC32 (zlib) of bytes 0 … 82+n
-    total 87+n bytes
+    84+n     4     CRC32 (zlib) of bytes 0 … 83+n
+    total 88+n bytes (87+n in versions 2 and 3, which have no K: one reference)
 
 The motion layout is family + N: every frame's motion vector is 3 angles (degrees), 3
 translation values and N expression values, quantized by the table's three groups;
@@ -29,31 +30,70 @@ the family fixes what the translation and expression values mean
 (:class:`codec.families.ModelFamily`). Version 1 streams (a fixed 6 + 3K vid2vid
 layout, no family) are refused with UnsupportedVersionError.
 
-Frame packet (one data-channel message or one container record)::
+Frame packets, format version 4. Each is one data-channel message, one container record or
+one RTP header-extension element, so none carries its own length: the last field runs to
+the end of the record. "slot" fields are reference slots, 0 … K-1 (else
+ReferenceSlotError).
 
-    1 byte   type (PacketType)
+Compact motion packet (first byte 0x80 … 0xFF; almost every frame)::
+
+    1 byte   1 I ssssss: I = intra, s = sequence number mod 64
+    varint   H = sequence number >> 6                       (intra only)
+    rest     range-coded motion payload (may be empty)
+
+Extended motion packet (the sender's exceptions: see below)::
+
+    1 byte   type (MOTION_INTRA 0x02 / MOTION_INTER 0x03)
     varint   sequence number
     varint   timestamp (ticks of the header's timebase)
-    1 byte   keyframe image codec id            (keyframe packets only)
-    varint   payload length L (≤ the type's limit)
-    L bytes  payload (image bytes, or range-coded motion)
-    varint   info length I (keyframe packets only; ≤ 4096)
+    1 byte   slot: the reference to warp from
+    rest     range-coded motion payload
+
+How a receiver recovers what a compact packet leaves out (codec.bitstream.sequencing):
+
+- sequence: an intra packet carries all of it (H·64 + s). An inter packet can only be
+  decoded after its predecessor, so it is taken as the last motion packet's sequence + 1
+  when s matches that (mod 64), and dropped otherwise (counted as stale or as a lost
+  reference; no number is guessed). 64·k lost packets since the last numbered one would
+  make the next inter packet look contiguous: a receiver that has numbered nothing for 32
+  frame intervals forgets its last sequence (Decoder.parse's arrival time), so after an
+  outage of any length or shape only an intra packet resynchronises;
+- timestamp: the grid timestamp round(seq · timebase / frame rate) plus the chain's
+  departure, the extended packet's timestamp minus its grid timestamp (0 after a compact
+  intra packet): a compact inter packet inherits its predecessor's;
+- reference: a compact intra packet warps from the slot the newest keyframe filled; a
+  compact inter packet from the slot its predecessor used (or a newer keyframe's slot);
+  an extended packet from the slot it names.
+
+So the sender writes the compact form unless the packet's timestamp departs from that,
+an inter packet does not follow its predecessor, or the reference differs from the one the
+compact form implies (codec.bitstream.sequencing.MotionFramer); the header's frame rate
+must be known (not 0) for compact packets.
+
+Keyframe packet::
+
+    1 byte   type (KEYFRAME 0x01)
+    varint   sequence number
+    varint   timestamp
+    1 byte   slot it fills (it becomes the current reference)                     (v4)
+    1 byte   keyframe image codec id
+    varint   image length L (≤ MAX_KEYFRAME_BYTES)
+    L bytes  image
+    varint   info length I (≤ 4096)
     I bytes  keyframe info: what the family's receiver needs beside the pixels (the
              landmark family: the keyframe's 68 landmarks; vid2vid: nothing)
     nothing may follow.
 
-The explicit length makes every truncation detectable even though the transport
-already delimits messages; it costs one byte per motion packet.
+Patch packet: real pixels of one face region the keyframe lacks
+(:mod:`codec.reference_patches`); it applies to its reference from its sequence number on,
+until that slot's next keyframe::
 
-Patch packet (format version 3): real pixels of one face region the keyframe lacks
-(:mod:`codec.reference_patches`); it applies from its sequence number on, until the next
-keyframe::
-
-    1 byte   type (PATCH)
+    1 byte   type (PATCH 0x04)
     varint   sequence number
     varint   timestamp
+    1 byte   slot: the reference (keyframe) it belongs to                         (v4)
     1 byte   region id (0 mouth, 1 right eye, 2 left eye)
-    1 byte   slot (0 … MAX_PATCH_SLOTS-1): the reference it replaces
+    1 byte   patch slot (0 … MAX_PATCH_SLOTS-1): the patch it replaces
     2+2      x0, y0 uint16: where the patch sat in its frame (crop pixels)
     1 byte   image codec id (KeyframeCodec)
     varint   image length L (1 … MAX_PATCH_IMAGE_BYTES)
@@ -62,6 +102,10 @@ keyframe::
     I bytes  placement info: what the family needs to move the patch with the face (the
              landmark family: its frame's decoded motion vector, float16)
     nothing may follow.
+
+Versions 2 and 3 (read, never written): no compact packets (a first byte ≥ 0x80 is an
+unknown type) and no slot fields (one reference); every motion packet is type, varint
+sequence, varint timestamp, varint payload length, payload; version 2 has no patches.
 """
 
 from __future__ import annotations
@@ -69,17 +113,24 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 
-from codec.bitstream.varint import MAX_VARINT_BYTES, ByteReader, encode_uvarint
-from codec.errors import BitstreamError, OversizedError, TruncatedError, UnsupportedVersionError
+from codec.bitstream.varint import MAX_VARINT_BYTES, MAX_VARINT_VALUE, ByteReader, encode_uvarint
+from codec.errors import (
+    BitstreamError,
+    OversizedError,
+    ReferenceSlotError,
+    TruncatedError,
+    UnsupportedVersionError,
+)
 from codec.families.base import ModelFamily
 from codec.motion_coding import MAX_EXPRESSION_VALUES, QuantTable
 
 STREAM_MAGIC = b"FVVS"
-STREAM_FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (2, 3)  # 2: before patch packets, otherwise the same
+STREAM_FORMAT_VERSION = 4
+# 2: before patch packets; 3: before compact motion packets and reference slots.
+READABLE_FORMAT_VERSIONS = (2, 3, 4)
 
 MAX_MODEL_NAME_BYTES = 32
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_MODEL_NAME_BYTES)
@@ -91,9 +142,14 @@ MAX_KEYFRAME_INFO_BYTES = 4 * 1024
 MAX_PATCH_IMAGE_BYTES = 64 * 1024
 MAX_PATCH_SLOTS = 8
 MAX_PATCH_REGIONS = 3
-# type + seq + timestamp + codec id + payload length + payload + info length + info.
-MAX_PACKET_BYTES = 1 + 4 * MAX_VARINT_BYTES + 1 + MAX_KEYFRAME_BYTES + MAX_KEYFRAME_INFO_BYTES
-MAX_HEADER_BYTES = 87 + MAX_MODEL_NAME_BYTES
+MAX_REFERENCE_SLOTS = 16
+# Keyframe: type + seq + timestamp + slot + codec id + image length + image + info length + info.
+MAX_PACKET_BYTES = 1 + 4 * MAX_VARINT_BYTES + 2 + MAX_KEYFRAME_BYTES + MAX_KEYFRAME_INFO_BYTES
+MAX_HEADER_BYTES = 88 + MAX_MODEL_NAME_BYTES
+COMPACT_MOTION_FLAG = 0x80  # first byte 1 I ssssss: a compact motion packet (version 4)
+COMPACT_INTRA_FLAG = 0x40
+COMPACT_SEQ_BITS = 6
+COMPACT_SEQ_MASK = (1 << COMPACT_SEQ_BITS) - 1
 
 
 class HeaderFlags(IntFlag):
@@ -122,7 +178,7 @@ class PacketType(IntEnum):
     MOTION_INTER = 0x03
     PATCH = 0x04
     # 0x40–0x7F are reserved for control messages defined by the transport layer;
-    # parse_packet rejects them. 0x80 and up are reserved for future extension.
+    # parse_packet rejects them. 0x80 and up: compact motion packets (version 4).
     KEYFRAME_REQUEST = 0x40
 
 
@@ -159,6 +215,10 @@ class StreamHeader:
     keyframe_codec: int
     flags: int = 0
     frame_rate_millihz: int = 25000
+    reference_slots: int = 1  # K: keyframe references the receiver keeps (1 … 16)
+    # The version the header was read as (pack() always writes STREAM_FORMAT_VERSION); the
+    # packets that follow use that version's layouts. Not part of equality: same stream.
+    format_version: int = field(default=STREAM_FORMAT_VERSION, compare=False)
 
     @property
     def frame_rate(self) -> float:
@@ -191,6 +251,11 @@ class StreamHeader:
         _check_uint("flags", self.flags, 0, 0xFFFF)
         if self.flags & ~KNOWN_HEADER_FLAGS:
             raise ValueError(f"unknown header flag bits {self.flags & ~KNOWN_HEADER_FLAGS:#x}")
+        _check_uint("reference_slots", self.reference_slots, 1, MAX_REFERENCE_SLOTS)
+        if self.format_version not in READABLE_FORMAT_VERSIONS:
+            raise ValueError(f"format version {self.format_version!r} is not one this build reads")
+        if self.format_version < 4 and self.reference_slots != 1:
+            raise ValueError("format versions before 4 have one reference slot")
 
     @property
     def untrained(self) -> bool:
@@ -206,6 +271,7 @@ class StreamHeader:
                 self.expression_count,
                 self.timebase, self.frame_rate_millihz, self.quality, self.intra_period,
                 int(self.keyframe_codec))
+            + bytes([self.reference_slots])
             + self.quant_table.to_bytes()
         )
         return body + _CRC.pack(zlib.crc32(body))
@@ -235,6 +301,10 @@ class StreamHeader:
             raise BitstreamError(f"model name length {name_length} out of range")
         name_bytes = reader.read_bytes(name_length, "model name")
         fixed = reader.read_struct(_HEADER_FIXED_AFTER_NAME, "header fields")
+        reference_slots = reader.read_u8("reference slots") if version >= 4 else 1
+        if not 1 <= reference_slots <= MAX_REFERENCE_SLOTS:
+            raise BitstreamError(f"reference slot count {reference_slots} out of range "
+                                 f"(1 … {MAX_REFERENCE_SLOTS})")
         table_bytes = reader.read_bytes(QuantTable.SERIALIZED_SIZE, "quant table")
         body_length = reader.offset
         crc = reader.read_struct(_CRC, "header CRC")[0]
@@ -250,7 +320,8 @@ class StreamHeader:
                 expression_count=expression_count,
                 timebase=timebase, quality=quality, intra_period=intra_period,
                 quant_table=QuantTable.from_bytes(table_bytes), keyframe_codec=codec,
-                flags=flags, frame_rate_millihz=frame_rate)
+                flags=flags, frame_rate_millihz=frame_rate, reference_slots=reference_slots,
+                format_version=version)
         except (ValueError, UnicodeDecodeError) as error:
             raise BitstreamError(f"invalid stream header: {error}") from error
 
@@ -268,45 +339,89 @@ def _check_image(what: str, codec_id: int, image: bytes, limit: int, info: bytes
         raise OversizedError(f"{what} info of {len(info)} bytes exceeds {MAX_KEYFRAME_INFO_BYTES}")
 
 
-def _packet_prefix(packet_type: PacketType, seq: int, timestamp: int) -> bytes:
-    return bytes([packet_type]) + encode_uvarint(seq) + encode_uvarint(timestamp)
+def _packet_prefix(packet_type: PacketType, seq: int, timestamp: int, slot: int) -> bytes:
+    """Type, varint sequence, varint timestamp and the reference slot (version 4)."""
+    _check_uint("slot", slot, 0, MAX_REFERENCE_SLOTS - 1)
+    return bytes([packet_type]) + encode_uvarint(seq) + encode_uvarint(timestamp) + bytes([slot])
+
+
+def _check_motion_payload(payload: bytes) -> None:
+    if len(payload) > MAX_MOTION_PAYLOAD_BYTES:
+        raise OversizedError(f"motion payload of {len(payload)} bytes exceeds "
+                             f"{MAX_MOTION_PAYLOAD_BYTES}")
 
 
 @dataclass(frozen=True)
 class KeyframePacket:
-    """One coded keyframe image. codec_id is a KeyframeCodec value."""
+    """One coded keyframe image. codec_id is a KeyframeCodec value; it fills reference ``slot``."""
 
     seq: int
     timestamp: int
     codec_id: int
     image_bytes: bytes
     info: bytes = b""  # the family's keyframe info (see the module docstring)
+    slot: int = 0
 
     def pack(self) -> bytes:
         """Serialise; OversizedError above MAX_KEYFRAME_BYTES, ValueError on bad fields."""
         _check_image("keyframe", self.codec_id, self.image_bytes, MAX_KEYFRAME_BYTES, self.info)
-        return (_packet_prefix(PacketType.KEYFRAME, self.seq, self.timestamp)
+        return (_packet_prefix(PacketType.KEYFRAME, self.seq, self.timestamp, self.slot)
                 + bytes([self.codec_id]) + encode_uvarint(len(self.image_bytes))
                 + bytes(self.image_bytes) + encode_uvarint(len(self.info)) + bytes(self.info))
 
 
 @dataclass(frozen=True)
 class MotionPacket:
-    """One frame's range-coded motion (see codec.motion_coding)."""
+    """One frame's range-coded motion (see codec.motion_coding), every field known.
+
+    ``reference`` is the slot to warp from: named by an extended packet (and 0 in version 2
+    and 3 streams); None for a packet a receiver recovered from the compact form, whose
+    reference is implied (codec.bitstream.sequencing). pack() writes the extended form."""
 
     seq: int
     timestamp: int
     intra: bool
     payload: bytes
+    reference: int | None = 0
 
     def pack(self) -> bytes:
-        """Serialise; OversizedError above MAX_MOTION_PAYLOAD_BYTES."""
-        if len(self.payload) > MAX_MOTION_PAYLOAD_BYTES:
-            raise OversizedError(f"motion payload of {len(self.payload)} bytes exceeds "
-                                 f"{MAX_MOTION_PAYLOAD_BYTES}")
+        """Serialise (extended form); OversizedError above MAX_MOTION_PAYLOAD_BYTES."""
+        _check_motion_payload(self.payload)
+        if self.reference is None:
+            raise ValueError("an implied reference has no extended form: name the slot")
         packet_type = PacketType.MOTION_INTRA if self.intra else PacketType.MOTION_INTER
-        return (_packet_prefix(packet_type, self.seq, self.timestamp)
-                + encode_uvarint(len(self.payload)) + bytes(self.payload))
+        return _packet_prefix(packet_type, self.seq, self.timestamp, self.reference) + bytes(self.payload)
+
+
+@dataclass(frozen=True)
+class CompactMotionPacket:
+    """A version 4 compact motion packet as it is on the wire: the sequence number's low 6
+    bits (and, in an intra packet, the rest of it); timestamp and reference are implied."""
+
+    intra: bool
+    seq_low: int  # sequence number mod 64
+    payload: bytes
+    seq_high: int = 0  # intra packets: sequence number >> 6 (inter packets carry none: 0)
+
+    @property
+    def seq(self) -> int | None:
+        """The whole sequence number of an intra packet; None for an inter packet."""
+        return (self.seq_high << COMPACT_SEQ_BITS) | self.seq_low if self.intra else None
+
+    @classmethod
+    def of(cls, seq: int, intra: bool, payload: bytes) -> CompactMotionPacket:
+        _check_uint("seq", seq, 0, MAX_VARINT_VALUE)
+        return cls(intra, seq & COMPACT_SEQ_MASK, payload, seq >> COMPACT_SEQ_BITS if intra else 0)
+
+    def pack(self) -> bytes:
+        _check_uint("seq_low", self.seq_low, 0, COMPACT_SEQ_MASK)
+        _check_uint("seq_high", self.seq_high, 0, MAX_VARINT_VALUE >> COMPACT_SEQ_BITS)
+        if not self.intra and self.seq_high:
+            raise ValueError("a compact inter packet carries no high sequence bits")
+        _check_motion_payload(self.payload)
+        first = COMPACT_MOTION_FLAG | (COMPACT_INTRA_FLAG if self.intra else 0) | self.seq_low
+        high = encode_uvarint(self.seq_high) if self.intra else b""
+        return bytes([first]) + high + bytes(self.payload)
 
 
 _PATCH_PLACE = struct.Struct("<BBHHB")  # region, slot, x0, y0, image codec id
@@ -314,7 +429,8 @@ _PATCH_PLACE = struct.Struct("<BBHHB")  # region, slot, x0, y0, image codec id
 
 @dataclass(frozen=True)
 class PatchPacket:
-    """One coded reference patch (see the module docstring)."""
+    """One coded reference patch (see the module docstring); ``reference`` is the slot of the
+    keyframe it belongs to, ``slot`` the patch slot it replaces there."""
 
     seq: int
     timestamp: int
@@ -325,6 +441,7 @@ class PatchPacket:
     codec_id: int
     image_bytes: bytes
     info: bytes = b""
+    reference: int = 0
 
     def pack(self) -> bytes:
         """Serialise; OversizedError above MAX_PATCH_IMAGE_BYTES, ValueError on bad fields."""
@@ -333,16 +450,22 @@ class PatchPacket:
         _check_uint("x0", self.x0, 0, MAX_DIMENSION)
         _check_uint("y0", self.y0, 0, MAX_DIMENSION)
         _check_image("patch", self.codec_id, self.image_bytes, MAX_PATCH_IMAGE_BYTES, self.info)
-        return (_packet_prefix(PacketType.PATCH, self.seq, self.timestamp)
+        return (_packet_prefix(PacketType.PATCH, self.seq, self.timestamp, self.reference)
                 + _PATCH_PLACE.pack(self.region, self.slot, self.x0, self.y0, self.codec_id)
                 + encode_uvarint(len(self.image_bytes)) + bytes(self.image_bytes)
                 + encode_uvarint(len(self.info)) + bytes(self.info))
 
 
-FramePacket = KeyframePacket | MotionPacket | PatchPacket
+FramePacket = KeyframePacket | MotionPacket | CompactMotionPacket | PatchPacket
 
 
-def _parse_patch(reader: ByteReader, seq: int, timestamp: int) -> PatchPacket:
+def is_motion_packet(data: bytes | bytearray | memoryview) -> bool:
+    """Whether packet bytes are a motion packet, by the first byte alone (any version)."""
+    return bool(data) and (data[0] in (PacketType.MOTION_INTRA, PacketType.MOTION_INTER)
+                           or data[0] & COMPACT_MOTION_FLAG != 0)
+
+
+def _parse_patch(reader: ByteReader, seq: int, timestamp: int, reference: int) -> PatchPacket:
     region, slot, x0, y0, codec_id = reader.read_struct(_PATCH_PLACE, "patch placement")
     if region >= MAX_PATCH_REGIONS:
         raise BitstreamError(f"unknown patch region {region}")
@@ -351,7 +474,7 @@ def _parse_patch(reader: ByteReader, seq: int, timestamp: int) -> PatchPacket:
     if x0 > MAX_DIMENSION or y0 > MAX_DIMENSION:
         raise BitstreamError(f"patch position ({x0}, {y0}) out of range")
     image, info = _read_image(reader, "patch", codec_id, MAX_PATCH_IMAGE_BYTES)
-    return PatchPacket(seq, timestamp, region, slot, x0, y0, codec_id, image, info)
+    return PatchPacket(seq, timestamp, region, slot, x0, y0, codec_id, image, info, reference)
 
 
 def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int) -> tuple[bytes, bytes]:
@@ -368,19 +491,56 @@ def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int) -> tup
     return image, info
 
 
-def parse_packet(data: bytes | bytearray | memoryview) -> FramePacket:
-    """Parse exactly one frame packet.
+def _read_slot(reader: ByteReader, slots: int, what: str) -> int:
+    slot = reader.read_u8(what)
+    if slot >= slots:
+        raise ReferenceSlotError(f"{what} {slot} out of range: the stream has {slots} reference slots")
+    return slot
+
+
+def _read_motion_payload(reader: ByteReader) -> bytes:
+    """A version 4 motion payload: the rest of the record."""
+    if reader.remaining > MAX_MOTION_PAYLOAD_BYTES:
+        raise OversizedError(f"motion payload of {reader.remaining} bytes exceeds "
+                             f"{MAX_MOTION_PAYLOAD_BYTES}")
+    return reader.read_rest()
+
+
+def _parse_compact(reader: ByteReader, first: int, header: StreamHeader | None) -> CompactMotionPacket:
+    if header is not None and header.frame_rate_millihz == 0:
+        raise BitstreamError("compact motion packet in a stream without a frame rate (its "
+                             "timestamps cannot be implied)")
+    intra = bool(first & COMPACT_INTRA_FLAG)
+    high = 0
+    if intra:
+        high = reader.read_uvarint("compact sequence number")
+        if high > MAX_VARINT_VALUE >> COMPACT_SEQ_BITS:
+            raise BitstreamError("compact sequence number exceeds 64 bits")
+    return CompactMotionPacket(intra, first & COMPACT_SEQ_MASK, _read_motion_payload(reader), high)
+
+
+def parse_packet(data: bytes | bytearray | memoryview, header: StreamHeader | None = None) -> FramePacket:
+    """Parse exactly one frame packet of the stream ``header`` introduced (its format
+    version and reference slot count; None: the current version with 16 slots).
+
+    Compact motion packets come back as :class:`CompactMotionPacket`: recovering their
+    sequence number, timestamp and reference takes the stream's state
+    (:class:`codec.bitstream.sequencing.MotionSequencer`, which codec.api.Decoder runs).
 
     Errors: OversizedError (packet or payload over its limit), TruncatedError (ends
-    early), BitstreamError (empty input, unknown or control type, unknown keyframe
-    codec, empty keyframe image, trailing bytes).
+    early), ReferenceSlotError (a slot ≥ K), BitstreamError (empty input, unknown or
+    control type, unknown keyframe codec, empty keyframe image, trailing bytes).
     """
+    version = STREAM_FORMAT_VERSION if header is None else header.format_version
+    slots = MAX_REFERENCE_SLOTS if header is None else header.reference_slots
     if len(data) > MAX_PACKET_BYTES:
         raise OversizedError(f"packet of {len(data)} bytes exceeds {MAX_PACKET_BYTES}")
     if len(data) == 0:
         raise TruncatedError("empty packet")
     reader = ByteReader(data)
     type_byte = reader.read_u8("packet type")
+    if version >= 4 and type_byte & COMPACT_MOTION_FLAG:
+        return _parse_compact(reader, type_byte, header)
     if type_byte in CONTROL_TYPE_RANGE:
         raise BitstreamError(f"packet type {type_byte:#04x} is a control message, not a frame")
     try:
@@ -389,25 +549,29 @@ def parse_packet(data: bytes | bytearray | memoryview) -> FramePacket:
         raise BitstreamError(f"unknown packet type {type_byte:#04x}") from None
     seq = reader.read_uvarint("sequence number")
     timestamp = reader.read_uvarint("timestamp")
+    slot = _read_slot(reader, slots, "reference slot") if version >= 4 else 0
     if packet_type == PacketType.PATCH:
-        return _parse_patch(reader, seq, timestamp)
+        return _parse_patch(reader, seq, timestamp, slot)
     if packet_type == PacketType.KEYFRAME:
         codec_id = reader.read_u8("keyframe codec")
         image, info = _read_image(reader, "keyframe", codec_id, MAX_KEYFRAME_BYTES)
-        return KeyframePacket(seq, timestamp, codec_id, image, info)
+        return KeyframePacket(seq, timestamp, codec_id, image, info, slot)
+    intra = packet_type == PacketType.MOTION_INTRA
+    if version >= 4:
+        return MotionPacket(seq, timestamp, intra, _read_motion_payload(reader), slot)
     length = reader.read_length(MAX_MOTION_PAYLOAD_BYTES, "motion payload length")
     payload = reader.read_bytes(length, "motion payload")
     reader.expect_end("motion packet")
-    return MotionPacket(seq, timestamp, packet_type == PacketType.MOTION_INTRA, payload)
+    return MotionPacket(seq, timestamp, intra, payload, 0)
 
 
 __all__ = [
-    "CONTROL_TYPE_RANGE", "KNOWN_KEYFRAME_CODECS", "KNOWN_HEADER_FLAGS", "MAX_DIMENSION",
+    "COMPACT_SEQ_BITS", "CONTROL_TYPE_RANGE", "KNOWN_KEYFRAME_CODECS", "KNOWN_HEADER_FLAGS", "MAX_DIMENSION",
     "MAX_HEADER_BYTES", "MAX_KEYFRAME_BYTES", "MAX_KEYFRAME_INFO_BYTES",
     "MAX_MODEL_NAME_BYTES", "MAX_MOTION_PAYLOAD_BYTES",
     "MAX_PACKET_BYTES", "MAX_PATCH_IMAGE_BYTES", "MAX_PATCH_REGIONS", "MAX_PATCH_SLOTS",
-    "READABLE_FORMAT_VERSIONS",
-    "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "FramePacket",
+    "MAX_REFERENCE_SLOTS", "READABLE_FORMAT_VERSIONS",
+    "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "CompactMotionPacket", "FramePacket",
     "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket", "PacketType",
-    "PatchPacket", "StreamHeader", "parse_packet",
+    "PatchPacket", "StreamHeader", "is_motion_packet", "parse_packet",
 ]
