@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from codec.api import Decoder, Encoder
-from codec.bitstream import KeyframePacket, MotionPacket, parse_packet
+from codec.bitstream import CompactMotionPacket, KeyframePacket, MotionPacket, StreamHeader, parse_packet
+from codec.bitstream.sequencing import MotionSequencer
 from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
 from sender.sources import default_source
 
@@ -45,18 +46,31 @@ def gate(monkeypatch) -> threading.Event:
     return opened
 
 
-def _parsed(packets: list[bytes]) -> list:
-    return [parse_packet(p) for p in packets]
+def _parsed(header: StreamHeader, stream: list[bytes]) -> list:
+    """A whole stream, from its first packet, as a receiver reads it: compact motion packets
+    (format v4) numbered in order. Every one must be numbered (these streams lose nothing)."""
+    sequencer, parsed = MotionSequencer(header), []
+    for packet in map(parse_packet, stream):
+        if isinstance(packet, CompactMotionPacket):
+            packet = sequencer.resolve(packet)
+            assert packet is not None, "a motion packet the receiver could not number"
+        parsed.append(packet)
+    return parsed
 
 
-def _kinds(packets: list[bytes]) -> list[str]:
-    return [type(p).__name__ for p in _parsed(packets)]
+def _last(header: StreamHeader, stream: list[bytes], packets: list[bytes]) -> list:
+    """``packets`` (the newest, already appended to ``stream``) as the receiver reads them."""
+    return _parsed(header, stream)[len(stream) - len(packets):]
 
 
-def _check_order(stream: list[bytes]) -> None:
+def _kinds(parsed: list) -> list[str]:
+    return [type(p).__name__ for p in parsed]
+
+
+def _check_order(header: StreamHeader, stream: list[bytes]) -> None:
     """No motion before the first keyframe; motion sequence numbers rise; each keyframe's
     frame is one already encoded, at or before the motion that follows it."""
-    parsed = _parsed(stream)
+    parsed = _parsed(header, stream)
     assert isinstance(parsed[0], KeyframePacket)
     motion = [p.seq for p in parsed if isinstance(p, MotionPacket)]
     assert motion == sorted(set(motion))
@@ -77,12 +91,13 @@ def test_keyframes_off_the_loop_arrive_late_and_decode(gate, crops):
     assert encoder.keyframe_pending and encoder.stats.skipped == 3
     gate.set()
     assert encoder.wait_keyframe(30)
+    header = encoder.stream_header()
     packets = encoder.encode(crops[3], 3 / 25)
-    first, last = parse_packet(packets[0]), parse_packet(packets[-1])
+    stream += packets
+    first, *_, last = _last(header, stream, packets)
     assert isinstance(first, KeyframePacket) and (first.seq, first.timestamp) == (0, 0)  # its own frame
     assert isinstance(last, MotionPacket) and last.seq == 3 and last.intra  # a resync point
     assert encoder.stats.keyframe_reasons == [(0, "stream start")] and not encoder.keyframe_pending
-    stream += packets
     for i in range(4, 8):
         stream += encoder.encode(crops[i], i / 25)
     # Mid-stream: frames go on as motion against the keyframe the receiver holds.
@@ -90,20 +105,21 @@ def test_keyframes_off_the_loop_arrive_late_and_decode(gate, crops):
     encoder.request_keyframe("periodic")
     for i in range(8, 12):
         packets = encoder.encode(crops[i], i / 25)
-        assert "KeyframePacket" not in _kinds(packets)
-        assert parse_packet(packets[-1]).seq == i  # this frame's motion, not held back
         stream += packets
+        parsed = _last(header, stream, packets)
+        assert "KeyframePacket" not in _kinds(parsed)
+        assert parsed[-1].seq == i  # this frame's motion, not held back
     gate.set()
     assert encoder.wait_keyframe(30)
     packets = encoder.encode(crops[12], 12 / 25)
-    keyframe = parse_packet(packets[0])
-    assert isinstance(keyframe, KeyframePacket) and keyframe.seq == 8 and keyframe.timestamp == 320
     stream += packets
+    keyframe = _last(header, stream, packets)[0]
+    assert isinstance(keyframe, KeyframePacket) and keyframe.seq == 8 and keyframe.timestamp == 320
     for i in range(13, 16):
         stream += encoder.encode(crops[i], i / 25)
     encoder.close()
     assert encoder.stats.keyframes == 2 and encoder.stats.keyframe_reasons[1] == (8, "periodic")
-    _check_order(stream)
+    _check_order(header, stream)
     decoder = Decoder.from_header(encoder.header(), refiner=False)
     frames = list(decoder.decode_stream(stream))
     assert [f.seq for f in frames] == list(range(3, 16))  # every frame with motion is shown
@@ -124,16 +140,18 @@ def test_restart_holds_motion_until_a_keyframe_taken_after_it(gate, crops):
     assert encoder.encode(crops[3], 3 / 25) == []
     gate.set()
     assert encoder.wait_keyframe(30)
+    header = encoder.stream_header()
     packets = encoder.encode(crops[4], 4 / 25)
-    assert _kinds(packets) == ["KeyframePacket"]  # frame 2's keyframe, and still no motion
     stream += packets
+    assert _kinds(_last(header, stream, packets)) == ["KeyframePacket"]  # frame 2's keyframe, still no motion
     assert encoder.wait_keyframe(30)
     packets = encoder.encode(crops[5], 5 / 25)
-    assert _kinds(packets) == ["KeyframePacket", "MotionPacket"]
-    assert parse_packet(packets[0]).seq == 4  # taken after the restart
     stream += packets
+    parsed = _last(header, stream, packets)
+    assert _kinds(parsed) == ["KeyframePacket", "MotionPacket"]
+    assert parsed[0].seq == 4  # taken after the restart
     encoder.close()
-    _check_order(stream)
+    _check_order(header, stream)
     assert [seq for seq, _ in encoder.stats.keyframe_reasons] == [0, 2, 4]
 
 
@@ -141,7 +159,9 @@ def test_without_the_worker_the_keyframe_goes_out_with_its_frame(crops):
     """Files and benchmarks: deterministic, the keyframe first in its own frame's packets."""
     encoder, again = Encoder.from_pretrained(patches=False), Encoder.from_pretrained(patches=False)
     packets = [encoder.encode(crops[i], i / 25) for i in range(3)]
-    assert [_kinds(p) for p in packets] == [["KeyframePacket", "MotionPacket"], ["MotionPacket"], ["MotionPacket"]]
+    parsed = _parsed(encoder.stream_header(), [p for frame in packets for p in frame])
+    assert _kinds(parsed) == ["KeyframePacket", "MotionPacket", "MotionPacket", "MotionPacket"]
+    assert [p.seq for p in parsed] == [0, 0, 1, 2]
     assert packets == [again.encode(crops[i], i / 25) for i in range(3)]
     assert encoder.keyframe_quality == default_keyframe_quality(DEFAULT_KEYFRAME_CODEC)
 
