@@ -25,7 +25,7 @@ def run_python(script: str) -> str:
 def test_importing_the_api_loads_no_torch():
     out = run_python("""
 import sys
-import codec.api, codec.files, codec.refresh, codec.zoo, codec.weights_io, codec.families.landmark
+import codec.api, codec.decoder, codec.files, codec.refresh, codec.zoo, codec.weights_io, codec.families.landmark
 print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
 """)
     assert out.strip() == "[]", out
