@@ -37,6 +37,7 @@ def _progress(total: int | None, label: str):
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from app.wire_estimate import wire_estimate
     from codec.files import compress
 
     model = _model(args)
@@ -46,9 +47,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
                           audio=not args.no_audio, patches=not args.no_patches,
                           refresh=args.refresh, progress=bar)
-    print(report.summary())
+    estimate = wire_estimate(report)
+    print(report.summary(wire=estimate.summary()))
     if args.json:
-        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        args.json.write_text(json.dumps({**report.to_dict(), **estimate.to_dict()}, indent=2))
     return 0
 
 
@@ -57,13 +59,14 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from codec.files import decompress
 
     view = ViewControl(yaw=args.yaw, pitch=args.pitch, roll=args.roll, frontalize=args.frontalize)
-    model = None
-    if args.weights is not None or args.model is not None:
-        model = _model(args)
+    # Without --model, the model is the one the stream's header names, built from the other
+    # model flags (--weights, --untrained, --seed, --device, --no-refiner) all the same.
+    model = _model(args) if args.model is not None else None
     with _progress(None, "decompress") as bar:
         report = decompress(args.input, args.output, model=model, untrained=args.untrained,
                             weights=args.weights, view=view, batch_size=args.batch_size,
-                            device=args.device, progress=bar)
+                            device=args.device, seed=args.seed, refiner=not args.no_refiner,
+                            progress=bar)
     print(report.summary())
     return 0
 
@@ -105,6 +108,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     """The main job on a built-in default: compress, decompress, and a side-by-side video."""
+    from app.wire_estimate import wire_estimate
     from codec.files import compress, decompress
     from codec.media import VideoWriter, read_frames
     from sender.sources import write_default_clip
@@ -121,7 +125,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     with _progress(args.max_frames, "compress") as bar:
         report = compress(source, stream, model=model, quality=args.quality, fps=args.fps,
                           max_frames=args.max_frames, progress=bar)
-    print(report.summary())
+    print(report.summary(wire=wire_estimate(report).summary()))
     decoded = out / "decoded.mp4"
     with _progress(report.frames, "decompress") as bar:
         dreport = decompress(stream, decoded, model=model, batch_size=args.batch_size, progress=bar)

@@ -523,7 +523,9 @@ class Decoder:
     @classmethod
     def from_header(cls, header: bytes | StreamHeader, *, untrained: bool = False,
                     weights: Path | str | None = None, model: TalkingHeadModel | None = None,
-                    seed: int = 0, device: str = "cpu") -> Decoder:
+                    seed: int = 0, device: str = "cpu", refiner: bool = True) -> Decoder:
+        """A decoder for ``header``: ``model`` when given, else the model the header names,
+        resolved with the other arguments (``refiner=False``: a landmark model's plain warp)."""
         if isinstance(header, (bytes, bytearray, memoryview)):
             header = StreamHeader.parse(bytes(header))
         if model is None:
@@ -532,7 +534,7 @@ class Decoder:
                     "this stream was made with an UNTRAINED model; decoding it needs the same "
                     "untrained model: pass --untrained (API: untrained=True)")
             model = resolve_model(header.model_name, untrained=untrained, weights=weights,
-                                  seed=seed, device=device)
+                                  seed=seed, device=device, refiner=refiner)
         return cls(header, model)
 
     @property

@@ -16,16 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.api import (
-    DATA_CHANNEL_OVERHEAD_BYTES,
-    DEFAULT_INTRA_PERIOD,
-    Decoder,
-    DecoderStats,
-    Encoder,
-    RefreshPolicy,
-    data_channel_wire_kbps,
-    stamp_untrained,
-)
+from codec.api import DEFAULT_INTRA_PERIOD, Decoder, DecoderStats, Encoder, RefreshPolicy, stamp_untrained
 from codec.bitstream import MotionPacket, PacketType, parse_packet
 from codec.errors import MediaError
 from codec.families.base import TalkingHeadModel, ViewControl
@@ -33,10 +24,16 @@ from codec.motion_coding import DEFAULT_QUALITY
 
 __all__ = ["CompressReport", "DecompressReport", "compress", "decompress"]
 
+# The type bytes of motion packets (a frame each); every other packet is a keyframe or a patch.
+_MOTION_TYPES = frozenset({int(PacketType.MOTION_INTRA), int(PacketType.MOTION_INTER)})
+
 
 @dataclass
 class CompressReport:
-    """What a compressed file costs. Video bits count header + keyframes + patches + motion."""
+    """What a compressed file costs. Video bits count header + keyframes + patches + motion.
+
+    What a call would send on the wire is estimated from the packet sizes kept here
+    (``motion_packet_sizes``, ``message_sizes``) by ``app.wire_estimate``."""
 
     path: str
     frames: int
@@ -56,6 +53,8 @@ class CompressReport:
     quality: int
     keyframe_reasons: list[tuple[int, str]] = field(default_factory=list)  # (frame, why) of each keyframe
     fallbacks: list[tuple[int, str]] = field(default_factory=list)  # (frame, why) keyframes stopped helping
+    motion_packet_sizes: dict[int, int] = field(default_factory=dict)  # bytes -> how many motion packets
+    message_sizes: list[int] = field(default_factory=list)  # bytes of each keyframe and patch packet
 
     @property
     def duration_s(self) -> float:
@@ -75,21 +74,15 @@ class CompressReport:
     def motion_kbps(self) -> float:
         return 8.0 * self.motion_bytes / max(self.duration_s, 1e-9) / 1000.0
 
-    @property
-    def wire_kbps_estimate(self) -> float:
-        """Motion packets as WebRTC data-channel messages, one per frame, with the
-        per-message overhead (DATA_CHANNEL_OVERHEAD_BYTES); keyframe and header excluded."""
-        return data_channel_wire_kbps(self.motion_bytes, self.frames, self.duration_s)
-
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
         out.update(duration_s=self.duration_s, motion_bits_per_frame=self.motion_bits_per_frame,
-                   payload_kbps=self.payload_kbps, motion_kbps=self.motion_kbps,
-                   wire_kbps_estimate=self.wire_kbps_estimate,
-                   data_channel_overhead_bytes=DATA_CHANNEL_OVERHEAD_BYTES)
+                   payload_kbps=self.payload_kbps, motion_kbps=self.motion_kbps)
         return out
 
-    def summary(self) -> str:
+    def summary(self, wire: str | None = None) -> str:
+        """The report as text; ``wire``: the on-wire lines (``app.wire_estimate``), shown
+        after the payload."""
         lines = [
             (f"{'UNTRAINED MODEL — output is not meaningful. ' if self.untrained else ''}"
              f"{self.path}: {self.frames} frames at {self.fps:g} fps ({self.duration_s:.2f} s), "
@@ -100,8 +93,7 @@ class CompressReport:
             (f"  motion            {self.motion_bits_per_frame:.1f} bits/frame "
              f"({self.motion_kbps:.2f} kbit/s, {self.intra_packets} intra packets)"),
             f"  video payload     {self.payload_kbps:.2f} kbit/s (header + keyframe + patches + motion)",
-            (f"  on-wire estimate  {self.wire_kbps_estimate:.2f} kbit/s for motion as one "
-             f"data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)"),
+            *([wire] if wire else []),
             f"  audio             {self.audio_bytes} bytes"
             + (f" ({8 * self.audio_bytes / max(self.duration_s, 1e-9) / 1000:.1f} kbit/s Opus)"
                if self.audio_bytes else " (none)"),
@@ -166,6 +158,8 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
     header = encoder.header()
     count = 0
     audio_bytes = 0
+    motion_sizes: dict[int, int] = {}
+    message_sizes: list[int] = []
     # Write beside the target and rename at the end, so a failure never leaves a half file
     # under the requested name.
     partial = out_path.with_name(out_path.name + ".partial")
@@ -174,6 +168,10 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
         nonlocal count
         for packet in encoder.encode(box.crop(image, cropper.out_size), count / fps):
             writer.write_video_packet(packet)
+            if packet[0] in _MOTION_TYPES:
+                motion_sizes[len(packet)] = motion_sizes.get(len(packet), 0) + 1
+            else:
+                message_sizes.append(len(packet))
         count += 1
         if progress is not None:
             progress(count)
@@ -202,17 +200,21 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
         audio_bytes=audio_bytes, file_bytes=out_path.stat().st_size,
         untrained=model.untrained, crop=(box.cx, box.cy, box.size),
         encode_seconds=time.perf_counter() - started, quality=quality,
-        keyframe_reasons=list(stats.keyframe_reasons), fallbacks=list(stats.fallbacks))
+        keyframe_reasons=list(stats.keyframe_reasons), fallbacks=list(stats.fallbacks),
+        motion_packet_sizes=dict(sorted(motion_sizes.items())), message_sizes=message_sizes)
 
 
 def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadModel | None = None,
                untrained: bool = False, weights: Path | str | None = None,
                view: ViewControl | None = None, batch_size: int = 4,
-               device: str = "cpu", mark_untrained: bool = True,
+               device: str = "cpu", seed: int = 0, refiner: bool = True, mark_untrained: bool = True,
                progress: Callable[[int, int], None] | None = None) -> DecompressReport:
     """Decode a container (.fvc) into a video file, with its audio when it has any.
 
-    ``progress(frames_done, frames_total)`` is called after every written frame."""
+    Without ``model``, the model the stream's header names is resolved with ``untrained``,
+    ``weights``, ``seed``, ``device`` and ``refiner`` (False: a landmark model's plain warp,
+    the same stream rendered faster). ``progress(frames_done, frames_total)`` is called
+    after every written frame."""
     from codec.bitstream import read_container
     from codec.media import VideoWriter
 
@@ -221,7 +223,7 @@ def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadMod
     with open(path, "rb") as f:
         container = read_container(f)
     decoder = Decoder.from_header(container.header, untrained=untrained, weights=weights,
-                                  model=model, device=device)
+                                  model=model, seed=seed, device=device, refiner=refiner)
     if view is not None:
         decoder.view = view
     header = container.header
@@ -229,8 +231,7 @@ def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadMod
     size = (header.width, header.height)
     count = 0
     # Frames to expect: one per motion packet (its type byte; no need to parse them twice).
-    motion_types = {int(PacketType.MOTION_INTRA), int(PacketType.MOTION_INTER)}
-    total = sum(1 for data in container.video_packets if data[:1] and data[0] in motion_types)
+    total = sum(1 for data in container.video_packets if data[:1] and data[0] in _MOTION_TYPES)
     track = read_audio_track(container)
     with VideoWriter(out_video, fps=fps, size=size, audio=track) as writer:
         for frame in decoder.decode_stream(container.video_packets, batch_size=batch_size):
