@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Here, not at the top: `facecodec serve-signaling` starts without torch and aiortc.
     from app.call_command import add_call_args, cmd_call
     from app.mode_choice import MODES
-    from app.model_args import add_model_args, add_refresh_arg
+    from app.model_args import add_model_args, add_quality_arg, add_refresh_arg
 
     parser = argparse.ArgumentParser(
         prog="facecodec", formatter_class=_HelpFormatter,
@@ -211,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="a video file with a face (any format PyAV reads)")
     p.add_argument("output", type=Path, help="the .fvc file to write")
     add_model_args(p)
-    p.add_argument("--quality", type=int, default=3,
-                   help="motion quantization level, 0 (coarsest) to 5 (finest)")
+    add_quality_arg(p)
     p.add_argument("--intra-period", type=int, default=25,
                    help="frames between absolute motion packets")
     p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
@@ -251,8 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a video file (default: the built-in portrait clip)")
     p.add_argument("--out", type=Path, default=Path("out/roundtrip"), help="output folder")
     add_model_args(p)
-    p.add_argument("--quality", type=int, default=3,
-                   help="motion quantization level, 0 (coarsest) to 5 (finest)")
+    add_quality_arg(p)
     p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
     p.add_argument("--max-frames", type=int, default=100, help="frames to code")
     p.add_argument("--batch-size", type=int, default=4, help="frames rendered per forward pass")
@@ -273,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=25.0, help="frames per second")
     p.add_argument("--mode", choices=MODES, default="neural",
                    help="what the sender sends")
-    p.add_argument("--quality", type=int, default=None,
-                   help="motion quantization level 0-5 (default: the codec's, 3)")
+    add_quality_arg(p)
     add_model_args(p)
     p.set_defaults(func=cmd_demo)
     return parser

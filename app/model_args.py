@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from codec.families.base import TalkingHeadModel
+from codec.motion_coding import DEFAULT_QUALITY, NUM_QUALITIES
 from codec.zoo import DEFAULT_MODEL, model_names, resolve_model
 
 
@@ -30,6 +31,14 @@ def model_from_args(args: argparse.Namespace, name: str | None = None) -> Talkin
     return resolve_model(args.model or name or DEFAULT_MODEL, untrained=args.untrained,
                          weights=args.weights, seed=args.seed, device=args.device,
                          refiner=not args.no_refiner)
+
+
+def add_quality_arg(parser: argparse.ArgumentParser) -> None:
+    """--quality: the motion quantization level (codec.motion_coding)."""
+    parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY, choices=range(NUM_QUALITIES),
+                        metavar=f"0-{NUM_QUALITIES - 1}",
+                        help=f"motion quantization level, 0 (coarsest) to {NUM_QUALITIES - 1} (finest) "
+                             "(default: %(default)s)")
 
 
 def add_refresh_arg(parser: argparse.ArgumentParser) -> None:
