@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -279,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Before torch loads (OpenMP reads it then): idle OpenMP threads sleep at once instead of
+    # spinning. On 2 cores shared with anything else (a call's own capture and coding, another
+    # program) a spinning thread holds the core its partner needs: the refiner took 175 ms a
+    # frame instead of 31-43 (benchmarks.decompress_speed, variant "spin"). Set it to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if argv[:1] == ["serve-signaling"]:  # its options belong to `python -m signaling`
         from signaling.__main__ import main as signaling_main
 

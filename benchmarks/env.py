@@ -53,3 +53,11 @@ def git_sha(repo: Path = REPO) -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def write_json(path: Path, report: dict) -> None:
+    """A benchmark's report as indented JSON at ``path`` (its folder made when missing)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
