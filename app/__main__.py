@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compress)
 
     p = add("decompress", ".fvc stream file -> video file of the rebuilt face crop (with audio)")
+    p.epilog = ("Speed at 256 px on 2 shared CPU cores (AMD EPYC; benchmarks.decompress_speed): about "
+                "44 frames/s with the refiner where the CPU has native bfloat16 (AVX512-BF16), about 32 "
+                "in float32 elsewhere, about 140 with --no-refiner.")
     p.add_argument("input", type=Path, help="a .fvc file written by compress")
     p.add_argument("output", type=Path, help="the video file to write (e.g. .mp4)")
     add_model_args(p)
@@ -282,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Before torch loads (OpenMP reads it then): idle OpenMP threads sleep at once instead of
     # spinning. On 2 cores shared with anything else (a call's own capture and coding, another
-    # program) a spinning thread holds the core its partner needs: the refiner took 175 ms a
-    # frame instead of 31-43 (benchmarks.decompress_speed, variant "spin"). Set it to override.
+    # program) a spinning thread holds the core its partner needs: decompress took up to 160 ms
+    # a frame instead of 45 (benchmarks.decompress_speed, variant "spin"), for ~5% on a calm
+    # machine. Set OMP_WAIT_POLICY to override.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if argv[:1] == ["serve-signaling"]:  # its options belong to `python -m signaling`
         from signaling.__main__ import main as signaling_main
