@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.env import REPO
+
 # variant -> (refiner_mode, or None for the plain warp; OMP_WAIT_POLICY, or None for OpenMP's default)
 VARIANTS: dict[str, tuple[str | None, str | None]] = {
     "fast": ("fast", "PASSIVE"),
@@ -92,10 +94,10 @@ def time_variant(variant: str, stream: Path, work: Path, batch_size: int, thread
     if policy is not None:
         env["OMP_WAIT_POLICY"] = policy
     command = [sys.executable, "-m", "benchmarks.decompress_speed", "--one", refiner_mode or "plain",
-               "--stream", str(stream), "--work", str(work), "--batch-size", str(batch_size)]
+               "--stream", str(stream.resolve()), "--work", str(work.resolve()), "--batch-size", str(batch_size)]
     if threads is not None:
         command += ["--threads", str(threads)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
