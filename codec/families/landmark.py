@@ -23,10 +23,15 @@ from __future__ import annotations
 import copy
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from codec.errors import BitstreamError
 from codec.face3d import (
@@ -430,7 +435,7 @@ class LandmarkModel(TalkingHeadModel):
             images = (out.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return list(np.ascontiguousarray(images))
 
-    def _inference_refiner(self):
+    def _inference_refiner(self) -> Callable[..., torch.Tensor]:
         """The refiner as each frame runs it (:func:`codec.models.refiner.frozen_refiner`),
         made again whenever ``self.refiner`` is replaced or its weights change in place."""
         from codec.models.refiner import frozen_refiner
