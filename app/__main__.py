@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,6 @@ from codec.errors import CodecError
 
 if TYPE_CHECKING:
     from codec.families.base import TalkingHeadModel
-    from codec.files import CompressReport
 
 log = logging.getLogger("facecodec")
 
@@ -37,31 +37,8 @@ def _progress(total: int | None, label: str):
     return ProgressBar(total, label)
 
 
-def _motion_wire_kbps(report: CompressReport) -> float:
-    """The file's motion packets as WebRTC data-channel messages, one per frame, with the
-    per-message overhead (rtc.wire_cost); keyframe and header excluded."""
-    from rtc.wire_cost import data_channel_wire_kbps
-
-    return data_channel_wire_kbps(report.motion_bytes, report.frames, report.duration_s)
-
-
-def _compress_summary(report: CompressReport) -> str:
-    """The report's lines, with what a call's data channel would add to the motion."""
-    from rtc.wire_cost import DATA_CHANNEL_OVERHEAD_BYTES
-
-    line = (f"  on-wire estimate  {_motion_wire_kbps(report):.2f} kbit/s for motion as one "
-            f"data-channel message per frame (+{DATA_CHANNEL_OVERHEAD_BYTES} B each)")
-    return report.summary(on_wire=line)
-
-
-def _compress_json(report: CompressReport) -> dict:
-    from rtc.wire_cost import DATA_CHANNEL_OVERHEAD_BYTES
-
-    return report.to_dict() | {"wire_kbps_estimate": _motion_wire_kbps(report),
-                               "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES}
-
-
 def cmd_compress(args: argparse.Namespace) -> int:
+    from app.wire_estimate import wire_estimate
     from codec.files import compress
 
     model = _model(args)
@@ -71,9 +48,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
                           audio=not args.no_audio, patches=not args.no_patches,
                           refresh=args.refresh, progress=bar)
-    print(_compress_summary(report))
+    estimate = wire_estimate(report)
+    print(report.summary(wire=estimate.summary()))
     if args.json:
-        args.json.write_text(json.dumps(_compress_json(report), indent=2))
+        args.json.write_text(json.dumps({**report.to_dict(), **estimate.to_dict()}, indent=2))
     return 0
 
 
@@ -82,13 +60,14 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from codec.files import decompress
 
     view = ViewControl(yaw=args.yaw, pitch=args.pitch, roll=args.roll, frontalize=args.frontalize)
-    model = None
-    if args.weights is not None or args.model is not None:
-        model = _model(args)
+    # Without --model, the model is the one the stream's header names, built from the other
+    # model flags (--weights, --untrained, --seed, --device, --no-refiner) all the same.
+    model = _model(args) if args.model is not None else None
     with _progress(None, "decompress") as bar:
         report = decompress(args.input, args.output, model=model, untrained=args.untrained,
                             weights=args.weights, view=view, batch_size=args.batch_size,
-                            device=args.device, progress=bar)
+                            device=args.device, seed=args.seed, refiner=not args.no_refiner,
+                            progress=bar)
     print(report.summary())
     return 0
 
@@ -137,6 +116,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     """The main job on a built-in default: compress, decompress, and a side-by-side video."""
+    from app.wire_estimate import wire_estimate
     from codec.files import compress, decompress
     from codec.media import VideoWriter, read_frames
     from sender.sources import write_default_clip
@@ -153,7 +133,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     with _progress(args.max_frames, "compress") as bar:
         report = compress(source, stream, model=model, quality=args.quality, fps=args.fps,
                           max_frames=args.max_frames, progress=bar)
-    print(_compress_summary(report))
+    print(report.summary(wire=wire_estimate(report).summary()))
     decoded = out / "decoded.mp4"
     with _progress(report.frames, "decompress") as bar:
         dreport = decompress(stream, decoded, model=model, batch_size=args.batch_size, progress=bar)
@@ -217,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Here, not at the top: `facecodec serve-signaling` starts without torch and aiortc.
     from app.call_command import add_call_args, cmd_call
     from app.mode_choice import MODES
-    from app.model_args import add_keyframe_args, add_model_args, add_refresh_arg
+    from app.model_args import add_keyframe_args, add_model_args, add_quality_arg, add_refresh_arg
 
     parser = argparse.ArgumentParser(
         prog="facecodec", formatter_class=_HelpFormatter,
@@ -239,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="a video file with a face (any format PyAV reads)")
     p.add_argument("output", type=Path, help="the .fvc file to write")
     add_model_args(p)
-    p.add_argument("--quality", type=int, default=3,
-                   help="motion quantization level, 0 (coarsest) to 5 (finest)")
+    add_quality_arg(p)
     p.add_argument("--intra-period", type=int, default=25,
                    help="frames between absolute motion packets")
     p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
@@ -256,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compress)
 
     p = add("decompress", ".fvc stream file -> video file of the rebuilt face crop (with audio)")
+    p.epilog = ("Speed at 256 px on 2 shared CPU cores (AMD EPYC; benchmarks.decompress_speed): about "
+                "44 frames/s with the refiner where the CPU has native bfloat16 (AVX512-BF16), about 32 "
+                "in float32 elsewhere, about 140 with --no-refiner.")
     p.add_argument("input", type=Path, help="a .fvc file written by compress")
     p.add_argument("output", type=Path, help="the video file to write (e.g. .mp4)")
     add_model_args(p)
@@ -275,8 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a video file (default: the built-in portrait clip)")
     p.add_argument("--out", type=Path, default=Path("out/roundtrip"), help="output folder")
     add_model_args(p)
-    p.add_argument("--quality", type=int, default=3,
-                   help="motion quantization level, 0 (coarsest) to 5 (finest)")
+    add_quality_arg(p)
     p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
     p.add_argument("--max-frames", type=int, default=100, help="frames to code")
     p.add_argument("--batch-size", type=int, default=4, help="frames rendered per forward pass")
@@ -297,8 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=25.0, help="frames per second")
     p.add_argument("--mode", choices=MODES, default="neural",
                    help="what the sender sends")
-    p.add_argument("--quality", type=int, default=None,
-                   help="motion quantization level 0-5 (default: the codec's, 3)")
+    add_quality_arg(p)
     add_model_args(p)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -306,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Before torch loads (OpenMP reads it then): idle OpenMP threads sleep at once instead of
+    # spinning. On 2 cores shared with anything else (a call's own capture and coding, another
+    # program) a spinning thread holds the core its partner needs: decompress took up to 160 ms
+    # a frame instead of 45 (benchmarks.decompress_speed, variant "spin"), for ~5% on a calm
+    # machine. Set OMP_WAIT_POLICY to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if argv[:1] == ["serve-signaling"]:  # its options belong to `python -m signaling`
         from signaling.__main__ import main as signaling_main
 

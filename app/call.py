@@ -96,13 +96,13 @@ class CallOptions:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
 
-def call_encoder(loaded: TalkingHeadModel, options: CallOptions) -> Encoder:
+def call_encoder(model: TalkingHeadModel, options: CallOptions) -> Encoder:
     """The sender's Encoder in a call, with the options' codec and qualities. A live call codes
     keyframes off the frame loop (an AV1 keyframe takes ~110 ms; the frames while the first
     one is coded send no motion); a recording (``live`` False: every frame sent and rendered,
     however late) codes each with its own frame."""
     settings = {} if options.quality is None else {"quality": options.quality}
-    return Encoder(loaded, frame_rate=options.fps, patches=options.patches, refresh=options.refresh,
+    return Encoder(model, frame_rate=options.fps, patches=options.patches, refresh=options.refresh,
                    keyframe_codec=options.keyframe_codec, keyframe_quality=options.keyframe_quality,
                    keyframe_worker=options.live, **settings)
 
@@ -127,7 +127,7 @@ class Call:
 
     Args:
         signaling: a connected :class:`signaling.client.SignalingChannel` whose peer is there.
-        loaded: the codec model (``codec.families.TalkingHeadModel``) or None (H.264 only).
+        model: the codec model (``codec.families.TalkingHeadModel``) or None (H.264 only).
         frames: what this peer sends (an iterator of RGB frames) or None (receive only).
         audio: an aiortc audio track to send, or None.
         show: gets every frame shown on this side (RGB, media time s).
@@ -135,7 +135,7 @@ class Call:
         on_sent_frame: gets every crop this peer sends (RGB, media time s).
     """
 
-    def __init__(self, signaling: SignalingChannel, *, loaded: TalkingHeadModel | None,
+    def __init__(self, signaling: SignalingChannel, *, model: TalkingHeadModel | None,
                  frames: Iterator[np.ndarray] | None, audio: MediaStreamTrack | None = None,
                  options: CallOptions | None = None,
                  show: Callable[[np.ndarray, float], None] | None = None,
@@ -146,7 +146,7 @@ class Call:
         # time.monotonic() at which the recording starts: its first picture (the wait and the
         # set-up are never recorded); a rejoined call gets the first call's.
         self.epoch = epoch
-        self.loaded = loaded
+        self.model = model
         self.frames = frames
         self.audio = audio
         self.options = options or CallOptions()
@@ -356,10 +356,10 @@ class Call:
         Returns why the call ended."""
         self._loop = asyncio.get_running_loop()
         options = self.options
-        size = self.loaded.image_size if self.loaded is not None else 256
+        size = self.model.image_size if self.model is not None else 256
         if self.frames is not None:
             self.h264_track = H264Track((size, size), fps=options.fps, bitrate_kbps=options.h264_kbps)
-        self.receiver_session = ReceiverSession(self.loaded, show=self._show, send_control=self._send_control,
+        self.receiver_session = ReceiverSession(self.model, show=self._show, send_control=self._send_control,
                                         live=options.live)
         started = time.monotonic()
         try:
@@ -401,11 +401,11 @@ class Call:
     async def _send(self, duration: float | None) -> None:
         options = self.options
         peer = self.signaling.peer_capabilities
-        mode, why = choose_mode(options.mode, self.loaded, peer, options.fps)
+        mode, why = choose_mode(options.mode, self.model, peer, options.fps)
         self.mode_reason = why
         events.info("sending %s: %s", mode, why)
-        encoder = None if self.loaded is None else call_encoder(self.loaded, options)
-        size = self.loaded.image_size if self.loaded is not None else 256
+        encoder = None if self.model is None else call_encoder(self.model, options)
+        size = self.model.image_size if self.model is not None else 256
         self.sender_session = SenderSession(self.frames, fps=options.fps, encoder=encoder,
                                     cropper=FaceCropper(out_size=size), h264_track=self.h264_track,
                                     mode=mode, face_lost_frames=options.face_lost_frames,

@@ -18,7 +18,7 @@ import numpy as np
 from app.call import WAIT_S, CallEnded, CallOptions, NobodyJoined
 from app.call_stats import write_call_stats
 from app.mode_choice import MODES
-from app.model_args import add_keyframe_args, add_model_args, add_refresh_arg, model_from_args
+from app.model_args import add_keyframe_args, add_model_args, add_quality_arg, add_refresh_arg, model_from_args
 from app.peer import join_room, run_peer
 from codec.errors import CodecError
 from codec.facecrop import detect_landmarks
@@ -60,7 +60,7 @@ def add_call_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="auto",
                    help="auto: neural when the peer holds the same model and renders in real time")
     parser.add_argument("--h264-kbps", type=float, default=30.0, help="H.264 fallback bitrate")
-    parser.add_argument("--quality", type=int, default=None, help="motion quality 0-5")
+    add_quality_arg(parser)
     parser.add_argument("--no-patches", action="store_true",
                         help="send no reference patches of the mouth and eyes")
     add_refresh_arg(parser)
@@ -102,13 +102,13 @@ def _call_model(args: argparse.Namespace) -> TalkingHeadModel | None:
         # Loads dlib's face models (~2 s) now, not after the call connects.
         detect_landmarks(np.zeros((64, 64, 3), np.uint8))
     try:
-        loaded = model_from_args(args)
+        model = model_from_args(args)
     except CodecError as exc:  # e.g. no weights
         log.warning("no usable model (%s): this peer sends and receives H.264 only", exc)
         return None
-    if loaded.untrained:
+    if model.untrained:
         print("*** UNTRAINED MODEL: neural video is not meaningful ***", file=sys.stderr)
-    return loaded
+    return model
 
 
 def _call_failure(exc: Exception, room: str) -> tuple[int, str]:
@@ -175,12 +175,12 @@ def cmd_call(args: argparse.Namespace) -> int:
                 stats_task = asyncio.ensure_future(
                     write_call_stats(args.stats_file, args.stats_every, current, started))
             # In a thread, so the event loop keeps the signaling connection answering pings.
-            loaded = await asyncio.to_thread(_call_model, args)
+            model = await asyncio.to_thread(_call_model, args)
             frames = audio = None
             if args.source != "none":
-                frames, audio = _call_source(args, loaded)
+                frames, audio = _call_source(args, model)
             if args.record is not None:
-                size = loaded.image_size if loaded is not None else 256
+                size = model.image_size if model is not None else 256
                 made["recorder"] = Mp4Recorder(args.record, fps=args.fps, size=(size, size))
             if viewer_frames is not None:
                 def stats() -> dict:
@@ -196,7 +196,7 @@ def cmd_call(args: argparse.Namespace) -> int:
                 viewer = ViewerServer(viewer_frames, stats=stats, on_view=on_view, port=args.viewer_port)
                 await viewer.start()
                 print(f"viewer: {viewer.url}", file=sys.stderr)
-            return await run_peer(client=client, loaded=loaded, frames=frames, audio=audio,
+            return await run_peer(client=client, model=model, frames=frames, audio=audio,
                                   options=options, duration=args.seconds, wait=args.wait,
                                   recorder=made.get("recorder"), show=show, rejoin=not args.no_rejoin,
                                   on_call=lambda call: current.update(call=call))
@@ -225,9 +225,9 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0 if report.calls else EXIT_NO_CALL
 
 
-def _call_source(args: argparse.Namespace, loaded: TalkingHeadModel | None):
+def _call_source(args: argparse.Namespace, model: TalkingHeadModel | None):
     if args.source == "default":
-        frames = iter(default_source(num_frames=None, fps=args.fps, size=(512, 512), model=loaded))
+        frames = iter(default_source(num_frames=None, fps=args.fps, size=(512, 512), model=model))
         audio = None if args.no_audio else PcmAudioTrack(default_audio(20.0), loop=True)
     elif args.source.startswith("camera"):
         device = args.source.partition(":")[2] or "/dev/video0"

@@ -42,7 +42,7 @@ def _hold_to_grid(frames: list[tuple[float, np.ndarray]], n: int, fps: float) ->
     return grid
 
 
-async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptions, out: Path) -> dict:
+async def _loopback(model: TalkingHeadModel, seconds: float, options: CallOptions, out: Path) -> dict:
     from receiver.sinks import Mp4Recorder
     from sender.media_tracks import PcmAudioTrack
     from sender.sources import default_audio, default_source
@@ -51,7 +51,7 @@ async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptio
     n = int(round(seconds * fps))
     sent: list[tuple[float, np.ndarray]] = []
     shown: list[tuple[float, np.ndarray]] = []
-    size = loaded.image_size
+    size = model.image_size
     recorder = Mp4Recorder(out / "received.mp4", fps=fps, size=(size, size))
 
     wire: dict[str, object] = {}
@@ -74,7 +74,7 @@ async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptio
     started = time.monotonic()
     try:
         sending, receiving = await run_loopback(
-            loaded, loaded, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=loaded)),
+            model, model, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=model)),
             seconds=seconds, options=options,
             receiver_options=CallOptions(fps=fps, mode=options.mode, live=False),
             audio=PcmAudioTrack(default_audio(seconds + 1.0)), show=lambda image, t: shown.append((t, image)),
@@ -128,7 +128,7 @@ async def _loopback(loaded: TalkingHeadModel, seconds: float, options: CallOptio
     }
 
 
-def run_demo(loaded: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "neural",
+def run_demo(model: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "neural",
              out: Path = Path("out/demo"), quality: int | None = None) -> dict:
     """Run the loopback call and write ``out``/side_by_side.mp4, received.mp4, report.json."""
     from codec.media import VideoWriter, encode_pcm_opus
@@ -139,10 +139,10 @@ def run_demo(loaded: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.
     # Not live: the sender sends every frame and the receiver renders every frame, however
     # slow the CPU, so the recording and the side-by-side hold the whole clip.
     options = CallOptions(fps=fps, mode=mode, quality=quality, live=False)
-    result = asyncio.run(_loopback(loaded, seconds, options, out))
+    result = asyncio.run(_loopback(model, seconds, options, out))
     report = result["report"]
     n = int(round(seconds * fps))
-    size = loaded.image_size
+    size = model.image_size
     inputs = _hold_to_grid(result["sent"], n, fps)
     ours = _hold_to_grid(result["shown"], n, fps)
     blank = np.zeros((size, size, 3), np.uint8)
@@ -169,7 +169,7 @@ def run_demo(loaded: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.
             b = ours[i] if ours[i] is not None else blank  # the receiver already bannered untrained frames
             c = h264_frames[i] if i < len(h264_frames) else blank
             writer.write(np.concatenate([a, b, c], axis=1))
-    report["untrained"] = bool(loaded.untrained)
+    report["untrained"] = bool(model.untrained)
     report["outputs"] = {"side_by_side": side.name, "received": "received.mp4"}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

@@ -42,9 +42,9 @@ async def run_loopback(sender_model: TalkingHeadModel | None, receiver_model: Ta
     receiver_caps = sender_caps if receiver_model is sender_model else \
         local_capabilities(receiver_model, options.fps)
     a, b = InMemorySignaling.pair(sender_caps, receiver_caps)
-    sending = Call(a, loaded=sender_model, frames=frames, audio=audio, options=options,
+    sending = Call(a, model=sender_model, frames=frames, audio=audio, options=options,
                    on_sent_frame=on_sent_frame)
-    receiving = Call(b, loaded=receiver_model, frames=None,
+    receiving = Call(b, model=receiver_model, frames=None,
                      options=receiver_options or CallOptions(fps=options.fps), show=show, recorder=recorder)
     receiving_run = asyncio.ensure_future(receiving.run(duration=None))
     try:

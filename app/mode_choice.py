@@ -23,15 +23,15 @@ events = logging.getLogger("facecodec.call")  # the few lines a user of `facecod
 MODES = (*SENDING_MODES, "auto")
 
 
-def local_capabilities(loaded: TalkingHeadModel | None, fps: float, measure_frames: int = 3) -> Capabilities:
+def local_capabilities(model: TalkingHeadModel | None, fps: float, measure_frames: int = 3) -> Capabilities:
     """This peer's :class:`signaling.messages.Capabilities`, with a measured render rate
     (after :func:`fit_refiner_to_budget` has chosen what this peer renders)."""
-    if loaded is None:
+    if model is None:
         return Capabilities(has_weights=False, render_fps=0.0, codecs=["h264"])
-    render_fps = fit_refiner_to_budget(loaded, fps, measure_frames)
-    return Capabilities(has_weights=True, model=loaded.name,
-                        weights_sha256_prefix=loaded.sha256_prefix.hex(),
-                        untrained=bool(loaded.untrained),
+    render_fps = fit_refiner_to_budget(model, fps, measure_frames)
+    return Capabilities(has_weights=True, model=model.name,
+                        weights_sha256_prefix=model.sha256_prefix.hex(),
+                        untrained=bool(model.untrained),
                         render_fps=min(render_fps, 1000.0),
                         codecs=list(SENDING_MODES))
 
@@ -43,56 +43,56 @@ def local_capabilities(loaded: TalkingHeadModel | None, fps: float, measure_fram
 REFINER_BUDGET = 0.25
 
 
-def fit_refiner_to_budget(loaded: TalkingHeadModel, fps: float, frames: int = 3) -> float:
+def fit_refiner_to_budget(model: TalkingHeadModel, fps: float, frames: int = 3) -> float:
     """Drop the landmark family's learned refiner for this call when rendering with it takes
     more than ``REFINER_BUDGET`` of the frame interval: a live call then shows the plain warp
     at full rate rather than a refined picture at a falling rate. The stream is the same
     either way, so the sender never knows. Logged at INFO on ``facecodec.call``.
 
     Returns the measured render rate (frames/s) of what the model now renders."""
-    render_fps = measure_render_fps(loaded, frames)
-    if getattr(loaded, "refiner", None) is None:
+    render_fps = measure_render_fps(model, frames)
+    if getattr(model, "refiner", None) is None:
         return render_fps
     budget_ms = 1000.0 * REFINER_BUDGET / fps
     took_ms = 1000.0 / render_fps
     if took_ms <= budget_ms:
         events.info("rendering with the refiner (%.0f ms a frame)", took_ms)
         return render_fps
-    loaded.refiner = None
+    model.refiner = None
     events.info("rendering the plain warp: the refiner takes %.0f ms a frame here, over %.0f ms "
                 "(a quarter of the frame interval)", took_ms, budget_ms)
-    return measure_render_fps(loaded, frames)
+    return measure_render_fps(model, frames)
 
 
-def measure_render_fps(loaded: TalkingHeadModel, frames: int = 3) -> float:
+def measure_render_fps(model: TalkingHeadModel, frames: int = 3) -> float:
     """Frames/s of rendering a motion vector against a keyframe, after one warm-up frame.
 
     The keyframe is a flat grey image with the model's default keyframe description, so
     the measurement needs no face and no sender."""
-    size = loaded.image_size
+    size = model.image_size
     image = np.full((size, size, 3), 128, np.uint8)
-    source = loaded.prepare_source(image, loaded.default_keyframe_info())
-    motion = loaded.neutral_motion(source)[None]
+    source = model.prepare_source(image, model.default_keyframe_info())
+    motion = model.neutral_motion(source)[None]
     times = []
     for _ in range(frames + 1):
         started = time.perf_counter()
-        loaded.render(source, motion)
+        model.render(source, motion)
         times.append(time.perf_counter() - started)
     return 1.0 / max(float(np.median(times[1:])), 1e-6)
 
 
-def choose_mode(requested: str, loaded: TalkingHeadModel | None, peer: Capabilities | None,
+def choose_mode(requested: str, model: TalkingHeadModel | None, peer: Capabilities | None,
                 fps: float) -> tuple[str, str]:
     """(mode, why) for this peer's sending side, from what the receiving peer announced."""
     if requested == "h264":
         return "h264", "asked for h264"
-    if loaded is None:
+    if model is None:
         return "h264", "this peer has no model"
     if requested == "neural":
         return "neural", "asked for neural"
     if peer is None or not peer.has_weights:
         return "h264", "the peer has no model"
-    if peer.model != loaded.name or peer.weights_sha256_prefix != loaded.sha256_prefix.hex():
+    if peer.model != model.name or peer.weights_sha256_prefix != model.sha256_prefix.hex():
         return "h264", "the peer holds other weights"
     if peer.render_fps < 0.9 * fps:
         return "h264", f"the peer renders {peer.render_fps:.1f} frames/s < {fps:g}"

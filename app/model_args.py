@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from codec.families.base import TalkingHeadModel
+from codec.motion_coding import DEFAULT_QUALITY, NUM_QUALITIES
 from codec.zoo import DEFAULT_MODEL, model_names, resolve_model
 
 
@@ -43,6 +44,14 @@ def add_keyframe_args(parser: argparse.ArgumentParser) -> None:
     qualities = ", ".join(f"{name} {q}" for name, q in DEFAULT_KEYFRAME_QUALITY.items())
     parser.add_argument("--keyframe-quality", type=int, default=None,
                         help=f"keyframe image quality, 1-100; none: the codec's ({qualities})")
+
+
+def add_quality_arg(parser: argparse.ArgumentParser) -> None:
+    """--quality: the motion quantization level (codec.motion_coding)."""
+    parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY, choices=range(NUM_QUALITIES),
+                        metavar=f"0-{NUM_QUALITIES - 1}",
+                        help=f"motion quantization level, 0 (coarsest) to {NUM_QUALITIES - 1} (finest) "
+                             "(default: %(default)s)")
 
 
 def add_refresh_arg(parser: argparse.ArgumentParser) -> None:

@@ -53,7 +53,7 @@ async def join_room(url: str, token: str, room: str, *, retries: int = 5) -> Sig
     return client
 
 
-async def run_peer(*, url: str = "", token: str = "", room: str = "", loaded: TalkingHeadModel | None,
+async def run_peer(*, url: str = "", token: str = "", room: str = "", model: TalkingHeadModel | None,
                    frames: Iterator[np.ndarray] | None, audio: MediaStreamTrack | None,
                    options: CallOptions, duration: float, wait: float = WAIT_S,
                    client: SignalingClient | None = None, recorder: Mp4Recorder | None = None,
@@ -68,7 +68,7 @@ async def run_peer(*, url: str = "", token: str = "", room: str = "", loaded: Ta
     ``room`` on ``url``. Raises :class:`NobodyJoined` when no one joined within ``wait`` s,
     :class:`CallEnded` when a peer came but no call connected, and the server's refusals
     (BadTokenError, RoomFullError, ...) as typed signaling errors."""
-    capabilities = local_capabilities(loaded, options.fps)
+    capabilities = local_capabilities(model, options.fps)
     log.debug("capabilities: %s", capabilities.to_dict())
     report = CallReport(end_reasons=[])
     joined = True
@@ -109,7 +109,7 @@ async def run_peer(*, url: str = "", token: str = "", room: str = "", loaded: Ta
                 await client.close()
                 joined = False
                 continue
-            call = Call(client, loaded=loaded, frames=frames, audio=audio, options=options,
+            call = Call(client, model=model, frames=frames, audio=audio, options=options,
                         show=show, recorder=recorder, epoch=epoch)
             if on_call is not None:
                 on_call(call)  # e.g. the viewer reads this call's stats and steers its view

@@ -60,7 +60,7 @@ def _kbps(count: dict | None, seconds: float) -> float:
     return 8.0 * (count or {}).get("wire_bytes", 0) / seconds / 1000.0
 
 
-async def _one_run(loaded: TalkingHeadModel, seconds: float, setup: str, fps: float, *,
+async def _one_run(model: TalkingHeadModel, seconds: float, setup: str, fps: float, *,
                    audio: bool = True, capture: Path | None = None) -> dict:
     from app.call import CallOptions
     from app.loopback import meter_once_connected, run_loopback
@@ -107,7 +107,7 @@ async def _one_run(loaded: TalkingHeadModel, seconds: float, setup: str, fps: fl
     started_at = time.monotonic()
     try:
         sending, receiving = await run_loopback(
-            loaded, loaded, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=loaded)),
+            model, model, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=model)),
             seconds=seconds, options=CallOptions(fps=fps, mode=mode, motion_on_audio=motion_on_audio),
             receiver_options=CallOptions(fps=fps, live=True), audio=track, started=started,
             finished=read_counters)
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        loaded = resolve_model(args.model, untrained=args.untrained, weights=args.weights)
+        model = resolve_model(args.model, untrained=args.untrained, weights=args.weights)
     except CodecError as exc:
         print(f"cannot load the model: {exc}", file=sys.stderr)
         return 2
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i in range(args.runs):
         for setup in setups:  # interleaved, so a busy spell of the machine hits every set-up
             capture = capture_dir / f"{setup}-{i}.pcap" if capture_dir is not None else None
-            run = asyncio.run(_one_run(loaded, args.seconds, setup, args.fps, audio=not args.no_audio,
+            run = asyncio.run(_one_run(model, args.seconds, setup, args.fps, audio=not args.no_audio,
                                        capture=capture))
             print(f"run {i + 1} {setup}: latency median "
                   f"{run['latency_ms']['median'] if run['latency_ms'] else float('nan'):.1f} ms, "
@@ -270,8 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env": {**git_state(), "torch": torch.__version__, "device": "cpu", "cpu": cpu_name(),
                 "threads": args.threads},
         "command": "python -m benchmarks.call_latency " + " ".join(sys.argv[1:] if argv is None else argv),
-        "untrained": bool(loaded.untrained),
-        "model": loaded.name,
+        "untrained": bool(model.untrained),
+        "model": model.name,
         "results": runs,
         "summary": summary,
         "notes": ["loopback WebRTC in one process (ICE over this machine's interface, DTLS, SCTP, SRTP)",

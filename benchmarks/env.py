@@ -97,3 +97,11 @@ def describe_commit(env: dict[str, Any]) -> str:
     if env.get("git_dirty"):
         text += " plus uncommitted changes"
     return text
+
+
+def write_json(path: Path, report: dict) -> None:
+    """A benchmark's report as indented JSON at ``path`` (its folder made when missing)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from codec.families.landmark import LandmarkModel, motion_from_landmarks, pack_keyframe_info
-from codec.motion_coding import DEFAULT_QUALITY, MotionDecoder, MotionEncoder, quant_table_for
+from app.model_args import add_quality_arg
+from codec.motion_coding import MotionDecoder, MotionEncoder, quant_table_for
 from codec.reference_patches import REGIONS, PatchSender, patch_box
 from evaluation.metrics import frames_to_tensor, lpips_model, psnr_frames
 from training.dataset import read_segment
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("cache/dev256"),
                    help="cached dev crops (default: %(default)s)")
     p.add_argument("--every", type=int, default=5, help="score every N-th frame (default: %(default)s)")
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="motion quality (default: %(default)s)")
+    add_quality_arg(p)
     p.add_argument("--face-model", type=Path, default=None,
                    help="face model file (default: the registered one)")
     p.add_argument("--coefficients", type=int, default=None,

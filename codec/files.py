@@ -25,10 +25,15 @@ from codec.motion_coding import DEFAULT_QUALITY
 
 __all__ = ["CompressReport", "DecompressReport", "compress", "decompress"]
 
+# The type bytes of motion packets (a frame each); every other packet is a keyframe or a patch.
+
 
 @dataclass
 class CompressReport:
-    """What a compressed file costs. Video bits count header + keyframes + patches + motion."""
+    """What a compressed file costs. Video bits count header + keyframes + patches + motion.
+
+    What a call would send on the wire is estimated from the packet sizes kept here
+    (``motion_packet_sizes``, ``message_sizes``) by ``app.wire_estimate``."""
 
     path: str
     frames: int
@@ -48,6 +53,8 @@ class CompressReport:
     quality: int
     keyframe_reasons: list[tuple[int, str]] = field(default_factory=list)  # (frame, why) of each keyframe
     fallbacks: list[tuple[int, str]] = field(default_factory=list)  # (frame, why) keyframes stopped helping
+    motion_packet_sizes: dict[int, int] = field(default_factory=dict)  # bytes -> how many motion packets
+    message_sizes: list[int] = field(default_factory=list)  # bytes of each keyframe and patch packet
 
     @property
     def duration_s(self) -> float:
@@ -73,9 +80,9 @@ class CompressReport:
                    payload_kbps=self.payload_kbps, motion_kbps=self.motion_kbps)
         return out
 
-    def summary(self, on_wire: str | None = None) -> str:
-        """What the file cost, one item a line. ``on_wire``: a line the caller adds after the
-        payload, on what the transport would add (the codec knows no transport's overheads)."""
+    def summary(self, wire: str | None = None) -> str:
+        """The report as text; ``wire``: the on-wire lines (``app.wire_estimate``), shown
+        after the payload."""
         lines = [
             (f"{'UNTRAINED MODEL — output is not meaningful. ' if self.untrained else ''}"
              f"{self.path}: {self.frames} frames at {self.fps:g} fps ({self.duration_s:.2f} s), "
@@ -86,7 +93,7 @@ class CompressReport:
             (f"  motion            {self.motion_bits_per_frame:.1f} bits/frame "
              f"({self.motion_kbps:.2f} kbit/s, {self.intra_packets} intra packets)"),
             f"  video payload     {self.payload_kbps:.2f} kbit/s (header + keyframe + patches + motion)",
-            *([on_wire] if on_wire is not None else []),
+            *([wire] if wire else []),
             f"  audio             {self.audio_bytes} bytes"
             + (f" ({8 * self.audio_bytes / max(self.duration_s, 1e-9) / 1000:.1f} kbit/s Opus)"
                if self.audio_bytes else " (none)"),
@@ -151,6 +158,8 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
     header = encoder.header()
     count = 0
     audio_bytes = 0
+    motion_sizes: dict[int, int] = {}
+    message_sizes: list[int] = []
     # Write beside the target and rename at the end, so a failure never leaves a half file
     # under the requested name.
     partial = out_path.with_name(out_path.name + ".partial")
@@ -159,6 +168,10 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
         nonlocal count
         for packet in encoder.encode(box.crop(image, cropper.out_size), count / fps):
             writer.write_video_packet(packet)
+            if is_motion_packet(packet):
+                motion_sizes[len(packet)] = motion_sizes.get(len(packet), 0) + 1
+            else:
+                message_sizes.append(len(packet))
         count += 1
         if progress is not None:
             progress(count)
@@ -187,17 +200,21 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
         audio_bytes=audio_bytes, file_bytes=out_path.stat().st_size,
         untrained=model.untrained, crop=(box.cx, box.cy, box.size),
         encode_seconds=time.perf_counter() - started, quality=quality,
-        keyframe_reasons=list(stats.keyframe_reasons), fallbacks=list(stats.fallbacks))
+        keyframe_reasons=list(stats.keyframe_reasons), fallbacks=list(stats.fallbacks),
+        motion_packet_sizes=dict(sorted(motion_sizes.items())), message_sizes=message_sizes)
 
 
 def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadModel | None = None,
                untrained: bool = False, weights: Path | str | None = None,
                view: ViewControl | None = None, batch_size: int = 4,
-               device: str = "cpu", mark_untrained: bool = True,
+               device: str = "cpu", seed: int = 0, refiner: bool = True, mark_untrained: bool = True,
                progress: Callable[[int, int], None] | None = None) -> DecompressReport:
     """Decode a container (.fvc) into a video file, with its audio when it has any.
 
-    ``progress(frames_done, frames_total)`` is called after every written frame."""
+    Without ``model``, the model the stream's header names is resolved with ``untrained``,
+    ``weights``, ``seed``, ``device`` and ``refiner`` (False: a landmark model's plain warp,
+    the same stream rendered faster). ``progress(frames_done, frames_total)`` is called
+    after every written frame."""
     from codec.bitstream import read_container
     from codec.media import VideoWriter
 
@@ -206,7 +223,7 @@ def decompress(path: Path | str, out_video: Path | str, *, model: TalkingHeadMod
     with open(path, "rb") as f:
         container = read_container(f)
     decoder = Decoder.from_header(container.header, untrained=untrained, weights=weights,
-                                  model=model, device=device)
+                                  model=model, seed=seed, device=device, refiner=refiner)
     if view is not None:
         decoder.view = view
     header = container.header

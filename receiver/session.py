@@ -121,7 +121,7 @@ class ReceiverSession:
     """Receive one peer's video.
 
     Args:
-        loaded: the codec model (``codec.families.TalkingHeadModel``), or None (H.264 only).
+        model: the codec model (``codec.families.TalkingHeadModel``), or None (H.264 only).
         show: called with (H×W×3 uint8 RGB frame, media time s) for every shown frame —
             typically ``LatestFrame.put`` plus the recorder.
         send_control: sends a control message back to the peer's sender.
@@ -129,9 +129,9 @@ class ReceiverSession:
             (the demo's offline-quality recording and benchmarks).
     """
 
-    def __init__(self, loaded: TalkingHeadModel | None, *, show: Callable[[np.ndarray, float], None],
+    def __init__(self, model: TalkingHeadModel | None, *, show: Callable[[np.ndarray, float], None],
                  send_control: Callable[[ControlMessage], None], live: bool = True) -> None:
-        self.loaded = loaded
+        self.model = model
         self.show = show
         self.send_control = send_control
         self.live = live
@@ -191,11 +191,11 @@ class ReceiverSession:
         from codec.api import Decoder
 
         self.clock, self.fps = message.clock, message.fps
-        if self.loaded is None:
+        if self.model is None:
             self.send_control(ModeRequest(mode="h264", reason="receiver has no model"))
             return
         try:
-            decoder = Decoder.from_header(message.header, model=self.loaded)
+            decoder = Decoder.from_header(message.header, model=self.model)
         except CodecError as exc:  # other weights, other geometry, bad header
             log.warning("cannot decode this stream (%s): asking for H.264", exc)
             self.stats.malformed += 1

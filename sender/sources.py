@@ -253,7 +253,7 @@ class FreeViewPortraitSource:
     untrained generator renders noise, so :func:`default_source` uses it only then.
     """
 
-    def __init__(self, loaded: TalkingHeadModel, image: np.ndarray | None = None,
+    def __init__(self, model: TalkingHeadModel, image: np.ndarray | None = None,
                  num_frames: int | None = 250, fps: float = 25.0) -> None:
         from codec.facecrop import FaceCropper
 
@@ -263,17 +263,17 @@ class FreeViewPortraitSource:
             image = data.astronaut()
         # The plain model: an input generator must be cheap (it runs on the sender's clock)
         # and must not depend on what the receiver side chooses to render.
-        loaded = loaded.plain()
-        self.loaded = loaded
+        model = model.plain()
+        self.model = model
         self.fps = fps
         self.num_frames = num_frames
-        size = loaded.image_size
+        size = model.image_size
         crop = FaceCropper(out_size=size).fit([image]).crop(image, size)
-        tracker = loaded.motion_tracker()
+        tracker = model.motion_tracker()
         self._base = tracker.motion(crop).astype(np.float32)
         if not np.all(np.isfinite(self._base)):
             raise ValueError("the portrait has no face the model can track")
-        self._source = loaded.prepare_source(crop, tracker.keyframe_info(crop))
+        self._source = model.prepare_source(crop, tracker.keyframe_info(crop))
 
     def __len__(self) -> int:
         if self.num_frames is None:
@@ -283,7 +283,7 @@ class FreeViewPortraitSource:
     def frame_at(self, t: float) -> np.ndarray:
         motion = self._base.copy()
         motion[0:3] += np.asarray(head_pose_path(t), np.float32)
-        return self.loaded.render(self._source, motion[None])[0]
+        return self.model.render(self._source, motion[None])[0]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         index = 0

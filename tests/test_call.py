@@ -265,7 +265,7 @@ def test_peer_leaves_and_rejoins_and_a_call_survives_a_signaling_restart(tiny_mo
         server = SignalingServer("secret")
         await server.start()
         port = server.port
-        common = dict(url=server.url, token="secret", room="rejoin", loaded=tiny_model, audio=None,
+        common = dict(url=server.url, token="secret", room="rejoin", model=tiny_model, audio=None,
                       options=CallOptions(mode="neural"))
         a = asyncio.ensure_future(run_peer(frames=source(), duration=30.0, **common))
         await asyncio.sleep(1.0)
@@ -330,7 +330,7 @@ def test_a_late_peer_gets_the_whole_call_and_a_recording_without_black(tiny_mode
 
     async def scenario():
         async with SignalingServer(TOKEN) as server:
-            common = {"url": server.url, "token": TOKEN, "room": "late", "loaded": tiny_model, "audio": None,
+            common = {"url": server.url, "token": TOKEN, "room": "late", "model": tiny_model, "audio": None,
                       "options": CallOptions(mode="neural"), "duration": 2.0}
             a = asyncio.ensure_future(run_peer(frames=source(), recorder=recorder, **common))
             await asyncio.sleep(3.0)

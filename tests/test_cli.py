@@ -25,17 +25,31 @@ def test_vid2vid_refuses_to_run_without_weights(clip, tmp_path, capsys):
     assert not (tmp_path / "x.fvc").exists()
 
 
-def test_default_model_compresses_and_decompresses(clip, tmp_path, capsys):
-    """No flags: the landmark family runs, nothing is marked untrained."""
+def test_default_model_compresses_and_decompresses(clip, tmp_path, capsys, monkeypatch):
+    """No flags: the landmark family runs, nothing is marked untrained; --no-refiner renders
+    the plain warp (the refiner never runs), without it the refiner does."""
+    from codec.families.landmark import LandmarkModel
+
     stream = tmp_path / "d.fvc"
     assert main(["compress", str(clip), str(stream)]) == 0
     out = capsys.readouterr().out
     assert "UNTRAINED" not in out and "bits/frame" in out
+    assert "as a call sends it" in out and "data channel only" in out
     assert main(["info", str(stream)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"] == "landmark" and not info["untrained"] and info["family"] == 2
+    refined: list[int] = []
+    refine = LandmarkModel._refine
+    monkeypatch.setattr(LandmarkModel, "_refine",
+                        lambda self, source, warped, *rest: refined.append(len(warped))
+                        or refine(self, source, warped, *rest))
     assert main(["decompress", str(stream), str(tmp_path / "d.mp4")]) == 0
     assert "12 frames" in capsys.readouterr().out
+    assert sum(refined) == 12
+    refined.clear()
+    assert main(["decompress", str(stream), str(tmp_path / "plain.mp4"), "--no-refiner"]) == 0
+    assert "12 frames" in capsys.readouterr().out
+    assert refined == []
 
 
 def test_compress_info_decompress(clip, tmp_path, capsys):
@@ -46,6 +60,9 @@ def test_compress_info_decompress(clip, tmp_path, capsys):
     assert "UNTRAINED" in out and "keyframe" in out and "bits/frame" in out and "kbit/s" in out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["frames"] == 12 and report["untrained"] is True
+    # Motion rides on the audio packets in a call: a few bytes each, not a message's 93.
+    assert 0 < report["wire_kbps_call_motion"] < report["wire_kbps_data_channel_motion"] / 4
+    assert report["wire_kbps_call"] < report["wire_kbps_data_channel"]
     assert main(["info", str(stream)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"] == "tiny" and info["untrained"] and info["motion_packets"] == 12
@@ -55,6 +72,29 @@ def test_compress_info_decompress(clip, tmp_path, capsys):
     assert main(["decompress", str(stream), str(tmp_path / "y.mp4"), "--untrained",
                  "--frontalize"]) == 0
     assert "12 frames" in capsys.readouterr().out
+    # --seed takes effect without --model: another seed is another (mismatching) network.
+    assert main(["decompress", str(stream), str(tmp_path / "y.mp4"), "--untrained", "--seed", "1"]) == 2
+    assert "this receiver has 'tiny' weights" in capsys.readouterr().err
+
+
+def test_wire_estimate_puts_motion_on_the_audio_packets():
+    """One second of 25 motion packets of 10 bytes and a 1000-byte keyframe: on the audio
+    packets each motion packet adds 12 bytes (an element with its header, padded to 4); as
+    data-channel messages each costs 93 more."""
+    from app.wire_estimate import wire_estimate
+    from codec.files import CompressReport
+
+    report = CompressReport(
+        path="x.fvc", frames=25, fps=25.0, header_bytes=100, keyframes=1, keyframe_bytes=1000,
+        motion_bytes=250, intra_packets=1, patches=0, patch_bytes=0, audio_bytes=0, file_bytes=0,
+        untrained=False, crop=(0.0, 0.0, 1.0), encode_seconds=1.0, quality=3,
+        motion_packet_sizes={10: 25}, message_sizes=[1000])
+    estimate = wire_estimate(report)
+    messages = 100 + 93 + 1000 + 93
+    assert estimate.call_motion_kbps == pytest.approx(25 * 12 * 8 / 1000)
+    assert estimate.call_kbps == pytest.approx((messages + 25 * 12) * 8 / 1000)
+    assert estimate.data_channel_motion_kbps == pytest.approx(25 * (10 + 93) * 8 / 1000)
+    assert estimate.data_channel_kbps == pytest.approx((messages + 25 * 103) * 8 / 1000)
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):

@@ -71,6 +71,50 @@ def test_identity_at_init_bit_for_bit() -> None:
     assert torch.all(refiner.head.weight == 0) and float(refiner.head.bias[3].detach()) == MASK_BIAS
 
 
+def test_frozen_refiner_matches_the_eager_one() -> None:
+    """Traced and frozen: the eager output within float32 rounding at any batch size, and
+    within a level of 255 with the U-Net in bfloat16; at init still the warp, bit for bit."""
+    from codec.models.refiner import frozen_refiner
+
+    torch.manual_seed(0)
+    refiner = Refiner().eval()
+    identity = frozen_refiner(refiner, 64, bfloat16=True)
+    warped, keyframe, maps, masks = _inputs(batch=2)
+    with torch.inference_mode():
+        assert torch.equal(identity(warped, keyframe, maps, masks), warped)
+        torch.nn.init.normal_(refiner.head.weight, std=0.3)  # a refiner that changes the frame
+        frozen = frozen_refiner(refiner, 64, bfloat16=False)
+        half = frozen_refiner(refiner, 64, bfloat16=True)
+        assert isinstance(frozen, torch.jit.ScriptModule) and isinstance(half, torch.jit.ScriptModule)
+        for batch in (1, 3):
+            inputs = _inputs(batch=batch, seed=batch)
+            expected = refiner(*inputs)
+            assert (expected - inputs[0]).abs().max() > 0.05
+            assert (frozen(*inputs) - expected).abs().max() < 1e-5
+            assert half(*inputs).dtype == torch.float32
+            assert (half(*inputs) - expected).abs().max() < 1.5 / 255
+    refiner.train()
+    assert frozen_refiner(refiner, 64) is refiner  # training: the module itself
+
+
+def test_the_landmark_model_refreezes_a_changed_refiner() -> None:
+    """Weights changed in place (a training step, a load_state_dict) or a new refiner: the
+    next render runs the new weights, not a stale frozen copy."""
+    from codec.zoo import resolve_model
+
+    model = resolve_model("landmark")
+    first = model._inference_refiner()
+    assert model._inference_refiner() is first
+    with torch.no_grad():
+        model.refiner.head.bias.add_(0.1)
+    second = model._inference_refiner()
+    assert second is not first
+    model.refiner = Refiner().eval()
+    assert model._inference_refiner() is not second
+    model.refiner_mode = "eager"
+    assert model._inference_refiner() is model.refiner
+
+
 def test_size_and_shapes(tmp_path: Path) -> None:
     refiner = Refiner()
     assert refiner.parameter_count() <= 1_000_000
@@ -293,8 +337,10 @@ def test_gpu_chunk_script_runs_on_cpu(tmp_path: Path, sets: tuple[Path, Path]) -
 # ---------------------------------------------------------------------------- shipped refiner
 def test_shipped_refiner_loads_by_default_and_renders_what_it_was_evaluated_on() -> None:
     """The zoo's landmark model carries the registered refiner; its render equals the
-    training evaluation's path (warp_inputs + the refiner) bit for bit, differs from the
-    plain warp, and ``refiner=False`` gives the plain warp with the same stream identity."""
+    training evaluation's path (warp_inputs + the refiner) bit for bit when the refiner runs
+    eager, and within a level of 255 as it runs by default (traced and frozen, maybe in
+    bfloat16); it differs from the plain warp, and ``refiner=False`` gives the plain warp
+    with the same stream identity."""
     from codec.families.landmark import motion_from_landmarks, pack_keyframe_info
     from codec.zoo import resolve_model
     from evaluation.metrics import frames_to_tensor
@@ -306,6 +352,8 @@ def test_shipped_refiner_loads_by_default_and_renders_what_it_was_evaluated_on()
     key = cv2.resize(np.random.default_rng(3).integers(0, 255, (16, 16, 3), dtype=np.uint8), (256, 256))
     source = model.prepare_source(key, pack_keyframe_info(points[0]))
     motions = np.stack([motion_from_landmarks(points[i], 256, model.face) for i in (2, 5)])
+    fast = model.render(source, motions)
+    model.refiner_mode = "eager"
     rendered = model.render(source, motions)
     warped = plain.render(plain.prepare_source(key, pack_keyframe_info(points[0])), motions)
     for k, i in enumerate((2, 5)):
@@ -317,6 +365,8 @@ def test_shipped_refiner_loads_by_default_and_renders_what_it_was_evaluated_on()
         expected = (out.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()[0]
         assert np.array_equal(rendered[k], expected)
         assert not np.array_equal(rendered[k], warp)
+        difference = np.abs(fast[k].astype(int) - expected)
+        assert difference.max() <= 2 and difference.mean() < 0.1
 
 
 def test_refiner_weights_are_checked(tmp_path: Path) -> None:
@@ -341,10 +391,10 @@ def test_calls_drop_the_refiner_when_it_does_not_fit_the_frame_interval(monkeypa
         refiner = object()
 
     slow, fast = Model(), Model()
-    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda loaded, frames=3: 30.0)  # 33 ms a frame
+    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda model, frames=3: 30.0)  # 33 ms a frame
     mode_choice.fit_refiner_to_budget(slow, fps=25.0)  # budget 10 ms
     assert slow.refiner is None
-    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda loaded, frames=3: 200.0)  # 5 ms
+    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda model, frames=3: 200.0)  # 5 ms
     mode_choice.fit_refiner_to_budget(fast, fps=25.0)
     assert fast.refiner is not None
 

@@ -33,7 +33,7 @@ def turned(portrait, yaw: float) -> np.ndarray:
     """The portrait with its head turned ``yaw`` degrees from the photo's own pose."""
     motion = portrait._base.copy()
     motion[0] += yaw
-    return portrait.loaded.render(portrait._source, motion[None])[0]
+    return portrait.model.render(portrait._source, motion[None])[0]
 
 
 def run(policy: RefreshPolicy | None, frames: list[np.ndarray]) -> tuple[Encoder, list[np.ndarray]]:

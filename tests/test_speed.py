@@ -98,3 +98,21 @@ def test_percentile_and_compare_helpers():
     assert same["identical"] and same["psnr_db"] is None
     off = speed.compare(torch.full((4,), 0.5), torch.full((4,), 0.6), peak=1.0)
     assert math.isclose(off["psnr_db"], 20.0, rel_tol=1e-4)
+
+
+@pytest.mark.slow
+def test_decompress_speed_benchmark_runs_and_compares_with_before(tmp_path):
+    """benchmarks.decompress_speed on 8 frames of the default input: every variant runs in
+    its own process and the report holds medians, ratios to 'before' and the pixel check
+    (no timing assertions)."""
+    from benchmarks import decompress_speed
+
+    path = tmp_path / "decompress.json"
+    assert decompress_speed.main(["--frames", "8", "--runs", "1", "--variants", "fast,before,plain",
+                                  "--work", str(tmp_path / "work"), "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["frames"] == 8 and set(report["results"]) == {"fast", "before", "plain"}
+    assert report["results"]["fast"]["omp_wait_policy"] == "PASSIVE"
+    assert report["results"]["before"]["refiner_mode"] == "eager"
+    assert report["results"]["fast"]["median_ratio_to_before"] > 0
+    assert report["pixels_against_eager"]["fast"]["max_abs"] <= 2

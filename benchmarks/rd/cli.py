@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--metric-every %d scores the keyframes of refresh period(s) %s s themselves; "
                 "pick a --metric-every that divides no period (e.g. 7)", args.metric_every,
                 ", ".join(f"{r:g}" for r in aligned))
-        loaded = _load_model(args) if "ours" in codecs else None
+        model = _load_model(args) if "ours" in codecs else None
     except Refused as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    untrained = bool(loaded is not None and loaded.untrained)
+    untrained = bool(model is not None and model.untrained)
     command = "python -m benchmarks.rd " + " ".join(
         sys.argv[1:] if argv is None else list(argv))
     keyframes = shipped_keyframes(args.keyframe_codec, args.keyframe_quality)
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = Sweep(store, sweep_settings(codecs, ours_points, quick=args.sweep == "quick",
                                         patches=not args.no_patches,
                                         keyframe_quality=args.keyframe_quality,
-                                        keyframe_codec=args.keyframe_codec), loaded,
+                                        keyframe_codec=args.keyframe_codec), model,
                   args.size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)
     started = time.perf_counter()
@@ -201,13 +201,13 @@ def _load_model(args: argparse.Namespace) -> Any:
     from codec.zoo import resolve_model
 
     try:
-        loaded = resolve_model(args.model, untrained=args.untrained, weights=args.weights,
+        model = resolve_model(args.model, untrained=args.untrained, weights=args.weights,
                                refiner=not args.no_refiner)
     except CodecError as exc:
         raise Refused(f"our codec cannot run: {exc}") from exc
-    if loaded.untrained:
+    if model.untrained:
         print(f"*** {UNTRAINED_MARK} ***", file=sys.stderr)
-    return loaded
+    return model
 
 
 def _finish(store: ResultStore, out: Path, rows: list[dict[str, Any]], used_clips: list[str],

@@ -105,20 +105,20 @@ def refresh_policy(refresh: float | str) -> Any:
     return RefreshPolicy(gain=float(gain))
 
 
-def run_ours_setting(crops: np.ndarray, loaded: Any, params: dict[str, Any],
+def run_ours_setting(crops: np.ndarray, model: Any, params: dict[str, Any],
                      progress: ProgressBar | None = None, metric_every: int = 1) -> CodecRun:
     """``run_ours`` for one ``ours_settings`` point: a periodic refresh or the closed loop."""
     refresh = params["refresh"]
     face_wait = isinstance(refresh, str) and refresh.startswith("f")
     periodic = float(refresh[1:]) if face_wait else refresh if isinstance(refresh, float) else 0.0
-    return run_ours(crops, loaded, params["quality"], periodic, refresh_policy=refresh_policy(refresh),
+    return run_ours(crops, model, params["quality"], periodic, refresh_policy=refresh_policy(refresh),
                     face_wait=face_wait,
                     progress=progress, metric_every=metric_every, patches=params.get("patches", True),
                     keyframe_quality=params.get("keyframe_quality"),
                     keyframe_codec=params.get("keyframe_codec"))
 
 
-def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
+def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
              metric_every: int = 1, refresh_policy=None, patches: bool = True,
              keyframe_quality: int | None = None, keyframe_codec: str | None = None,
@@ -148,7 +148,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
     n, size = crops.shape[0], crops.shape[1]
     keyframes = shipped_keyframes(keyframe_codec, keyframe_quality)
     keyframe_codec, keyframe_quality = keyframes["codec"], keyframes["quality"]
-    encoder = Encoder(loaded, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
+    encoder = Encoder(model, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
                       keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec)
     header = encoder.header()
     period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
@@ -178,7 +178,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
         if progress is not None:
             progress.update()
     encode_s = time.perf_counter() - started
-    decoder = Decoder.from_header(header, model=loaded)
+    decoder = Decoder.from_header(header, model=model)
     decoded: list[np.ndarray] = []
     wanted = scored_indices(n, metric_every)
     render = None if metric_every == 1 else (lambda seq: seq % metric_every == 0)
@@ -198,7 +198,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
         decoded=decoded, frame_bytes=frame_bytes,
         wire_bytes=wire_bytes,
         encode_s=encode_s, decode_s=decode_s,
-        extra={"model": loaded.name, "untrained": bool(loaded.untrained), "quality": quality,
+        extra={"model": model.name, "untrained": bool(model.untrained), "quality": quality,
                "keyframe_refresh_s": keyframe_refresh_s, "face_wait": face_wait,
                "keyframe_codec": keyframe_codec,
                "keyframe_quality": keyframe_quality,
@@ -208,7 +208,7 @@ def run_ours(crops: np.ndarray, loaded: TalkingHeadModel, quality: int, keyframe
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
                "patches": stats.patches, "patch_bytes": stats.patch_bytes,
                "header_bytes": len(header), "messages": messages,
-               "model_size": loaded.image_size,
+               "model_size": model.image_size,
                "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES,
                "wire_model": "motion on the audio packets",
                # a call without audio: every packet one data-channel message

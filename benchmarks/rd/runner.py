@@ -48,7 +48,7 @@ class Sweep:
 
     store: ResultStore
     settings: list[Setting]
-    loaded: Any  # our resolved model when "ours" runs, else None
+    model: Any  # our resolved model when "ours" runs, else None
     size: int
     frames: int
     every: int  # --metric-every
@@ -59,11 +59,11 @@ class Sweep:
     @property
     def model_tag(self) -> str | None:
         """Our model's name as rows record it (None without our codec)."""
-        return self.loaded.name if self.loaded is not None else None
+        return self.model.name if self.model is not None else None
 
     @property
     def untrained(self) -> bool:
-        return bool(self.loaded is not None and self.loaded.untrained)
+        return bool(self.model is not None and self.model.untrained)
 
     def run(self, clips: Sequence[Clip]) -> list[str]:
         """Every clip in turn; the names of those not skipped."""
@@ -110,7 +110,7 @@ class Sweep:
         """One codec setting over the clip's crops, decoded back."""
         if setting.codec == "ours":
             bar = ProgressBar(2 * len(crops), f"{setting.codec} {setting.name} codec")
-            run = run_ours_setting(crops, self.loaded, setting.params, progress=bar,
+            run = run_ours_setting(crops, self.model, setting.params, progress=bar,
                                    metric_every=self.every)
             bar.close()
             return run

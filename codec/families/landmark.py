@@ -23,10 +23,15 @@ from __future__ import annotations
 import copy
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from codec.errors import BitstreamError
 from codec.face3d import (
@@ -259,6 +264,11 @@ class LandmarkModel(TalkingHeadModel):
         # warp. Receiver-side only: the stream, and so ``sha256``, are the same either way,
         # so a receiver may switch it off (speed) without the sender knowing.
         self.refiner = refiner
+        # How the refiner runs on the CPU (codec.models.refiner.frozen_refiner): "fast" (traced
+        # and frozen; its U-Net in bfloat16 where the CPU computes that natively), "float32"
+        # (traced and frozen) or "eager" (the module as loaded: the reference).
+        self.refiner_mode = "fast"
+        self._frozen: tuple | None = None  # (refiner, its version and mode, frozen_refiner of it)
 
     def plain(self) -> LandmarkModel:
         """The plain warp (patches included), sharing everything else with this model."""
@@ -414,14 +424,34 @@ class LandmarkModel(TalkingHeadModel):
         import torch
 
         device = next(self.refiner.parameters()).device
+        network = self._inference_refiner()
         with torch.inference_mode():
             batch = torch.from_numpy(np.stack(warped)).to(device).permute(0, 3, 1, 2).float() / 255.0
             keyframe = torch.from_numpy(source.image).to(device).permute(2, 0, 1).float() / 255.0
-            out = self.refiner(batch, keyframe.expand(len(warped), -1, -1, -1),
-                               torch.from_numpy(np.stack(maps)).to(device),
-                               torch.from_numpy(np.stack(masks).transpose(0, 3, 1, 2)).to(device))
+            out = network(batch, keyframe.expand(len(warped), -1, -1, -1),
+                          torch.from_numpy(np.stack(maps)).to(device),
+                          torch.from_numpy(np.stack(masks).transpose(0, 3, 1, 2)).to(device))
             images = (out.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return list(np.ascontiguousarray(images))
+
+    def _inference_refiner(self) -> Callable[..., torch.Tensor]:
+        """The refiner as each frame runs it (:func:`codec.models.refiner.frozen_refiner`),
+        made again whenever ``self.refiner`` is replaced or its weights change in place."""
+        from codec.models.refiner import frozen_refiner
+
+        refiner, mode = self.refiner, self.refiner_mode
+        if mode not in ("fast", "float32", "eager"):
+            raise ValueError(f"refiner_mode must be 'fast', 'float32' or 'eager', not {mode!r}")
+        if mode == "eager":
+            return refiner
+        # In-place weight updates bump the parameters' versions; train() / eval() flips the mode.
+        version = (sum(p._version for p in refiner.parameters()), refiner.training, mode)
+        frozen = self._frozen
+        if frozen is None or frozen[0] is not refiner or frozen[1] != version:
+            frozen = (refiner, version, frozen_refiner(refiner, self.image_size,
+                                                       bfloat16=None if mode == "fast" else False))
+            self._frozen = frozen
+        return frozen[2]
 
     def neutral_motion(self, source: LandmarkSource) -> np.ndarray:
         return _motion_vector(source.pose, source.coefficients)
