@@ -22,7 +22,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from codec.bitstream.packets import KeyframeCodec
+from codec.bitstream.header import KeyframeCodec
 from codec.errors import BitstreamError, CodecError, OversizedError
 
 __all__ = [

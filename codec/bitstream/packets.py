@@ -1,34 +1,5 @@
-"""The stream header and the frame packets: explicit little-endian layouts, never pickle.
-
-Stream header (sent once per call and at the start of a file), format version 4::
-
-    offset   size  field
-    0        4     magic b"FVVS"
-    4        1     format version (4; 2 and 3 are also read, see below)
-    5        2     flags, uint16 (bit 0 = UNTRAINED model; other bits reserved, must be 0)
-    7        1     n = model name length (1 … 32)
-    8        n     model name, ASCII [A-Za-z0-9._-]
-    8+n      8     weights sha256 prefix (first 8 bytes of the digest)
-    16+n     2     width, uint16 (pixels, 1 … 16384)
-    18+n     2     height, uint16
-    20+n     1     model family (codec.families.ModelFamily: 1 vid2vid, 2 landmark)
-    21+n     2     N = expression values per frame, uint16 (1 … 765)
-    23+n     4     timebase, uint32 (timestamp ticks per second, ≥ 1)
-    27+n     4     nominal frame rate, uint32, in millihertz (25000 = 25 fps; 0 = unknown)
-    31+n     1     quality, uint8 (the quant_table level it was made with; informative)
-    32+n     2     intra_period, uint16 (≥ 1)
-    34+n     1     keyframe image codec id (KeyframeCodec)
-    35+n     1     K = reference slots the receiver keeps, uint8 (1 … 16)          (v4)
-    36+n     48    QuantTable: angles, translation, expression × (step, bound, intra
-                   scale, inter scale), float32
-    84+n     4     CRC32 (zlib) of bytes 0 … 83+n
-    total 88+n bytes (87+n in versions 2 and 3, which have no K: one reference)
-
-The motion layout is family + N: every frame's motion vector is 3 angles (degrees), 3
-translation values and N expression values, quantized by the table's three groups;
-the family fixes what the translation and expression values mean
-(:class:`codec.families.ModelFamily`). Version 1 streams (a fixed 6 + 3K vid2vid
-layout, no family) are refused with UnsupportedVersionError.
+"""The frame packets: explicit little-endian layouts, never pickle (the stream header they
+follow: :mod:`codec.bitstream.header`).
 
 Frame packets, format version 4. Each is one data-channel message, one container record or
 one RTP header-extension element, so none carries its own length: the last field runs to
@@ -108,66 +79,49 @@ unknown type) and no slot fields (one reference); every motion packet is type, v
 sequence, varint timestamp, varint payload length, payload; version 2 has no patches.
 """
 
+
 from __future__ import annotations
 
-import re
 import struct
-import zlib
-from dataclasses import dataclass, field
-from enum import IntEnum, IntFlag
+from dataclasses import dataclass
+from enum import IntEnum
 
+from codec.bitstream.header import (
+    KNOWN_HEADER_FLAGS,
+    KNOWN_KEYFRAME_CODECS,
+    MAX_DIMENSION,
+    MAX_HEADER_BYTES,
+    MAX_MODEL_NAME_BYTES,
+    MAX_REFERENCE_SLOTS,
+    READABLE_FORMAT_VERSIONS,
+    STREAM_FORMAT_VERSION,
+    STREAM_MAGIC,
+    WEIGHTS_PREFIX_BYTES,
+    HeaderFlags,
+    KeyframeCodec,
+    StreamHeader,
+    check_uint,
+)
 from codec.bitstream.varint import MAX_VARINT_BYTES, MAX_VARINT_VALUE, ByteReader, encode_uvarint
 from codec.errors import (
     BitstreamError,
     OversizedError,
     ReferenceSlotError,
     TruncatedError,
-    UnsupportedVersionError,
 )
-from codec.families.base import ModelFamily
-from codec.motion_coding import MAX_EXPRESSION_VALUES, QuantTable
 
-STREAM_MAGIC = b"FVVS"
-STREAM_FORMAT_VERSION = 4
-# 2: before patch packets; 3: before compact motion packets and reference slots.
-READABLE_FORMAT_VERSIONS = (2, 3, 4)
-
-MAX_MODEL_NAME_BYTES = 32
-MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_MODEL_NAME_BYTES)
-WEIGHTS_PREFIX_BYTES = 8
-MAX_DIMENSION = 16384
 MAX_KEYFRAME_BYTES = 4 * 1024 * 1024
 MAX_MOTION_PAYLOAD_BYTES = 4 * 1024
 MAX_KEYFRAME_INFO_BYTES = 4 * 1024
 MAX_PATCH_IMAGE_BYTES = 64 * 1024
 MAX_PATCH_SLOTS = 8
 MAX_PATCH_REGIONS = 3
-MAX_REFERENCE_SLOTS = 16
 # Keyframe: type + seq + timestamp + slot + codec id + image length + image + info length + info.
 MAX_PACKET_BYTES = 1 + 4 * MAX_VARINT_BYTES + 2 + MAX_KEYFRAME_BYTES + MAX_KEYFRAME_INFO_BYTES
-MAX_HEADER_BYTES = 88 + MAX_MODEL_NAME_BYTES
 COMPACT_MOTION_FLAG = 0x80  # first byte 1 I ssssss: a compact motion packet (version 4)
 COMPACT_INTRA_FLAG = 0x40
 COMPACT_SEQ_BITS = 6
 COMPACT_SEQ_MASK = (1 << COMPACT_SEQ_BITS) - 1
-
-
-class HeaderFlags(IntFlag):
-    """Stream-header flag bits; unknown bits are rejected (a new meaning needs a version)."""
-
-    UNTRAINED = 1 << 0  # weights are a placeholder: frames are not meaningful
-
-
-KNOWN_HEADER_FLAGS = int(HeaderFlags.UNTRAINED)
-
-
-class KeyframeCodec(IntEnum):
-    """How a keyframe image is coded."""
-
-    WEBP = 1
-    JPEG = 2
-    # Ids 3 (PNG) and 4 (one H.264 intra frame) are reserved; add them only with a decoder.
-    AV1 = 5  # one SVT-AV1 intra frame as low-overhead OBUs (AVIF's image data, no container)
 
 
 class PacketType(IntEnum):
@@ -183,152 +137,10 @@ class PacketType(IntEnum):
 
 
 CONTROL_TYPE_RANGE = range(0x40, 0x80)
-KNOWN_FAMILIES = frozenset(int(family) for family in ModelFamily)
-KNOWN_KEYFRAME_CODECS = frozenset(int(codec) for codec in KeyframeCodec)
-
-_HEADER_FIXED_AFTER_NAME = struct.Struct("<8sHHBHIIBHB")  # prefix … keyframe codec (27 bytes)
-_HEADER_PREAMBLE = struct.Struct("<4sBHB")  # magic, version, flags, name length (8 bytes)
-_FLAGS = struct.Struct("<H")
-_CRC = struct.Struct("<I")
-
-
-def _check_uint(name: str, value: int, low: int, high: int) -> None:
-    """ValueError unless ``value`` is an int in [low, high] (bool excluded)."""
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
-
-
-@dataclass(frozen=True)
-class StreamHeader:
-    """Everything a receiver needs before the first packet. See the module docstring."""
-
-    model_name: str
-    weights_sha256_prefix: bytes
-    width: int
-    height: int
-    family: int  # a ModelFamily value
-    expression_count: int
-    timebase: int
-    quality: int
-    intra_period: int
-    quant_table: QuantTable
-    keyframe_codec: int
-    flags: int = 0
-    frame_rate_millihz: int = 25000
-    reference_slots: int = 1  # K: keyframe references the receiver keeps (1 … 16)
-    # The version the header was read as (pack() always writes STREAM_FORMAT_VERSION); the
-    # packets that follow use that version's layouts. Not part of equality: same stream.
-    format_version: int = field(default=STREAM_FORMAT_VERSION, compare=False)
-
-    @property
-    def frame_rate(self) -> float:
-        """Nominal frames per second (0.0 when the sender did not know it)."""
-        return self.frame_rate_millihz / 1000.0
-
-    def __post_init__(self) -> None:
-        name = self.model_name
-        if not isinstance(name, str) or not MODEL_NAME_PATTERN.fullmatch(name):
-            raise ValueError(f"model name must match {MODEL_NAME_PATTERN.pattern}, "
-                             f"got {self.model_name!r}")
-        if (not isinstance(self.weights_sha256_prefix, bytes)
-                or len(self.weights_sha256_prefix) != WEIGHTS_PREFIX_BYTES):
-            raise ValueError(f"weights prefix must be {WEIGHTS_PREFIX_BYTES} bytes")
-        _check_uint("width", self.width, 1, MAX_DIMENSION)
-        _check_uint("height", self.height, 1, MAX_DIMENSION)
-        _check_uint("family", self.family, 0, 0xFF)
-        if self.family not in KNOWN_FAMILIES:
-            raise ValueError(f"unknown model family {self.family!r}")
-        _check_uint("expression_count", self.expression_count, 1, MAX_EXPRESSION_VALUES)
-        _check_uint("timebase", self.timebase, 1, 0xFFFFFFFF)
-        _check_uint("frame_rate_millihz", self.frame_rate_millihz, 0, 1_000_000)
-        _check_uint("quality", self.quality, 0, 0xFF)
-        _check_uint("intra_period", self.intra_period, 1, 0xFFFF)
-        if not isinstance(self.quant_table, QuantTable):
-            raise ValueError("quant_table must be a QuantTable")
-        _check_uint("keyframe_codec", self.keyframe_codec, 0, 0xFF)
-        if self.keyframe_codec not in KNOWN_KEYFRAME_CODECS:
-            raise ValueError(f"unknown keyframe codec id {self.keyframe_codec!r}")
-        _check_uint("flags", self.flags, 0, 0xFFFF)
-        if self.flags & ~KNOWN_HEADER_FLAGS:
-            raise ValueError(f"unknown header flag bits {self.flags & ~KNOWN_HEADER_FLAGS:#x}")
-        _check_uint("reference_slots", self.reference_slots, 1, MAX_REFERENCE_SLOTS)
-        if self.format_version not in READABLE_FORMAT_VERSIONS:
-            raise ValueError(f"format version {self.format_version!r} is not one this build reads")
-        if self.format_version < 4 and self.reference_slots != 1:
-            raise ValueError("format versions before 4 have one reference slot")
-
-    @property
-    def untrained(self) -> bool:
-        return bool(self.flags & HeaderFlags.UNTRAINED)
-
-    def pack(self) -> bytes:
-        name = self.model_name.encode("ascii")
-        body = (
-            _HEADER_PREAMBLE.pack(STREAM_MAGIC, STREAM_FORMAT_VERSION, self.flags, len(name))
-            + name
-            + _HEADER_FIXED_AFTER_NAME.pack(
-                self.weights_sha256_prefix, self.width, self.height, int(self.family),
-                self.expression_count,
-                self.timebase, self.frame_rate_millihz, self.quality, self.intra_period,
-                int(self.keyframe_codec))
-            + bytes([self.reference_slots])
-            + self.quant_table.to_bytes()
-        )
-        return body + _CRC.pack(zlib.crc32(body))
-
-    @classmethod
-    def parse(cls, data: bytes | bytearray | memoryview) -> StreamHeader:
-        """Parse exactly one header. Wrong magic or bad fields → BitstreamError, unknown
-        version → UnsupportedVersionError, too short → TruncatedError, too long →
-        OversizedError / BitstreamError (trailing bytes), CRC mismatch → BitstreamError."""
-        if len(data) > MAX_HEADER_BYTES:
-            raise OversizedError(f"stream header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
-        reader = ByteReader(data)
-        magic = reader.read_bytes(len(STREAM_MAGIC), "header magic")
-        if magic != STREAM_MAGIC:
-            raise BitstreamError(f"not a stream header (magic {magic!r})")
-        version = reader.read_u8("header version")
-        if version == 1:
-            raise UnsupportedVersionError(
-                "stream format version 1 (vid2vid only, before the landmark family) is no longer "
-                f"read; this build reads version {STREAM_FORMAT_VERSION}: compress the video again")
-        if version not in READABLE_FORMAT_VERSIONS:
-            raise UnsupportedVersionError(f"stream format version {version} is not supported "
-                                          f"(this build reads {READABLE_FORMAT_VERSIONS})")
-        flags = reader.read_struct(_FLAGS, "header flags")[0]
-        name_length = reader.read_u8("model name length")
-        if not 1 <= name_length <= MAX_MODEL_NAME_BYTES:
-            raise BitstreamError(f"model name length {name_length} out of range")
-        name_bytes = reader.read_bytes(name_length, "model name")
-        fixed = reader.read_struct(_HEADER_FIXED_AFTER_NAME, "header fields")
-        reference_slots = reader.read_u8("reference slots") if version >= 4 else 1
-        if not 1 <= reference_slots <= MAX_REFERENCE_SLOTS:
-            raise BitstreamError(f"reference slot count {reference_slots} out of range "
-                                 f"(1 … {MAX_REFERENCE_SLOTS})")
-        table_bytes = reader.read_bytes(QuantTable.SERIALIZED_SIZE, "quant table")
-        body_length = reader.offset
-        crc = reader.read_struct(_CRC, "header CRC")[0]
-        reader.expect_end("stream header")
-        if crc != zlib.crc32(bytes(memoryview(data)[:body_length])):
-            raise BitstreamError("stream header CRC mismatch")
-        (prefix, width, height, family, expression_count, timebase, frame_rate, quality,
-         intra_period, codec) = fixed
-        try:
-            return cls(
-                model_name=name_bytes.decode("ascii"),
-                weights_sha256_prefix=prefix, width=width, height=height, family=family,
-                expression_count=expression_count,
-                timebase=timebase, quality=quality, intra_period=intra_period,
-                quant_table=QuantTable.from_bytes(table_bytes), keyframe_codec=codec,
-                flags=flags, frame_rate_millihz=frame_rate, reference_slots=reference_slots,
-                format_version=version)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise BitstreamError(f"invalid stream header: {error}") from error
-
 
 def _check_image(what: str, codec_id: int, image: bytes, limit: int, info: bytes) -> None:
     """ValueError for an unknown codec or an empty image; OversizedError above the limits."""
-    _check_uint("codec_id", codec_id, 0, 0xFF)
+    check_uint("codec_id", codec_id, 0, 0xFF)
     if codec_id not in KNOWN_KEYFRAME_CODECS:
         raise ValueError(f"unknown {what} image codec id {codec_id!r}")
     if not image:
@@ -341,7 +153,7 @@ def _check_image(what: str, codec_id: int, image: bytes, limit: int, info: bytes
 
 def _packet_prefix(packet_type: PacketType, seq: int, timestamp: int, slot: int) -> bytes:
     """Type, varint sequence, varint timestamp and the reference slot (version 4)."""
-    _check_uint("slot", slot, 0, MAX_REFERENCE_SLOTS - 1)
+    check_uint("slot", slot, 0, MAX_REFERENCE_SLOTS - 1)
     return bytes([packet_type]) + encode_uvarint(seq) + encode_uvarint(timestamp) + bytes([slot])
 
 
@@ -410,12 +222,12 @@ class CompactMotionPacket:
 
     @classmethod
     def of(cls, seq: int, intra: bool, payload: bytes) -> CompactMotionPacket:
-        _check_uint("seq", seq, 0, MAX_VARINT_VALUE)
+        check_uint("seq", seq, 0, MAX_VARINT_VALUE)
         return cls(intra, seq & COMPACT_SEQ_MASK, payload, seq >> COMPACT_SEQ_BITS if intra else 0)
 
     def pack(self) -> bytes:
-        _check_uint("seq_low", self.seq_low, 0, COMPACT_SEQ_MASK)
-        _check_uint("seq_high", self.seq_high, 0, MAX_VARINT_VALUE >> COMPACT_SEQ_BITS)
+        check_uint("seq_low", self.seq_low, 0, COMPACT_SEQ_MASK)
+        check_uint("seq_high", self.seq_high, 0, MAX_VARINT_VALUE >> COMPACT_SEQ_BITS)
         if not self.intra and self.seq_high:
             raise ValueError("a compact inter packet carries no high sequence bits")
         _check_motion_payload(self.payload)
@@ -445,10 +257,10 @@ class PatchPacket:
 
     def pack(self) -> bytes:
         """Serialise; OversizedError above MAX_PATCH_IMAGE_BYTES, ValueError on bad fields."""
-        _check_uint("region", self.region, 0, MAX_PATCH_REGIONS - 1)
-        _check_uint("slot", self.slot, 0, MAX_PATCH_SLOTS - 1)
-        _check_uint("x0", self.x0, 0, MAX_DIMENSION)
-        _check_uint("y0", self.y0, 0, MAX_DIMENSION)
+        check_uint("region", self.region, 0, MAX_PATCH_REGIONS - 1)
+        check_uint("slot", self.slot, 0, MAX_PATCH_SLOTS - 1)
+        check_uint("x0", self.x0, 0, MAX_DIMENSION)
+        check_uint("y0", self.y0, 0, MAX_DIMENSION)
         _check_image("patch", self.codec_id, self.image_bytes, MAX_PATCH_IMAGE_BYTES, self.info)
         return (_packet_prefix(PacketType.PATCH, self.seq, self.timestamp, self.reference)
                 + _PATCH_PLACE.pack(self.region, self.slot, self.x0, self.y0, self.codec_id)
