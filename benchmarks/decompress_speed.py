@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one_run(args.stream, args.work / f"{args.one}.mp4", mode, args.batch_size)))
         return 0
 
-    from benchmarks.env import cpu_name, git_sha, write_json
+    from benchmarks.env import cpu_name, git_state, write_json
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(VARIANTS)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * row['share_of_values_differing']:.3f}% of values differ, PSNR {row['psnr_db']:.1f} dB")
     report = {
         "name": "decompress-speed", "stream": str(stream), "frames": frames, "batch_size": args.batch_size,
-        "env": {"git_sha": git_sha(), "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "env": {**git_state(), "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                 "torch_threads": args.threads or torch.get_num_threads(), "load_average_before": load_before,
                 "load_average_after": load_after},
         "command": "python -m benchmarks.decompress_speed " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -257,8 +257,10 @@ class Encoder:
     def _keyframe_out(self, coded: CodedKeyframe) -> bytes:
         """The packet of a coded keyframe, with the sender's record of what the receiver holds."""
         job = coded.job
-        packet = KeyframePacket(seq=job.seq, timestamp=job.ticks, codec_id=KEYFRAME_CODEC_IDS[job.codec],
-                                image_bytes=coded.data, info=job.info).pack()
+        keyframe = KeyframePacket(seq=job.seq, timestamp=job.ticks, codec_id=KEYFRAME_CODEC_IDS[job.codec],
+                                  image_bytes=coded.data, info=job.info)
+        packet = keyframe.pack()
+        self._framer.keyframe(keyframe.slot)  # the slot a compact intra packet now implies
         if coded.received is not None:
             # Exactly what the receiver will hold: the decoded image, not the crop.
             self._local_source = self.model.prepare_source(coded.received, job.info)

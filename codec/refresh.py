@@ -263,7 +263,8 @@ class RefreshLoop:
         is short.
 
         The trial source is the crop itself, not its coded image: coding it would cost an
-        encode per trial (~100 ms for AV1), and WebP q90's loss is small against ``gain``."""
+        encode per trial (~100 ms for AV1), and the keyframe codec's loss is small against
+        ``gain``."""
         policy, window = self.policy, self._held.window
         crop = window[-1].crop
         gap = round(policy.window_gap_s * self.frame_rate)
