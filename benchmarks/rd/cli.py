@@ -66,6 +66,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keyframe-quality", type=int, default=None,
                    help="our keyframes' quality, 1-100 (default: the codec's, "
                         "codec.keyframe.DEFAULT_KEYFRAME_QUALITY; others name their settings -kq<Q>)")
+    p.add_argument("--references", type=int, default=1, metavar="K",
+                   help="our reference slots: the receiver keeps K keyframes and the closed loop "
+                        "warps each frame from the best held one (settings named -r<K>; default 1)")
+    p.add_argument("--reference-policy", choices=["lru", "coverage"], default="lru",
+                   help="which slot a new keyframe replaces when all K are full (-rcov for coverage)")
     p.add_argument("--qualities", default="0,1,2,3,4,5")
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
@@ -142,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = Sweep(store, sweep_settings(codecs, ours_points, quick=args.sweep == "quick",
                                         patches=not args.no_patches,
                                         keyframe_quality=args.keyframe_quality,
-                                        keyframe_codec=args.keyframe_codec), model,
+                                        keyframe_codec=args.keyframe_codec,
+                                        references=args.references,
+                                        reference_policy=args.reference_policy), model,
                   args.size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)
     started = time.perf_counter()
