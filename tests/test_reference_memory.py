@@ -3,13 +3,16 @@ its choice among them, and, in a call, only keyframes the receiver reported are 
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codec.api import Decoder, Encoder, RefreshPolicy
 from codec.bitstream import KeyframePacket, PacketType, parse_packet
 from codec.bitstream.control import HeldReferences, pack_control, parse_control
-from codec.errors import BitstreamError
+from codec.errors import BitstreamError, CodecError
 from codec.reference_memory import ReferenceMemory, pose_distance
 from codec.zoo import resolve_model
 
@@ -171,3 +174,23 @@ def test_refresh_policy_default_leaves_k1_streams_alone(model, portrait):
     assert encoder.stream_header().reference_slots == 1
     packets = encoder.encode(_frames(portrait, 1)[0])
     assert parse_packet(packets[0], encoder.stream_header()).slot == 0
+
+
+_KEYS = st.one_of(st.text(max_size=4), st.integers(-3, 40).map(str), st.integers(-3, 40), st.binary(max_size=3))
+_VALUES = st.one_of(st.integers(-(2 ** 63), 2 ** 64 - 1), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3),
+                    st.none(), st.binary(max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(held=st.dictionaries(_KEYS, _VALUES, max_size=20), cut=st.integers(0, 200))
+def test_fuzz_held_references_parse_only_to_valid_slots_or_a_typed_error(held, cut):
+    """Any 'refs' body, whole or truncated: a HeldReferences of slots 0-15 and frame numbers
+    >= 0, or a CodecError (never another exception)."""
+    data = msgpack.packb({"v": 1, "t": "refs", "held": held}, use_bin_type=True)
+    for candidate in (data, data[:cut]):
+        try:
+            message = parse_control(candidate)
+        except CodecError:
+            continue
+        assert isinstance(message, HeldReferences)
+        assert all(0 <= k < 16 and isinstance(v, int) and v >= 0 for k, v in message.held.items())
