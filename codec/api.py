@@ -121,6 +121,7 @@ class Encoder:
         self._memory = ReferenceMemory(references, reference_policy, acknowledged=acknowledged_references)
         self._current_slot: int | None = None
         self._report: dict[int, int] | None = None  # the receiver's newest report, not yet applied
+        self.last_reference: int | None = None  # the slot the last motion packet warps from
         self.refresh = refresh
         # The closed loop (codec.refresh), or None: keyframes only when asked for.
         # The loop codes keyframes only for its fallback probe, on the frame loop: a real-time
@@ -261,6 +262,7 @@ class Encoder:
             return packets
         intra, payload = self._motion.encode_vector(vector, seq)
         packet = self._framer.pack(seq, ticks, intra, payload, reference=self._current_slot)
+        self.last_reference = self._current_slot  # the slot this frame's motion warps from
         decoded = self._motion.last_decoded
         self._note_use(seq, decoded)
         if self._patch_sender is not None and self._local_source is not None and decoded is not None:

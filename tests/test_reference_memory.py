@@ -194,3 +194,30 @@ def test_fuzz_held_references_parse_only_to_valid_slots_or_a_typed_error(held, c
             continue
         assert isinstance(message, HeldReferences)
         assert all(0 <= k < 16 and isinstance(v, int) and v >= 0 for k, v in message.held.items())
+
+
+def test_a_view_that_comes_back_reuses_its_reference_for_free(model, portrait):
+    """The portrait, then a darker view of it for 2 s (a light switched off: the held
+    keyframe rebuilds it badly), then the portrait again. K = 1 pays a third keyframe for
+    the return; K = 2 switches back to the first keyframe it still holds, and the receiver
+    warps from the very slot the sender chose, frame by frame."""
+    crop, _ = portrait
+    away = (crop * 0.55).astype(np.uint8)
+    frames = [crop] * 30 + [away] * 50 + [crop] * 50
+    runs = {}
+    for k in (1, 2):
+        encoder = Encoder(model, references=k, refresh=RefreshPolicy(), patches=False, keyframe_codec="webp")
+        decoder = Decoder.from_header(encoder.header(), model=model)
+        sender_slots, receiver_slots = [], []
+        for frame in frames:
+            packets = encoder.encode(np.ascontiguousarray(frame))
+            sender_slots.append(encoder.last_reference)  # the slot this frame's motion named
+            receiver_slots += [out.reference for out in decoder.decode_stream(packets)]
+        runs[k] = encoder.stats, sender_slots, receiver_slots
+    stats, _, _ = runs[1]
+    assert stats.keyframes == 3 and not stats.switches
+    stats, sent, received = runs[2]
+    assert stats.keyframes == 2 and stats.keyframe_slots == [0, 1]
+    assert len(stats.switches) == 1 and stats.switches[0][1] == 0 and 80 < stats.switches[0][0] < 110
+    assert len(received) == len(frames) and received == sent and received[-1] == 0
+    assert sent[stats.switches[0][0]] == 1 and sent[stats.switches[0][0] + 1] == 0  # from the next frame
