@@ -85,7 +85,7 @@ class CallOptions:
     quality: int | None = None  # None: the codec's default motion quality
     patches: bool = True  # reference patches of the mouth and eyes (codec.reference_patches)
     refresh: RefreshPolicy | None = None  # the sender's closed-loop keyframe refresh
-    references: int = 1  # K keyframe slots; the receiver reports which it holds (HeldReferences)
+    references: int | None = None  # K keyframe slots (None: 4 with refresh, else 1); the receiver reports which it holds
     keyframe_codec: str = DEFAULT_KEYFRAME_CODEC  # coded off the frame loop (codec.keyframe_worker)
     keyframe_quality: int | None = None  # None: the codec's default
     compare: bool = False  # also send H.264 while in neural mode

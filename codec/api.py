@@ -50,7 +50,10 @@ __all__ = ["DecodedFrame", "Decoder", "DecoderStats", "Encoder", "EncoderStats",
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
-DEFAULT_REFERENCES = 1  # keyframe slots the receiver keeps (K)
+# Keyframe slots the receiver keeps (K) with the closed loop, which chooses among them: on the
+# dev clips K = 4 took the loop from 9.07 to 8.39 kbit/s with LPIPS 0.1188 -> 0.1165, and K = 8
+# gave the same (no 10 s clip filled 4). Without the loop nothing chooses: K = 1.
+DEFAULT_REFERENCES = 4
 
 
 @dataclass
@@ -82,10 +85,10 @@ class Encoder:
                  keyframe_quality: int | None = None, timebase: int = DEFAULT_TIMEBASE,
                  frame_rate: float = 25.0, refresh: RefreshPolicy | None = None, patches: bool = True,
                  patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS,
-                 keyframe_worker: bool = False, references: int = DEFAULT_REFERENCES,
+                 keyframe_worker: bool = False, references: int | None = None,
                  reference_policy: str = "lru", acknowledged_references: bool = False) -> None:
         """``references``: K, the keyframe slots the receiver keeps (the stream header says
-        it); with the closed loop the sender warps each frame from the held one that rebuilds
+        it; None: ``DEFAULT_REFERENCES`` with a ``refresh`` policy, else 1); with the closed loop the sender warps each frame from the held one that rebuilds
         it best (:mod:`codec.reference_memory`; ``reference_policy``, ``lru`` or ``coverage``,
         picks the slot a new keyframe replaces). ``acknowledged_references``: a keyframe is
         held only once the receiver reports it (``references_held``; a call), so a lost one
@@ -116,6 +119,8 @@ class Encoder:
         # is out (None: it does).
         self._restart_from: int | None = 0
         self.stats = EncoderStats()
+        if references is None:
+            references = DEFAULT_REFERENCES if refresh is not None else 1
         self.references = references
         # The sender's record of the receiver's K reference slots, and the one warped from now.
         self._memory = ReferenceMemory(references, reference_policy, acknowledged=acknowledged_references)

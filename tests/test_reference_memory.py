@@ -168,12 +168,15 @@ def test_rd_settings_name_the_reference_slots():
     assert ours_settings([("a0.1", 3)])[0].params["references"] == 1
 
 
-def test_refresh_policy_default_leaves_k1_streams_alone(model, portrait):
-    """K = 1 writes the header and packets it always did: one slot, slot 0."""
-    encoder = Encoder(model, refresh=RefreshPolicy(), patches=False, keyframe_codec="webp")
+def test_default_slots_are_four_with_the_closed_loop_and_one_without(model, portrait):
+    """Without the closed loop nothing chooses among references: K = 1 writes the header and
+    packets it always did (slot 0); with it the default is K = 4 (measured on dev)."""
+    encoder = Encoder(model, patches=False, keyframe_codec="webp")
     assert encoder.stream_header().reference_slots == 1
     packets = encoder.encode(_frames(portrait, 1)[0])
     assert parse_packet(packets[0], encoder.stream_header()).slot == 0
+    assert Encoder(model, refresh=RefreshPolicy()).stream_header().reference_slots == 4
+    assert Encoder(model, refresh=RefreshPolicy(), references=2).stream_header().reference_slots == 2
 
 
 _KEYS = st.one_of(st.text(max_size=4), st.integers(-3, 40).map(str), st.integers(-3, 40), st.binary(max_size=3))
