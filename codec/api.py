@@ -88,12 +88,13 @@ class Encoder:
                  keyframe_worker: bool = False, references: int | None = None,
                  reference_policy: str = "lru", acknowledged_references: bool = False) -> None:
         """``references``: K, the keyframe slots the receiver keeps (the stream header says
-        it; None: ``DEFAULT_REFERENCES`` with a ``refresh`` policy, else 1); with the closed loop the sender warps each frame from the held one that rebuilds
-        it best (:mod:`codec.reference_memory`; ``reference_policy``, ``lru`` or ``coverage``,
-        picks the slot a new keyframe replaces). ``acknowledged_references``: a keyframe is
-        held only once the receiver reports it (``references_held``; a call), so a lost one
-        is never named. ``keyframe_worker``: code keyframes on a background thread (a call: ``encode`` never
-        waits for the ~110 ms of an AV1 keyframe; the keyframe packet comes out with the first
+        it; None: ``DEFAULT_REFERENCES`` with a ``refresh`` policy, else 1); with the closed
+        loop the sender warps each frame from the held one that rebuilds it best
+        (:mod:`codec.reference_memory`; ``reference_policy``, ``lru`` or ``coverage``, picks
+        the slot a new keyframe replaces). ``acknowledged_references``: a keyframe is held
+        only once the receiver reports it (``references_held``; a call), so a lost one is
+        never named. ``keyframe_worker``: code keyframes on a background thread (a call:
+        ``encode`` never waits for the ~110 ms of an AV1 keyframe; the keyframe packet comes out with the first
         frame encoded after it is done, and until the receiver holds a first keyframe — or a
         fresh one after ``request_keyframe(restart=True)`` — frames send no motion). Without
         it (files, benchmarks) the keyframe goes out with its own frame and the packets are
