@@ -94,9 +94,10 @@ class Encoder:
         the slot a new keyframe replaces). ``acknowledged_references``: a keyframe is held
         only once the receiver reports it (``references_held``; a call), so a lost one is
         never named. ``keyframe_worker``: code keyframes on a background thread (a call:
-        ``encode`` never waits for the ~110 ms of an AV1 keyframe; the keyframe packet comes out with the first
-        frame encoded after it is done, and until the receiver holds a first keyframe — or a
-        fresh one after ``request_keyframe(restart=True)`` — frames send no motion). Without
+        ``encode`` never waits for the ~110 ms of an AV1 keyframe; the keyframe packet comes
+        out with the first frame encoded after it is done, and until the receiver holds a
+        first keyframe — or a fresh one after ``request_keyframe(restart=True)`` — frames send
+        no motion). Without
         it (files, benchmarks) the keyframe goes out with its own frame and the packets are
         deterministic."""
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
