@@ -47,7 +47,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                           intra_period=args.intra_period, fps=args.fps, max_frames=args.max_frames,
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
                           audio=not args.no_audio, patches=not args.no_patches,
-                          refresh=args.refresh, progress=bar)
+                          refresh=args.refresh, references=args.references, progress=bar)
     estimate = wire_estimate(report)
     print(report.summary(wire=estimate.summary()))
     if args.json:

@@ -85,6 +85,7 @@ class CallOptions:
     quality: int | None = None  # None: the codec's default motion quality
     patches: bool = True  # reference patches of the mouth and eyes (codec.reference_patches)
     refresh: RefreshPolicy | None = None  # the sender's closed-loop keyframe refresh
+    references: int | None = None  # K keyframe slots (None: 4 with refresh, else 1); the receiver reports which it holds
     keyframe_codec: str = DEFAULT_KEYFRAME_CODEC  # coded off the frame loop (codec.keyframe_worker)
     keyframe_quality: int | None = None  # None: the codec's default
     compare: bool = False  # also send H.264 while in neural mode
@@ -104,7 +105,8 @@ def call_encoder(model: TalkingHeadModel, options: CallOptions) -> Encoder:
     settings = {} if options.quality is None else {"quality": options.quality}
     return Encoder(model, frame_rate=options.fps, patches=options.patches, refresh=options.refresh,
                    keyframe_codec=options.keyframe_codec, keyframe_quality=options.keyframe_quality,
-                   keyframe_worker=options.live, **settings)
+                   keyframe_worker=options.live, references=options.references,
+                   acknowledged_references=True, **settings)
 
 
 def prefer_h264(transceiver: RTCRtpTransceiver) -> None:

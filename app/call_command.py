@@ -159,7 +159,7 @@ def cmd_call(args: argparse.Namespace) -> int:
                 sink(image, t)
 
     options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality,
-                          patches=not args.no_patches, refresh=args.refresh,
+                          patches=not args.no_patches, refresh=args.refresh, references=args.references,
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality)
 
     current: dict = {}

@@ -62,6 +62,10 @@ def add_refresh_arg(parser: argparse.ArgumentParser) -> None:
                              "have rebuilt the last 2 s with a mean error lower by GAIN (e.g. "
                              "0.05; lower: more keyframes); in a call it also falls back to H.264 "
                              "while keyframes stop helping. Off by default (README)")
+    parser.add_argument("--references", type=int, default=None, choices=range(1, 17), metavar="K",
+                        help="with --refresh: the receiver keeps K keyframes and the sender warps "
+                             "each frame from the one that rebuilds it best, sending a new one only "
+                             "when none does (default: 4 with --refresh, else 1)")
 
 
 def refresh_policy(value: str):

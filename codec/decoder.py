@@ -125,6 +125,11 @@ class Decoder:
                                   seed=seed, device=device, refiner=refiner)
         return cls(header, model)
 
+    def held_references(self) -> dict[int, int]:
+        """The reference slots this receiver holds: slot -> its keyframe's frame (a call
+        reports them to the sender, which names only these)."""
+        return {slot: held.seq for slot, held in enumerate(self.references) if held is not None}
+
     @property
     def has_keyframe(self) -> bool:
         return self._source is not None

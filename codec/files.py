@@ -126,7 +126,7 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
              quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
              fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = DEFAULT_KEYFRAME_CODEC,
              keyframe_quality: int | None = None, audio: bool = True, patches: bool = True,
-             refresh: RefreshPolicy | None = None,
+             refresh: RefreshPolicy | None = None, references: int | None = None,
              progress: Callable[[int], None] | None = None) -> CompressReport:
     """Compress a talking-head video file into our container (.fvc).
 
@@ -135,6 +135,8 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
     closed loop (new keyframes when the rebuild drifts; None: one keyframe). A file holds no
     H.264, so where a call would fall back to it the file goes on refreshing within the
     policy's budget; the report lists every refresh and fallback with its reason.
+    ``references``: K keyframe slots the closed loop chooses among (codec.reference_memory;
+    None: the Encoder's default, 4 with ``refresh``, else 1).
     """
     from codec.bitstream import ContainerWriter
     from codec.facecrop import FIT_FRAMES, FaceCropper
@@ -154,7 +156,7 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
     box = cropper.fit(first)
     encoder = Encoder(model, quality=quality, intra_period=intra_period,
                       keyframe_codec=keyframe_codec, keyframe_quality=keyframe_quality,
-                      frame_rate=fps, patches=patches, refresh=refresh)
+                      frame_rate=fps, patches=patches, refresh=refresh, references=references)
     header = encoder.header()
     count = 0
     audio_bytes = 0

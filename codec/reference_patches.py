@@ -198,8 +198,9 @@ class PatchSender:
         self._last_time: float | None = None
 
     def packets(self, source: Any, crop: np.ndarray, motion: np.ndarray, seq: int, ticks: int,
-                time_s: float) -> list[bytes]:
-        """The patch packets of this frame (``motion``: its decoded motion vector)."""
+                time_s: float, reference: int = 0) -> list[bytes]:
+        """The patch packets of this frame (``motion``: its decoded motion vector) for the
+        reference ``source`` in slot ``reference``, which they belong to."""
         self.budget.tick(0.0 if self._last_time is None else max(0.0, time_s - self._last_time))
         self._last_time = time_s
         out = []
@@ -207,7 +208,7 @@ class PatchSender:
             data = encode_keyframe(candidate.image, self.codec, self.quality)
             packet = PatchPacket(seq=seq, timestamp=ticks, region=candidate.region, slot=candidate.slot,
                                  x0=candidate.x0, y0=candidate.y0, codec_id=self.codec_id, image_bytes=data,
-                                 info=candidate.info).pack()
+                                 info=candidate.info, reference=reference).pack()
             if not self.budget.spend(len(packet)):
                 self.over_budget += 1
                 continue

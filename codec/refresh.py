@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -18,8 +19,9 @@ import numpy as np
 from codec.families.base import MotionTracker, TalkingHeadModel
 from codec.keyframe import encode_keyframe, received_keyframe
 from codec.rebuild_score import rebuild_error
+from codec.reference_memory import pose_distance
 
-__all__ = ["CheckedFrame", "HeldKeyframe", "LoopEvent", "Probe", "RefreshLoop", "RefreshPolicy",
+__all__ = ["Alternative", "CheckedFrame", "HeldKeyframe", "LoopEvent", "Probe", "RefreshLoop", "RefreshPolicy",
            "TrialKeyframe"]
 
 
@@ -61,7 +63,16 @@ class RefreshPolicy:
         call switches to H.264; so does a face missing for ``face_lost_frames`` frames;
     probe_s / probe_excess: while in fallback the sender tries a local keyframe (nothing is
         sent) and returns when, for ``probe_s``, the rebuild's error stays on average less
-        than ``probe_excess`` above its first check and a face is seen.
+        than ``probe_excess`` above its first check and a face is seen;
+    switch_gain / switch_candidates / switch_pose_margin_deg: with K > 1 reference slots
+        (:mod:`codec.reference_memory`), at every trial the loop also renders the trial's
+        frames from up to ``switch_candidates`` other held references, the nearest by head
+        pose among those no more than ``switch_pose_margin_deg`` further from the frame's
+        pose than the current one (the cheap prefilter). It warps from one of them instead
+        when it rebuilds the frames better by ``switch_gain`` (a switch costs one extended
+        motion packet, so any real gain pays), and a trial keyframe is sent only when it
+        beats the best held reference by ``gain``: a head that turns away and back reuses
+        the reference it already sent.
     """
 
     gain: float = 0.1
@@ -80,6 +91,9 @@ class RefreshPolicy:
     face_lost_frames: int = 25
     probe_s: float = 1.0
     probe_excess: float = 0.25
+    switch_gain: float = 0.01
+    switch_candidates: int = 2
+    switch_pose_margin_deg: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -127,12 +141,23 @@ class Probe:
 
 @dataclass(frozen=True)
 class LoopEvent:
-    """What the loop decided on a frame: send a keyframe (``refresh``), or keyframes stopped
+    """What the loop decided on a frame: send a keyframe (``refresh``), warp from another
+    held reference from the next frame on (``switch``, to ``slot``), or keyframes stopped
     helping (``fallback``: a call switches to H.264)."""
 
-    kind: Literal["refresh", "fallback"]
+    kind: Literal["refresh", "switch", "fallback"]
     seq: int
     why: str
+    slot: int | None = None
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A held reference other than the current one, which the loop may switch to."""
+
+    slot: int
+    source: Any  # its source state, as the receiver holds it
+    pose: np.ndarray | None  # the decoded motion vector of its keyframe's frame
 
 
 class RefreshLoop:
@@ -156,6 +181,8 @@ class RefreshLoop:
         self._keyframes = 0  # sent so far, and their bytes (the budget)
         self._keyframe_bytes = 0
         self._held = HeldKeyframe()
+        self._last_keyframe_seq: int | None = None  # the newest keyframe sent (min_interval_s, budget)
+        self.switches = 0  # switches to another held reference
         self._chosen: TrialKeyframe | None = None  # the trial the loop asked to send
         self._quick_refreshes = 0  # refreshes in a row that came due within fallback_window_s
         self._frames_without_face = 0
@@ -167,24 +194,34 @@ class RefreshLoop:
         chosen, self._chosen = self._chosen, None
         return chosen
 
-    def keyframe_sent(self, seq: int, packet_bytes: int) -> None:
-        """A keyframe packet of ``packet_bytes`` went out with frame ``seq``: the loop starts
-        over from it."""
+    def keyframe_sent(self, seq: int, packet_bytes: int, *, current: bool = True) -> None:
+        """A keyframe packet of ``packet_bytes`` went out with frame ``seq``; ``current``: the
+        frames from now on warp from it (else from the reference held meanwhile, until the
+        receiver reports it: :meth:`reference_changed`), and the loop starts over from it."""
         self._keyframes += 1
         self._keyframe_bytes += packet_bytes
-        self._held = HeldKeyframe(seq)
+        self._last_keyframe_seq = seq
+        if current:
+            self._held = HeldKeyframe(seq)
+
+    def reference_changed(self, seq: int, pose: np.ndarray | None) -> None:
+        """The frames from now on warp from another held reference: the keyframe of frame
+        ``seq``, whose decoded motion was ``pose``. The loop starts over from it."""
+        self._held = HeldKeyframe(seq, None if pose is None else np.asarray(pose[:2], np.float64).copy())
 
     def check(self, seq: int, crop: np.ndarray, vector: np.ndarray, decoded: np.ndarray | None,
-              source: Any, *, keyframe_pending: bool) -> list[LoopEvent]:
+              source: Any, *, keyframe_pending: bool,
+              alternatives: Sequence[Alternative] = ()) -> list[LoopEvent]:
         """After frame ``seq`` was encoded: its crop, the tracker's motion ``vector``, the
         motion as the receiver decodes it and the receiver's source state (None before a
-        keyframe). ``keyframe_pending``: a keyframe is already asked for. What to do, in order."""
+        keyframe). ``keyframe_pending``: a keyframe is already asked for. ``alternatives``:
+        the other references the receiver holds (K > 1). What to do, in order."""
         events: list[LoopEvent] = []
         if self._held.pose is None and decoded is not None:
             self._held.pose = decoded[:2].copy()
         self._watch_face(vector, seq, events)
         if seq % self.policy.check_every == 0:
-            self._check_rebuild(crop, seq, decoded, source, keyframe_pending, events)
+            self._check_rebuild(crop, seq, decoded, source, keyframe_pending, events, alternatives)
         return events
 
     @property
@@ -207,8 +244,9 @@ class RefreshLoop:
         return rebuild_error(self._model.render(source, motion[None])[0], crop)
 
     def _check_rebuild(self, crop: np.ndarray, seq: int, decoded: np.ndarray | None, source: Any,
-                       keyframe_pending: bool, events: list[LoopEvent]) -> None:
-        """Score the receiver's rebuild of this frame; a refresh event when one is due."""
+                       keyframe_pending: bool, events: list[LoopEvent],
+                       alternatives: Sequence[Alternative] = ()) -> None:
+        """Score the receiver's rebuild of this frame; a refresh or switch event when one is due."""
         policy, held = self.policy, self._held
         if source is None or decoded is None or seq == held.seq:
             return  # (the keyframe's own frame rebuilds to itself: the floor is the next one's)
@@ -220,33 +258,44 @@ class RefreshLoop:
         held.window.append(CheckedFrame(seq, crop.copy(), decoded.copy(), error))
         while seq - held.window[0].seq > round(policy.window_s * self.frame_rate):
             held.window.popleft()
-        turn = float(np.max(np.abs(decoded[:2] - held.pose))) if held.pose is not None else 0.0
+        turn = pose_distance(decoded, held.pose) if held.pose is not None else 0.0
         held.turned_checks = held.turned_checks + 1 if turn > policy.pose_limit_deg else 0
         held.jump_checks = held.jump_checks + 1 if error - held.floor > policy.jump else 0
         if keyframe_pending:
             return
-        since = 1e9 if held.seq is None else (seq - held.seq) / self.frame_rate
+        frames = self._trial_frames(seq) if seq % policy.candidate_every == 0 else []
+        # Another held reference that rebuilds the trial's frames better (K > 1): free to use.
+        alternative = self._best_alternative(decoded, turn, frames, alternatives)
+        held_error = float(np.mean([entry.error for entry in frames])) if frames else error
+        since = 1e9 if self._last_keyframe_seq is None else (seq - self._last_keyframe_seq) / self.frame_rate
         elapsed = (seq + 1) / self.frame_rate
         # Budget: the first keyframe and one refresh of credit, then max_keyframe_kbps.
         average_keyframe = self._keyframe_bytes / max(self._keyframes, 1)
         budget_bytes = 2 * average_keyframe + policy.max_keyframe_kbps * 1000.0 / 8.0 * elapsed
-        if since < policy.min_interval_s or self._keyframe_bytes + average_keyframe > budget_bytes:
-            return
-        if held.jump_checks >= policy.hold_checks:
+        blocked = since < policy.min_interval_s or self._keyframe_bytes + average_keyframe > budget_bytes
+        switch = alternative is not None and alternative[1] <= held_error - policy.switch_gain
+        best = min(held_error, alternative[1]) if switch else held_error
+        if not blocked and held.jump_checks >= policy.hold_checks:
             why = f"rebuild error {error:.2f} jumped over the keyframe's first check {held.floor:.3f}"
-        elif not self._face_seen:
-            return  # a keyframe without a detected face serves nothing after it
-        elif seq % policy.candidate_every == 0 and (trial := self._trial(seq)) is not None:
-            # A head turned far from the keyframe's pose lowers the bar to any gain: the trial
-            # still has to do better, which a frame caught mid-turn (blurred, half way) does not.
+        elif (not blocked and self._face_seen and frames
+              and (trial := self._trial(seq, frames)) is not None
+              # A head turned far from the keyframe's pose lowers the bar to any gain: the
+              # trial still has to do better, which a frame caught mid-turn (blurred, half
+              # way) does not. With K > 1 it must beat the best held reference too.
+              and best - trial.fresh >= (0.0 if held.turned_checks >= policy.hold_checks else policy.gain)):
             turned = held.turned_checks >= policy.hold_checks
-            if trial.held - trial.fresh < (0.0 if turned else policy.gain):
-                return
             window = (seq - held.window[0].seq) / self.frame_rate
             why = ((f"head turned {turn:.0f}° from the keyframe; " if turned else "")
                    + f"this frame rebuilds the last {window:.1f} s better: "
-                   f"error {trial.fresh:.3f}, not {trial.held:.3f}")
+                   f"error {trial.fresh:.3f}, not {best:.3f}"
+                   + (f" (reference {alternative[0]})" if switch else ""))
             self._chosen = trial
+        elif switch:
+            self.switches += 1
+            events.append(LoopEvent("switch", seq, f"reference {alternative[0]} rebuilds the last frames "
+                                    f"better: error {alternative[1]:.3f}, not {held_error:.3f}",
+                                    alternative[0]))
+            return
         else:
             return
         self._quick_refreshes = self._quick_refreshes + 1 if since <= policy.fallback_window_s else 0
@@ -258,19 +307,41 @@ class RefreshLoop:
             return
         events.append(LoopEvent("refresh", seq, why))
 
-    def _trial(self, seq: int) -> TrialKeyframe | None:
-        """The window's newest crop (this frame's) as a trial keyframe; None when the window
-        is short.
+    def _trial_frames(self, seq: int) -> list[CheckedFrame]:
+        """The window's frames a trial renders (newest first: every ``window_step``-th,
+        leaving out the last ``window_gap_s``); empty when fewer than two."""
+        policy, window = self.policy, self._held.window
+        gap = round(policy.window_gap_s * self.frame_rate)
+        frames = [entry for entry in reversed(window) if seq - entry.seq >= gap][::policy.window_step]
+        return frames if len(frames) >= 2 else []
+
+    def _best_alternative(self, decoded: np.ndarray, turn: float, frames: list[CheckedFrame],
+                          alternatives: Sequence[Alternative]) -> tuple[int, float] | None:
+        """(slot, mean error over ``frames``) of the held reference other than the current
+        one that rebuilds them best, among the ``switch_candidates`` nearest by pose that
+        pass the prefilter; None when there are none."""
+        policy = self.policy
+        if not frames or not alternatives or policy.switch_candidates <= 0:
+            return None
+        near = sorted((pose_distance(decoded, alt.pose), alt.slot, alt) for alt in alternatives
+                      if pose_distance(decoded, alt.pose) <= turn + policy.switch_pose_margin_deg)
+        best = None
+        motions = np.stack([entry.motion for entry in frames])
+        for _, _, alt in near[:policy.switch_candidates]:
+            rebuilt = self._model.render(alt.source, motions)
+            error = float(np.mean([rebuild_error(image, entry.crop) for image, entry in zip(rebuilt, frames)]))
+            if best is None or error < best[1]:
+                best = (alt.slot, error)
+        return best
+
+    def _trial(self, seq: int, frames: list[CheckedFrame]) -> TrialKeyframe | None:
+        """The window's newest crop (this frame's) as a trial keyframe, scored on ``frames``
+        (:meth:`_trial_frames`).
 
         The trial source is the crop itself, not its coded image: coding it would cost an
         encode per trial (~100 ms for AV1), and the keyframe codec's loss is small against
         ``gain``."""
-        policy, window = self.policy, self._held.window
-        crop = window[-1].crop
-        gap = round(policy.window_gap_s * self.frame_rate)
-        frames = [entry for entry in reversed(window) if seq - entry.seq >= gap][::policy.window_step]
-        if len(frames) < 2:
-            return None
+        crop = self._held.window[-1].crop
         info = self._tracker.keyframe_info(crop)
         source = self._model.prepare_source(crop, info)
         rebuilt = self._model.render(source, np.stack([entry.motion for entry in frames]))

@@ -35,6 +35,7 @@ import numpy as np
 
 from codec.bitstream.control import (
     ControlMessage,
+    HeldReferences,
     IntraRequest,
     Keyframe,
     KeyframeRequest,
@@ -149,6 +150,7 @@ class ReceiverSession:
         self._working = False  # the render thread is decoding a batch
         self._last_request = -1e9
         self._last_intra_request = -1e9
+        self._reported_references: dict[int, int] | None = None  # the last HeldReferences sent
         self._unnumbered = 0  # motion packets received since the last numbered one, not numbered
         self._last_decoded_at = time.monotonic()
         self._thread = threading.Thread(target=self._render_loop, name="receiver-render", daemon=True)
@@ -206,6 +208,7 @@ class ReceiverSession:
         with self._cond:
             self._pending.clear()
             self.decoder = decoder
+            self._reported_references = None  # a new stream: report what it holds afresh
 
     def on_motion(self, data: bytes) -> None:
         """One message from the motion channel (any bytes: the decoder validates)."""
@@ -327,6 +330,15 @@ class ReceiverSession:
             self._request_intra()
         if decoder.needs_reference is not None:  # motion names a slot whose keyframe we lack
             self._request_keyframe(f"no keyframe in reference slot {decoder.needs_reference}")
+        self._report_references(decoder)
+
+    def _report_references(self, decoder: Decoder) -> None:
+        """Tell the sender which keyframes this receiver holds whenever that changed: it warps
+        only from those (codec.reference_memory)."""
+        held = decoder.held_references()
+        if held and held != self._reported_references and decoder is self.decoder:
+            self._reported_references = held
+            self.send_control(HeldReferences(held=held))
 
     def _emit(self, frame) -> None:
         self._last_decoded_at = time.monotonic()

@@ -28,6 +28,7 @@ import numpy as np
 from codec.bitstream import PacketType
 from codec.bitstream.control import (
     MODES,
+    HeldReferences,
     IntraRequest,
     Keyframe,
     KeyframeRequest,
@@ -156,6 +157,9 @@ class SenderSession:
             self.stats.intra_requests += 1
             if self.encoder is not None:
                 self.encoder.request_intra()
+        elif isinstance(message, HeldReferences):
+            if self.encoder is not None:  # the keyframes it may warp from (codec.reference_memory)
+                self.encoder.references_held(message.held)
         elif isinstance(message, StatsReport):
             self.peer_stats = dict(message.values)
         elif isinstance(message, ModeRequest):

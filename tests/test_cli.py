@@ -191,3 +191,17 @@ def test_a_bad_refresh_gain_is_a_usage_error(tmp_path, capsys):
             main([*command, "--refresh", "soon"])
         assert exit_info.value.code == 2
         assert "--refresh takes a gain or 'off', not 'soon'" in capsys.readouterr().err
+
+
+def test_references_reach_the_stream_header_and_bad_counts_are_usage_errors(clip, tmp_path, capsys):
+    from codec.bitstream.container import read_container
+
+    stream = tmp_path / "k.fvc"
+    assert main(["compress", str(clip), str(stream), "--untrained", "--model", "tiny",
+                 "--refresh", "0.1", "--references", "3"]) == 0
+    capsys.readouterr()
+    assert read_container(stream.read_bytes()).header.reference_slots == 3
+    for bad in ("0", "17", "x"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compress", str(clip), str(tmp_path / "b.fvc"), "--references", bad])
+        assert exit_info.value.code == 2

@@ -1,5 +1,5 @@
 """Reference slots (stream format version 4): a Decoder holding K keyframes, driven by
-hand-built streams (the Encoder itself writes K = 1)."""
+hand-built streams (the Encoder's own choice among K is tests/test_reference_memory.py)."""
 
 from __future__ import annotations
 

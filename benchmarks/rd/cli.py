@@ -66,6 +66,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keyframe-quality", type=int, default=None,
                    help="our keyframes' quality, 1-100 (default: the codec's, "
                         "codec.keyframe.DEFAULT_KEYFRAME_QUALITY; others name their settings -kq<Q>)")
+    p.add_argument("--references", default="1", metavar="K[,K...]",
+                   help="our reference slots: the receiver keeps K keyframes and the closed loop "
+                        "warps each frame from the best held one; a comma list runs each "
+                        "(settings named -r<K>; default 1)")
+    p.add_argument("--reference-policy", choices=["lru", "coverage"], default="lru",
+                   help="which slot a new keyframe replaces when all K are full (-rcov for coverage)")
     p.add_argument("--qualities", default="0,1,2,3,4,5")
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
@@ -86,6 +92,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's own, at most the CPU count)")
     p.add_argument("--name", default=None, help="run name in the JSON (default: the out folder's)")
     args = p.parse_args(argv)
+    try:
+        args.reference_counts = [int(k) for k in args.references.split(",") if k.strip()]
+    except ValueError:
+        p.error(f"--references takes slot counts 1-16, not {args.references!r}")
+    if not args.reference_counts or not all(1 <= k <= 16 for k in args.reference_counts):
+        p.error(f"--references takes slot counts 1-16, not {args.references!r}")
     args.folder_mode = args.manifest is None and args.folder is not None
     if args.manifest is None and not args.folder_mode:
         args.manifest = default_manifest
@@ -142,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = Sweep(store, sweep_settings(codecs, ours_points, quick=args.sweep == "quick",
                                         patches=not args.no_patches,
                                         keyframe_quality=args.keyframe_quality,
-                                        keyframe_codec=args.keyframe_codec), model,
+                                        keyframe_codec=args.keyframe_codec,
+                                        references=args.reference_counts,
+                                        reference_policy=args.reference_policy), model,
                   args.size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)
     started = time.perf_counter()

@@ -61,11 +61,13 @@ def _refresh_name(refresh: float | str) -> str:
 
 
 def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True,
-                  keyframe_quality: int | None = None, keyframe_codec: str | None = None) -> list[Setting]:
+                  keyframe_quality: int | None = None, keyframe_codec: str | None = None,
+                  references: int = 1, reference_policy: str = "lru") -> list[Setting]:
     """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
     (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-k<codec>`` when
     keyframes are not the shipped codec, ``-kq<Q>`` when their quality is not the codec's
-    default). None: what ``compress`` and a call send (:func:`shipped_keyframes`)."""
+    default, ``-r<K>`` with K > 1 reference slots, ``-rcov`` when they are replaced by pose
+    coverage). None: what ``compress`` and a call send (:func:`shipped_keyframes`)."""
     from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
 
     keyframe_codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
@@ -73,10 +75,13 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
     quality = default if keyframe_quality is None else keyframe_quality
     suffix = ("" if patches else "-nopatch") \
         + ("" if keyframe_codec == DEFAULT_KEYFRAME_CODEC else f"-k{keyframe_codec}") \
-        + ("" if quality == default else f"-kq{quality}")
+        + ("" if quality == default else f"-kq{quality}") \
+        + ("" if references == 1 else f"-r{references}") \
+        + ("" if reference_policy == "lru" else "-rcov")
     return [Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
                     {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": quality,
-                     "keyframe_codec": keyframe_codec})
+                     "keyframe_codec": keyframe_codec, "references": references,
+                     "reference_policy": reference_policy})
             for r, q in points]
 
 
@@ -115,14 +120,16 @@ def run_ours_setting(crops: np.ndarray, model: Any, params: dict[str, Any],
                     face_wait=face_wait,
                     progress=progress, metric_every=metric_every, patches=params.get("patches", True),
                     keyframe_quality=params.get("keyframe_quality"),
-                    keyframe_codec=params.get("keyframe_codec"))
+                    keyframe_codec=params.get("keyframe_codec"),
+                    references=params.get("references", 1),
+                    reference_policy=params.get("reference_policy", "lru"))
 
 
 def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
              metric_every: int = 1, refresh_policy=None, patches: bool = True,
              keyframe_quality: int | None = None, keyframe_codec: str | None = None,
-             face_wait: bool = False) -> CodecRun:
+             face_wait: bool = False, references: int = 1, reference_policy: str = "lru") -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds; with
@@ -134,7 +141,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     is encoded and every packet decoded, but with ``metric_every`` = K > 1 only frames 0, K,
     2K, … are rendered by the generator (the others advance the motion chain only), and
     ``decoded`` holds just those. ``keyframe_codec`` / ``keyframe_quality``: None, the
-    shipped defaults (``shipped_keyframes``)."""
+    shipped defaults (``shipped_keyframes``). ``references``: K reference slots
+    (``reference_policy`` replaces them)."""
     import cv2
 
     from codec.api import Decoder, Encoder
@@ -149,7 +157,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     keyframes = shipped_keyframes(keyframe_codec, keyframe_quality)
     keyframe_codec, keyframe_quality = keyframes["codec"], keyframes["quality"]
     encoder = Encoder(model, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
-                      keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec)
+                      keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec,
+                      references=references, reference_policy=reference_policy)
     header = encoder.header()
     period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
@@ -207,6 +216,10 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
                "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
                "patches": stats.patches, "patch_bytes": stats.patch_bytes,
+               "references": references, "reference_policy": reference_policy,
+               "keyframe_slots": stats.keyframe_slots,
+               # (seq, slot): the frames from which a held reference was reused, for free
+               "reference_switches": [list(item) for item in stats.switches],
                "header_bytes": len(header), "messages": messages,
                "model_size": model.image_size,
                "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES,

@@ -28,7 +28,8 @@ log = logging.getLogger("benchmarks.rd")
 
 def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | str, int]],
                    quick: bool, patches: bool = True, keyframe_quality: int | None = None,
-                   keyframe_codec: str | None = None) -> list[Setting]:
+                   keyframe_codec: str | None = None, references: Sequence[int] = (1,),
+                   reference_policy: str = "lru") -> list[Setting]:
     """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``)."""
     settings: list[Setting] = []
     for codec in codecs:
@@ -37,7 +38,9 @@ def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | st
         elif codec == "frozen":
             settings.append(Setting("frozen", "webp-q90", {}))
         elif codec == "ours":
-            settings += ours_settings(ours_points, patches, keyframe_quality, keyframe_codec)
+            for k in references:
+                settings += ours_settings(ours_points, patches, keyframe_quality, keyframe_codec,
+                                          k, reference_policy)
     return settings
 
 

@@ -3,7 +3,8 @@
 The ``motion`` channel carries bare :class:`~codec.bitstream.packets.MotionPacket` bytes (one
 per message, unordered, never retransmitted). Everything that must arrive goes over the
 ordered, reliable ``control`` channel as one of the messages below: the stream header, the
-keyframes, keyframe requests, mode switches, receiver statistics and goodbye.
+keyframes, keyframe requests, the references the receiver holds, mode switches, receiver
+statistics and goodbye.
 
 Layout: a msgpack map ``{"v": CONTROL_VERSION, "t": <type name>, ...fields}``. msgpack is a
 plain data format (no code, no classes), so parsing untrusted input is safe; every field is
@@ -69,6 +70,16 @@ class IntraRequest:
 
 
 @dataclass(frozen=True)
+class HeldReferences:
+    """Receiver -> sender: the reference slots it holds, slot -> the frame (sequence number)
+    of the keyframe in it; sent whenever that changes (a keyframe arrived, a new stream).
+    The sender warps only from keyframes reported here (codec.reference_memory), so a lost
+    one is never named."""
+
+    held: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModeSwitch:
     """Which path carries video from now on: ``neural`` (data channels) or ``h264`` (RTP)."""
 
@@ -96,14 +107,15 @@ class Bye:
     reason: str = ""
 
 
-ControlMessage = (StreamStart | Keyframe | Patch | KeyframeRequest | IntraRequest | ModeSwitch | ModeRequest
-                  | StatsReport | Bye)
+ControlMessage = (StreamStart | Keyframe | Patch | KeyframeRequest | IntraRequest | HeldReferences | ModeSwitch
+                  | ModeRequest | StatsReport | Bye)
 # Which side of a call reads each message (both peers share the two channels).
 FOR_RECEIVER = (StreamStart, Keyframe, Patch, ModeSwitch)
-FOR_SENDER = (KeyframeRequest, IntraRequest, ModeRequest, StatsReport)
+FOR_SENDER = (KeyframeRequest, IntraRequest, HeldReferences, ModeRequest, StatsReport)
+MAX_HELD_SLOTS = 16  # the stream header's limit on K
 
 _NAMES = {StreamStart: "start", Keyframe: "keyframe", Patch: "patch", KeyframeRequest: "keyframe_request",
-          IntraRequest: "intra_request",
+          IntraRequest: "intra_request", HeldReferences: "refs",
           ModeSwitch: "mode", ModeRequest: "mode_request", StatsReport: "stats", Bye: "bye"}
 
 
@@ -122,6 +134,8 @@ def pack_control(message: ControlMessage) -> bytes:
         if message.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         body.update(mode=message.mode, reason=message.reason)
+    elif isinstance(message, HeldReferences):
+        body.update(held={str(int(k)): int(v) for k, v in message.held.items()})
     elif isinstance(message, StatsReport):
         body.update(values={str(k): float(v) for k, v in message.values.items()})
     data = msgpack.packb(body, use_bin_type=True)
@@ -184,6 +198,17 @@ def parse_control(data: bytes | str) -> ControlMessage:
         if mode not in MODES:
             raise BitstreamError(f"unknown mode {mode!r}")
         return ModeRequest(mode=mode, reason=_field(body, "reason", str))
+    if kind == "refs":
+        held = _field(body, "held", dict)
+        if len(held) > MAX_HELD_SLOTS:
+            raise BitstreamError(f"more than {MAX_HELD_SLOTS} held references")
+        out_held = {}
+        for key, value in held.items():
+            if (not isinstance(key, str) or not key.isdigit() or int(key) >= MAX_HELD_SLOTS
+                    or isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise BitstreamError("held references must be slot (0-15) -> frame number")
+            out_held[int(key)] = value
+        return HeldReferences(held=out_held)
     if kind == "stats":
         values = _field(body, "values", dict)
         out = {}
