@@ -37,6 +37,7 @@ from codec.keyframe import (
 )
 from codec.keyframe_worker import CodedKeyframe, KeyframeJob, KeyframeWorker, code_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionEncoder, quant_table_for
+from codec.predicted_keyframe import code_refresh
 from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
 from codec.refresh import LoopEvent, RefreshLoop, RefreshPolicy
 from codec.zoo import DEFAULT_MODEL, resolve_model
@@ -67,6 +68,10 @@ class EncoderStats:
     fallbacks: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): keyframes stopped helping
     returns: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): a keyframe holds again
     last_rebuild_error: float | None = None  # the closed loop's last score
+    # Closed-loop refreshes coded both ways (codec.predicted_keyframe): (seq, predicted packet
+    # bytes, whole keyframe packet bytes, predicted sent); the predicted ones are in ``keyframes``.
+    refresh_choices: list[tuple[int, int, int, bool]] = field(default_factory=list)
+    predicted_keyframes: int = 0
 
 
 class Encoder:
@@ -77,13 +82,17 @@ class Encoder:
                  keyframe_quality: int | None = None, timebase: int = DEFAULT_TIMEBASE,
                  frame_rate: float = 25.0, refresh: RefreshPolicy | None = None, patches: bool = True,
                  patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS,
-                 keyframe_worker: bool = False) -> None:
+                 keyframe_worker: bool = False, predicted_refresh: bool = True) -> None:
         """``keyframe_worker``: code keyframes on a background thread (a call: ``encode`` never
         waits for the ~110 ms of an AV1 keyframe; the keyframe packet comes out with the first
         frame encoded after it is done, and until the receiver holds a first keyframe — or a
         fresh one after ``request_keyframe(restart=True)`` — frames send no motion). Without
         it (files, benchmarks) the keyframe goes out with its own frame and the packets are
-        deterministic."""
+        deterministic.
+
+        ``predicted_refresh``: a closed-loop refresh is also coded against the warp of the
+        reference the receiver holds (:mod:`codec.predicted_keyframe`) and sent that way when
+        smaller at about the same quality (not with the keyframe worker: those are whole)."""
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
@@ -115,6 +124,10 @@ class Encoder:
             keyframe_quality=self.keyframe_quality if probe_codec == keyframe_codec
             else default_keyframe_quality(probe_codec))
         self._local_source = None  # the receiver's source state, for the closed loop and patches
+        self._local_seq: int | None = None  # the frame of the keyframe it was built from
+        self.predicted_refresh = predicted_refresh and keyframe_worker is False
+        self._predict_next = False  # the keyframe asked for is a closed-loop refresh
+        self._refresh_motion = None  # the motion of the frame the next keyframe is taken from
         self._next_keyframe_reason = "stream start"
         self.last_keyframe_reason = ""  # why the newest keyframe was sent (a call's viewer shows it)
         # Reference patches need the receiver's state too: its keyframe and patches.
@@ -157,14 +170,18 @@ class Encoder:
         """The stream header, sent once before any packet (and again to a rejoining peer)."""
         return self.stream_header().pack()
 
-    def request_keyframe(self, reason: str = "requested", *, restart: bool = False) -> None:
+    def request_keyframe(self, reason: str = "requested", *, restart: bool = False,
+                         refresh: bool = False) -> None:
         """Send a keyframe of the next frame (start of call, receiver request, face moved);
         ``reason`` is recorded with it (``last_keyframe_reason``, ``stats.keyframe_reasons``).
         ``restart``: the receiver holds no keyframe fit to render from (a new stream, back from
-        H.264, a new crop box); with the keyframe worker, frames send no motion until it is out."""
+        H.264, a new crop box); with the keyframe worker, frames send no motion until it is out.
+        ``refresh``: the receiver holds the current reference (the closed loop's refreshes): the
+        keyframe may be predicted from it (``predicted_refresh``); any other request is whole."""
         if not self._keyframe_requested:
             self._next_keyframe_reason = reason
         self._keyframe_requested = True
+        self._predict_next = refresh and not restart
         if restart:
             self._restart_from = self._seq
 
@@ -213,9 +230,10 @@ class Encoder:
         coded = worker.take() if worker is not None else None
         packets = [] if coded is None else [self._keyframe_out(coded)]
         if self._keyframe_requested and not (worker is not None and worker.busy):
-            job = self._keyframe_job(crop, seq, ticks, copy=worker is not None)
+            predict = self._predict_next and self._local_source is not None and self.predicted_refresh
+            job = self._keyframe_job(crop, seq, ticks, copy=worker is not None, vector=vector)
             if worker is None:
-                packets.append(self._keyframe_out(code_keyframe(job)))
+                packets.append(self._refresh_out(job) if predict else self._keyframe_out(code_keyframe(job)))
             else:
                 worker.submit(job)
         if self._restart_from is not None:
@@ -242,14 +260,20 @@ class Encoder:
             self.stats.last_rebuild_error = self._loop.last_error
         return packets
 
-    def _keyframe_job(self, crop: np.ndarray, seq: int, ticks: int, copy: bool) -> KeyframeJob:
+    def _keyframe_job(self, crop: np.ndarray, seq: int, ticks: int, copy: bool,
+                      vector: np.ndarray | None = None) -> KeyframeJob:
         """The keyframe asked for, taken now: the frame the closed loop tried and chose (one
-        frame back), else this one (``copy``: the worker's own copy of the caller's crop)."""
+        frame back), else this one (``copy``: the worker's own copy of the caller's crop).
+        Its frame's motion (decoded one frame back, else this frame's ``vector``) is kept for
+        a predicted refresh."""
         chosen = self._loop.take_keyframe() if self._loop is not None else None
+        self._refresh_motion = self._motion.last_decoded if chosen else vector
+        self._predict_next = False
         image, info = (chosen.crop, chosen.info) if chosen else (crop, self._tracker.keyframe_info(crop))
         job = KeyframeJob(seq, ticks, image.copy() if copy and not chosen else image, info,
                           self._next_keyframe_reason, self.keyframe_codec, self.keyframe_quality,
-                          self.model.image_size, decode=self._loop is not None or self.patches)
+                          self.model.image_size,
+                          decode=self._loop is not None or self.patches or self.predicted_refresh)
         self._keyframe_requested = False
         self._next_keyframe_reason = "requested"
         return job
@@ -259,11 +283,27 @@ class Encoder:
         job = coded.job
         keyframe = KeyframePacket(seq=job.seq, timestamp=job.ticks, codec_id=KEYFRAME_CODEC_IDS[job.codec],
                                   image_bytes=coded.data, info=job.info)
-        packet = keyframe.pack()
-        self._framer.keyframe(keyframe.slot)  # the slot a compact intra packet now implies
-        if coded.received is not None:
+        return self._reference_out(job, keyframe.pack(), keyframe.slot, coded.received)
+
+    def _refresh_out(self, job: KeyframeJob) -> bytes:
+        """A closed-loop refresh, coded whole and predicted from the receiver's reference; the
+        predicted packet goes out when it is smaller at about the same quality."""
+        motion = self._refresh_motion
+        if motion is None or not np.all(np.isfinite(motion)):
+            return self._keyframe_out(code_keyframe(job))
+        choice = code_refresh(self.model, self._local_source, 0, self._local_seq, job, motion)
+        self.stats.refresh_choices.append((job.seq, choice.predicted_bytes, choice.whole_bytes, choice.predicted))
+        self.stats.predicted_keyframes += int(choice.predicted)
+        return self._reference_out(job, choice.packet, 0, choice.received)
+
+    def _reference_out(self, job: KeyframeJob, packet: bytes, slot: int, received: np.ndarray | None) -> bytes:
+        """A keyframe packet (whole or predicted) goes out: the sender's record of what the
+        receiver holds."""
+        self._framer.keyframe(slot)  # the slot a compact intra packet now implies
+        if received is not None:
             # Exactly what the receiver will hold: the decoded image, not the crop.
-            self._local_source = self.model.prepare_source(coded.received, job.info)
+            self._local_source = self.model.prepare_source(received, job.info)
+            self._local_seq = job.seq
         if self._loop is not None:
             self._loop.keyframe_sent(job.seq, len(packet))
         self.stats.keyframes += 1
@@ -283,7 +323,7 @@ class Encoder:
         else:
             self.stats.refreshes.append((event.seq, event.why))
             log.info("keyframe refresh at frame %d: %s", event.seq, event.why)
-            self.request_keyframe(event.why)
+            self.request_keyframe(event.why, refresh=True)
 
     def probe(self, frame: np.ndarray) -> str | None:
         """While in ``fallback`` (a call sends H.264): would a keyframe of the camera hold now?

@@ -74,6 +74,26 @@ until that slot's next keyframe::
              landmark family: its frame's decoded motion vector, float16)
     nothing may follow.
 
+Predicted keyframe packet (v4, type 0x05): a refresh coded against the receiver's warp of a
+reference it holds (codec.predicted_keyframe); it fills its slot as a keyframe does::
+
+    1 byte   type (PREDICTED_KEYFRAME 0x05)
+    varint   sequence number
+    varint   timestamp
+    1 byte   slot it fills (it becomes the current reference)
+    1 byte   base slot: the reference it is predicted from
+    varint   base sequence number: the frame of the reference the sender predicted from (a
+             receiver holding another one in that slot must not build from it)
+    1 byte   residual image codec id
+    varint   residual length L (1 … MAX_KEYFRAME_BYTES)
+    L bytes  residual image
+    varint   info length I (≤ MAX_KEYFRAME_INFO_BYTES)
+    I bytes  keyframe info of the new frame (the landmark family: its 68 landmarks)
+    varint   motion length M (≤ MAX_KEYFRAME_INFO_BYTES)
+    M bytes  the motion vector the base reference is warped with (float16; the family
+             checks its length)
+    nothing may follow.
+
 Versions 2 and 3 (read, never written): no compact packets (a first byte ≥ 0x80 is an
 unknown type) and no slot fields (one reference); every motion packet is type, varint
 sequence, varint timestamp, varint payload length, payload; version 2 has no patches.
@@ -116,8 +136,9 @@ MAX_KEYFRAME_INFO_BYTES = 4 * 1024
 MAX_PATCH_IMAGE_BYTES = 64 * 1024
 MAX_PATCH_SLOTS = 8
 MAX_PATCH_REGIONS = 3
-# Keyframe: type + seq + timestamp + slot + codec id + image length + image + info length + info.
-MAX_PACKET_BYTES = 1 + 4 * MAX_VARINT_BYTES + 2 + MAX_KEYFRAME_BYTES + MAX_KEYFRAME_INFO_BYTES
+# The largest packet, a predicted keyframe: type + seq + timestamp + slot + base + base seq + codec
+# id + image length + image + info length + info + motion length + motion.
+MAX_PACKET_BYTES = 1 + 6 * MAX_VARINT_BYTES + 3 + MAX_KEYFRAME_BYTES + 2 * MAX_KEYFRAME_INFO_BYTES
 COMPACT_MOTION_FLAG = 0x80  # first byte 1 I ssssss: a compact motion packet (version 4)
 COMPACT_INTRA_FLAG = 0x40
 COMPACT_SEQ_BITS = 6
@@ -131,6 +152,7 @@ class PacketType(IntEnum):
     MOTION_INTRA = 0x02
     MOTION_INTER = 0x03
     PATCH = 0x04
+    PREDICTED_KEYFRAME = 0x05  # version 4 only
     # 0x40–0x7F are reserved for control messages defined by the transport layer;
     # parse_packet rejects them. 0x80 and up: compact motion packets (version 4).
     KEYFRAME_REQUEST = 0x40
@@ -268,7 +290,37 @@ class PatchPacket:
                 + encode_uvarint(len(self.info)) + bytes(self.info))
 
 
-FramePacket = KeyframePacket | MotionPacket | CompactMotionPacket | PatchPacket
+@dataclass(frozen=True)
+class PredictedKeyframePacket:
+    """A refresh predicted from reference ``base`` (see the module docstring): its residual
+    image, the new frame's keyframe info and the motion the base is warped with; it fills
+    reference ``slot``."""
+
+    seq: int
+    timestamp: int
+    base: int
+    base_seq: int
+    codec_id: int
+    image_bytes: bytes
+    info: bytes
+    motion: bytes
+    slot: int = 0
+
+    def pack(self) -> bytes:
+        """Serialise; OversizedError above the limits, ValueError on bad fields."""
+        check_uint("base", self.base, 0, MAX_REFERENCE_SLOTS - 1)
+        _check_image("predicted keyframe", self.codec_id, self.image_bytes, MAX_KEYFRAME_BYTES, self.info)
+        if len(self.motion) > MAX_KEYFRAME_INFO_BYTES:
+            raise OversizedError(f"predicted keyframe motion of {len(self.motion)} bytes exceeds "
+                                 f"{MAX_KEYFRAME_INFO_BYTES}")
+        return (_packet_prefix(PacketType.PREDICTED_KEYFRAME, self.seq, self.timestamp, self.slot)
+                + bytes([self.base]) + encode_uvarint(self.base_seq) + bytes([self.codec_id])
+                + encode_uvarint(len(self.image_bytes))
+                + bytes(self.image_bytes) + encode_uvarint(len(self.info)) + bytes(self.info)
+                + encode_uvarint(len(self.motion)) + bytes(self.motion))
+
+
+FramePacket = KeyframePacket | MotionPacket | CompactMotionPacket | PatchPacket | PredictedKeyframePacket
 
 
 def is_motion_packet(data: bytes | bytearray | memoryview) -> bool:
@@ -289,8 +341,21 @@ def _parse_patch(reader: ByteReader, seq: int, timestamp: int, reference: int) -
     return PatchPacket(seq, timestamp, region, slot, x0, y0, codec_id, image, info, reference)
 
 
-def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int) -> tuple[bytes, bytes]:
-    """(image, info) of a keyframe or patch packet, after its codec id, to the packet's end."""
+def _parse_predicted(reader: ByteReader, seq: int, timestamp: int, slot: int, slots: int) -> PredictedKeyframePacket:
+    base = _read_slot(reader, slots, "base reference slot")
+    base_seq = reader.read_uvarint("base sequence number")
+    codec_id = reader.read_u8("predicted keyframe codec")
+    image, info = _read_image(reader, "predicted keyframe", codec_id, MAX_KEYFRAME_BYTES, end=False)
+    motion_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "predicted keyframe motion length")
+    motion = reader.read_bytes(motion_length, "predicted keyframe motion")
+    reader.expect_end("predicted keyframe packet")
+    return PredictedKeyframePacket(seq, timestamp, base, base_seq, codec_id, image, info, motion, slot)
+
+
+def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int,
+                end: bool = True) -> tuple[bytes, bytes]:
+    """(image, info) of a keyframe or patch packet, after its codec id, to the packet's end
+    (``end``: nothing may follow)."""
     if codec_id not in KNOWN_KEYFRAME_CODECS:
         raise BitstreamError(f"unknown {what} codec id {codec_id}")
     length = reader.read_length(limit, f"{what} image length")
@@ -299,7 +364,8 @@ def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int) -> tup
     image = reader.read_bytes(length, f"{what} image")
     info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, f"{what} info length")
     info = reader.read_bytes(info_length, f"{what} info")
-    reader.expect_end(f"{what} packet")
+    if end:
+        reader.expect_end(f"{what} packet")
     return image, info
 
 
@@ -364,6 +430,10 @@ def parse_packet(data: bytes | bytearray | memoryview, header: StreamHeader | No
     slot = _read_slot(reader, slots, "reference slot") if version >= 4 else 0
     if packet_type == PacketType.PATCH:
         return _parse_patch(reader, seq, timestamp, slot)
+    if packet_type == PacketType.PREDICTED_KEYFRAME:
+        if version < 4:
+            raise BitstreamError("predicted keyframe packet in a version 3 or older stream")
+        return _parse_predicted(reader, seq, timestamp, slot, slots)
     if packet_type == PacketType.KEYFRAME:
         codec_id = reader.read_u8("keyframe codec")
         image, info = _read_image(reader, "keyframe", codec_id, MAX_KEYFRAME_BYTES)
@@ -385,5 +455,5 @@ __all__ = [
     "MAX_REFERENCE_SLOTS", "READABLE_FORMAT_VERSIONS",
     "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "CompactMotionPacket", "FramePacket",
     "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket", "PacketType",
-    "PatchPacket", "StreamHeader", "is_motion_packet", "parse_packet",
+    "PatchPacket", "PredictedKeyframePacket", "StreamHeader", "is_motion_packet", "parse_packet",
 ]

@@ -1,0 +1,209 @@
+"""Predicted keyframes (codec.predicted_keyframe): a refresh coded against the warp of the
+reference the receiver holds. Sender and receiver must build byte-identical references,
+also in another process; malformed packets give typed errors and never a reference built
+from something else."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codec.api import Decoder, Encoder
+from codec.bitstream import (
+    KeyframeCodec,
+    KeyframePacket,
+    PacketType,
+    PredictedKeyframePacket,
+    StreamHeader,
+    decode_uvarint,
+    encode_uvarint,
+    parse_packet,
+)
+from codec.errors import BitstreamError, CodecError, ReferenceSlotError, TruncatedError
+from codec.predicted_keyframe import BLOCK, apply_residual, residual_image
+from codec.zoo import resolve_model
+
+GOLDEN = Path(__file__).parent / "expected" / "predicted_keyframe_v4.bin"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def golden_packet() -> PredictedKeyframePacket:
+    return PredictedKeyframePacket(seq=130, timestamp=5203, base=1, base_seq=77, codec_id=KeyframeCodec.WEBP,
+                                   image_bytes=b"RIFF\x08\0\0\0WEBPresidual", info=bytes(range(40)),
+                                   motion=np.arange(18, dtype="<f2").tobytes(), slot=2)
+
+
+if os.environ.get("REGEN_GOLDEN") == "1":
+    GOLDEN.write_bytes(golden_packet().pack())
+
+
+def test_golden_bytes_and_round_trip() -> None:
+    packet = golden_packet()
+    data = packet.pack()
+    assert data == GOLDEN.read_bytes()
+    assert data[0] == PacketType.PREDICTED_KEYFRAME == 0x05
+    assert parse_packet(data) == packet
+
+
+def test_truncated_trailing_and_bad_fields_raise_typed_errors() -> None:
+    data = golden_packet().pack()
+    header3 = dataclasses.replace(StreamHeader.parse(Encoder.from_pretrained().header()), reference_slots=3)
+    assert parse_packet(data, header3) == golden_packet()
+    for cut in range(len(data)):
+        with pytest.raises(BitstreamError):
+            parse_packet(data[:cut], header3)
+    with pytest.raises(TruncatedError):
+        parse_packet(data[:-1], header3)
+    with pytest.raises(BitstreamError):
+        parse_packet(data + b"\0", header3)
+    # K = 2: the target slot 2 is out of range; base slot 1 is not.
+    with pytest.raises(ReferenceSlotError):
+        parse_packet(data, dataclasses.replace(header3, reference_slots=2))
+    with pytest.raises(ReferenceSlotError):
+        parse_packet(dataclasses.replace(golden_packet(), base=3).pack(), header3)
+    with pytest.raises(BitstreamError):
+        parse_packet(data, dataclasses.replace(header3, format_version=3, reference_slots=1))
+    with pytest.raises(ValueError):
+        dataclasses.replace(golden_packet(), image_bytes=b"").pack()
+
+
+def test_the_residual_is_integer_exact() -> None:
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    prediction = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    prediction[:BLOCK, :BLOCK] = frame[:BLOCK, :BLOCK]  # one block the warp got right
+    residual = residual_image(frame, prediction, threshold=1.0)
+    assert np.all(residual[:BLOCK, :BLOCK] == 128)
+    rebuilt = apply_residual(prediction, residual)
+    # Halving costs at most one level; the block kept from the warp is exact.
+    assert np.abs(rebuilt.astype(int) - frame.astype(int)).max() <= 1
+    assert np.array_equal(rebuilt[:BLOCK, :BLOCK], frame[:BLOCK, :BLOCK])
+
+
+@pytest.fixture(scope="module")
+def turning():
+    from sender.sources import FreeViewPortraitSource
+
+    return FreeViewPortraitSource(resolve_model(), num_frames=40)
+
+
+@pytest.fixture(scope="module")
+def stream(turning) -> dict:
+    """The default portrait turning its head, a refresh forced every 10 frames (predicted
+    from the one before), then its mirror image (a scene no warp shows: whole); the packets
+    and the sender's reference after each keyframe."""
+    frames = [turning.frame_at(i / 25) for i in range(40)]
+    frames += [np.ascontiguousarray(f[:, ::-1]) for f in frames[:12]]
+    encoder = Encoder.from_pretrained()
+    packets, sent = [], []
+    for i, frame in enumerate(frames):
+        if i and i % 10 == 0:
+            encoder.request_keyframe("test refresh", refresh=True)
+        for packet in encoder.encode(frame):
+            packets.append(packet)
+            if packet[0] in (PacketType.KEYFRAME, PacketType.PREDICTED_KEYFRAME):
+                sent.append([packet[0], hashlib.sha256(encoder._local_source.image.tobytes()).hexdigest()])
+    return {"header": encoder.header(), "packets": packets, "sent": sent, "stats": encoder.stats}
+
+
+RECEIVER = """
+import hashlib, json, sys
+from codec.api import Decoder
+from codec.bitstream import PacketType, decode_uvarint
+data = open(sys.argv[1], "rb").read()
+messages, offset = [], 0
+while offset < len(data):
+    length, offset = decode_uvarint(data, offset)
+    messages.append(data[offset:offset + length])
+    offset += length
+decoder = Decoder.from_header(messages[0])  # with the refiner: references never go through it
+held = []
+for packet in messages[1:]:
+    decoder.decode(packet)
+    if packet[0] in (PacketType.KEYFRAME, PacketType.PREDICTED_KEYFRAME):
+        image = decoder.references[0].source.image
+        held.append([packet[0], hashlib.sha256(image.tobytes()).hexdigest()])
+print(json.dumps({"held": held, "predicted": decoder.stats.predicted_keyframes}))
+"""
+
+
+def test_a_second_process_builds_the_same_reference_bytes(stream, tmp_path) -> None:
+    kinds = [kind for kind, _ in stream["sent"]]
+    # The first keyframe and the refresh of the new scene are whole; the turning head's are predicted.
+    assert kinds[0] == PacketType.KEYFRAME and kinds.count(PacketType.PREDICTED_KEYFRAME) >= 3, kinds
+    assert kinds[4] == PacketType.KEYFRAME, stream["stats"].refresh_choices  # frame 40: the new scene
+    for _, predicted, whole, chosen in stream["stats"].refresh_choices:
+        assert chosen == (predicted < whole) or not chosen
+    path = tmp_path / "stream.bin"
+    path.write_bytes(b"".join(encode_uvarint(len(m)) + m for m in [stream["header"], *stream["packets"]]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", RECEIVER, str(path)], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=300, check=True)
+    received = json.loads(result.stdout.strip().splitlines()[-1])
+    assert received["held"] == stream["sent"]
+    assert received["predicted"] == kinds.count(PacketType.PREDICTED_KEYFRAME)
+    assert decode_uvarint(path.read_bytes())[0] == len(stream["header"])
+
+
+def _first_predicted(stream) -> int:
+    return next(i for i, p in enumerate(stream["packets"]) if p[0] == PacketType.PREDICTED_KEYFRAME)
+
+
+def test_a_base_the_receiver_does_not_hold_is_never_built_from(stream) -> None:
+    model = resolve_model()
+    index = _first_predicted(stream)
+    # No keyframe at all: nothing is built, the slot is asked for.
+    decoder = Decoder.from_header(stream["header"], model=model)
+    assert decoder.decode(stream["packets"][index]) is None
+    assert decoder.references[0] is None and decoder.needs_reference == 0
+    assert decoder.stats.unheld_reference == 1 and decoder.stats.predicted_keyframes == 0
+    # A keyframe of another frame in the base slot: not the sender's base, not built from.
+    decoder = Decoder.from_header(stream["header"], model=model)
+    first = parse_packet(stream["packets"][0])
+    assert isinstance(first, KeyframePacket)
+    decoder.decode(dataclasses.replace(first, seq=first.seq + 1).pack())
+    assert decoder.decode(stream["packets"][index]) is None
+    assert decoder.references[0] is None and decoder.needs_reference == 0
+    # Motion after it is dropped and counted, not rendered from the stale reference.
+    later = [p for p in stream["packets"][index + 1:] if p[0] & 0x80]
+    assert all(decoder.decode(p) is None for p in later[:3])
+    assert decoder.stats.unheld_reference >= 2
+
+
+def test_a_corrupt_residual_raises_and_empties_the_slot(stream) -> None:
+    model = resolve_model()
+    index = _first_predicted(stream)
+    packet = parse_packet(stream["packets"][index])
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        image = bytearray(packet.image_bytes)
+        cut = trial % 3 == 0
+        if cut:
+            image = image[: len(image) // 2]
+        else:
+            for position in rng.integers(0, len(image), 4):
+                image[position] ^= int(rng.integers(1, 256))
+        decoder = Decoder.from_header(stream["header"], model=model)
+        for earlier in stream["packets"][:index]:
+            decoder.decode(earlier)
+        bad = dataclasses.replace(packet, image_bytes=bytes(image)).pack()
+        try:
+            decoder.decode(bad)
+        except CodecError:
+            assert decoder.references[0] is None and decoder.needs_reference == 0
+        else:
+            assert not cut  # a cut AV1 frame never decodes; flipped bits may, to other pixels
+    with pytest.raises(BitstreamError):
+        bad_motion = dataclasses.replace(packet, motion=packet.motion[:-2]).pack()
+        decoder = Decoder.from_header(stream["header"], model=model)
+        for earlier in stream["packets"][:index]:
+            decoder.decode(earlier)
+        decoder.decode(bad_motion)
