@@ -83,7 +83,7 @@ def build_seeds(expression_count: int = EXPRESSION_VALUES, quality: int = QUALIT
     packets += [framer.pack(seq + 1, 40 * (seq + 1) + (5 if seq in (3, 4) else 0), intra, payload,
                             {6: 0, 9: 2}.get(seq)) for seq, intra, payload in motion]
     packets += [MotionPacket(20, 800, False, motion[1][2], 1).pack()]  # names a slot never filled
-    packets += [PredictedKeyframePacket(21, 840, 2, 0, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPdiff",
+    packets += [PredictedKeyframePacket(21, 840, 2, 0, 1, 22, b"chek", b"\0\0\0\x01\x41inter",
                                         pack_keyframe_info(landmarks),
                                         np.zeros(6 + expression_count, "<f2").tobytes(), slot=1).pack()]
     packets.insert(3, PatchPacket(2, 40, region=0, slot=1, x0=90, y0=150, codec_id=KeyframeCodec.WEBP,

@@ -128,6 +128,8 @@ class Encoder:
         self.predicted_refresh = predicted_refresh and keyframe_worker is False
         self._predict_next = False  # the keyframe asked for is a closed-loop refresh
         self._refresh_motion = None  # the motion of the frame the next keyframe is taken from
+        self.always_predict = False  # every refresh predicted, whatever it costs (drift benchmarks)
+        self.last_refresh = None  # the newest refresh coded both ways (a RefreshChoice)
         self._next_keyframe_reason = "stream start"
         self.last_keyframe_reason = ""  # why the newest keyframe was sent (a call's viewer shows it)
         # Reference patches need the receiver's state too: its keyframe and patches.
@@ -291,7 +293,9 @@ class Encoder:
         motion = self._refresh_motion
         if motion is None or not np.all(np.isfinite(motion)):
             return self._keyframe_out(code_keyframe(job))
-        choice = code_refresh(self.model, self._local_source, 0, self._local_seq, job, motion)
+        choice = code_refresh(self.model, self._local_source, 0, self._local_seq, job, motion,
+                              always=self.always_predict)
+        self.last_refresh = choice
         self.stats.refresh_choices.append((job.seq, choice.predicted_bytes, choice.whole_bytes, choice.predicted))
         self.stats.predicted_keyframes += int(choice.predicted)
         return self._reference_out(job, choice.packet, 0, choice.received)

@@ -168,8 +168,8 @@ class Decoder:
             return
         try:
             motion = read_motion_info(packet.motion, self.model.layout.vector_length)
-            image = rebuild_reference(predict(self.model, held.source, motion), packet.image_bytes,
-                                      packet.codec_id)
+            image = rebuild_reference(predict(self.model, held.source, motion), packet.data, packet.quality,
+                                      packet.check)
             source = self.model.prepare_source(image, packet.info)
         except CodecError:
             self.references[slot] = None  # the sender now predicts from a reference we lack

@@ -84,7 +84,7 @@ def _packets() -> list[bytes]:
             packets.append(PatchPacket(seq, 40 * seq, 0, 2, 90, 150, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPtiny",
                                        np.zeros(6 + EXPRESSION_VALUES, "<f2").tobytes(), reference=1).pack())
         if seq == 8:
-            packets.append(PredictedKeyframePacket(seq, 40 * seq, 1, 5, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPdiff",
+            packets.append(PredictedKeyframePacket(seq, 40 * seq, 1, 5, 1, 22, b"chek", b"\0\0\0\x01\x41inter",
                                                    pack_keyframe_info(LANDMARKS),
                                                    np.zeros(6 + EXPRESSION_VALUES, "<f2").tobytes(), slot=0).pack())
         timestamp = 40 * seq + (7 if seq == 3 else 0)

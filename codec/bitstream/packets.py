@@ -84,9 +84,12 @@ reference it holds (codec.predicted_keyframe); it fills its slot as a keyframe d
     1 byte   base slot: the reference it is predicted from
     varint   base sequence number: the frame of the reference the sender predicted from (a
              receiver holding another one in that slot must not build from it)
-    1 byte   residual image codec id
-    varint   residual length L (1 … MAX_KEYFRAME_BYTES)
-    L bytes  residual image
+    1 byte   method (1: an H.264 inter frame over the intra frame x264 makes of the warp)
+    1 byte   quality (method 1: the x264 CRF of both frames, 0 … 51)
+    4 bytes  check: sha256 prefix of the reference the sender built (S×S×3 RGB bytes): a
+             receiver that builds another one must not use it
+    varint   data length L (1 … MAX_KEYFRAME_BYTES)
+    L bytes  data (method 1: the inter frame's H.264 access unit)
     varint   info length I (≤ MAX_KEYFRAME_INFO_BYTES)
     I bytes  keyframe info of the new frame (the landmark family: its 68 landmarks)
     varint   motion length M (≤ MAX_KEYFRAME_INFO_BYTES)
@@ -136,9 +139,9 @@ MAX_KEYFRAME_INFO_BYTES = 4 * 1024
 MAX_PATCH_IMAGE_BYTES = 64 * 1024
 MAX_PATCH_SLOTS = 8
 MAX_PATCH_REGIONS = 3
-# The largest packet, a predicted keyframe: type + seq + timestamp + slot + base + base seq + codec
-# id + image length + image + info length + info + motion length + motion.
-MAX_PACKET_BYTES = 1 + 6 * MAX_VARINT_BYTES + 3 + MAX_KEYFRAME_BYTES + 2 * MAX_KEYFRAME_INFO_BYTES
+# The largest packet, a predicted keyframe: type + seq + timestamp + slot + base + base seq + method
+# + quality + check + data length + data + info length + info + motion length + motion.
+MAX_PACKET_BYTES = 1 + 6 * MAX_VARINT_BYTES + 4 + 4 + MAX_KEYFRAME_BYTES + 2 * MAX_KEYFRAME_INFO_BYTES
 COMPACT_MOTION_FLAG = 0x80  # first byte 1 I ssssss: a compact motion packet (version 4)
 COMPACT_INTRA_FLAG = 0x40
 COMPACT_SEQ_BITS = 6
@@ -290,18 +293,24 @@ class PatchPacket:
                 + encode_uvarint(len(self.info)) + bytes(self.info))
 
 
+PREDICTION_METHODS = frozenset({1})  # 1: an H.264 inter frame over the warp (codec.predicted_keyframe)
+PREDICTION_CHECK_BYTES = 4
+
+
 @dataclass(frozen=True)
 class PredictedKeyframePacket:
-    """A refresh predicted from reference ``base`` (see the module docstring): its residual
-    image, the new frame's keyframe info and the motion the base is warped with; it fills
-    reference ``slot``."""
+    """A refresh predicted from reference ``base``, the keyframe of frame ``base_seq`` (see
+    the module docstring): how (``method``, ``quality``, ``check``), its ``data``, the new
+    frame's keyframe info and the motion the base is warped with; it fills reference ``slot``."""
 
     seq: int
     timestamp: int
     base: int
     base_seq: int
-    codec_id: int
-    image_bytes: bytes
+    method: int
+    quality: int
+    check: bytes
+    data: bytes
     info: bytes
     motion: bytes
     slot: int = 0
@@ -309,14 +318,24 @@ class PredictedKeyframePacket:
     def pack(self) -> bytes:
         """Serialise; OversizedError above the limits, ValueError on bad fields."""
         check_uint("base", self.base, 0, MAX_REFERENCE_SLOTS - 1)
-        _check_image("predicted keyframe", self.codec_id, self.image_bytes, MAX_KEYFRAME_BYTES, self.info)
-        if len(self.motion) > MAX_KEYFRAME_INFO_BYTES:
-            raise OversizedError(f"predicted keyframe motion of {len(self.motion)} bytes exceeds "
-                                 f"{MAX_KEYFRAME_INFO_BYTES}")
+        check_uint("method", self.method, 0, 0xFF)
+        if self.method not in PREDICTION_METHODS:
+            raise ValueError(f"unknown prediction method {self.method!r}")
+        check_uint("quality", self.quality, 0, 0xFF)
+        if len(self.check) != PREDICTION_CHECK_BYTES:
+            raise ValueError(f"the check is {PREDICTION_CHECK_BYTES} bytes, not {len(self.check)}")
+        if not self.data:
+            raise ValueError("predicted keyframe data is empty")
+        if len(self.data) > MAX_KEYFRAME_BYTES:
+            raise OversizedError(f"predicted keyframe data of {len(self.data)} bytes exceeds {MAX_KEYFRAME_BYTES}")
+        for what, field in (("info", self.info), ("motion", self.motion)):
+            if len(field) > MAX_KEYFRAME_INFO_BYTES:
+                raise OversizedError(f"predicted keyframe {what} of {len(field)} bytes exceeds "
+                                     f"{MAX_KEYFRAME_INFO_BYTES}")
         return (_packet_prefix(PacketType.PREDICTED_KEYFRAME, self.seq, self.timestamp, self.slot)
-                + bytes([self.base]) + encode_uvarint(self.base_seq) + bytes([self.codec_id])
-                + encode_uvarint(len(self.image_bytes))
-                + bytes(self.image_bytes) + encode_uvarint(len(self.info)) + bytes(self.info)
+                + bytes([self.base]) + encode_uvarint(self.base_seq) + bytes([self.method, self.quality])
+                + bytes(self.check) + encode_uvarint(len(self.data)) + bytes(self.data)
+                + encode_uvarint(len(self.info)) + bytes(self.info)
                 + encode_uvarint(len(self.motion)) + bytes(self.motion))
 
 
@@ -344,18 +363,25 @@ def _parse_patch(reader: ByteReader, seq: int, timestamp: int, reference: int) -
 def _parse_predicted(reader: ByteReader, seq: int, timestamp: int, slot: int, slots: int) -> PredictedKeyframePacket:
     base = _read_slot(reader, slots, "base reference slot")
     base_seq = reader.read_uvarint("base sequence number")
-    codec_id = reader.read_u8("predicted keyframe codec")
-    image, info = _read_image(reader, "predicted keyframe", codec_id, MAX_KEYFRAME_BYTES, end=False)
+    method = reader.read_u8("prediction method")
+    if method not in PREDICTION_METHODS:
+        raise BitstreamError(f"unknown prediction method {method}")
+    quality = reader.read_u8("prediction quality")
+    check = reader.read_bytes(PREDICTION_CHECK_BYTES, "prediction check")
+    length = reader.read_length(MAX_KEYFRAME_BYTES, "predicted keyframe data length")
+    if length == 0:
+        raise BitstreamError("predicted keyframe data is empty")
+    data = reader.read_bytes(length, "predicted keyframe data")
+    info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "predicted keyframe info length")
+    info = reader.read_bytes(info_length, "predicted keyframe info")
     motion_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "predicted keyframe motion length")
     motion = reader.read_bytes(motion_length, "predicted keyframe motion")
     reader.expect_end("predicted keyframe packet")
-    return PredictedKeyframePacket(seq, timestamp, base, base_seq, codec_id, image, info, motion, slot)
+    return PredictedKeyframePacket(seq, timestamp, base, base_seq, method, quality, check, data, info, motion, slot)
 
 
-def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int,
-                end: bool = True) -> tuple[bytes, bytes]:
-    """(image, info) of a keyframe or patch packet, after its codec id, to the packet's end
-    (``end``: nothing may follow)."""
+def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int) -> tuple[bytes, bytes]:
+    """(image, info) of a keyframe or patch packet, after its codec id, to the packet's end."""
     if codec_id not in KNOWN_KEYFRAME_CODECS:
         raise BitstreamError(f"unknown {what} codec id {codec_id}")
     length = reader.read_length(limit, f"{what} image length")
@@ -364,8 +390,7 @@ def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int,
     image = reader.read_bytes(length, f"{what} image")
     info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, f"{what} info length")
     info = reader.read_bytes(info_length, f"{what} info")
-    if end:
-        reader.expect_end(f"{what} packet")
+    reader.expect_end(f"{what} packet")
     return image, info
 
 
@@ -455,5 +480,5 @@ __all__ = [
     "MAX_REFERENCE_SLOTS", "READABLE_FORMAT_VERSIONS",
     "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "CompactMotionPacket", "FramePacket",
     "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket", "PacketType",
-    "PatchPacket", "PredictedKeyframePacket", "StreamHeader", "is_motion_packet", "parse_packet",
+    "PREDICTION_METHODS", "PatchPacket", "PredictedKeyframePacket", "StreamHeader", "is_motion_packet", "parse_packet",
 ]
