@@ -206,6 +206,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
                "refresh_policy": None if refresh_policy is None else str(refresh_policy),
                "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
+               # refreshes coded both ways: (seq, predicted bytes, whole bytes, predicted sent)
+               "predicted_keyframes": stats.predicted_keyframes, "refresh_choices": stats.refresh_choices,
                "patches": stats.patches, "patch_bytes": stats.patch_bytes,
                "header_bytes": len(header), "messages": messages,
                "model_size": model.image_size,
