@@ -205,6 +205,7 @@ class RefreshChoice:
     whole_error: float
     predicted_received: np.ndarray  # each one's reference (the benchmarks compare them)
     whole_received: np.ndarray
+    prediction: np.ndarray  # the warp the predicted one was coded over
 
 
 def code_refresh(model: Any, source: Any, base_slot: int, base_seq: int, job: KeyframeJob,
@@ -224,4 +225,4 @@ def code_refresh(model: Any, source: Any, base_slot: int, base_seq: int, job: Ke
     predicted = always or (len(packet) < len(whole_packet) and coded.error <= whole_error + tolerance)
     return RefreshChoice(packet if predicted else whole_packet, predicted,
                          coded.received if predicted else whole.received, len(packet), len(whole_packet),
-                         coded.error, whole_error, coded.received, whole.received)
+                         coded.error, whole_error, coded.received, whole.received, coded.prediction)

@@ -112,7 +112,7 @@ def stream(turning) -> dict:
     frames = [turning.frame_at(i / 25) for i in range(40)]
     frames += [np.ascontiguousarray(f[:, ::-1]) for f in frames[:12]]
     encoder = Encoder.from_pretrained()
-    packets, sent = [], []
+    packets, sent, warps = [], [], []
     for i, frame in enumerate(frames):
         if i and i % 10 == 0:
             encoder.request_keyframe("test refresh", refresh=True)
@@ -120,7 +120,9 @@ def stream(turning) -> dict:
             packets.append(packet)
             if packet[0] in (PacketType.KEYFRAME, PacketType.PREDICTED_KEYFRAME):
                 sent.append([packet[0], hashlib.sha256(encoder._local_source.image.tobytes()).hexdigest()])
-    return {"header": encoder.header(), "packets": packets, "sent": sent, "stats": encoder.stats}
+            if packet[0] == PacketType.PREDICTED_KEYFRAME:  # the warp it was coded over
+                warps.append(hashlib.sha256(encoder.last_refresh.prediction.tobytes()).hexdigest())
+    return {"header": encoder.header(), "packets": packets, "sent": sent, "warps": warps, "stats": encoder.stats}
 
 
 RECEIVER = """
@@ -133,14 +135,21 @@ while offset < len(data):
     length, offset = decode_uvarint(data, offset)
     messages.append(data[offset:offset + length])
     offset += length
+from codec.bitstream import parse_packet
+from codec.predicted_keyframe import predict, read_motion_info
 decoder = Decoder.from_header(messages[0])  # with the refiner: references never go through it
-held = []
+held, warps = [], []
 for packet in messages[1:]:
+    if packet[0] == PacketType.PREDICTED_KEYFRAME:  # the plain warp, computed afresh in this process
+        parsed = parse_packet(packet, decoder.header)
+        motion = read_motion_info(parsed.motion, decoder.model.layout.vector_length)
+        warp = predict(decoder.model, decoder.references[parsed.base].source, motion)
+        warps.append(hashlib.sha256(warp.tobytes()).hexdigest())
     decoder.decode(packet)
     if packet[0] in (PacketType.KEYFRAME, PacketType.PREDICTED_KEYFRAME):
         image = decoder.references[0].source.image
         held.append([packet[0], hashlib.sha256(image.tobytes()).hexdigest()])
-print(json.dumps({"held": held, "predicted": decoder.stats.predicted_keyframes}))
+print(json.dumps({"held": held, "warps": warps, "predicted": decoder.stats.predicted_keyframes}))
 """
 
 
@@ -159,6 +168,7 @@ def test_a_second_process_builds_the_same_reference_bytes(stream, tmp_path) -> N
                             env=env, cwd=REPO, timeout=300, check=True)
     received = json.loads(result.stdout.strip().splitlines()[-1])
     assert received["held"] == stream["sent"]
+    assert received["warps"] == stream["warps"]  # the float warp itself is the same in a fresh process
     assert received["predicted"] == kinds.count(PacketType.PREDICTED_KEYFRAME)
     assert decode_uvarint(path.read_bytes())[0] == len(stream["header"])
 
