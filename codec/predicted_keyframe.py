@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 METHOD_H264_OVER_WARP = 1  # the packet's method byte: an H.264 inter frame over the warp's intra frame
-DEFAULT_CRF = 22  # x264 CRF of both frames (the packet's quality byte)
+DEFAULT_CRF = 18  # x264 CRF of both frames (the packet's quality byte): rebuilt LPIPS matched to whole AV1 q66
 MAX_CRF = 51
 CHECK_BYTES = 4  # sha256 prefix of the reference both sides build
 _X264_OPTIONS = {"preset": "slow", "tune": "zerolatency", "threads": "1", "bframes": "0"}
