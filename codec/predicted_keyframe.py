@@ -28,10 +28,16 @@ a sine the other way across a 1/32-pixel step; or corrupt data, which an H.264 d
 conceal rather than refuse) gets a typed error, empties the slot and asks for a whole
 keyframe: it never warps from a reference the sender does not have.
 
-Measured (out of benchmarks.refresh_drift and the rd closed loop, docs/measurements.md):
-coding the difference as an image instead (new − warp, halved, offset to 128, AV1 intra)
-cost 2.2 kB at reference LPIPS 0.091 where a whole AV1 q66 keyframe costs 3.5 kB at 0.014;
-x264's inter frame over the warp reached 0.014 at 3.2 kB and 0.023 at 1.9 kB.
+Measured (benchmarks/results/predicted-refresh-cost-dev.json: the 20 dev clips, a refresh at
+frame 50 from a keyframe at frame 0, scored by the LPIPS of the next 2 s rebuilt from it):
+CRF 18 rebuilds as well as a whole AV1 q66 keyframe (0.1342 vs 0.1346) for as many bytes on
+average (3262 vs 3254), but it is the smaller one on 11 of 20 clips, and the Encoder sends
+the smaller: -12.4 % bytes for +0.0008. At lower qualities the gain grows (CRF 26: 1278 B
+where whole AV1 needs 1713 B for the same 0.1465). Refreshes come when the warp has drifted
+far from the frame (the warp alone: 0.1931), which is why the prediction saves no more.
+Coding the difference as an image instead (new − warp, halved, offset to 128, AV1 intra q66;
+commit 8da2007; a scratch run on 4 dev clips) was far worse: 2.2 kB for a reference LPIPS of
+0.091 where the whole AV1 q66 keyframe gave 0.014 at 3.5 kB (unhalved: 3.9 kB for 0.064).
 """
 
 from __future__ import annotations
