@@ -78,6 +78,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         KeyframePacket,
         MotionPacket,
         PatchPacket,
+        PredictedKeyframePacket,
         parse_packet,
         read_container,
     )
@@ -90,7 +91,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     def of(*kind: type) -> list[bytes]:
         return [data for data, k in zip(container.video_packets, kinds) if k in kind]
 
-    motion, keyframes, patches = of(MotionPacket, CompactMotionPacket), of(KeyframePacket), of(PatchPacket)
+    motion, patches = of(MotionPacket, CompactMotionPacket), of(PatchPacket)
+    keyframes, predicted = of(KeyframePacket, PredictedKeyframePacket), of(PredictedKeyframePacket)
     info = {
         "model": header.model_name,
         "weights_sha256_prefix": header.weights_sha256_prefix.hex(),
@@ -106,6 +108,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "motion_bytes": sum(len(data) for data in motion),
         "keyframes": len(keyframes),
         "keyframe_bytes": sum(len(data) for data in keyframes),
+        "predicted_keyframes": len(predicted),  # refreshes coded against the warp (in keyframes)
         "patches": len(patches),
         "patch_bytes": sum(len(data) for data in patches),
         "audio": container.audio_header is not None,

@@ -5,7 +5,7 @@ full receiver (codec.api.Decoder with the tiny seeded model, rendering what it a
 
 Each input is either random bytes or a valid seed (stream header with K reference slots,
 frame packets of every format-4 form: compact and extended motion, keyframes and patches
-naming slots; container file, motion payloads) after a few random mutations (bit flips, byte
+naming slots, predicted keyframes; container file, motion payloads) after a few random mutations (bit flips, byte
 overwrites with boundary values, truncation, insertion, deletion, duplication, splicing
 two seeds); half the mutated headers get their CRC recomputed so the field checks
 behind it are reached. It goes to the parser its seed belongs to, and now and then to a random
@@ -38,6 +38,7 @@ from codec.bitstream import (
     MotionFramer,
     MotionPacket,
     PatchPacket,
+    PredictedKeyframePacket,
     StreamHeader,
     parse_packet,
     read_container,
@@ -82,6 +83,9 @@ def build_seeds(expression_count: int = EXPRESSION_VALUES, quality: int = QUALIT
     packets += [framer.pack(seq + 1, 40 * (seq + 1) + (5 if seq in (3, 4) else 0), intra, payload,
                             {6: 0, 9: 2}.get(seq)) for seq, intra, payload in motion]
     packets += [MotionPacket(20, 800, False, motion[1][2], 1).pack()]  # names a slot never filled
+    packets += [PredictedKeyframePacket(21, 840, 2, 0, 1, 22, b"chek", b"\0\0\0\x01\x41inter",
+                                        pack_keyframe_info(landmarks),
+                                        np.zeros(6 + expression_count, "<f2").tobytes(), slot=1).pack()]
     packets.insert(3, PatchPacket(2, 40, region=0, slot=1, x0=90, y0=150, codec_id=KeyframeCodec.WEBP,
                                   image_bytes=b"RIFF\x08\0\0\0WEBPtiny",
                                   info=np.zeros(6 + expression_count, "<f2").tobytes(), reference=2).pack())
@@ -177,8 +181,11 @@ class DecoderTarget:
         # fills slot 2 and extended motion packets name slot 2 and slot 1 (never filled).
         header = dataclasses.replace(StreamHeader.parse(encoder.header()), reference_slots=REFERENCE_SLOTS)
         self.header = header.pack()
-        self.packets = [p for i, frame in enumerate(frames)
-                        for p in encoder.encode(box.crop(frame, cropper.out_size), i / 25)]
+        self.packets = []
+        for i, frame in enumerate(frames):
+            if i == 5:  # a refresh predicted from the reference the receiver holds
+                encoder.request_keyframe("fuzz", refresh=True)
+            self.packets += encoder.encode(box.crop(frame, cropper.out_size), i / 25)
         keyframe = parse_packet(self.packets[0], header)
         last = len(frames)
         self.packets += [dataclasses.replace(keyframe, seq=last, slot=2).pack()]
@@ -186,6 +193,11 @@ class DecoderTarget:
                      if isinstance(p, MotionPacket | CompactMotionPacket) and p.intra)
         self.packets += [MotionPacket(last, 40 * last, True, intra.payload, 2).pack(),
                          MotionPacket(last + 1, 40 * last + 40, True, intra.payload, 1).pack()]
+        # The predicted refresh, again, from slot 2 (holds another frame) and slot 1 (empty).
+        predicted = next(p for p in map(lambda d: parse_packet(d, header), self.packets)
+                         if isinstance(p, PredictedKeyframePacket))
+        self.packets += [dataclasses.replace(predicted, base=2, slot=2).pack(),
+                         dataclasses.replace(predicted, base=1, slot=0).pack()]
         # A well-formed patch (the scripted portrait never opens its mouth): the patch path is
         # fuzzed too.
         source = self.model.prepare_source(np.full((256, 256, 3), 128, np.uint8),

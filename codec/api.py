@@ -38,6 +38,7 @@ from codec.keyframe import (
 )
 from codec.keyframe_worker import CodedKeyframe, KeyframeJob, KeyframeWorker, code_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionEncoder, quant_table_for
+from codec.predicted_keyframe import code_refresh
 from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
 from codec.reference_memory import ReferenceMemory, SentReference
 from codec.refresh import Alternative, LoopEvent, RefreshLoop, RefreshPolicy
@@ -75,6 +76,10 @@ class EncoderStats:
     switches: list[tuple[int, int]] = field(default_factory=list)  # (seq, slot): warps from another held reference
     keyframe_slots: list[int] = field(default_factory=list)  # the slot each keyframe filled
     last_rebuild_error: float | None = None  # the closed loop's last score
+    # Closed-loop refreshes coded both ways (codec.predicted_keyframe): (seq, predicted packet
+    # bytes, whole keyframe packet bytes, predicted sent); the predicted ones are in ``keyframes``.
+    refresh_choices: list[tuple[int, int, int, bool]] = field(default_factory=list)
+    predicted_keyframes: int = 0
 
 
 class Encoder:
@@ -86,7 +91,8 @@ class Encoder:
                  frame_rate: float = 25.0, refresh: RefreshPolicy | None = None, patches: bool = True,
                  patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS,
                  keyframe_worker: bool = False, references: int | None = None,
-                 reference_policy: str = "lru", acknowledged_references: bool = False) -> None:
+                 reference_policy: str = "lru", acknowledged_references: bool = False,
+                 predicted_refresh: bool = True) -> None:
         """``references``: K, the keyframe slots the receiver keeps (the stream header says
         it; None: ``DEFAULT_REFERENCES`` with a ``refresh`` policy, else 1); with the closed
         loop the sender warps each frame from the held one that rebuilds it best
@@ -99,7 +105,11 @@ class Encoder:
         first keyframe — or a fresh one after ``request_keyframe(restart=True)`` — frames send
         no motion). Without
         it (files, benchmarks) the keyframe goes out with its own frame and the packets are
-        deterministic."""
+        deterministic.
+
+        ``predicted_refresh``: a closed-loop refresh is also coded against the warp of the
+        reference the receiver holds (:mod:`codec.predicted_keyframe`) and sent that way when
+        smaller at about the same quality (not with the keyframe worker: those are whole)."""
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
@@ -139,6 +149,11 @@ class Encoder:
             keyframe_quality=self.keyframe_quality if probe_codec == keyframe_codec
             else default_keyframe_quality(probe_codec))
         self._local_source = None  # the receiver's source state, for the closed loop and patches
+        self.predicted_refresh = predicted_refresh and keyframe_worker is False
+        self._predict_next = False  # the keyframe asked for is a closed-loop refresh
+        self._refresh_motion = None  # the motion of the frame the next keyframe is taken from
+        self.always_predict = False  # every refresh predicted, whatever it costs (drift benchmarks)
+        self.last_refresh = None  # the newest refresh coded both ways (a RefreshChoice)
         self._next_keyframe_reason = "stream start"
         self.last_keyframe_reason = ""  # why the newest keyframe was sent (a call's viewer shows it)
         # Reference patches need the receiver's state too: its keyframe and patches.
@@ -182,14 +197,18 @@ class Encoder:
         """The stream header, sent once before any packet (and again to a rejoining peer)."""
         return self.stream_header().pack()
 
-    def request_keyframe(self, reason: str = "requested", *, restart: bool = False) -> None:
+    def request_keyframe(self, reason: str = "requested", *, restart: bool = False,
+                         refresh: bool = False) -> None:
         """Send a keyframe of the next frame (start of call, receiver request, face moved);
         ``reason`` is recorded with it (``last_keyframe_reason``, ``stats.keyframe_reasons``).
         ``restart``: the receiver holds no keyframe fit to render from (a new stream, back from
-        H.264, a new crop box); with the keyframe worker, frames send no motion until it is out."""
+        H.264, a new crop box); with the keyframe worker, frames send no motion until it is out.
+        ``refresh``: the receiver holds the current reference (the closed loop's refreshes): the
+        keyframe may be predicted from it (``predicted_refresh``); any other request is whole."""
         if not self._keyframe_requested:
             self._next_keyframe_reason = reason
         self._keyframe_requested = True
+        self._predict_next = refresh and not restart
         if restart:
             self._restart_from = self._seq
             # A fresh start: the receiver's references no longer count (a new Decoder, or
@@ -258,9 +277,10 @@ class Encoder:
         coded = worker.take() if worker is not None else None
         packets = [] if coded is None else [self._keyframe_out(coded)]
         if self._keyframe_requested and not (worker is not None and worker.busy):
-            job = self._keyframe_job(crop, seq, ticks, copy=worker is not None)
+            predict = self._predict_next and self._local_source is not None and self.predicted_refresh
+            job = self._keyframe_job(crop, seq, ticks, copy=worker is not None, vector=vector)
             if worker is None:
-                packets.append(self._keyframe_out(code_keyframe(job)))
+                packets.append(self._refresh_out(job) if predict else self._keyframe_out(code_keyframe(job)))
             else:
                 worker.submit(job)
         self._apply_report()
@@ -294,14 +314,20 @@ class Encoder:
             self.stats.last_rebuild_error = self._loop.last_error
         return packets
 
-    def _keyframe_job(self, crop: np.ndarray, seq: int, ticks: int, copy: bool) -> KeyframeJob:
+    def _keyframe_job(self, crop: np.ndarray, seq: int, ticks: int, copy: bool,
+                      vector: np.ndarray | None = None) -> KeyframeJob:
         """The keyframe asked for, taken now: the frame the closed loop tried and chose (one
-        frame back), else this one (``copy``: the worker's own copy of the caller's crop)."""
+        frame back), else this one (``copy``: the worker's own copy of the caller's crop).
+        Its frame's motion (decoded one frame back, else this frame's ``vector``) is kept for
+        a predicted refresh."""
         chosen = self._loop.take_keyframe() if self._loop is not None else None
+        self._refresh_motion = self._motion.last_decoded if chosen else vector
+        self._predict_next = False
         image, info = (chosen.crop, chosen.info) if chosen else (crop, self._tracker.keyframe_info(crop))
         job = KeyframeJob(seq, ticks, image.copy() if copy and not chosen else image, info,
                           self._next_keyframe_reason, self.keyframe_codec, self.keyframe_quality,
-                          self.model.image_size, decode=self._loop is not None or self.patches)
+                          self.model.image_size,
+                          decode=self._loop is not None or self.patches or self.predicted_refresh)
         self._keyframe_requested = False
         self._next_keyframe_reason = "requested"
         return job
@@ -313,10 +339,31 @@ class Encoder:
         slot = memory.slot_for_new(self._current_slot, None)
         keyframe = KeyframePacket(seq=job.seq, timestamp=job.ticks, codec_id=KEYFRAME_CODEC_IDS[job.codec],
                                   image_bytes=coded.data, info=job.info, slot=slot)
-        packet = keyframe.pack()
-        self._framer.keyframe(keyframe.slot)  # the slot a compact intra packet now implies
+        return self._reference_out(job, keyframe.pack(), slot, coded.received)
+
+    def _refresh_out(self, job: KeyframeJob) -> bytes:
+        """A closed-loop refresh, coded whole and predicted from the reference the frames warp
+        from now (held by the receiver); the predicted packet goes out when it is smaller at
+        about the same quality. Either fills the slot a new keyframe would."""
+        motion = self._refresh_motion
+        base = self._memory.get(self._current_slot)
+        if motion is None or not np.all(np.isfinite(motion)) or base is None or not base.received:
+            return self._keyframe_out(code_keyframe(job))
+        slot = self._memory.slot_for_new(self._current_slot, None)
+        choice = code_refresh(self.model, self._local_source, base.slot, base.seq, job, motion, slot=slot,
+                              always=self.always_predict)
+        self.last_refresh = choice
+        self.stats.refresh_choices.append((job.seq, choice.predicted_bytes, choice.whole_bytes, choice.predicted))
+        self.stats.predicted_keyframes += int(choice.predicted)
+        return self._reference_out(job, choice.packet, slot, choice.received)
+
+    def _reference_out(self, job: KeyframeJob, packet: bytes, slot: int, received: np.ndarray | None) -> bytes:
+        """A keyframe packet (whole or predicted) into ``slot`` goes out: the sender's record of
+        what the receiver holds."""
+        memory = self._memory
+        self._framer.keyframe(slot)  # the slot a compact intra packet now implies
         # Exactly what the receiver will hold: the decoded image, not the crop.
-        source = None if coded.received is None else self.model.prepare_source(coded.received, job.info)
+        source = None if received is None else self.model.prepare_source(received, job.info)
         current = memory.get(self._current_slot)
         memory.sent(slot, job.seq, source)
         # Warp from it at once, unless a held reference serves until the receiver reports it.
@@ -386,7 +433,7 @@ class Encoder:
         else:
             self.stats.refreshes.append((event.seq, event.why))
             log.info("keyframe refresh at frame %d: %s", event.seq, event.why)
-            self.request_keyframe(event.why)
+            self.request_keyframe(event.why, refresh=True)
 
     def probe(self, frame: np.ndarray) -> str | None:
         """While in ``fallback`` (a call sends H.264): would a keyframe of the camera hold now?

@@ -27,13 +27,15 @@ from codec.bitstream import (
     MotionPacket,
     MotionSequencer,
     PatchPacket,
+    PredictedKeyframePacket,
     StreamHeader,
     parse_packet,
 )
-from codec.errors import MissingReferenceError, ModelMismatchError, ReferenceSlotError
+from codec.errors import CodecError, MissingReferenceError, ModelMismatchError, ReferenceSlotError
 from codec.families.base import PatchCandidate, TalkingHeadModel, ViewControl
 from codec.keyframe import decode_keyframe, received_keyframe
 from codec.motion_coding import MotionDecoder
+from codec.predicted_keyframe import predict, read_motion_info, rebuild_reference
 from codec.zoo import resolve_model
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class DecoderStats:
     patches: int = 0
     unheld_reference: int = 0  # motion or patch packets naming a slot this receiver does not hold
     sequence_forgotten: int = 0  # arrival gaps after which compact packets waited for an intra
+    predicted_keyframes: int = 0  # refreshes built from a held reference (also in ``keyframes``)
 
 
 @dataclass
@@ -155,6 +158,34 @@ class Decoder:
         if self.needs_reference == slot:
             self.needs_reference = None
         self.stats.keyframes += 1
+
+    def _set_predicted(self, packet: PredictedKeyframePacket) -> None:
+        """A refresh predicted from a held reference (codec.predicted_keyframe): the plain warp
+        of the base with the packet's motion, corrected by its residual, fills the slot. When
+        the base is not held (or holds another frame than the sender's base) the slot is
+        emptied, never built from something else, and counted like motion naming an unheld
+        slot: a call asks for a keyframe. So is a packet that fails to decode (raised)."""
+        slot, base = self._slot(packet.slot), self._slot(packet.base)
+        held = self.references[base]
+        if held is None or held.seq != packet.base_seq:
+            self.references[slot] = None
+            self._unheld(slot)
+            return
+        try:
+            motion = read_motion_info(packet.motion, self.model.layout.vector_length)
+            image = rebuild_reference(predict(self.model, held.source, motion), packet.data, packet.quality,
+                                      packet.check)
+            source = self.model.prepare_source(image, packet.info)
+        except CodecError:
+            self.references[slot] = None  # the sender now predicts from a reference we lack
+            self._unheld(slot)
+            raise
+        self.references[slot] = HeldReference(packet.seq, source, packet.info)
+        self._newest_slot = self._current_slot = slot
+        if self.needs_reference == slot:
+            self.needs_reference = None
+        self.stats.keyframes += 1
+        self.stats.predicted_keyframes += 1
 
     def _unheld(self, slot: int) -> None:
         self.stats.unheld_reference += 1
@@ -278,6 +309,10 @@ class Decoder:
             if isinstance(packet, PatchPacket):
                 yield from flush()  # a patch applies from its own frame on
                 self._add_patch(packet)
+                continue
+            if isinstance(packet, PredictedKeyframePacket):
+                yield from flush()  # like a keyframe; its base may be the batch's reference
+                self._set_predicted(packet)
                 continue
             motion = self._decode_motion(packet)
             if motion is None:

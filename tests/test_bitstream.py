@@ -370,10 +370,12 @@ def test_packet_errors() -> None:
     v3_header = StreamHeader.parse(split_stream(v3_motion)[0])
     with pytest.raises(BitstreamError, match="trailing"):
         parse_packet(split_stream(v3_motion)[-1] + b"\0", v3_header)
-    for type_byte in (0x00, 0x05, 0x3F):
+    for type_byte in (0x00, 0x06, 0x3F):  # 0x05: the predicted keyframe (tests/test_predicted_keyframe.py)
         with pytest.raises(BitstreamError, match="unknown packet type"):
             parse_packet(bytes([type_byte]) + motion[1:])
     v3 = dataclasses.replace(make_header(), format_version=3)
+    with pytest.raises(BitstreamError, match="version 3 or older"):
+        parse_packet(bytes([0x05]) + motion[1:], v3)
     for type_byte in (0x80, 0xFF):  # compact motion from version 4 on
         assert isinstance(parse_packet(bytes([type_byte]) + b"\x00", make_header()), CompactMotionPacket)
         with pytest.raises(BitstreamError, match="unknown packet type"):

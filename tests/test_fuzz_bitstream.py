@@ -29,6 +29,7 @@ from codec.bitstream import (
     MotionPacket,
     MotionSequencer,
     PatchPacket,
+    PredictedKeyframePacket,
     StreamHeader,
     parse_packet,
     read_container,
@@ -70,7 +71,7 @@ LANDMARKS = np.stack([np.linspace(60, 200, 68), np.linspace(80, 220, 68)], axis=
 
 def _packets() -> list[bytes]:
     """Every v4 form: keyframes into two slots, compact intra and inter packets, extended ones
-    (a timestamp off the grid, a named slot), a patch of slot 1."""
+    (a timestamp off the grid, a named slot), a patch of slot 1, a keyframe predicted from slot 1."""
     framer = MotionFramer(HEADER)
     packets = [KeyframePacket(0, 0, KeyframeCodec.JPEG, b"\xff\xd8\xff\xe0tiny",
                               pack_keyframe_info(LANDMARKS)).pack()]
@@ -82,6 +83,10 @@ def _packets() -> list[bytes]:
             framer.keyframe(1)
             packets.append(PatchPacket(seq, 40 * seq, 0, 2, 90, 150, KeyframeCodec.WEBP, b"RIFF\x08\0\0\0WEBPtiny",
                                        np.zeros(6 + EXPRESSION_VALUES, "<f2").tobytes(), reference=1).pack())
+        if seq == 8:
+            packets.append(PredictedKeyframePacket(seq, 40 * seq, 1, 5, 1, 22, b"chek", b"\0\0\0\x01\x41inter",
+                                                   pack_keyframe_info(LANDMARKS),
+                                                   np.zeros(6 + EXPRESSION_VALUES, "<f2").tobytes(), slot=0).pack())
         timestamp = 40 * seq + (7 if seq == 3 else 0)
         packets.append(framer.pack(seq, timestamp, intra, payload, 3 if seq == 7 else None))
     return packets

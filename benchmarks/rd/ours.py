@@ -215,6 +215,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
                "refresh_policy": None if refresh_policy is None else str(refresh_policy),
                "refreshes": [seq for seq, _ in stats.refreshes], "keyframes": stats.keyframes,
                "keyframe_bytes": stats.keyframe_bytes, "motion_bytes": stats.motion_bytes,
+               # refreshes coded both ways: (seq, predicted bytes, whole bytes, predicted sent)
+               "predicted_keyframes": stats.predicted_keyframes, "refresh_choices": stats.refresh_choices,
                "patches": stats.patches, "patch_bytes": stats.patch_bytes,
                "references": references, "reference_policy": reference_policy,
                "keyframe_slots": stats.keyframe_slots,

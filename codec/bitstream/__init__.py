@@ -35,6 +35,7 @@ from codec.bitstream.packets import (
     MotionPacket,
     PacketType,
     PatchPacket,
+    PredictedKeyframePacket,
     StreamHeader,
     is_motion_packet,
     parse_packet,
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_PATCH_SLOTS", "MAX_REFERENCE_SLOTS", "STREAM_FORMAT_VERSION",
     "STREAM_MAGIC", "AudioHeader", "AudioPacket", "ByteReader", "CompactMotionPacket", "Container",
     "ContainerWriter", "FramePacket", "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionFramer",
-    "MotionPacket", "MotionSequencer", "PacketType", "PatchPacket", "RecordKind", "StreamHeader",
+    "MotionPacket", "MotionSequencer", "PacketType", "PatchPacket", "PredictedKeyframePacket", "RecordKind",
+    "StreamHeader",
     "decode_uvarint", "encode_uvarint", "is_motion_packet", "parse_packet", "read_container",
 ]

@@ -74,6 +74,29 @@ until that slot's next keyframe::
              landmark family: its frame's decoded motion vector, float16)
     nothing may follow.
 
+Predicted keyframe packet (v4, type 0x05): a refresh coded against the receiver's warp of a
+reference it holds (codec.predicted_keyframe); it fills its slot as a keyframe does::
+
+    1 byte   type (PREDICTED_KEYFRAME 0x05)
+    varint   sequence number
+    varint   timestamp
+    1 byte   slot it fills (it becomes the current reference)
+    1 byte   base slot: the reference it is predicted from
+    varint   base sequence number: the frame of the reference the sender predicted from (a
+             receiver holding another one in that slot must not build from it)
+    1 byte   method (1: an H.264 inter frame over the intra frame x264 makes of the warp)
+    1 byte   quality (method 1: the x264 CRF of both frames, 0 … 51)
+    4 bytes  check: sha256 prefix of the reference the sender built (S×S×3 RGB bytes): a
+             receiver that builds another one must not use it
+    varint   data length L (1 … MAX_KEYFRAME_BYTES)
+    L bytes  data (method 1: the inter frame's H.264 access unit)
+    varint   info length I (≤ MAX_KEYFRAME_INFO_BYTES)
+    I bytes  keyframe info of the new frame (the landmark family: its 68 landmarks)
+    varint   motion length M (≤ MAX_KEYFRAME_INFO_BYTES)
+    M bytes  the motion vector the base reference is warped with (float16; the family
+             checks its length)
+    nothing may follow.
+
 Versions 2 and 3 (read, never written): no compact packets (a first byte ≥ 0x80 is an
 unknown type) and no slot fields (one reference); every motion packet is type, varint
 sequence, varint timestamp, varint payload length, payload; version 2 has no patches.
@@ -116,8 +139,9 @@ MAX_KEYFRAME_INFO_BYTES = 4 * 1024
 MAX_PATCH_IMAGE_BYTES = 64 * 1024
 MAX_PATCH_SLOTS = 8
 MAX_PATCH_REGIONS = 3
-# Keyframe: type + seq + timestamp + slot + codec id + image length + image + info length + info.
-MAX_PACKET_BYTES = 1 + 4 * MAX_VARINT_BYTES + 2 + MAX_KEYFRAME_BYTES + MAX_KEYFRAME_INFO_BYTES
+# The largest packet, a predicted keyframe: type + seq + timestamp + slot + base + base seq + method
+# + quality + check + data length + data + info length + info + motion length + motion.
+MAX_PACKET_BYTES = 1 + 6 * MAX_VARINT_BYTES + 4 + 4 + MAX_KEYFRAME_BYTES + 2 * MAX_KEYFRAME_INFO_BYTES
 COMPACT_MOTION_FLAG = 0x80  # first byte 1 I ssssss: a compact motion packet (version 4)
 COMPACT_INTRA_FLAG = 0x40
 COMPACT_SEQ_BITS = 6
@@ -131,6 +155,7 @@ class PacketType(IntEnum):
     MOTION_INTRA = 0x02
     MOTION_INTER = 0x03
     PATCH = 0x04
+    PREDICTED_KEYFRAME = 0x05  # version 4 only
     # 0x40–0x7F are reserved for control messages defined by the transport layer;
     # parse_packet rejects them. 0x80 and up: compact motion packets (version 4).
     KEYFRAME_REQUEST = 0x40
@@ -268,7 +293,53 @@ class PatchPacket:
                 + encode_uvarint(len(self.info)) + bytes(self.info))
 
 
-FramePacket = KeyframePacket | MotionPacket | CompactMotionPacket | PatchPacket
+PREDICTION_METHODS = frozenset({1})  # 1: an H.264 inter frame over the warp (codec.predicted_keyframe)
+PREDICTION_CHECK_BYTES = 4
+
+
+@dataclass(frozen=True)
+class PredictedKeyframePacket:
+    """A refresh predicted from reference ``base``, the keyframe of frame ``base_seq`` (see
+    the module docstring): how (``method``, ``quality``, ``check``), its ``data``, the new
+    frame's keyframe info and the motion the base is warped with; it fills reference ``slot``."""
+
+    seq: int
+    timestamp: int
+    base: int
+    base_seq: int
+    method: int
+    quality: int
+    check: bytes
+    data: bytes
+    info: bytes
+    motion: bytes
+    slot: int = 0
+
+    def pack(self) -> bytes:
+        """Serialise; OversizedError above the limits, ValueError on bad fields."""
+        check_uint("base", self.base, 0, MAX_REFERENCE_SLOTS - 1)
+        check_uint("method", self.method, 0, 0xFF)
+        if self.method not in PREDICTION_METHODS:
+            raise ValueError(f"unknown prediction method {self.method!r}")
+        check_uint("quality", self.quality, 0, 0xFF)
+        if len(self.check) != PREDICTION_CHECK_BYTES:
+            raise ValueError(f"the check is {PREDICTION_CHECK_BYTES} bytes, not {len(self.check)}")
+        if not self.data:
+            raise ValueError("predicted keyframe data is empty")
+        if len(self.data) > MAX_KEYFRAME_BYTES:
+            raise OversizedError(f"predicted keyframe data of {len(self.data)} bytes exceeds {MAX_KEYFRAME_BYTES}")
+        for what, field in (("info", self.info), ("motion", self.motion)):
+            if len(field) > MAX_KEYFRAME_INFO_BYTES:
+                raise OversizedError(f"predicted keyframe {what} of {len(field)} bytes exceeds "
+                                     f"{MAX_KEYFRAME_INFO_BYTES}")
+        return (_packet_prefix(PacketType.PREDICTED_KEYFRAME, self.seq, self.timestamp, self.slot)
+                + bytes([self.base]) + encode_uvarint(self.base_seq) + bytes([self.method, self.quality])
+                + bytes(self.check) + encode_uvarint(len(self.data)) + bytes(self.data)
+                + encode_uvarint(len(self.info)) + bytes(self.info)
+                + encode_uvarint(len(self.motion)) + bytes(self.motion))
+
+
+FramePacket = KeyframePacket | MotionPacket | CompactMotionPacket | PatchPacket | PredictedKeyframePacket
 
 
 def is_motion_packet(data: bytes | bytearray | memoryview) -> bool:
@@ -287,6 +358,26 @@ def _parse_patch(reader: ByteReader, seq: int, timestamp: int, reference: int) -
         raise BitstreamError(f"patch position ({x0}, {y0}) out of range")
     image, info = _read_image(reader, "patch", codec_id, MAX_PATCH_IMAGE_BYTES)
     return PatchPacket(seq, timestamp, region, slot, x0, y0, codec_id, image, info, reference)
+
+
+def _parse_predicted(reader: ByteReader, seq: int, timestamp: int, slot: int, slots: int) -> PredictedKeyframePacket:
+    base = _read_slot(reader, slots, "base reference slot")
+    base_seq = reader.read_uvarint("base sequence number")
+    method = reader.read_u8("prediction method")
+    if method not in PREDICTION_METHODS:
+        raise BitstreamError(f"unknown prediction method {method}")
+    quality = reader.read_u8("prediction quality")
+    check = reader.read_bytes(PREDICTION_CHECK_BYTES, "prediction check")
+    length = reader.read_length(MAX_KEYFRAME_BYTES, "predicted keyframe data length")
+    if length == 0:
+        raise BitstreamError("predicted keyframe data is empty")
+    data = reader.read_bytes(length, "predicted keyframe data")
+    info_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "predicted keyframe info length")
+    info = reader.read_bytes(info_length, "predicted keyframe info")
+    motion_length = reader.read_length(MAX_KEYFRAME_INFO_BYTES, "predicted keyframe motion length")
+    motion = reader.read_bytes(motion_length, "predicted keyframe motion")
+    reader.expect_end("predicted keyframe packet")
+    return PredictedKeyframePacket(seq, timestamp, base, base_seq, method, quality, check, data, info, motion, slot)
 
 
 def _read_image(reader: ByteReader, what: str, codec_id: int, limit: int) -> tuple[bytes, bytes]:
@@ -364,6 +455,10 @@ def parse_packet(data: bytes | bytearray | memoryview, header: StreamHeader | No
     slot = _read_slot(reader, slots, "reference slot") if version >= 4 else 0
     if packet_type == PacketType.PATCH:
         return _parse_patch(reader, seq, timestamp, slot)
+    if packet_type == PacketType.PREDICTED_KEYFRAME:
+        if version < 4:
+            raise BitstreamError("predicted keyframe packet in a version 3 or older stream")
+        return _parse_predicted(reader, seq, timestamp, slot, slots)
     if packet_type == PacketType.KEYFRAME:
         codec_id = reader.read_u8("keyframe codec")
         image, info = _read_image(reader, "keyframe", codec_id, MAX_KEYFRAME_BYTES)
@@ -385,5 +480,5 @@ __all__ = [
     "MAX_REFERENCE_SLOTS", "READABLE_FORMAT_VERSIONS",
     "STREAM_FORMAT_VERSION", "STREAM_MAGIC", "WEIGHTS_PREFIX_BYTES", "CompactMotionPacket", "FramePacket",
     "HeaderFlags", "KeyframeCodec", "KeyframePacket", "MotionPacket", "PacketType",
-    "PatchPacket", "StreamHeader", "is_motion_packet", "parse_packet",
+    "PREDICTION_METHODS", "PatchPacket", "PredictedKeyframePacket", "StreamHeader", "is_motion_packet", "parse_packet",
 ]
