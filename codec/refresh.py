@@ -53,6 +53,10 @@ class RefreshPolicy:
         the keyframe for ``hold_checks`` checks (a cut, a light switched on: no need to wait);
     pose_limit_deg: ... or when yaw or pitch stays this far from the keyframe's for
         ``hold_checks`` checks (a turned head shows sides of the face the keyframe lacks);
+    turn_window: while turned, the trial is scored on the window's turned frames only (those
+        beyond ``pose_limit_deg``, older than ``window_gap_s``), not on the whole window, whose
+        frames from before the turn any trial from the turned view rebuilds worse: the new view
+        is sent once the turn has lasted ~0.4 s instead of most of the window;
     check_every: render and score every N-th frame (sender CPU: one warp, ~3 ms at 256 px);
     min_interval_s: never two keyframes closer than this;
     max_keyframe_kbps: keyframe bits per second over the stream so far stay under this,
@@ -82,6 +86,7 @@ class RefreshPolicy:
     candidate_every: int = 5
     jump: float = 0.45
     pose_limit_deg: float = 25.0
+    turn_window: bool = True
     hold_checks: int = 3
     check_every: int = 1
     min_interval_s: float = 1.0
@@ -104,6 +109,7 @@ class CheckedFrame:
     crop: np.ndarray  # S×S×3 uint8 RGB, the loop's own copy
     motion: np.ndarray  # the decoded motion vector the receiver renders it with
     error: float  # its rebuild error from the held keyframe
+    turn: float = 0.0  # the larger of |yaw|, |pitch| from the held keyframe's (degrees)
 
 
 @dataclass
@@ -127,6 +133,8 @@ class TrialKeyframe:
     info: bytes
     held: float
     fresh: float
+    first: int = 0  # the oldest frame it was scored on
+    turned: bool = False  # scored on the turned frames only (RefreshPolicy.turn_window)
 
 
 @dataclass
@@ -254,16 +262,17 @@ class RefreshLoop:
         self.last_error = error
         if held.floor is None:
             held.floor = error
+        turn = pose_distance(decoded, held.pose) if held.pose is not None else 0.0
         # A copy: fit_square hands back the caller's array, which a camera may fill again.
-        held.window.append(CheckedFrame(seq, crop.copy(), decoded.copy(), error))
+        held.window.append(CheckedFrame(seq, crop.copy(), decoded.copy(), error, turn))
         while seq - held.window[0].seq > round(policy.window_s * self.frame_rate):
             held.window.popleft()
-        turn = pose_distance(decoded, held.pose) if held.pose is not None else 0.0
         held.turned_checks = held.turned_checks + 1 if turn > policy.pose_limit_deg else 0
         held.jump_checks = held.jump_checks + 1 if error - held.floor > policy.jump else 0
         if keyframe_pending:
             return
-        frames = self._trial_frames(seq) if seq % policy.candidate_every == 0 else []
+        turned = held.turned_checks >= policy.hold_checks
+        frames = self._trial_frames(seq, turned) if seq % policy.candidate_every == 0 else []
         # Another held reference that rebuilds the trial's frames better (K > 1): free to use.
         alternative = self._best_alternative(decoded, turn, frames, alternatives)
         held_error = float(np.mean([entry.error for entry in frames])) if frames else error
@@ -282,11 +291,11 @@ class RefreshLoop:
               # A head turned far from the keyframe's pose lowers the bar to any gain: the
               # trial still has to do better, which a frame caught mid-turn (blurred, half
               # way) does not. With K > 1 it must beat the best held reference too.
-              and best - trial.fresh >= (0.0 if held.turned_checks >= policy.hold_checks else policy.gain)):
-            turned = held.turned_checks >= policy.hold_checks
-            window = (seq - held.window[0].seq) / self.frame_rate
+              and best - trial.fresh >= (0.0 if turned else policy.gain)):
+            window = (seq - frames[-1].seq) / self.frame_rate
+            of_turn = " of the turn" if trial.turned else ""
             why = ((f"head turned {turn:.0f}° from the keyframe; " if turned else "")
-                   + f"this frame rebuilds the last {window:.1f} s better: "
+                   + f"this frame rebuilds the last {window:.1f} s{of_turn} better: "
                    f"error {trial.fresh:.3f}, not {best:.3f}"
                    + (f" (reference {alternative[0]})" if switch else ""))
             self._chosen = trial
@@ -307,12 +316,18 @@ class RefreshLoop:
             return
         events.append(LoopEvent("refresh", seq, why))
 
-    def _trial_frames(self, seq: int) -> list[CheckedFrame]:
+    def _trial_frames(self, seq: int, turned: bool = False) -> list[CheckedFrame]:
         """The window's frames a trial renders (newest first: every ``window_step``-th,
-        leaving out the last ``window_gap_s``); empty when fewer than two."""
+        leaving out the last ``window_gap_s``); empty when fewer than two. ``turned``: the
+        head is turned (``pose_limit_deg``); with ``turn_window`` only the window's turned
+        frames, every 2nd, when there are 2 or more."""
         policy, window = self.policy, self._held.window
         gap = round(policy.window_gap_s * self.frame_rate)
-        frames = [entry for entry in reversed(window) if seq - entry.seq >= gap][::policy.window_step]
+        older = [entry for entry in reversed(window) if seq - entry.seq >= gap]
+        frames = older[::policy.window_step]
+        turned_frames = [entry for entry in older if entry.turn > policy.pose_limit_deg][::2]
+        if turned and policy.turn_window and len(turned_frames) >= 2:
+            frames = turned_frames
         return frames if len(frames) >= 2 else []
 
     def _best_alternative(self, decoded: np.ndarray, turn: float, frames: list[CheckedFrame],
@@ -347,7 +362,8 @@ class RefreshLoop:
         rebuilt = self._model.render(source, np.stack([entry.motion for entry in frames]))
         fresh = float(np.mean([rebuild_error(image, entry.crop) for image, entry in zip(rebuilt, frames)]))
         held = float(np.mean([entry.error for entry in frames]))
-        return TrialKeyframe(crop, info, held, fresh)
+        turned = all(entry.turn > self.policy.pose_limit_deg for entry in frames)
+        return TrialKeyframe(crop, info, held, fresh, frames[-1].seq, turned)
 
     def probe(self, crop: np.ndarray) -> str | None:
         """While in ``fallback`` (a call sends H.264): would a keyframe of the camera hold now?

@@ -11,6 +11,7 @@ from codec.families.base import ModelFamily, ViewControl
 from codec.families.landmark import (
     KEYFRAME_INFO_BYTES,
     LandmarkModel,
+    limit_turn,
     motion_from_landmarks,
     pack_keyframe_info,
     unpack_keyframe_info,
@@ -208,3 +209,45 @@ def test_the_warp_is_safe_to_run_on_two_threads(model, portrait) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert not wrong, f"{len(wrong)} of 300 concurrent warps differed from the single-threaded ones"
+
+
+def test_limit_turn_passes_small_turns_and_bounds_large_ones() -> None:
+    """Up to half the limit the angles pass unchanged; beyond, yaw and pitch approach the
+    limit smoothly and monotonically and never pass it; roll passes; None is no limit."""
+    reference = np.array([10.0, -5.0, 3.0])
+    small = np.array([16.0, -12.0, 40.0])
+    assert np.allclose(limit_turn(reference, small, 20.0), small)
+    yaws = reference[0] + np.linspace(0.0, 80.0, 81)
+    limited = np.array([limit_turn(reference, [y, -5.0, 0.0], 20.0)[0] for y in yaws]) - reference[0]
+    assert np.all(np.diff(limited) > 0) and limited.max() < 20.0 and limited[-1] > 19.0
+    turned = limit_turn(reference, np.array([-70.0, 60.0, 50.0]), 20.0)
+    assert -20.0 < turned[0] - reference[0] < -15.0 and 15.0 < turned[1] - reference[1] < 20.0
+    assert turned[2] == 50.0
+    assert np.array_equal(limit_turn(reference, small, None), small)
+
+
+def test_turn_limit_draws_a_large_turn_nearer_the_keyframe(model, portrait) -> None:
+    """With the limit a 50° turn is drawn as a turn of under the limit (the nose moves less),
+    and a turn within half the limit renders exactly as without it."""
+    crop, landmarks = portrait
+    source = model.prepare_source(crop, pack_keyframe_info(landmarks))
+    limited = copy_model(model, 20.0)
+    free = copy_model(model, None)
+    small, large = model.neutral_motion(source), model.neutral_motion(source)
+    small[0] += 8.0
+    large[0] += 50.0
+    assert np.array_equal(limited.render(source, small[None])[0], free.render(source, small[None])[0])
+    nose_free = free.driving_points(source, large)[0][30, 0]
+    nose_limited = limited.driving_points(source, large)[0][30, 0]
+    at_limit = model.neutral_motion(source)
+    at_limit[0] += 20.0
+    nose_at_limit = free.driving_points(source, at_limit)[0][30, 0]
+    assert nose_free < nose_at_limit <= nose_limited < source.source_px[30, 0]
+
+
+def copy_model(model: LandmarkModel, limit: float | None) -> LandmarkModel:
+    import copy
+
+    other = copy.copy(model)
+    other.turn_limit_deg = limit
+    return other

@@ -514,3 +514,60 @@ def test_periodic_refresh_that_waits_for_a_face_is_a_baseline_of_its_own():
     blind = result["bd_rate_adaptive_vs_fixed_refresh"]["ours adaptive"]["lpips"]
     waiting = result["bd_rate_adaptive_vs_face_wait_refresh"]["ours adaptive"]["lpips"]
     assert blind < 0 < waiting  # the loop beats blind periods and loses to face-waiting ones here
+
+
+def test_frame_stats_worst_frames_and_steady_rate() -> None:
+    """p95 of the scored frames' LPIPS (NaN frames left out) and the payload after the first
+    second, without the first keyframe or I-frame."""
+    from benchmarks.rd.scoring import frame_stats
+
+    lpips = np.array([*np.linspace(0.1, 0.2, 20), np.nan])
+    frame_bytes = np.zeros(50, dtype=np.int64)
+    frame_bytes[0] = 5000  # the first keyframe: not steady state
+    frame_bytes[25:] = 10  # 10 bytes a frame from the second second on
+    stats = frame_stats(lpips, frame_bytes, fps=25.0)
+    assert stats["lpips_p95"] == pytest.approx(np.percentile(np.linspace(0.1, 0.2, 20), 95))
+    assert stats["steady_kbps"] == pytest.approx(8 * 10 * 25 / 1000)
+    assert frame_stats(None, frame_bytes[:25]) == {"lpips_p95": None, "steady_kbps": None}
+    assert frame_stats(np.full(3, np.nan), frame_bytes)["lpips_p95"] is None
+
+
+def test_worst_frames_against_the_frozen_keyframe_and_backfill(tmp_path) -> None:
+    """Rows scored before rd recorded p95 get it from their per-frame arrays (not from a
+    stale file); a clip whose p95 is worse than the frozen keyframe's is flagged and listed,
+    and the summary's table says so."""
+    from benchmarks.rd.markdown import markdown_table, worst_frame_clips
+    from benchmarks.rd.scoring import add_frame_stats, perframe_file, worst_frame_check
+
+    def row(codec, setting, clip, lpips, first=4000):
+        frame_bytes = np.full(50, 20, dtype=np.int64)
+        frame_bytes[0] = first
+        np.savez_compressed(perframe_file(tmp_path, codec, setting, clip), frame_bytes=frame_bytes,
+                            lpips=np.asarray(lpips))
+        return {"codec": codec, "setting": setting, "clip": clip, "size": 256, "frames": 50,
+                "frames_requested": 50, "metric_every": 5, "scored_frames": len(lpips),
+                "bytes": int(frame_bytes.sum()), "lpips": float(np.mean(lpips)), "payload_kbps": 1.0}
+
+    ours_a = row("ours", "q3-kf0", "a.mp4", [0.1] * 9 + [0.5])  # one torn frame
+    frozen_a = row("frozen", "webp-q90", "a.mp4", [0.3] * 10)
+    ours_b = row("ours", "q3-kf0", "b.mp4", [0.1] * 10)
+    frozen_b = row("frozen", "webp-q90", "b.mp4", [0.2] * 10)
+    stale = row("ours", "q3-ad0.1", "b.mp4", [0.1] * 10)
+    stale["lpips"] = 0.3  # its file belongs to another run
+    rows = [ours_a, frozen_a, ours_b, frozen_b, stale]
+    before = markdown_table(rd.average_rows(rows))
+    assert "p95" not in before and "steady" not in before  # old runs render as they did
+    add_frame_stats(rows, tmp_path)
+    assert ours_a["lpips_p95"] == pytest.approx(np.percentile([0.1] * 9 + [0.5], 95))
+    assert ours_a["steady_kbps"] == pytest.approx(8 * 20 * 25 / 1000)
+    assert "lpips_p95" not in stale
+    check = worst_frame_check(rows)
+    assert check == {"ours q3-kf0": {"clips": 2, "worse": ["a.mp4"]}}
+    assert ours_a["lpips_p95_worse_than_frozen"] is True and ours_b["lpips_p95_worse_than_frozen"] is False
+    assert stale["lpips_p95_worse_than_frozen"] is None
+    table = markdown_table(rd.average_rows(rows))
+    assert "LPIPS p95 (worst frames)" in table and "steady kbit/s (after 1 s)" in table
+    lines = worst_frame_clips(rows)
+    assert any(line.startswith("| a.mp4 |") and "✗" in line for line in lines)
+    assert not any(line.startswith("| b.mp4 |") and "✗" in line for line in lines)
+    assert lines[-2].startswith("| clips ✗ | 1 |")

@@ -259,3 +259,18 @@ def test_the_encoder_says_whether_it_saw_a_face(portrait):
     assert encoder.face_seen
     encoder.encode(np.full((256, 256, 3), 128, np.uint8))
     assert not encoder.face_seen
+
+
+def test_a_turn_is_caught_sooner_scored_on_its_own_frames(portrait):
+    """A head that turns 40° after a second and stays: scored on the turned frames only
+    (turn_window), the trial sends the new view within ~0.5 s of the turn; scored on the whole
+    window, whose frontal frames the turned view rebuilds badly, it waits much longer."""
+    frames = ([turned(portrait, 0.0)] * 30 + [turned(portrait, 5.0 * k) for k in range(1, 9)]
+              + [turned(portrait, 40.0)] * 50)
+    first = {}
+    for window in (True, False):
+        encoder, _ = run(RefreshPolicy(gain=1e3, pose_limit_deg=20.0, turn_window=window), frames)
+        first[window] = encoder.stats.refreshes[0][0] if encoder.stats.refreshes else len(frames)
+    # Over 20° from frame 34 on.
+    assert 38 <= first[True] <= 50, first
+    assert first[False] >= first[True] + 10, first

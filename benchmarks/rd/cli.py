@@ -21,7 +21,7 @@ from .plots import plot_all
 from .protocol import ALL_CODECS, FPS, METRICS, UNTRAINED_MARK
 from .results import ResultStore, average_rows, run_meta
 from .runner import Sweep, sweep_settings
-from .scoring import add_common_face_akd
+from .scoring import add_common_face_akd, add_frame_stats, worst_frame_check
 
 
 class Refused(Exception):
@@ -228,6 +228,8 @@ def _finish(store: ResultStore, out: Path, rows: list[dict[str, Any]], used_clip
             untrained: bool, started: float) -> None:
     """Averages, analysis and plots into results.json, then summary.md beside it."""
     add_common_face_akd(rows, out / "perframe")
+    add_frame_stats(rows, out / "perframe")
+    store.data["worst_frames"] = worst_frame_check(rows)
     store.note_resummarised()
     averages = average_rows(rows)
     store.data["clips"] = used_clips

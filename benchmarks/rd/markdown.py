@@ -26,25 +26,78 @@ def format_cell(value: Any, digits: int = 3) -> str:
 TABLE_COLUMNS = ("codec", "setting", "clips", "scored_frames", "payload_kbps", "wire_kbps",
                  "bits_per_frame", "psnr", "ssim", "ms_ssim", "lpips", "akd", AKD_COMMON, "aed",
                  "encode_ms_per_frame", "decode_ms_per_frame")
+_HEADS = {"codec": "codec", "setting": "setting", "clips": "clips", "scored_frames": "scored frames/clip",
+          "payload_kbps": "payload kbit/s", "wire_kbps": "on-wire kbit/s",
+          "steady_kbps": "steady kbit/s (after 1 s)", "bits_per_frame": "bits/frame", "psnr": "PSNR",
+          "ssim": "SSIM", "ms_ssim": "MS-SSIM", "lpips": "LPIPS", "lpips_p95": "LPIPS p95 (worst frames)",
+          "akd": "AKD", AKD_COMMON: "AKD common", "aed": "AED", "encode_ms_per_frame": "enc ms/f",
+          "decode_ms_per_frame": "dec ms/f"}
+
+
+def table_columns(averages: list[dict[str, Any]]) -> tuple[str, ...]:
+    """``TABLE_COLUMNS``, with the steady-state rate after the on-wire rate and LPIPS p95 after
+    LPIPS when a row has them (runs scored before rd recorded them render as they did)."""
+    columns: list[str] = []
+    for key in TABLE_COLUMNS:
+        columns.append(key)
+        for extra, after in (("steady_kbps", "wire_kbps"), ("lpips_p95", "lpips")):
+            if key == after and any(row.get(extra) is not None for row in averages):
+                columns.append(extra)
+    return tuple(columns)
 
 
 def markdown_table(averages: list[dict[str, Any]]) -> str:
     """The averaged results as a markdown table (untrained rows flagged). "AKD common" is AKD
-    over the frames where every setting of the run shows a face (``akd_common``)."""
-    head = ["codec", "setting", "clips", "scored frames/clip", "payload kbit/s", "on-wire kbit/s",
-            "bits/frame", "PSNR", "SSIM", "MS-SSIM", "LPIPS", "AKD", "AKD common", "AED", "enc ms/f", "dec ms/f"]
+    over the frames where every setting of the run shows a face (``akd_common``); "LPIPS p95"
+    the per-clip 95th percentile of frame LPIPS, averaged over clips; "steady kbit/s" the
+    payload after the first second."""
+    columns = table_columns(averages)
+    head = [_HEADS[key] for key in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in averages:
         cells = []
-        for key in TABLE_COLUMNS:
+        for key in columns:
             value = row.get(key)
             if key == "codec" and row.get("untrained"):
                 value = f"{value} (UNTRAINED)"
             if key == "scored_frames" and value is not None and row.get("frames") is not None:
                 value = f"{value:.4g} of {row['frames']:.4g}"
-            cells.append(format_cell(value, 4 if key in ("ssim", "ms_ssim", "lpips") else 3))
+            cells.append(format_cell(value, 4 if key in ("ssim", "ms_ssim", "lpips", "lpips_p95") else 3))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def worst_frame_clips(results: list[dict[str, Any]]) -> list[str]:
+    """Per clip, each setting's LPIPS p95 (the worst frames) and mean beside the frozen
+    keyframe's; ✗ where the p95 is worse than the frozen keyframe's. Empty when no row has a
+    p95 or there is no frozen keyframe to compare with."""
+    if not any(r.get("lpips_p95") is not None for r in results) \
+            or not any(r["codec"] == "frozen" for r in results):
+        return []
+    columns = list(dict.fromkeys(f"{r['codec']} {r['setting']}" for r in results if r["codec"] != "frozen"))
+    columns.append("frozen")
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in results:
+        name = "frozen" if row["codec"] == "frozen" else f"{row['codec']} {row['setting']}"
+        cells.setdefault(row["clip"], {})[name] = row
+    worse = {name: 0 for name in columns}
+    lines = ["## Worst frames per clip (LPIPS p95 / mean; ✗: p95 worse than the frozen keyframe's)", "",
+             "| clip | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for clip, row in cells.items():
+        out = []
+        for name in columns:
+            r = row.get(name)
+            if r is None or r.get("lpips_p95") is None:
+                out.append("n/a")
+                continue
+            text = f"{r['lpips_p95']:.3f} / {r['lpips']:.3f}"
+            if r.get("lpips_p95_worse_than_frozen"):
+                text += " ✗"
+                worse[name] += 1
+            out.append(text)
+        lines.append(f"| {clip} | " + " | ".join(out) + " |")
+    lines.append("| clips ✗ | " + " | ".join("" if name == "frozen" else str(worse[name]) for name in columns) + " |")
+    return [*lines, ""]
 
 
 def closed_loop_clips(results: list[dict[str, Any]]) -> list[str]:
@@ -154,6 +207,8 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
                 "n/a" if values.get(m) is None else f"{format_cell(values[m])} %" for m in metrics) + " |")
         lines.append("")
     lines += closed_loop_clips(data.get("results", []))
+    clips = set(data.get("clips") or [])
+    lines += worst_frame_clips([r for r in data.get("results", []) if not clips or r["clip"] in clips])
     if plot_paths:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plot_paths] + [""]
     lines += ["## Notes", ""] + [f"- {note}" for note in data.get("notes", [])]

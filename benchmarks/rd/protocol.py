@@ -14,6 +14,9 @@ METRICS = ("psnr", "ssim", "ms_ssim", "lpips", "akd", "aed")
 AKD_COMMON = "akd_common"
 # Per-clip means averaged over clips, compared in BD-rates and plotted: the metrics and AKD_COMMON.
 SUMMARY_METRICS = (*METRICS, AKD_COMMON)
+# Per-clip figures beside the means (scoring.frame_stats): the worst frames' LPIPS (95th
+# percentile of the scored frames) and the payload rate after the first second.
+FRAME_STATS = ("lpips_p95", "steady_kbps")
 # Lower is better for these; higher for the rest.
 LOWER_IS_BETTER = {"lpips", "akd", "aed", AKD_COMMON}
 ALL_CODECS = ("ours", "x264", "vp8", "vp9", "av1", "frozen")

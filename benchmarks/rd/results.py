@@ -17,7 +17,7 @@ from codec.facecrop import FIT_FRAMES
 from rtc.wire_cost import DATA_CHANNEL_CHUNK_BYTES, DATA_CHANNEL_OVERHEAD_BYTES
 
 from .baselines import RTP_MAX_PAYLOAD, SRTP_PACKET_OVERHEAD_BYTES
-from .protocol import ALL_CODECS, FPS, SUMMARY_METRICS, UNTRAINED_MARK, metric_sampling_text
+from .protocol import ALL_CODECS, FPS, FRAME_STATS, SUMMARY_METRICS, UNTRAINED_MARK, metric_sampling_text
 
 
 def environment() -> dict[str, Any]:
@@ -71,6 +71,12 @@ def run_meta(name: str, command: str, untrained: bool, size: int, frames: int, e
                 "; ours' decode ms/frame is per rendered (scored) frame: the other frames' "
                 "packets are parsed but not rendered.")),
             metric_sampling_text(every, frames) + " (each row: metric_every, scored_frames).",
+            ("lpips_p95: per clip, the 95th percentile of the scored frames' LPIPS (the worst "
+             "frames; averaged over clips in 'averages'); lpips_p95_worse_than_frozen: above the "
+             "frozen keyframe's on that clip ('worst_frames' lists those clips per setting)."),
+            ("steady_kbps: payload kbit/s after the first second (frames 25 on): every codec "
+             "without its first keyframe or I-frame; refresh keyframes, patches and motion count. "
+             "The headline stays the payload rate over the whole clip."),
             *keyframe_note,
         ]}
 
@@ -138,7 +144,8 @@ def _json_default(value: Any) -> Any:
 
 
 def average_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean of every numeric field per (codec, setting) over the clips it ran on."""
+    """Mean of every numeric field per (codec, setting) over the clips it ran on (the summary
+    metrics and ``FRAME_STATS`` over the clips that have them)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["codec"], row["setting"]), []).append(row)
@@ -150,7 +157,7 @@ def average_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [m.get(key) for m in members]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 avg[key] = float(np.mean(values))
-            elif key in SUMMARY_METRICS:
+            elif key in SUMMARY_METRICS or key in FRAME_STATS:
                 finite = [v for v in values if isinstance(v, (int, float))]
                 avg[key] = float(np.mean(finite)) if finite else None
         out.append(avg)

@@ -1,6 +1,7 @@
 """Scoring: per-frame quality metrics from ``evaluation.metrics`` (``MetricSuite``), one clip's
-result row from them and a codec run (``summarize``), and AKD on the frames every setting
-shares (``add_common_face_akd``)."""
+result row from them and a codec run (``summarize``), AKD on the frames every setting
+shares (``add_common_face_akd``), and the worst frames and the steady-state rate
+(``add_frame_stats``, ``worst_frame_check``)."""
 
 from __future__ import annotations
 
@@ -151,7 +152,82 @@ def summarize(metrics: dict[str, np.ndarray], run: CodecRun, fps: float = FPS,
                    run.rendered if run.rendered is not None else n, 1))
     if "x264_sei_bytes" in run.extra:
         row["kbps_with_sei"] = 8.0 * (total + run.extra["x264_sei_bytes"]) / duration / 1000.0
+    row.update(frame_stats(metrics.get("lpips"), run.frame_bytes, fps))
     return row
+
+
+# The steady state starts after this many seconds: a call lasts minutes, a 10 s clip is mostly
+# its first keyframe (ours) or I-frame (the PyAV codecs).
+STEADY_AFTER_S = 1.0
+WORST_PERCENTILE = 95.0
+
+
+def frame_stats(lpips: np.ndarray | None, frame_bytes: np.ndarray, fps: float = FPS) -> dict[str, Any]:
+    """``lpips_p95``: the 95th percentile of the scored frames' LPIPS (linear interpolation;
+    None without LPIPS), the clip's worst frames beside its mean. ``steady_kbps``: payload
+    kbit/s of the frames after the first ``STEADY_AFTER_S`` seconds: every codec without its
+    first keyframe or I-frame (refresh keyframes, patches and motion after it count); None
+    when the clip is no longer than that."""
+    out: dict[str, Any] = {"lpips_p95": None, "steady_kbps": None}
+    if lpips is not None:
+        finite = np.asarray(lpips, np.float64)
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            out["lpips_p95"] = float(np.percentile(finite, WORST_PERCENTILE))
+    start = round(STEADY_AFTER_S * fps)
+    frame_bytes = np.asarray(frame_bytes)
+    if len(frame_bytes) > start:
+        out["steady_kbps"] = 8.0 * float(frame_bytes[start:].sum()) / ((len(frame_bytes) - start) / fps) / 1000.0
+    return out
+
+
+def add_frame_stats(rows: Sequence[dict[str, Any]], folder: Path, fps: float = FPS) -> None:
+    """Fill ``lpips_p95`` and ``steady_kbps`` (``frame_stats``) of rows scored before rd recorded
+    them, from their per-frame arrays in ``folder`` (perframe/*.npz); a row whose file is
+    missing or belongs to another run (its frame count, scored frames or LPIPS mean disagree)
+    is left without them."""
+    for row in rows:
+        if "lpips_p95" in row and "steady_kbps" in row:
+            continue
+        path = perframe_file(folder, row["codec"], row["setting"], row["clip"])
+        if not path.is_file():
+            continue
+        with np.load(path) as data:
+            frame_bytes = np.asarray(data["frame_bytes"]) if "frame_bytes" in data.files else None
+            lpips = np.asarray(data["lpips"], np.float64) if "lpips" in data.files else None
+        if frame_bytes is None or len(frame_bytes) != row.get("frames") \
+                or int(frame_bytes.sum()) != row.get("bytes"):
+            continue
+        if lpips is not None:
+            finite = lpips[np.isfinite(lpips)]
+            if len(lpips) != row.get("scored_frames") or (row.get("lpips") is None) != (not finite.size) \
+                    or (finite.size and not np.isclose(finite.mean(), row["lpips"], rtol=1e-9, atol=1e-9)):
+                continue
+        row.update(frame_stats(lpips, frame_bytes, fps))
+
+
+def worst_frame_check(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per setting of ours (and every other codec's setting), the clips whose worst frames are
+    worse than the frozen keyframe's: ``lpips_p95`` above the frozen keyframe's on the same
+    clip. Each row gets ``lpips_p95_worse_than_frozen`` (True / False; None where either p95 is
+    missing); the answer maps "codec setting" to {"clips": n compared, "worse": [clip, ...]}."""
+    frozen = {(r["clip"], r["size"], r.get("frames_requested", r["frames"]), r.get("metric_every", 1)):
+              r.get("lpips_p95") for r in rows if r["codec"] == "frozen"}
+    out: dict[str, Any] = {}
+    for row in rows:
+        if row["codec"] == "frozen":
+            continue
+        key = (row["clip"], row["size"], row.get("frames_requested", row["frames"]), row.get("metric_every", 1))
+        reference, own = frozen.get(key), row.get("lpips_p95")
+        worse = None if reference is None or own is None else bool(own > reference)
+        row["lpips_p95_worse_than_frozen"] = worse
+        if worse is None:
+            continue
+        entry = out.setdefault(f"{row['codec']} {row['setting']}", {"clips": 0, "worse": []})
+        entry["clips"] += 1
+        if worse:
+            entry["worse"].append(row["clip"])
+    return out
 
 
 def perframe_file(folder: Path, codec: str, setting: str, clip: str) -> Path:

@@ -239,6 +239,25 @@ def _frontal(points3d: np.ndarray) -> np.ndarray:
 REFINE_MIN_INSIDE = 0.9
 
 
+def limit_turn(reference: np.ndarray, angles: np.ndarray, limit_deg: float | None) -> np.ndarray:
+    """(yaw, pitch, roll) with yaw and pitch kept within ``limit_deg`` of the keyframe's
+    ``reference`` pose: the warp can only move the keyframe's pixels, and a turn far past its
+    view stretches the near cheek out of a sliver and tears the mesh. Up to half the limit the
+    angles pass as they are; beyond, the excess is compressed smoothly (tanh) toward the limit,
+    so the head keeps moving the real head's way and never stops dead. Roll (a turn in the
+    picture's plane) passes: the warp shows it exactly. None: no limit. Deterministic from
+    what the receiver holds (the keyframe's pose, the decoded motion), so the sender's closed
+    loop renders exactly what the receiver shows."""
+    angles = np.asarray(angles, np.float64)
+    if limit_deg is None:
+        return angles
+    knee = 0.5 * limit_deg
+    delta = angles[:2] - np.asarray(reference, np.float64)[:2]
+    size = np.abs(delta)
+    soft = np.where(size <= knee, size, knee + (limit_deg - knee) * np.tanh((size - knee) / (limit_deg - knee)))
+    return np.concatenate([np.asarray(reference, np.float64)[:2] + np.sign(delta) * soft, angles[2:]])
+
+
 class LandmarkModel(TalkingHeadModel):
     """The landmark family. ``face`` is the fitted face model (mean shape + basis)."""
 
@@ -269,6 +288,8 @@ class LandmarkModel(TalkingHeadModel):
         # (traced and frozen) or "eager" (the module as loaded: the reference).
         self.refiner_mode = "fast"
         self._frozen: tuple | None = None  # (refiner, its version and mode, frozen_refiner of it)
+        # Yaw and pitch drawn at most this far from the keyframe's pose (limit_turn); None: as sent.
+        self.turn_limit_deg: float | None = None
 
     def plain(self) -> LandmarkModel:
         """The plain warp (patches included), sharing everything else with this model."""
@@ -363,6 +384,7 @@ class LandmarkModel(TalkingHeadModel):
         """(mesh vertices in output pixels, their depths) for one motion vector."""
         motion = np.asarray(motion, np.float64)
         angles, translation, log_scale = motion[0:3], motion[3:5], motion[5]
+        angles = limit_turn(source.pose.angles, angles, self.turn_limit_deg)
         coefficients = motion[6:]
         offsets = (coefficients - source.coefficients) @ self.face.basis  # δ_d = B·(c_d − c_k)
         points = source.canonical.copy()
