@@ -124,6 +124,7 @@ class Encoder:
         patch_codec = "webp" if keyframe_codec == "av1" else keyframe_codec
         self._patch_sender = (PatchSender(model, patch_codec, patch_quality, patch_kbps)
                               if self.patches else None)
+        self.patches_paused = False  # pause_patches
         # Compact motion packets where the receiver can recover the rest (one reference: slot 0).
         self._framer = MotionFramer(self.stream_header())
 
@@ -193,6 +194,11 @@ class Encoder:
         """Whether the tracker found a face by detection in the last encoded frame."""
         return bool(self._tracker.face_seen)
 
+    def pause_patches(self, paused: bool) -> None:
+        """Stop (or resume) sending reference patches, e.g. on a link too slow for them; the
+        patches the receiver already holds stay valid."""
+        self.patches_paused = paused
+
     def request_intra(self) -> None:
         """Make the next motion packet absolute (the receiver lost one; no keyframe needed)."""
         self._motion.force_intra()
@@ -224,7 +230,8 @@ class Encoder:
         intra, payload = self._motion.encode_vector(vector, seq)
         packet = self._framer.pack(seq, ticks, intra, payload)
         decoded = self._motion.last_decoded
-        if self._patch_sender is not None and self._local_source is not None and decoded is not None:
+        if self._patch_sender is not None and self._local_source is not None and decoded is not None \
+                and not self.patches_paused:
             # Before the motion packet: they apply to this frame.
             sender = self._patch_sender
             packets += sender.packets(self._local_source, crop, decoded, seq, ticks, timestamp)

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +39,8 @@ from codec.bitstream.control import (
     pack_control,
 )
 from codec.errors import CodecError, FaceNotFoundError
+
+from sender.link_adapt import LinkAdapter
 
 if TYPE_CHECKING:
     from codec.api import Encoder
@@ -69,6 +71,9 @@ class SenderStats:
     keyframe_requests: int = 0
     intra_requests: int = 0
     mode_switches: int = 0
+    motion_bundles: int = 0  # data-channel messages that carried several motion packets
+    motion_thinned: int = 0  # frames sent without motion: the link was too slow for every frame
+    adaptations: list = field(default_factory=list)  # (s, what, why): sender.link_adapt's changes
     encode_ms_total: float = 0.0  # wall time of Encoder.encode (neural frames)
     encode_cpu_ms_total: float = 0.0  # CPU time of the encoding thread for those frames
     face_cpu_ms_total: float = 0.0  # CPU time of the face checks (the detector thread)
@@ -121,6 +126,11 @@ class SenderSession:
         self.compare = compare
         self.drop_late = drop_late
         self.on_frame = on_frame  # gets (crop, media time) of every sent frame (demo, benchmarks)
+        # Keyframes sized to the link, patches and motion rate (sender.link_adapt); app.call
+        # says whether the peer takes motion bundles.
+        self.link: LinkAdapter | None = None
+        self.peer_takes_bundles = False
+        self._bundle: list[bytes] = []
         self.stats = SenderStats()
         self.peer_stats: dict[str, float] = {}
         self.box = None
@@ -145,7 +155,9 @@ class SenderSession:
         if isinstance(message, KeyframeRequest):
             now = time.monotonic()
             self.stats.keyframe_requests += 1
-            if now - self._last_keyframe_request >= KEYFRAME_REQUEST_MIN_INTERVAL_S:
+            spacing = max(KEYFRAME_REQUEST_MIN_INTERVAL_S,
+                          self.link.keyframe_interval() if self.link is not None else 0.0)
+            if now - self._last_keyframe_request >= spacing:
                 self._last_keyframe_request = now
                 log.info("peer asked for a keyframe (%s)", message.reason)
                 if self.encoder is not None:
@@ -158,6 +170,7 @@ class SenderSession:
                 self.encoder.request_intra()
         elif isinstance(message, StatsReport):
             self.peer_stats = dict(message.values)
+            self._adapt()
         elif isinstance(message, ModeRequest):
             if message.mode == "neural" and self.encoder is None:
                 log.warning("peer asked for neural mode, but this sender has no model")
@@ -165,6 +178,37 @@ class SenderSession:
             log.info("peer asked for %s mode (%s)", message.mode, message.reason)
             self.wanted_mode = message.mode
             self._switch(message.mode, f"peer asked: {message.reason}")
+
+    # ------------------------------------------------------------------ the link
+
+    def _start_link(self) -> None:
+        if self.encoder is None:
+            return
+        self.link = LinkAdapter(codec=self.encoder.keyframe_codec, default_quality=self.encoder.keyframe_quality,
+                                motion_on_channel=self.motion_carrier is None)
+        self.link.adaptations = self.stats.adaptations  # one list: the report shows them
+        self.encoder.keyframe_quality = self.link.keyframe_quality()
+
+    def _rtt(self) -> float | None:
+        sctp = getattr(self._control, "transport", None)
+        return getattr(sctp, "_srtt", None)  # aiortc's smoothed round trip; None before one
+
+    def _adapt(self) -> None:
+        """Act on the receiver's newest report (sender.link_adapt.LinkAdapter)."""
+        if self.link is None:
+            return
+        # Motion takes the data channel without audio (or while audio stalls): there it costs
+        # a message per frame, and a slow link gets bundles or fewer frames.
+        self.link.motion_on_channel = self.motion_carrier is None or \
+            self.stats.motion_on_audio < 0.5 * self.stats.neural_frames
+        upgrade = self.link.on_peer_stats(self.peer_stats, self._rtt())
+        state = self.link.state
+        self.encoder.keyframe_quality = self.link.keyframe_quality()
+        self.encoder.pause_patches(not state.patches)
+        if upgrade and not self.encoder.keyframe_pending:
+            self.encoder.request_keyframe(f"the link carries about {state.kbps:.0f} kbit/s: a better keyframe")
+        if state.bundle == 1 and self._bundle:
+            self._flush_bundle()
 
     # ------------------------------------------------------------------ sending
 
@@ -180,6 +224,9 @@ class SenderSession:
             if packet[0] == PacketType.KEYFRAME:  # our own encoder's output: the type byte says it
                 self.stats.keyframes += 1
                 why = self.encoder.last_keyframe_reason if self.encoder is not None else ""
+                if self.link is not None and self.encoder.stats.keyframe_reasons:
+                    self.link.keyframe_sent(self.encoder.stats.keyframe_reasons[-1][0], len(packet),
+                                            self.encoder.keyframe_quality)
                 self._send_control(Keyframe(packet=packet, reason=why))
             elif packet[0] == PacketType.PATCH:
                 self.stats.patches += 1
@@ -204,10 +251,31 @@ class SenderSession:
                     or getattr(sctp, "_data_channel_queue", None))
 
     def send_motion_on_channel(self, packet: bytes) -> bool:
-        """One motion packet on the unreliable data channel; False if it was not sent."""
+        """One motion packet on the unreliable data channel; False if it was not sent. On a
+        slow link (sender.link_adapt) packets wait to travel several to a message."""
         if self._motion is None or self._motion.readyState != "open":
             self._dropped_motion()
             return False
+        bundle = self.link.state.bundle if self.link is not None and self.peer_takes_bundles else 1
+        if bundle > 1:
+            self._bundle.append(packet)
+            if len(self._bundle) >= bundle:
+                return self._flush_bundle()
+            return True
+        return self._send_on_channel(packet)
+
+    def _flush_bundle(self) -> bool:
+        from rtc.motion_bundle import pack_bundle
+
+        packets, self._bundle = self._bundle, []
+        if not packets:
+            return True
+        if len(packets) == 1:
+            return self._send_on_channel(packets[0])
+        self.stats.motion_bundles += 1
+        return self._send_on_channel(pack_bundle(packets))
+
+    def _send_on_channel(self, packet: bytes) -> bool:
         if self._motion.bufferedAmount > MOTION_BUFFER_LIMIT_BYTES:
             self.stats.motion_dropped += 1
             self._dropped_motion()
@@ -310,6 +378,7 @@ class SenderSession:
                 self.mode = "h264"
         start = time.monotonic()
         self.clock = time.time()
+        self._start_link()
         self.send_stream_start()
         frame: np.ndarray | None = first
         index = 0
@@ -353,7 +422,10 @@ class SenderSession:
         self.stats.frames += 1
         if self.on_frame is not None:
             self.on_frame(crop, t)
-        if self.mode == "neural":
+        if self.mode == "neural" and self.link is not None and self.link.state.motion_every > 1 \
+                and index % self.link.state.motion_every and not self.encoder.keyframe_pending:
+            self.stats.motion_thinned += 1  # a link too slow for every frame: this one sends none
+        elif self.mode == "neural":
             started = time.perf_counter()
             packets = await loop.run_in_executor(self._pool, self._encode, crop, t)
             self.stats.encode_ms_total += 1000.0 * (time.perf_counter() - started)
