@@ -133,7 +133,9 @@ class LinkAdapter:
         kbps = float(sorted(self._bounds)[(len(self._bounds) - 1) // 2])
         previous = self.state.kbps
         self.state.kbps = kbps
-        budget = int(kbps * 1000 / 8 * KEYFRAME_SECONDS)
+        # Upwards one step at a time (at most doubling): a small keyframe that rode a burst
+        # must not buy a large one on a slow link.
+        budget = int(min(kbps * 1000 / 8 * KEYFRAME_SECONDS, 2 * max(nbytes, self.state.keyframe_budget)))
         upgrade = False
         if budget != self.state.keyframe_budget:
             old = self.state.keyframe_budget

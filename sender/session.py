@@ -67,6 +67,7 @@ class SenderStats:
     motion_on_audio: int = 0  # motion packets handed to the audio carrier (not the data channel)
     control_bytes: int = 0
     keyframes: int = 0
+    keyframes_deferred: int = 0  # requested while another was still crossing: sent after it
     patches: int = 0  # reference patches sent (on the control channel)
     keyframe_requests: int = 0
     intra_requests: int = 0
@@ -131,6 +132,7 @@ class SenderSession:
         self.link: LinkAdapter | None = None
         self.peer_takes_bundles = False
         self._bundle: list[bytes] = []
+        self._deferred_keyframe: str | None = None  # a requested keyframe waiting for the link
         self.stats = SenderStats()
         self.peer_stats: dict[str, float] = {}
         self.box = None
@@ -161,7 +163,14 @@ class SenderSession:
                 self._last_keyframe_request = now
                 log.info("peer asked for a keyframe (%s)", message.reason)
                 if self.encoder is not None:
-                    self.encoder.request_keyframe(f"the receiver asked: {message.reason}")
+                    why = f"the receiver asked: {message.reason}"
+                    if self._keyframe_in_flight():
+                        # One keyframe on the link at a time: a second one queued behind it would
+                        # only hold motion up longer. It goes once the first has crossed.
+                        self._deferred_keyframe = why
+                        self.stats.keyframes_deferred += 1
+                    else:
+                        self.encoder.request_keyframe(why)
                 if self.h264_track is not None:
                     self.h264_track.request_keyframe()
         elif isinstance(message, IntraRequest):
@@ -249,6 +258,15 @@ class SenderSession:
         sctp = self._control.transport
         return bool(self._control.bufferedAmount or getattr(sctp, "_outbound_queue", None)
                     or getattr(sctp, "_data_channel_queue", None))
+
+    def _keyframe_in_flight(self) -> bool:
+        """A keyframe is being coded, or control data (a keyframe, a patch) has not wholly
+        crossed: queued in SCTP or sent and not yet acknowledged."""
+        if self.encoder is not None and self.encoder.keyframe_pending:
+            return True
+        if self._control is None:
+            return False
+        return self._control_backlog() or bool(getattr(self._control.transport, "_sent_queue", None))
 
     def send_motion_on_channel(self, packet: bytes) -> bool:
         """One motion packet on the unreliable data channel; False if it was not sent. On a
@@ -422,6 +440,9 @@ class SenderSession:
         self.stats.frames += 1
         if self.on_frame is not None:
             self.on_frame(crop, t)
+        if self._deferred_keyframe is not None and self.encoder is not None and not self._keyframe_in_flight():
+            self.encoder.request_keyframe(self._deferred_keyframe)
+            self._deferred_keyframe = None
         if self.mode == "neural" and self.link is not None and self.link.state.motion_every > 1 \
                 and index % self.link.state.motion_every and not self.encoder.keyframe_pending:
             self.stats.motion_thinned += 1  # a link too slow for every frame: this one sends none

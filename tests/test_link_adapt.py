@@ -75,6 +75,8 @@ def test_a_slow_link_gets_small_keyframes_no_patches_and_bundled_motion():
 def test_a_fast_link_asks_for_a_full_keyframe_once():
     adapter = LinkAdapter(codec="av1", default_quality=66)
     assert _report(adapter, 0, 1500, adapter.keyframe_quality(), 0.01)  # ~600 kbit/s: upgrade
+    assert adapter.state.keyframe_budget == 3000  # one step: at most double
+    assert _report(adapter, 10, 3000, adapter.keyframe_quality(), 0.02)
     assert adapter.keyframe_quality() == 66
     assert adapter.state.patches and adapter.state.bundle == 1
     assert not _report(adapter, 30, 4000, 66, 0.02)  # already at the default: nothing to gain
