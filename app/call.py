@@ -92,9 +92,9 @@ class CallOptions:
     face_lost_frames: int = 25
     live: bool = True  # False: every frame is sent and rendered, however late (demo recordings)
     motion_on_audio: bool = True  # motion rides on the audio RTP packets when the peer accepts it
-    # Opus rate of this side's audio: speech at 24 kbit/s instead of aiortc's 96 (which alone
+    # Opus rate of this side's audio: speech at 12 kbit/s instead of aiortc's 96 (which alone
     # exceeded every rate cap of the impairment matrix); None keeps aiortc's.
-    audio_kbps: float | None = 24.0
+    audio_kbps: float | None = 12.0
     meter_wire: bool = False  # count what this side sends on the wire, by kind (rtc.wire_meter)
 
     def __post_init__(self) -> None:

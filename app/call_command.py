@@ -60,7 +60,7 @@ def add_call_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="auto",
                    help="auto: neural when the peer holds the same model and renders in real time")
     parser.add_argument("--h264-kbps", type=float, default=30.0, help="H.264 fallback bitrate")
-    parser.add_argument("--audio-kbps", type=float, default=24.0,
+    parser.add_argument("--audio-kbps", type=float, default=12.0,
                         help="Opus bitrate of the audio sent (aiortc's own is 96 kbit/s); 0 keeps aiortc's")
     add_quality_arg(parser)
     parser.add_argument("--no-patches", action="store_true",
