@@ -194,6 +194,12 @@ class Encoder:
         """Whether the tracker found a face by detection in the last encoded frame."""
         return bool(self._tracker.face_seen)
 
+    def set_intra_period(self, frames: int) -> None:
+        """Make every ``frames``-th motion packet intra from now on (a lossy link: a lost packet
+        then costs at most that many frames, without waiting for the receiver's request).
+        The header's ``intra_period`` stays as sent: receivers never rely on it."""
+        self._motion.intra_period = max(1, int(frames))
+
     def pause_patches(self, paused: bool) -> None:
         """Stop (or resume) sending reference patches, e.g. on a link too slow for them; the
         patches the receiver already holds stay valid."""

@@ -22,7 +22,9 @@ Below ``PATCHES_MIN_KBPS`` reference patches stop (each is a control message of 
 bytes). Without audio, motion travels one data-channel message per frame, ~20 kbit/s of
 headers at 25 fps: below ``BUNDLE_BELOW_KBPS`` two frames share a message (the receiver
 renders them 1/fps apart), and below ``LINK_TOO_SLOW_KBPS`` the link is too slow for every
-frame: motion is sent for every third frame only ("link too slow" state, logged).
+frame: motion is sent for every third frame only ("link too slow" state, logged). Above 2 %
+motion loss every ``0.5/loss``-th motion packet (at least every 4th) is intra, so a lost
+packet costs a few frames without a round trip.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ MIN_KEYFRAME_QUALITY = 3
 PATCHES_MIN_KBPS = 30.0
 BUNDLE_BELOW_KBPS = 40.0  # motion on the data channel: two frames a message below this
 LINK_TOO_SLOW_KBPS = 14.0  # motion on the data channel: every third frame only below this
+DEFAULT_INTRA_PERIOD = 25  # codec.api's
+LOSSY = 0.02  # motion loss above which intra packets come more often
+MIN_INTRA_PERIOD = 4
 MEASUREMENTS_KEPT = 3
 BURST_BYTES = 1_200  # about one full packet
 KEYFRAME_SHARE = 0.25  # keyframes answering requests take at most this share of the link
@@ -57,6 +62,7 @@ class LinkState:
     patches: bool = True
     motion_every: int = 1  # send motion for every N-th frame (1: all)
     bundle: int = 1  # motion packets per data-channel message
+    intra_period: int = 25  # motion packets between intra ones
 
 
 def quality_for_bytes(codec: str, quality: int, nbytes: int, budget: int, default: int) -> int:
@@ -116,6 +122,7 @@ class LinkAdapter:
 
     def on_peer_stats(self, values: dict[str, float], rtt_s: float | None) -> bool:
         """The receiver's newest report; True when a better keyframe is now worth sending."""
+        self._follow_loss(values.get("loss"))
         seq = int(values.get("keyframe_seq", -1))
         arrival = values.get("keyframe_arrival")
         if seq < 0 or arrival is None or seq == self._measured_seq or seq not in self._sent:
@@ -151,6 +158,17 @@ class LinkAdapter:
         if self.motion_on_channel:
             self._motion_rate(kbps)
         return upgrade
+
+    def _follow_loss(self, loss: float | None) -> None:
+        """A lossy link gets intra motion packets more often: a lost packet breaks the motion
+        chain until the next intra, and asking for one costs a round trip on a lossy link."""
+        if loss is None:
+            return
+        period = DEFAULT_INTRA_PERIOD if loss < LOSSY else max(MIN_INTRA_PERIOD, min(
+            DEFAULT_INTRA_PERIOD, int(round(0.5 / loss))))
+        if period != self.state.intra_period:
+            self.state.intra_period = period
+            self._log(f"an intra motion packet every {period} frames", f"{100 * loss:.1f} % of motion lost")
 
     def _motion_rate(self, kbps: float) -> None:
         every, bundle = (3, 1) if kbps < LINK_TOO_SLOW_KBPS else (1, 2) if kbps < BUNDLE_BELOW_KBPS else (1, 1)

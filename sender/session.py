@@ -214,6 +214,7 @@ class SenderSession:
         state = self.link.state
         self.encoder.keyframe_quality = self.link.keyframe_quality()
         self.encoder.pause_patches(not state.patches)
+        self.encoder.set_intra_period(state.intra_period)
         if upgrade and not self.encoder.keyframe_pending:
             self.encoder.request_keyframe(f"the link carries about {state.kbps:.0f} kbit/s: a better keyframe")
         if state.bundle == 1 and self._bundle:

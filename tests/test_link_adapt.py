@@ -89,3 +89,14 @@ def test_one_keyframe_held_up_by_an_outage_does_not_sink_the_estimate():
     _report(adapter, 100, 4000, 66, 5.5)  # crossed after a 5 s outage: ~4 kbit/s
     assert adapter.state.kbps == pytest.approx(80, rel=0.05)
     assert adapter.state.motion_every == 1 and adapter.state.patches
+
+
+def test_a_lossy_link_gets_intra_packets_more_often():
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    adapter.on_peer_stats({"loss": 0.0}, rtt_s=None)
+    assert adapter.state.intra_period == 25
+    adapter.on_peer_stats({"loss": 0.10}, rtt_s=None)
+    assert adapter.state.intra_period == 5
+    adapter.on_peer_stats({"loss": 0.30}, rtt_s=None)
+    assert adapter.state.intra_period == 4
+    assert any("intra motion packet every" in what for _, what, _ in adapter.adaptations)
