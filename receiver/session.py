@@ -211,6 +211,7 @@ class ReceiverSession:
         self._unnumbered = 0  # motion packets received since the last numbered one, not numbered
         self._last_decoded_at = time.monotonic()
         self.freeze = FreezeMeter()
+        self._keyframe_walls: collections.deque = collections.deque(maxlen=64)  # (packet, arrival)
         self._keyframe_asked_at: float | None = None  # the oldest unanswered keyframe request
         self._keyframe_answered_at: float | None = None  # that request, once its keyframe came
         self._thread = threading.Thread(target=self._render_loop, name="receiver-render", daemon=True)
@@ -225,7 +226,10 @@ class ReceiverSession:
             if isinstance(message, Keyframe) and message.reason:
                 self.stats.last_keyframe_reason = message.reason
                 log.info("keyframe from the peer: %s", message.reason)
-            self._enqueue(message.packet, wall=time.time())
+            if isinstance(message, Keyframe):  # its arrival, for its delivery time
+                with self._cond:
+                    self._keyframe_walls.append((message.packet, time.time()))
+            self._enqueue(message.packet)
         elif isinstance(message, ModeSwitch):
             self.stats.last_switch_reason = f"{message.mode}: {message.reason}"
             if len(self.stats.mode_switches) < EVENTS_KEPT:
@@ -295,14 +299,13 @@ class ReceiverSession:
             return
         self._enqueue(data, time.monotonic())
 
-    def _enqueue(self, data: bytes, arrival: float | None = None, wall: float | None = None) -> None:
-        """Queue one packet for the render thread; ``arrival``: when a motion packet came
-        (monotonic), ``wall``: when a keyframe came (time.time(), for its delivery time)."""
+    def _enqueue(self, data: bytes, arrival: float | None = None) -> None:
+        """Queue one packet for the render thread; ``arrival``: when a motion packet came."""
         with self._cond:
             if len(self._pending) >= MAX_PENDING_PACKETS:
                 self._pending.popleft()
                 self.stats.queue_dropped += 1
-            self._pending.append((data, arrival, wall))
+            self._pending.append((data, arrival))
             self._cond.notify()
 
     def on_h264_frame(self, image: np.ndarray, media_time: float) -> None:
@@ -368,13 +371,22 @@ class ReceiverSession:
                     self._working = False
             self._check_stall()
 
-    def _decode_batch(self, decoder: Decoder, batch: list[tuple[bytes, float | None, float | None]]) -> None:
+    def _keyframe_wall(self, data: bytes) -> float | None:
+        """When the keyframe ``data`` arrived (time.time()), from the control channel's record."""
+        with self._cond:
+            while self._keyframe_walls:
+                packet, wall = self._keyframe_walls.popleft()
+                if packet is data:
+                    return wall
+        return None
+
+    def _decode_batch(self, decoder: Decoder, batch: list[tuple[bytes, float | None]]) -> None:
         from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket
 
         packets, motion_seqs = [], []
         unnumbered = False
         missing_before = decoder.stats.missing_reference  # the numbering counts some while parsing
-        for data, arrival, wall in batch:
+        for data, arrival in batch:
             try:
                 packet = decoder.parse(data, arrival)  # numbers compact motion packets, in order
             except CodecError:
@@ -392,6 +404,7 @@ class ReceiverSession:
                 motion_seqs.append(packet.seq)
             elif isinstance(packet, KeyframePacket):
                 self.stats.keyframes += 1
+                wall = self._keyframe_wall(data)
                 if wall is not None and self.clock is not None and decoder.header.timebase and \
                         len(self.stats.keyframe_delivery) < EVENTS_KEPT:
                     captured = self.clock + packet.timestamp / decoder.header.timebase
