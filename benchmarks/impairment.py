@@ -358,6 +358,40 @@ def plot_all(result: dict, out: Path) -> list[str]:
     return made
 
 
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(result: dict, cells: Sequence[str] | None = None) -> str:
+    """The cells as a markdown table (docs/calls.md; ``cells`` picks rows for the README)."""
+    rows = ["| cell | shaped by | mode | fps | first picture s | longest freeze s | frozen s | "
+            "latency p50/p95 ms | keyframe request → picture s (max) | wire kbit/s (audio) | clean |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in result["cells"]:
+        if cells is not None and c["cell"] not in cells:
+            continue
+        if "skipped" in c or "failed" in c:
+            rows.append(f"| {c['cell']} | {c.get('skipped') or c.get('failed')} |" + " |" * 9)
+            continue
+        shaped = ", ".join(k.replace("_", " ") + ": " + v.split(":")[0] for k, v in c["mechanisms"].items()) or "–"
+        recovery = c.get("keyframe_recovery_s") or []
+        wire = c.get("wire_kbps_by_kind") or {}
+        mode = c["mode"] + ("" if c["audio"] else ", no audio")
+        if c.get("mode_at_end") and c["mode_at_end"] != c["mode"]:
+            mode += f" → {c['mode_at_end']}"
+        latency = f"{_fmt(c.get('latency_p50_ms'), 0)}/{_fmt(c.get('latency_p95_ms'), 0)}"
+        rows.append(
+            f"| {c['cell']} | {shaped} | {mode} | {_fmt(c.get('rendered_fps'))} | "
+            f"{_fmt(c.get('first_picture_s'))} | {_fmt(c.get('longest_freeze_s'))} | {_fmt(c.get('frozen_s'))} | "
+            f"{latency} | {_fmt(max(recovery), 1) if recovery else '–'} ({len(recovery)}) | "
+            f"{_fmt(c.get('wire_kbps_total'))} ({_fmt(wire.get('audio'))}) | {'yes' if c.get('ended_cleanly') else 'NO'} |")
+    return "\n".join(rows)
+
+
 def write(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -372,7 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cells", default="", help="comma-separated cell names (default: the whole matrix)")
     parser.add_argument("--clip", default=DEFAULT_CLIP, help="under ../shared/data; 'default' for the built-in")
     parser.add_argument("--work", type=Path, default=None, help="keep each cell's reports and recording here")
+    parser.add_argument("--table", type=Path, default=None,
+                        help="print the markdown table of an existing result JSON and exit")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return 0
     cleanup_on_signals()
     cells = matrix()
     if args.cells:
