@@ -210,6 +210,7 @@ class ReceiverSession:
         self._last_intra_request = -1e9
         self._unnumbered = 0  # motion packets received since the last numbered one, not numbered
         self._last_decoded_at = time.monotonic()
+        self._undecoded = 0  # motion packets received since the last rendered frame
         self.freeze = FreezeMeter()
         self._keyframe_walls: collections.deque = collections.deque(maxlen=64)  # (packet, arrival)
         self._keyframe_asked_at: float | None = None  # the oldest unanswered keyframe request
@@ -395,11 +396,13 @@ class ReceiverSession:
             if packet is None:  # a motion packet that cannot be numbered: the decoder counted it
                 self.stats.motion_packets += 1  # received all the same (not a loss)
                 self._unnumbered += 1
+                self._undecoded += 1
                 # After an arrival gap (an outage) compact packets wait for an intra one: ask
                 # now rather than wait up to a second for the periodic one.
                 unnumbered = True
                 continue
             if isinstance(packet, MotionPacket):
+                self._undecoded += 1
                 self._track_sequence(packet.seq)
                 motion_seqs.append(packet.seq)
             elif isinstance(packet, KeyframePacket):
@@ -438,6 +441,7 @@ class ReceiverSession:
 
     def _emit(self, frame) -> None:
         now = self._last_decoded_at = time.monotonic()
+        self._undecoded = 0
         self.stats.rendered += 1
         self.render_meter.add()
         if self._keyframe_answered_at is not None:
@@ -463,7 +467,9 @@ class ReceiverSession:
         decoder = self.decoder
         if decoder is None or self.mode != "neural":
             return
-        if time.monotonic() - self._last_decoded_at > STALL_S_FOR_KEYFRAME and self.stats.motion_packets:
+        # Only when motion came and did not decode: a sender that sends nothing (starved of CPU,
+        # or an outage) gains nothing from a keyframe, which would only queue on the link.
+        if time.monotonic() - self._last_decoded_at > STALL_S_FOR_KEYFRAME and self._undecoded:
             self._request_keyframe("no decodable motion for a while")
             self._last_decoded_at = time.monotonic()
 
