@@ -52,8 +52,9 @@ from codec.facecrop import FaceCropper
 from codec.keyframe import DEFAULT_KEYFRAME_CODEC
 from receiver.session import ReceiverSession
 from receiver.sinks import consume_audio
+from rtc.motion_bundle import BUNDLE_CAPABILITY
 from rtc.motion_over_audio import AudioMotionCarrier, MotionReader, attach_motion_reader
-from rtc.peer import dict_to_sdp, new_peer_connection, sdp_to_dict
+from rtc.peer import dict_to_sdp, new_peer_connection, sdp_to_dict, set_audio_bitrate
 from sender.media_tracks import H264Track, forward_keyframe_requests
 from sender.session import SenderSession
 from signaling.client import SignalingChannel
@@ -92,6 +93,10 @@ class CallOptions:
     face_lost_frames: int = 25
     live: bool = True  # False: every frame is sent and rendered, however late (demo recordings)
     motion_on_audio: bool = True  # motion rides on the audio RTP packets when the peer accepts it
+    # Opus rate of this side's audio: speech at 12 kbit/s instead of aiortc's 96 (which alone
+    # exceeded every rate cap of the impairment matrix); None keeps aiortc's.
+    audio_kbps: float | None = 12.0
+    meter_wire: bool = False  # count what this side sends on the wire, by kind (rtc.wire_meter)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -163,6 +168,7 @@ class Call:
         self.h264_track: H264Track | None = None
         self.motion_reader: MotionReader | None = None  # motion in the peer's audio packets
         self.motion_carrier: AudioMotionCarrier | None = None  # ours in our audio packets
+        self.wire_meter = None  # rtc.wire_meter.WireMeter when options.meter_wire
         self.mode_reason = ""
         self.control_malformed = 0
         self._ended = asyncio.Event()
@@ -301,7 +307,7 @@ class Call:
                 video = pc.addTransceiver("video", direction="recvonly")
             prefer_h264(video)
             if self.audio is not None:
-                pc.addTrack(self.audio)
+                self._add_audio(pc)
             else:
                 pc.addTransceiver("audio", direction="recvonly")
             await pc.setLocalDescription(await pc.createOffer())
@@ -314,9 +320,14 @@ class Call:
             if self.h264_track is not None:
                 forward_keyframe_requests(pc.addTrack(self.h264_track), self.h264_track)
             if self.audio is not None:
-                pc.addTrack(self.audio)
+                self._add_audio(pc)
             await pc.setLocalDescription(await pc.createAnswer())
             await self.signaling.send({"type": "answer", **sdp_to_dict(pc.localDescription)})
+
+    def _add_audio(self, pc: RTCPeerConnection) -> None:
+        rtp_sender = pc.addTrack(self.audio)
+        if self.options.audio_kbps is not None:
+            set_audio_bitrate(rtp_sender, self.options.audio_kbps)
 
     async def _expect(self, kind: str) -> dict:
         while True:
@@ -372,7 +383,12 @@ class Call:
             raise CallEnded("could not connect to the peer in time") from None
         self.connected = True
         self.connected_at = time.monotonic()
+        self.receiver_session.freeze.start = self.connected_at
         self.motion_reader = attach_motion_reader(self.pc, self._on_motion)
+        if options.meter_wire:
+            from rtc.wire_meter import WireMeter
+
+            self.wire_meter = WireMeter(self.pc, [self.control, self.motion])
         if until is not None:
             duration = max(0.0, until - self.connected_at)
         events.info("connected to the peer in %.1f s (this side %ss)", self.connected_at - started,
@@ -413,6 +429,7 @@ class Call:
                                     mode=mode, face_lost_frames=options.face_lost_frames,
                                     compare=options.compare, drop_late=options.live,
                                     on_frame=self.on_sent_frame)
+        self.sender_session.peer_takes_bundles = peer is not None and BUNDLE_CAPABILITY in peer.codecs
         if options.motion_on_audio:
             self.motion_carrier = AudioMotionCarrier.attach(self.pc, self.sender_session.send_motion_on_channel)
             self.sender_session.motion_carrier = self.motion_carrier
@@ -436,7 +453,7 @@ class Call:
             await asyncio.sleep(0.1)  # let SCTP flush the goodbye before the transport closes
 
     async def close(self) -> None:
-        for hook in (self.motion_carrier, self.motion_reader):
+        for hook in (self.motion_carrier, self.motion_reader, self.wire_meter):
             if hook is not None:
                 hook.detach()
         if self.sender_session is not None:

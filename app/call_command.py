@@ -60,6 +60,8 @@ def add_call_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="auto",
                    help="auto: neural when the peer holds the same model and renders in real time")
     parser.add_argument("--h264-kbps", type=float, default=30.0, help="H.264 fallback bitrate")
+    parser.add_argument("--audio-kbps", type=float, default=12.0,
+                        help="Opus bitrate of the audio sent (aiortc's own is 96 kbit/s); 0 keeps aiortc's")
     add_quality_arg(parser)
     parser.add_argument("--no-patches", action="store_true",
                         help="send no reference patches of the mouth and eyes")
@@ -74,6 +76,8 @@ def add_call_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", action="store_true", help="show the video in a window")
     parser.add_argument("--no-rejoin", action="store_true", help="end when the peer leaves")
     parser.add_argument("--report", type=Path, default=None, help="write the call report as JSON")
+    parser.add_argument("--meter-wire", action="store_true",
+                        help="count what this side sends on the wire by kind, into the call report")
     parser.add_argument("--stats-file", type=Path, default=None,
                    help="append a JSON line of this process's memory, descriptors and the call's "
                         "render fps and latency every --stats-every seconds (long-call checks)")
@@ -160,7 +164,8 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality,
                           patches=not args.no_patches, refresh=args.refresh, references=args.references,
-                          keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality)
+                          keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
+                          audio_kbps=args.audio_kbps or None, meter_wire=args.meter_wire)
 
     current: dict = {}
     made: dict = {}  # the recorder, made once the model is loaded; closed below whatever happens

@@ -15,6 +15,7 @@ import numpy as np
 
 from codec.bitstream.control import MODES as SENDING_MODES
 from codec.families.base import TalkingHeadModel
+from rtc.motion_bundle import BUNDLE_CAPABILITY
 from signaling.messages import Capabilities
 
 events = logging.getLogger("facecodec.call")  # the few lines a user of `facecodec call` sees
@@ -33,7 +34,7 @@ def local_capabilities(model: TalkingHeadModel | None, fps: float, measure_frame
                         weights_sha256_prefix=model.sha256_prefix.hex(),
                         untrained=bool(model.untrained),
                         render_fps=min(render_fps, 1000.0),
-                        codecs=list(SENDING_MODES))
+                        codecs=[*SENDING_MODES, BUNDLE_CAPABILITY])  # it takes motion bundles
 
 
 # Share of the frame interval a call's receiver may spend rendering with the learned

@@ -34,6 +34,9 @@ class CallReport:
     end_reasons: list | None = None
     sender: dict | None = None
     receiver: dict | None = None
+    receiver_figures: dict | None = None  # ReceiverSession.call_figures() of the last call
+    wire: dict | None = None  # what this side sent, by kind, when the call metered it
+    wire_seconds: float = 0.0  # over how long the wire was metered
     recording: dict | None = None
 
 
@@ -136,6 +139,10 @@ async def run_peer(*, url: str = "", token: str = "", room: str = "", model: Tal
                 report.sender = asdict(call.sender_session.stats)
             if call.receiver_session is not None:
                 report.receiver = call.receiver_session.snapshot()
+                report.receiver_figures = call.receiver_session.call_figures()
+            if call.wire_meter is not None:
+                report.wire = call.wire_meter.snapshot()
+                report.wire_seconds = round(time.monotonic() - call.connected_at, 3)
             we_hung_up = reason in (DURATION_REACHED, SOURCE_ENDED)
             if we_hung_up:
                 await call.say_goodbye(reason)

@@ -163,6 +163,7 @@ class Encoder:
         patch_codec = "webp" if keyframe_codec == "av1" else keyframe_codec
         self._patch_sender = (PatchSender(model, patch_codec, patch_quality, patch_kbps)
                               if self.patches else None)
+        self.patches_paused = False  # pause_patches
         # Compact motion packets where the receiver can recover the rest (one reference: slot 0).
         self._framer = MotionFramer(self.stream_header())
 
@@ -257,6 +258,17 @@ class Encoder:
         """Whether the tracker found a face by detection in the last encoded frame."""
         return bool(self._tracker.face_seen)
 
+    def set_intra_period(self, frames: int) -> None:
+        """Make every ``frames``-th motion packet intra from now on (a lossy link: a lost packet
+        then costs at most that many frames, without waiting for the receiver's request).
+        The header's ``intra_period`` stays as sent: receivers never rely on it."""
+        self._motion.intra_period = max(1, int(frames))
+
+    def pause_patches(self, paused: bool) -> None:
+        """Stop (or resume) sending reference patches, e.g. on a link too slow for them; the
+        patches the receiver already holds stay valid."""
+        self.patches_paused = paused
+
     def request_intra(self) -> None:
         """Make the next motion packet absolute (the receiver lost one; no keyframe needed)."""
         self._motion.force_intra()
@@ -292,7 +304,8 @@ class Encoder:
         self.last_reference = self._current_slot  # the slot this frame's motion warps from
         decoded = self._motion.last_decoded
         self._note_use(seq, decoded)
-        if self._patch_sender is not None and self._local_source is not None and decoded is not None:
+        if self._patch_sender is not None and self._local_source is not None and decoded is not None \
+                and not self.patches_paused:
             # Before the motion packet: they apply to this frame, and belong to its reference.
             sender = self._patch_sender
             packets += sender.packets(self._local_source, crop, decoded, seq, ticks, timestamp,

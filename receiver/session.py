@@ -45,6 +45,7 @@ from codec.bitstream.control import (
     StreamStart,
 )
 from codec.errors import CodecError
+from rtc.motion_bundle import is_bundle, split_bundle
 
 if TYPE_CHECKING:
     from codec.api import Decoder
@@ -58,6 +59,51 @@ GAP_FRAMES_FOR_KEYFRAME = 5  # a jump of more than this many sequence numbers as
 STALL_S_FOR_KEYFRAME = 1.0  # packets arrive but none decodes for this long: ask for a keyframe
 KEYFRAME_REQUEST_INTERVAL_S = 1.0
 INTRA_REQUEST_INTERVAL_S = 0.1  # about one round trip plus a frame on a LAN
+FREEZE_GAP_S = 0.2  # no new picture for this long (5 frame intervals at 25 fps) is a freeze
+LATENCY_SAMPLES = 20_000  # capture-to-render latencies kept for the percentiles (~13 min at 25 fps)
+EVENTS_KEPT = 200  # freezes, keyframe recoveries and mode switches kept for the report
+
+
+class FreezeMeter:
+    """Gaps between shown pictures (neural or H.264), on the monotonic clock: the longest, the
+    total time frozen (every gap longer than ``FREEZE_GAP_S``), the freezes themselves, and
+    when the first picture came (seconds after ``start``, the call's connection)."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None  # set by app.call once connected
+        self.first: float | None = None
+        self.last: float | None = None
+        self.count = 0  # pictures shown
+        self.longest_s = 0.0
+        self.frozen_s = 0.0
+        self.freezes: list[tuple[float, float]] = []  # (start s after connecting, length s)
+        self._lock = threading.Lock()
+
+    def shown(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.count += 1
+            if self.first is None:
+                self.first = now
+            elif self.last is not None:
+                gap = now - self.last
+                self.longest_s = max(self.longest_s, gap)
+                if gap > FREEZE_GAP_S:
+                    self.frozen_s += gap
+                    if len(self.freezes) < EVENTS_KEPT:
+                        self.freezes.append((round(self.last - (self.start or self.first), 3), round(gap, 3)))
+            self.last = now
+
+    def summary(self, now: float | None = None) -> dict[str, float | None]:
+        """The figures so far; a picture still missing at ``now`` counts as a running freeze."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            longest, frozen = self.longest_s, self.frozen_s
+            if self.last is not None and now - self.last > FREEZE_GAP_S:
+                longest, frozen = max(longest, now - self.last), frozen + now - self.last
+            first = None if self.first is None or self.start is None else self.first - self.start
+            return {"shown": self.count, "first_picture_s": None if first is None else round(first, 3),
+                    "longest_freeze_s": round(longest, 3), "frozen_s": round(frozen, 3)}
 
 
 @dataclass
@@ -74,11 +120,24 @@ class ReceiverStats:
     h264_frames: int = 0
     keyframe_requests: int = 0
     intra_requests: int = 0
+    bundles: int = 0  # motion messages that carried several frames (rtc.motion_bundle)
+    last_keyframe_seq: int = -1  # the newest keyframe's frame and wall-clock arrival: the
+    last_keyframe_arrival: float = 0.0  # sender measures the link by them (sender.link_adapt)
     last_keyframe_reason: str = ""  # the sender's reason for the newest keyframe
     last_switch_reason: str = ""  # the sender's reason for the newest mode switch
     highest_seq: int = -1
     first_seq: int | None = None
     latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
+    # The same, over the whole call (bounded): the percentiles of the call report.
+    all_latencies_ms: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
+    # Seconds from this side's keyframe request to the first picture rendered from the keyframe
+    # that answered it (the first keyframe after the request).
+    keyframe_recovery_s: list = field(default_factory=list)
+    # Seconds from a keyframe's capture (sender clock + its timestamp) to its arrival here: the
+    # time a keyframe spends being coded, queued and carried; with its size in bytes.
+    keyframe_delivery: list = field(default_factory=list)
+    mode_switches: list = field(default_factory=list)  # (s after connecting, mode, why)
     render_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=250))
 
     @property
@@ -153,6 +212,11 @@ class ReceiverSession:
         self._reported_references: dict[int, int] | None = None  # the last HeldReferences sent
         self._unnumbered = 0  # motion packets received since the last numbered one, not numbered
         self._last_decoded_at = time.monotonic()
+        self._undecoded = 0  # motion packets received since the last rendered frame
+        self.freeze = FreezeMeter()
+        self._keyframe_walls: collections.deque = collections.deque(maxlen=64)  # (packet, arrival)
+        self._keyframe_asked_at: float | None = None  # the oldest unanswered keyframe request
+        self._keyframe_answered_at: float | None = None  # that request, once its keyframe came
         self._thread = threading.Thread(target=self._render_loop, name="receiver-render", daemon=True)
         self._thread.start()
 
@@ -165,9 +229,15 @@ class ReceiverSession:
             if isinstance(message, Keyframe) and message.reason:
                 self.stats.last_keyframe_reason = message.reason
                 log.info("keyframe from the peer: %s", message.reason)
+            if isinstance(message, Keyframe):  # its arrival, for its delivery time
+                with self._cond:
+                    self._keyframe_walls.append((message.packet, time.time()))
             self._enqueue(message.packet)
         elif isinstance(message, ModeSwitch):
             self.stats.last_switch_reason = f"{message.mode}: {message.reason}"
+            if len(self.stats.mode_switches) < EVENTS_KEPT:
+                since = time.monotonic() - (self.freeze.start or time.monotonic())
+                self.stats.mode_switches.append((round(since, 3), message.mode, message.reason))
             if message.mode == "neural":
                 # The sender switches back behind a fresh keyframe: the motion that stopped
                 # during H.264 is no stall to ask a keyframe for.
@@ -217,6 +287,20 @@ class ReceiverSession:
             return
         self.stats.motion_bytes += len(data)
         self.motion_meter.add(len(data))
+        if is_bundle(data):  # several frames in one message (a slow link): shown 1/fps apart
+            try:
+                packets = split_bundle(data)
+            except CodecError:
+                self.stats.malformed += 1
+                return
+            self.stats.bundles += 1
+            arrival = time.monotonic()
+            self._enqueue(packets[0], arrival)
+            for index, packet in enumerate(packets[1:], start=1):
+                timer = threading.Timer(index / self.fps, self._enqueue, (packet, arrival + index / self.fps))
+                timer.daemon = True
+                timer.start()
+            return
         self._enqueue(data, time.monotonic())
 
     def _enqueue(self, data: bytes, arrival: float | None = None) -> None:
@@ -233,6 +317,7 @@ class ReceiverSession:
         self.stats.h264_frames += 1
         if self.mode == "h264":
             self.render_meter.add()
+            self.freeze.shown()
             self.show(image, media_time)
 
     # ------------------------------------------------------------------ loss handling
@@ -243,6 +328,8 @@ class ReceiverSession:
             return
         self._last_request = now
         self.stats.keyframe_requests += 1
+        if self._keyframe_asked_at is None:
+            self._keyframe_asked_at = now
         log.info("asking for a keyframe: %s", reason)
         self.send_control(KeyframeRequest(reason=reason))
 
@@ -288,10 +375,20 @@ class ReceiverSession:
                     self._working = False
             self._check_stall()
 
+    def _keyframe_wall(self, data: bytes) -> float | None:
+        """When the keyframe ``data`` arrived (time.time()), from the control channel's record."""
+        with self._cond:
+            while self._keyframe_walls:
+                packet, wall = self._keyframe_walls.popleft()
+                if packet is data:
+                    return wall
+        return None
+
     def _decode_batch(self, decoder: Decoder, batch: list[tuple[bytes, float | None]]) -> None:
         from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket
 
         packets, motion_seqs = [], []
+        unnumbered = False
         missing_before = decoder.stats.missing_reference  # the numbering counts some while parsing
         for data, arrival in batch:
             try:
@@ -302,12 +399,26 @@ class ReceiverSession:
             if packet is None:  # a motion packet that cannot be numbered: the decoder counted it
                 self.stats.motion_packets += 1  # received all the same (not a loss)
                 self._unnumbered += 1
+                self._undecoded += 1
+                # After an arrival gap (an outage) compact packets wait for an intra one: ask
+                # now rather than wait up to a second for the periodic one.
+                unnumbered = True
                 continue
             if isinstance(packet, MotionPacket):
+                self._undecoded += 1
                 self._track_sequence(packet.seq)
                 motion_seqs.append(packet.seq)
             elif isinstance(packet, KeyframePacket):
                 self.stats.keyframes += 1
+                wall = self._keyframe_wall(data)
+                if wall is not None and self.clock is not None and decoder.header.timebase and \
+                        len(self.stats.keyframe_delivery) < EVENTS_KEPT:
+                    captured = self.clock + packet.timestamp / decoder.header.timebase
+                    self.stats.keyframe_delivery.append((round(wall - captured, 3), len(data)))
+                if wall is not None and packet.seq > self.stats.last_keyframe_seq:
+                    self.stats.last_keyframe_seq, self.stats.last_keyframe_arrival = packet.seq, wall
+                if self._keyframe_asked_at is not None:
+                    self._keyframe_answered_at, self._keyframe_asked_at = self._keyframe_asked_at, None
             elif isinstance(packet, PatchPacket):
                 self.stats.patches += 1
             packets.append(packet)  # parsed once: the decoder takes it as it is
@@ -326,7 +437,7 @@ class ReceiverSession:
             log.warning("dropped a malformed packet: %s", exc)
         except Exception:
             log.exception("render failed")
-        if decoder.stats.missing_reference > missing_before:
+        if decoder.stats.missing_reference > missing_before or unnumbered:
             self._request_intra()
         if decoder.needs_reference is not None:  # motion names a slot whose keyframe we lack
             self._request_keyframe(f"no keyframe in reference slot {decoder.needs_reference}")
@@ -341,11 +452,18 @@ class ReceiverSession:
             self.send_control(HeldReferences(held=held))
 
     def _emit(self, frame) -> None:
-        self._last_decoded_at = time.monotonic()
+        now = self._last_decoded_at = time.monotonic()
+        self._undecoded = 0
         self.stats.rendered += 1
         self.render_meter.add()
+        if self._keyframe_answered_at is not None:
+            if len(self.stats.keyframe_recovery_s) < EVENTS_KEPT:
+                self.stats.keyframe_recovery_s.append(round(now - self._keyframe_answered_at, 3))
+            self._keyframe_answered_at = None
         if self.clock is not None:
-            self.stats.latencies_ms.append(1000.0 * (time.time() - (self.clock + frame.timestamp)))
+            latency = 1000.0 * (time.time() - (self.clock + frame.timestamp))
+            self.stats.latencies_ms.append(latency)
+            self.stats.all_latencies_ms.append(latency)
         if self.mode == "neural":
             # Every sink (recording, window, viewer) gets the banner: an untrained model's
             # frames must never pass for codec output.
@@ -354,13 +472,16 @@ class ReceiverSession:
                 from codec.api import stamp_untrained  # lazy: only an untrained stream needs it
 
                 image = stamp_untrained(image)
+            self.freeze.shown(now)
             self.show(image, frame.timestamp)
 
     def _check_stall(self) -> None:
         decoder = self.decoder
         if decoder is None or self.mode != "neural":
             return
-        if time.monotonic() - self._last_decoded_at > STALL_S_FOR_KEYFRAME and self.stats.motion_packets:
+        # Only when motion came and did not decode: a sender that sends nothing (starved of CPU,
+        # or an outage) gains nothing from a keyframe, which would only queue on the link.
+        if time.monotonic() - self._last_decoded_at > STALL_S_FOR_KEYFRAME and self._undecoded:
             self._request_keyframe("no decodable motion for a while")
             self._last_decoded_at = time.monotonic()
 
@@ -391,7 +512,21 @@ class ReceiverSession:
             "keyframe_requests": stats.keyframe_requests,
             "intra_requests": stats.intra_requests,
             "queue_dropped": stats.queue_dropped,
+            "bundles": stats.bundles,
+            "keyframe_seq": stats.last_keyframe_seq,
+            "keyframe_arrival": stats.last_keyframe_arrival,
+            **self.freeze.summary(),
         }
+
+    def call_figures(self) -> dict:
+        """The call report's receiving figures beyond :meth:`snapshot`: latency percentiles over
+        the whole call, the freezes, keyframe recoveries and deliveries, and mode switches."""
+        stats = self.stats
+        latencies = np.array(list(stats.all_latencies_ms), float)
+        percentiles = np.percentile(latencies, [50, 95]).round(1).tolist() if latencies.size else [None, None]
+        return {"latency_p50_ms": percentiles[0], "latency_p95_ms": percentiles[1],
+                "freezes": list(self.freeze.freezes), "keyframe_recovery_s": list(stats.keyframe_recovery_s),
+                "keyframe_delivery": list(stats.keyframe_delivery), "mode_switches": list(stats.mode_switches)}
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until every queued packet has been decoded (tests, the demo's drain)."""

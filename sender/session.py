@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +40,8 @@ from codec.bitstream.control import (
     pack_control,
 )
 from codec.errors import CodecError, FaceNotFoundError
+
+from sender.link_adapt import LinkAdapter
 
 if TYPE_CHECKING:
     from codec.api import Encoder
@@ -66,10 +68,14 @@ class SenderStats:
     motion_on_audio: int = 0  # motion packets handed to the audio carrier (not the data channel)
     control_bytes: int = 0
     keyframes: int = 0
+    keyframes_deferred: int = 0  # requested while another was still crossing: sent after it
     patches: int = 0  # reference patches sent (on the control channel)
     keyframe_requests: int = 0
     intra_requests: int = 0
     mode_switches: int = 0
+    motion_bundles: int = 0  # data-channel messages that carried several motion packets
+    motion_thinned: int = 0  # frames sent without motion: the link was too slow for every frame
+    adaptations: list = field(default_factory=list)  # (s, what, why): sender.link_adapt's changes
     encode_ms_total: float = 0.0  # wall time of Encoder.encode (neural frames)
     encode_cpu_ms_total: float = 0.0  # CPU time of the encoding thread for those frames
     face_cpu_ms_total: float = 0.0  # CPU time of the face checks (the detector thread)
@@ -122,6 +128,12 @@ class SenderSession:
         self.compare = compare
         self.drop_late = drop_late
         self.on_frame = on_frame  # gets (crop, media time) of every sent frame (demo, benchmarks)
+        # Keyframes sized to the link, patches and motion rate (sender.link_adapt); app.call
+        # says whether the peer takes motion bundles.
+        self.link: LinkAdapter | None = None
+        self.peer_takes_bundles = False
+        self._bundle: list[bytes] = []
+        self._deferred_keyframe: str | None = None  # a requested keyframe waiting for the link
         self.stats = SenderStats()
         self.peer_stats: dict[str, float] = {}
         self.box = None
@@ -146,11 +158,20 @@ class SenderSession:
         if isinstance(message, KeyframeRequest):
             now = time.monotonic()
             self.stats.keyframe_requests += 1
-            if now - self._last_keyframe_request >= KEYFRAME_REQUEST_MIN_INTERVAL_S:
+            spacing = max(KEYFRAME_REQUEST_MIN_INTERVAL_S,
+                          self.link.keyframe_interval() if self.link is not None else 0.0)
+            if now - self._last_keyframe_request >= spacing:
                 self._last_keyframe_request = now
                 log.info("peer asked for a keyframe (%s)", message.reason)
                 if self.encoder is not None:
-                    self.encoder.request_keyframe(f"the receiver asked: {message.reason}")
+                    why = f"the receiver asked: {message.reason}"
+                    if self._keyframe_in_flight():
+                        # One keyframe on the link at a time: a second one queued behind it would
+                        # only hold motion up longer. It goes once the first has crossed.
+                        self._deferred_keyframe = why
+                        self.stats.keyframes_deferred += 1
+                    else:
+                        self.encoder.request_keyframe(why)
                 if self.h264_track is not None:
                     self.h264_track.request_keyframe()
         elif isinstance(message, IntraRequest):
@@ -162,6 +183,7 @@ class SenderSession:
                 self.encoder.references_held(message.held)
         elif isinstance(message, StatsReport):
             self.peer_stats = dict(message.values)
+            self._adapt()
         elif isinstance(message, ModeRequest):
             if message.mode == "neural" and self.encoder is None:
                 log.warning("peer asked for neural mode, but this sender has no model")
@@ -169,6 +191,38 @@ class SenderSession:
             log.info("peer asked for %s mode (%s)", message.mode, message.reason)
             self.wanted_mode = message.mode
             self._switch(message.mode, f"peer asked: {message.reason}")
+
+    # ------------------------------------------------------------------ the link
+
+    def _start_link(self) -> None:
+        if self.encoder is None:
+            return
+        self.link = LinkAdapter(codec=self.encoder.keyframe_codec, default_quality=self.encoder.keyframe_quality,
+                                motion_on_channel=self.motion_carrier is None)
+        self.link.adaptations = self.stats.adaptations  # one list: the report shows them
+        self.encoder.keyframe_quality = self.link.keyframe_quality()
+
+    def _rtt(self) -> float | None:
+        sctp = getattr(self._control, "transport", None)
+        return getattr(sctp, "_srtt", None)  # aiortc's smoothed round trip; None before one
+
+    def _adapt(self) -> None:
+        """Act on the receiver's newest report (sender.link_adapt.LinkAdapter)."""
+        if self.link is None:
+            return
+        # Motion takes the data channel without audio (or while audio stalls): there it costs
+        # a message per frame, and a slow link gets bundles or fewer frames.
+        self.link.motion_on_channel = self.motion_carrier is None or \
+            self.stats.motion_on_audio < 0.5 * self.stats.neural_frames
+        upgrade = self.link.on_peer_stats(self.peer_stats, self._rtt())
+        state = self.link.state
+        self.encoder.keyframe_quality = self.link.keyframe_quality()
+        self.encoder.pause_patches(not state.patches)
+        self.encoder.set_intra_period(state.intra_period)
+        if upgrade and not self.encoder.keyframe_pending:
+            self.encoder.request_keyframe(f"the link carries about {state.kbps:.0f} kbit/s: a better keyframe")
+        if state.bundle == 1 and self._bundle:
+            self._flush_bundle()
 
     # ------------------------------------------------------------------ sending
 
@@ -184,6 +238,9 @@ class SenderSession:
             if packet[0] == PacketType.KEYFRAME:  # our own encoder's output: the type byte says it
                 self.stats.keyframes += 1
                 why = self.encoder.last_keyframe_reason if self.encoder is not None else ""
+                if self.link is not None and self.encoder.stats.keyframe_reasons:
+                    self.link.keyframe_sent(self.encoder.stats.keyframe_reasons[-1][0], len(packet),
+                                            self.encoder.keyframe_quality)
                 self._send_control(Keyframe(packet=packet, reason=why))
             elif packet[0] == PacketType.PATCH:
                 self.stats.patches += 1
@@ -207,11 +264,41 @@ class SenderSession:
         return bool(self._control.bufferedAmount or getattr(sctp, "_outbound_queue", None)
                     or getattr(sctp, "_data_channel_queue", None))
 
+    def _keyframe_in_flight(self) -> bool:
+        """A keyframe is being coded, or control data (a keyframe, a patch) has not wholly
+        crossed: queued in SCTP or sent and not yet acknowledged."""
+        if self.encoder is not None and self.encoder.keyframe_pending:
+            return True
+        if self._control is None:
+            return False
+        return self._control_backlog() or bool(getattr(self._control.transport, "_sent_queue", None))
+
     def send_motion_on_channel(self, packet: bytes) -> bool:
-        """One motion packet on the unreliable data channel; False if it was not sent."""
+        """One motion packet on the unreliable data channel; False if it was not sent. On a
+        slow link (sender.link_adapt) packets wait to travel several to a message."""
         if self._motion is None or self._motion.readyState != "open":
             self._dropped_motion()
             return False
+        bundle = self.link.state.bundle if self.link is not None and self.peer_takes_bundles else 1
+        if bundle > 1:
+            self._bundle.append(packet)
+            if len(self._bundle) >= bundle:
+                return self._flush_bundle()
+            return True
+        return self._send_on_channel(packet)
+
+    def _flush_bundle(self) -> bool:
+        from rtc.motion_bundle import pack_bundle
+
+        packets, self._bundle = self._bundle, []
+        if not packets:
+            return True
+        if len(packets) == 1:
+            return self._send_on_channel(packets[0])
+        self.stats.motion_bundles += 1
+        return self._send_on_channel(pack_bundle(packets))
+
+    def _send_on_channel(self, packet: bytes) -> bool:
         if self._motion.bufferedAmount > MOTION_BUFFER_LIMIT_BYTES:
             self.stats.motion_dropped += 1
             self._dropped_motion()
@@ -314,6 +401,7 @@ class SenderSession:
                 self.mode = "h264"
         start = time.monotonic()
         self.clock = time.time()
+        self._start_link()
         self.send_stream_start()
         frame: np.ndarray | None = first
         index = 0
@@ -357,7 +445,13 @@ class SenderSession:
         self.stats.frames += 1
         if self.on_frame is not None:
             self.on_frame(crop, t)
-        if self.mode == "neural":
+        if self._deferred_keyframe is not None and self.encoder is not None and not self._keyframe_in_flight():
+            self.encoder.request_keyframe(self._deferred_keyframe)
+            self._deferred_keyframe = None
+        if self.mode == "neural" and self.link is not None and self.link.state.motion_every > 1 \
+                and index % self.link.state.motion_every and not self.encoder.keyframe_pending:
+            self.stats.motion_thinned += 1  # a link too slow for every frame: this one sends none
+        elif self.mode == "neural":
             started = time.perf_counter()
             packets = await loop.run_in_executor(self._pool, self._encode, crop, t)
             self.stats.encode_ms_total += 1000.0 * (time.perf_counter() - started)

@@ -138,7 +138,12 @@ def test_loopback_neural_call_delivers_frames_within_budget(tiny_model, clip):
     assert tx.neural_frames >= 0.9 * seconds * 25
     assert rx.stats.rendered >= 0.8 * tx.neural_frames, rx.snapshot()
     assert len(shown) == rx.stats.rendered
-    assert rx.stats.keyframes == 1 and rx.stats.malformed == 0
+    assert rx.stats.malformed == 0
+    # A cheap first keyframe, then, once this fast link is measured, one at full quality
+    # (sender.link_adapt); nothing else.
+    assert rx.stats.keyframes in (1, 2), rx.snapshot()
+    if rx.stats.keyframes == 2:
+        assert "the link carries" in rx.stats.last_keyframe_reason
     # The motion stream's budget: well under x264's floor (~10 kbit/s at 256 px).
     motion_kbps = 8 * tx.motion_bytes / seconds / 1000
     assert 0 < motion_kbps < 10.0

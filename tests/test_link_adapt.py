@@ -1,0 +1,102 @@
+"""The sender's link adaptation (sender/link_adapt.py) and the motion bundles it sends on a
+slow link without audio (rtc/motion_bundle.py)."""
+
+from __future__ import annotations
+
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codec.errors import BitstreamError
+from rtc.motion_bundle import MAX_BUNDLE_PACKETS, pack_bundle, split_bundle
+from sender.link_adapt import FIRST_KEYFRAME_BYTES, LinkAdapter, quality_for_bytes
+
+
+@settings(deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=MAX_BUNDLE_PACKETS))
+def test_bundles_round_trip(packets):
+    assert split_bundle(pack_bundle(packets)) == packets
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=64))
+def test_malformed_bundles_raise_the_typed_error(data):
+    try:
+        packets = split_bundle(b"\x7e" + data)
+    except BitstreamError:
+        return
+    assert 1 <= len(packets) <= MAX_BUNDLE_PACKETS and all(packets)
+
+
+def test_a_bundle_is_never_a_frame_packet():
+    from codec.bitstream import parse_packet
+
+    with pytest.raises(BitstreamError):
+        parse_packet(pack_bundle([b"\x80\x01", b"\x81\x01"]))
+
+
+def test_keyframe_quality_follows_the_byte_budget():
+    # AV1 q66 gave 4000 bytes: half the budget needs a lower quality, never above the default.
+    lower = quality_for_bytes("av1", 66, 4000, 2000, 66)
+    assert lower < 66
+    assert quality_for_bytes("av1", 66, 4000, 1000, 66) < lower
+    assert quality_for_bytes("av1", 40, 1000, 100_000, 66) == 66
+    assert quality_for_bytes("webp", 90, 6000, 3000, 90) < 90
+
+
+def _report(adapter: LinkAdapter, seq: int, nbytes: int, quality: int, transfer_s: float) -> bool:
+    adapter.keyframe_sent(seq, nbytes, quality)
+    arrival = adapter._sent[seq][0] + transfer_s
+    return adapter.on_peer_stats({"keyframe_seq": seq, "keyframe_arrival": arrival}, rtt_s=0.0)
+
+
+def test_a_slow_link_gets_small_keyframes_no_patches_and_bundled_motion():
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    assert adapter.state.keyframe_budget == FIRST_KEYFRAME_BYTES  # nothing measured yet: cheap
+    first = adapter.keyframe_quality()
+    assert first < 66
+    # 2500 bytes in 0.52 s: 20 kbit/s beyond the first packet.
+    assert not _report(adapter, 0, 2500, first, 0.52)
+    assert 15 < adapter.state.kbps < 25
+    assert adapter.state.keyframe_budget == pytest.approx(20_000 / 8 * 0.5, rel=0.05)
+    assert adapter.keyframe_interval() == pytest.approx(8 * 2500 / (0.25 * 20_000), rel=0.05)
+    assert not adapter.state.patches
+    assert adapter.state.bundle == 2 and adapter.state.motion_every == 1
+    whats = [what for _, what, _ in adapter.adaptations]
+    assert any("keyframes of at most" in w for w in whats) and "reference patches off" in whats
+    # 10 kbit/s for the last three keyframes: the "link too slow" state, logged.
+    for seq in (50, 100, 150):
+        _report(adapter, seq, 1250, adapter.keyframe_quality(), 1.0)
+    assert adapter.state.motion_every == 3
+    assert any("link too slow" in what for _, what, _ in adapter.adaptations)
+
+
+def test_a_fast_link_asks_for_a_full_keyframe_once():
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    assert _report(adapter, 0, 1500, adapter.keyframe_quality(), 0.01)  # ~600 kbit/s: upgrade
+    assert adapter.state.keyframe_budget == 3000  # one step: at most double
+    assert _report(adapter, 10, 3000, adapter.keyframe_quality(), 0.02)
+    assert adapter.keyframe_quality() == 66
+    assert adapter.state.patches and adapter.state.bundle == 1
+    assert not _report(adapter, 30, 4000, 66, 0.02)  # already at the default: nothing to gain
+
+
+def test_one_keyframe_held_up_by_an_outage_does_not_sink_the_estimate():
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    _report(adapter, 0, 4000, 66, 0.28)  # 80 kbit/s
+    _report(adapter, 50, 4000, 66, 0.28)
+    _report(adapter, 100, 4000, 66, 5.5)  # crossed after a 5 s outage: ~4 kbit/s
+    assert adapter.state.kbps == pytest.approx(80, rel=0.05)
+    assert adapter.state.motion_every == 1 and adapter.state.patches
+
+
+def test_a_lossy_link_gets_intra_packets_more_often():
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    adapter.on_peer_stats({"loss": 0.0}, rtt_s=None)
+    assert adapter.state.intra_period == 25
+    adapter.on_peer_stats({"loss": 0.10}, rtt_s=None)
+    assert adapter.state.intra_period == 5
+    adapter.on_peer_stats({"loss": 0.30}, rtt_s=None)
+    assert adapter.state.intra_period == 4
+    assert any("intra motion packet every" in what for _, what, _ in adapter.adaptations)
