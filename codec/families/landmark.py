@@ -219,7 +219,6 @@ _FOREHEAD_UP = (0.3, 0.6)  # rows above the brows, in brow-to-chin heights
 _RING_POINTS = 20
 _RING_SCALE = 1.15  # ring radii / the face's half extents
 _BORDER = 1.0  # fixed frame points, normalised crop units (the crop's own edge)
-_RING = slice(NUM_LANDMARKS + 2 * 4, NUM_LANDMARKS + 2 * 4 + _RING_POINTS)  # in the mesh's points
 
 
 def _head_extras(canonical68: np.ndarray) -> np.ndarray:
@@ -390,27 +389,34 @@ class LandmarkModel(TalkingHeadModel):
         return source
 
     def _frame_triangles(self, source_px: np.ndarray) -> np.ndarray:
-        """A whole frame's mesh for one keyframe: the face's triangles as in a crop (the
-        fixed ones among the landmarks, forehead and ring), and between the ring and the
-        frame's edge a Delaunay triangulation of where they sit in this keyframe, so the face
-        may be anywhere in the frame. Fixed points inside the ring (a face at the frame's
-        edge) are left out. Falls back to a Delaunay triangulation of every point when the
-        ring's outline is not kept (never seen; a safety net)."""
+        """A whole frame's mesh for one keyframe, where its face is: a Delaunay triangulation
+        of the head's points (landmarks, forehead, ring) as they sit in this keyframe, which
+        covers their convex hull (the ring's outline), and between that outline and the
+        frame's edge one of the outline and the fixed points, so the face may be anywhere in
+        the frame and no triangle joins the face to the frame's edge across the ring (the hair
+        moves with the head, the room stays). Fixed points inside the outline (a face at the
+        frame's edge) are left out, and so is a fixed point that would cut an outline edge."""
         head = len(source_px) - len(self._border)
-        inner = self._triangles[(self._triangles < head).all(axis=1)]
-        ring = np.arange(head)[_RING]
-        outline = source_px[ring].astype(np.float32)
+        inner = delaunay_triangles(source_px[:head])
+        hull = cv2.convexHull(source_px[:head].astype(np.float32), clockwise=False,
+                              returnPoints=False).ravel().astype(np.int64)
+        outline = source_px[hull].astype(np.float32)
         border = [head + k for k in range(len(self._border))
                   if cv2.pointPolygonTest(outline, tuple(map(float, source_px[head + k])), False) < 0]
-        points = np.concatenate([ring, np.array(border, np.int64)])
-        outer = points[delaunay_triangles(source_px[points])]
-        outer = outer[~np.isin(outer, ring).all(axis=1)]
-        edges = {tuple(sorted(e)) for t in outer for e in ((t[0], t[1]), (t[1], t[2]), (t[0], t[2]))}
-        wanted = {tuple(sorted((ring[k], ring[(k + 1) % len(ring)]))) for k in range(len(ring))}
-        if not wanted <= edges:
-            log.warning("whole-frame mesh: the ring's outline was not kept; meshing every point")
-            return delaunay_triangles(source_px)
-        return np.concatenate([inner, outer])
+        wanted = [tuple(sorted((int(hull[k]), int(hull[(k + 1) % len(hull)])))) for k in range(len(hull))]
+        while len(border) >= 3:
+            points = np.concatenate([hull, np.array(border, np.int64)])
+            outer = points[delaunay_triangles(source_px[points])]
+            outer = outer[~np.isin(outer, hull).all(axis=1)]
+            edges = {tuple(sorted((int(a), int(b)))) for t in outer for a, b in ((t[0], t[1]), (t[1], t[2]),
+                                                                                  (t[0], t[2]))}
+            missing = [edge for edge in wanted if edge not in edges]
+            if not missing:
+                return np.concatenate([inner, outer])
+            middle = source_px[list(missing[0])].mean(axis=0)
+            border.remove(min(border, key=lambda k: float(np.sum((source_px[k] - middle) ** 2))))
+        log.warning("whole-frame mesh: no outline kept; meshing every point")
+        return delaunay_triangles(source_px)
 
     def _landmarks_px(self, source: LandmarkSource, motion: np.ndarray,
                       view: ViewControl | None = None) -> np.ndarray:
