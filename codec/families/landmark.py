@@ -264,6 +264,35 @@ def _frontal(points3d: np.ndarray) -> np.ndarray:
     return 0.3 * points3d[:, :2] + np.array([0.0, 0.1])
 
 
+def _outline(triangles: np.ndarray) -> np.ndarray | None:
+    """The boundary of a triangulated region as one loop of vertex indices (its edges that
+    belong to one triangle only), or None when it is not one simple loop."""
+    count: dict[tuple[int, int], int] = {}
+    for t in triangles:
+        for a, b in ((t[0], t[1]), (t[1], t[2]), (t[0], t[2])):
+            edge = (int(min(a, b)), int(max(a, b)))
+            count[edge] = count.get(edge, 0) + 1
+    neighbours: dict[int, list[int]] = {}
+    for (a, b), n in count.items():
+        if n == 1:
+            neighbours.setdefault(a, []).append(b)
+            neighbours.setdefault(b, []).append(a)
+    if not neighbours or any(len(v) != 2 for v in neighbours.values()):
+        return None
+    start = next(iter(neighbours))
+    loop, previous = [start], None
+    while True:
+        a, b = neighbours[loop[-1]]
+        following = b if a == previous else a
+        if following == start:
+            break
+        previous = loop[-1]
+        loop.append(following)
+        if len(loop) > len(neighbours):
+            return None
+    return np.array(loop, np.int64) if len(loop) == len(neighbours) else None
+
+
 def _feather(side: int) -> np.ndarray:
     """side×side float32 weights: 1 inside, falling smoothly to 0 over the outer eighth of the
     square (the refiner's correction fades out before the box's edge: no seam)."""
@@ -398,8 +427,10 @@ class LandmarkModel(TalkingHeadModel):
         frame's edge) are left out, and so is a fixed point that would cut an outline edge."""
         head = len(source_px) - len(self._border)
         inner = delaunay_triangles(source_px[:head])
-        hull = cv2.convexHull(source_px[:head].astype(np.float32), clockwise=False,
-                              returnPoints=False).ravel().astype(np.int64)
+        hull = _outline(inner)
+        if hull is None:
+            log.warning("whole-frame mesh: the head's triangles have no simple outline; meshing every point")
+            return delaunay_triangles(source_px)
         outline = source_px[hull].astype(np.float32)
         border = [head + k for k in range(len(self._border))
                   if cv2.pointPolygonTest(outline, tuple(map(float, source_px[head + k])), False) < 0]
@@ -407,7 +438,9 @@ class LandmarkModel(TalkingHeadModel):
         while len(border) >= 3:
             points = np.concatenate([hull, np.array(border, np.int64)])
             outer = points[delaunay_triangles(source_px[points])]
-            outer = outer[~np.isin(outer, hull).all(axis=1)]
+            inside = [cv2.pointPolygonTest(outline, tuple(map(float, source_px[t].mean(axis=0))), False) > 0
+                      for t in outer]
+            outer = outer[~(np.isin(outer, hull).all(axis=1) & np.array(inside, bool))]
             edges = {tuple(sorted((int(a), int(b)))) for t in outer for a, b in ((t[0], t[1]), (t[1], t[2]),
                                                                                   (t[0], t[2]))}
             missing = [edge for edge in wanted if edge not in edges]
