@@ -87,13 +87,13 @@ def _width(region: Region, points: np.ndarray) -> float:
 def patch_box(region: Region, points: np.ndarray, size: int | tuple[int, int]) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of the patch to cut for ``region`` in a size×size crop (or a
     (width, height) picture), or None when the region is not inside it."""
-    width, height = (size, size) if np.isscalar(size) else size
+    frame_w, frame_h = (size, size) if np.isscalar(size) else size
     own = points[list(region.points)]
     width = _width(region, points)
     side, up, down = region.box_margin
     x0, y0 = own.min(axis=0) - (side * width, up * width)
     x1, y1 = own.max(axis=0) + (side * width, down * width)
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+    if x0 < 0 or y0 < 0 or x1 > frame_w or y1 > frame_h:
         return None
     return int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))
 

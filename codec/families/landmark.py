@@ -496,7 +496,7 @@ class LandmarkModel(TalkingHeadModel):
         width, height = self.frame_size
         if candidate.x0 + w > width or candidate.y0 + h > height:
             raise BitstreamError(f"a {w}×{h} patch at ({candidate.x0}, {candidate.y0}) leaves the "
-                                 f"{width}×{height} picture")
+                                 f"{width}×{height} {'frame' if self.whole_frame else 'crop'}")
         points = self._landmarks_px(source, placed)
         source.references.put(candidate.slot, Reference(region, image, (candidate.x0, candidate.y0),
                                                         points, openness(region, points)))
