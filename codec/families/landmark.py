@@ -264,6 +264,17 @@ def _frontal(points3d: np.ndarray) -> np.ndarray:
     return 0.3 * points3d[:, :2] + np.array([0.0, 0.1])
 
 
+# Whole frames: the warp's maps are computed on a grid whose short side is about this many
+# pixels, then upsampled (codec.warp.MeshWarp's ``step``): a 1280×720 frame's maps cost
+# about a quarter as much, and the picture differs from the full-resolution maps only in a
+# band of a pixel or two along the mesh's edges (measured in tests/test_frame.py).
+MAP_GRID_SHORT_SIDE = 360
+
+
+def _map_step(width: int, height: int) -> int:
+    return max(1, int(round(min(width, height) / MAP_GRID_SHORT_SIDE)))
+
+
 def _outline(triangles: np.ndarray) -> np.ndarray | None:
     """The boundary of a triangulated region as one loop of vertex indices (its edges that
     belong to one triangle only), or None when it is not one simple loop."""
@@ -332,6 +343,7 @@ class LandmarkModel(TalkingHeadModel):
         # One triangulation for every crop's keyframe: over the mean face's frontal layout.
         mean_points = np.concatenate([face.mean_shape, _head_extras(face.mean_shape)])
         self._triangles = delaunay_triangles(np.concatenate([_frontal(mean_points), self._border]))
+        self.map_step = 1  # the warp's maps on a grid this much coarser (whole frames: _map_step)
         self._warp = MeshWarp(self._triangles, self.image_size)
         # The learned refiner (codec.models.refiner) on top of the warp, or None: the plain
         # warp. Receiver-side only: the stream, and so ``sha256``, are the same either way,
@@ -368,7 +380,8 @@ class LandmarkModel(TalkingHeadModel):
         model.whole_frame = whole_frame
         model.image_size = min(width, height)
         model._border = _border_points(width, height)
-        model._warp = MeshWarp(self._triangles, (width, height))
+        model.map_step = _map_step(width, height) if whole_frame else 1
+        model._warp = MeshWarp(self._triangles, (width, height), model.map_step)
         return model
 
     def _to_unit(self, points: np.ndarray) -> np.ndarray:
@@ -408,7 +421,8 @@ class LandmarkModel(TalkingHeadModel):
         canonical = np.concatenate([canonical68, _head_extras(canonical68)])
         source_unit = project(canonical, pose)
         source_px = self._to_pixels(np.concatenate([source_unit, self._border]))
-        warp = MeshWarp(self._frame_triangles(source_px), (width, height)) if self.whole_frame else None
+        warp = (MeshWarp(self._frame_triangles(source_px), (width, height), self.map_step)
+                if self.whole_frame else None)
         source = LandmarkSource(image=np.ascontiguousarray(image), canonical=canonical, pose=pose,
                                 coefficients=self.face.coefficients(offsets), source_px=source_px,
                                 references=ReferenceSet({}, {}), warp=warp)
