@@ -353,7 +353,9 @@ class LandmarkModel(TalkingHeadModel):
         # and frozen; its U-Net in bfloat16 where the CPU computes that natively), "float32"
         # (traced and frozen) or "eager" (the module as loaded: the reference).
         self.refiner_mode = "fast"
-        self._frozen: tuple | None = None  # (refiner, its version and mode, frozen_refiner of it)
+        # [(refiner, its version and mode, frozen_refiner of it)] or [None]: one list shared by
+        # this model's copies (``at_size``, ``plain``), so a picture size does not trace again.
+        self._frozen: list[tuple | None] = [None]
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -656,11 +658,11 @@ class LandmarkModel(TalkingHeadModel):
             return refiner
         # In-place weight updates bump the parameters' versions; train() / eval() flips the mode.
         version = (sum(p._version for p in refiner.parameters()), refiner.training, mode)
-        frozen = self._frozen
+        frozen = self._frozen[0]
         if frozen is None or frozen[0] is not refiner or frozen[1] != version:
             frozen = (refiner, version, frozen_refiner(refiner, self.refiner_size,
                                                        bfloat16=None if mode == "fast" else False))
-            self._frozen = frozen
+            self._frozen[0] = frozen
         return frozen[2]
 
     def neutral_motion(self, source: LandmarkSource) -> np.ndarray:
