@@ -123,13 +123,13 @@ def test_demo_writes_side_by_side_recording_and_report(tmp_path, capsys):
     assert report["h264_kbps"] > 0 and report["latency_ms_median"] is not None
     with av.open(str(out / "side_by_side.mp4")) as container:
         stream = container.streams.video[0]
-        assert (stream.width, stream.height) == (3 * 256, 256)
+        assert (stream.width, stream.height) == (3 * 640, 480)  # the whole photo, 640×480
         assert container.streams.audio
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     assert len(frames) == 50
     # The rebuilt face (middle third) moves with the input and stays close to it.
-    ours = [f[:, 256:512].astype(float) for f in frames]
-    inputs = [f[:, :256].astype(float) for f in frames]
+    ours = [f[:, 640:1280].astype(float) for f in frames]
+    inputs = [f[:, :640].astype(float) for f in frames]
     assert np.abs(ours[0] - ours[25]).mean() > 3.0
     assert max(np.abs(a - b).mean() for a, b in zip(ours[1:], inputs[1:])) < 12.0
     with av.open(str(out / "received.mp4")) as container:

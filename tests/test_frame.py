@@ -191,3 +191,34 @@ def test_coarse_maps_match_full_resolution_ones(model, turning) -> None:
     coarse, full = (cv2.remap(image, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
                     for maps in (coarse_maps, fine_maps))
     assert cv2.PSNR(coarse, full) > 40.0
+
+
+def test_files_keep_the_whole_frame_by_default_and_crop_on_request(model, tmp_path) -> None:
+    from codec.files import compress, decompress
+    from codec.media import probe
+    from sender.sources import write_default_clip
+
+    clip = write_default_clip(tmp_path / "in.mp4", num_frames=8, size=(320, 240), audio=False)
+    report = compress(clip, tmp_path / "frame.fvc", model=model, audio=False)
+    assert report.crop is None and report.size == (320, 240) and "whole frame" in report.summary()
+    decompress(tmp_path / "frame.fvc", tmp_path / "frame.mp4", model=model)
+    assert (probe(tmp_path / "frame.mp4").width, probe(tmp_path / "frame.mp4").height) == (320, 240)
+    # Capped: the long side to max(limit), the short side to min(limit), aspect kept.
+    capped = compress(clip, tmp_path / "small.fvc", model=model, audio=False, max_size=(160, 160))
+    assert capped.size == (160, 120)
+    cropped = compress(clip, tmp_path / "crop.fvc", model=model, audio=False, crop=128)
+    assert cropped.crop is not None and cropped.size == (128, 128)
+    decompress(tmp_path / "crop.fvc", tmp_path / "crop.mp4", model=model)
+    assert (probe(tmp_path / "crop.mp4").width, probe(tmp_path / "crop.mp4").height) == (128, 128)
+
+
+def test_rd_frame_skips_small_clips_with_the_reason(tmp_path) -> None:
+    from benchmarks.rd.clips import Clip, SkipClip, load_frames
+    from sender.sources import write_default_clip
+
+    small = write_default_clip(tmp_path / "small.mp4", num_frames=6, size=(320, 240), audio=False)
+    with pytest.raises(SkipClip, match="short side 240px, under 480px"):
+        load_frames(Clip(small, "small.mp4"), 6, tmp_path / "cache")
+    big = write_default_clip(tmp_path / "big.mp4", num_frames=6, size=(1600, 1200), audio=False)
+    frames = load_frames(Clip(big, "big.mp4"), 6, tmp_path / "cache")
+    assert frames.shape == (6, 960, 1280, 3)  # the long side to 1280, aspect kept

@@ -572,7 +572,7 @@ class LandmarkModel(TalkingHeadModel):
             frames.append(blend_references(warped, source.references, driving[:NUM_LANDMARKS]))
         if picked:
             if native:
-                refined = self._refine(source, source.image, [frames[k] for k in picked], maps, masks)
+                refined = self._refine(source, [frames[k] for k in picked], maps, masks)
             else:
                 refined = self._refine_boxes(source, [frames[k] for k in picked], maps, masks, boxes)
             for k, image in zip(picked, refined):
@@ -581,14 +581,15 @@ class LandmarkModel(TalkingHeadModel):
 
     def _refine_box(self, points: np.ndarray) -> tuple[int, int, int] | None:
         """(x0, y0, side) of the square the refiner sees in a picture of another size than it
-        was trained on: the face's box as the crop frames it (``box_from_landmarks``), moved
-        inside the picture; None when it does not fit (the plain warp is shown)."""
+        was trained on: the face's box as the crop frames it (``box_from_landmarks``; no larger
+        than the picture), moved inside the picture; None when the face is too small for it
+        (the plain warp is shown)."""
         from codec.facecrop import box_from_landmarks
 
         width, height = self.frame_size
         box = box_from_landmarks(points)
-        side = int(round(box.size))
-        if side < 32 or side > min(width, height):
+        side = min(int(round(box.size)), width, height)
+        if side < 32:
             return None
         x0 = int(round(min(max(box.cx - side / 2, 0), width - side)))
         y0 = int(round(min(max(box.cy - side / 2, 0), height - side)))
@@ -608,7 +609,7 @@ class LandmarkModel(TalkingHeadModel):
             key = cv2.resize(source.image[y0:y0 + side, x0:x0 + side], (r, r), interpolation=cv2.INTER_AREA)
             box_maps = np.stack([cv2.resize((m[y0:y0 + side, x0:x0 + side] - o + 0.5) * scale - 0.5, (r, r),
                                             interpolation=cv2.INTER_LINEAR) for m, o in ((map_x, x0), (map_y, y0))])
-            refined = self._refine(source, key, [crop], [box_maps.astype(np.float32)], [mask])[0]
+            refined = self._refine(source, [crop], [box_maps.astype(np.float32)], [mask], keyframe_image=key)[0]
             delta = cv2.resize(refined.astype(np.float32) - crop.astype(np.float32), (side, side),
                                interpolation=cv2.INTER_LINEAR)
             result = frame.copy()
@@ -629,8 +630,8 @@ class LandmarkModel(TalkingHeadModel):
         inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
         return float(inside.mean()) >= REFINE_MIN_INSIDE
 
-    def _refine(self, source: LandmarkSource, keyframe_image: np.ndarray, warped: list[np.ndarray],
-                maps: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+    def _refine(self, source: LandmarkSource, warped: list[np.ndarray], maps: list[np.ndarray],
+                masks: list[np.ndarray], keyframe_image: np.ndarray | None = None) -> list[np.ndarray]:
         """The refiner over a batch of warped frames, with the inputs it was trained on
         (``training.refiner_data.warp_inputs``): uint8 RGB in, uint8 RGB out."""
         import torch
@@ -639,7 +640,8 @@ class LandmarkModel(TalkingHeadModel):
         network = self._inference_refiner()
         with torch.inference_mode():
             batch = torch.from_numpy(np.stack(warped)).to(device).permute(0, 3, 1, 2).float() / 255.0
-            keyframe = torch.from_numpy(np.ascontiguousarray(keyframe_image)).to(device).permute(2, 0, 1).float() / 255.0
+            keyframe = torch.from_numpy(np.ascontiguousarray(
+                source.image if keyframe_image is None else keyframe_image)).to(device).permute(2, 0, 1).float() / 255.0
             out = network(batch, keyframe.expand(len(warped), -1, -1, -1),
                           torch.from_numpy(np.stack(maps)).to(device),
                           torch.from_numpy(np.stack(masks).transpose(0, 3, 1, 2)).to(device))
