@@ -222,3 +222,25 @@ def test_rd_frame_skips_small_clips_with_the_reason(tmp_path) -> None:
     big = write_default_clip(tmp_path / "big.mp4", num_frames=6, size=(1600, 1200), audio=False)
     frames = load_frames(Clip(big, "big.mp4"), 6, tmp_path / "cache")
     assert frames.shape == (6, 960, 1280, 3)  # the long side to 1280, aspect kept
+
+
+@pytest.mark.slow
+def test_a_call_sends_the_whole_frame_and_h264_at_the_same_size(model, turning) -> None:
+    """A loopback call on the landmark family: the picture is the source's whole frame (its
+    size from the first frame), the head moving within it needs no new keyframe, and the
+    H.264 fallback's track has the same size."""
+    import asyncio
+
+    from app.call import CallOptions
+    from app.loopback import run_loopback
+
+    shown: list[tuple[int, int]] = []
+    frames = [np.ascontiguousarray(f[:240, :320]) for f in turning] * 3  # 320×240, 36 frames
+    sending, receiving = asyncio.run(run_loopback(
+        model, model, iter(frames), seconds=1.4, options=CallOptions(mode="neural", live=False),
+        receiver_options=CallOptions(mode="neural", live=False),
+        show=lambda image, t: shown.append(image.shape[:2]), timeout=120.0))
+    assert sending.whole_frame and sending.picture_size == (320, 240)
+    assert sending.h264_track.size == (320, 240)
+    assert sending.sender_session.stats.keyframes == 1
+    assert shown and set(shown) == {(240, 320)}
