@@ -38,11 +38,12 @@ def test_default_model_compresses_and_decompresses(clip, tmp_path, capsys, monke
     assert main(["info", str(stream)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"] == "landmark" and not info["untrained"] and info["family"] == 2
+    assert info["size"] == [256, 256]  # the clip's whole frame, at its own size
     refined: list[int] = []
     refine = LandmarkModel._refine
     monkeypatch.setattr(LandmarkModel, "_refine",
-                        lambda self, source, warped, *rest: refined.append(len(warped))
-                        or refine(self, source, warped, *rest))
+                        lambda self, source, warped, *rest, **options: refined.append(len(warped))
+                        or refine(self, source, warped, *rest, **options))
     assert main(["decompress", str(stream), str(tmp_path / "d.mp4")]) == 0
     assert "12 frames" in capsys.readouterr().out
     assert sum(refined) == 12
