@@ -244,3 +244,22 @@ def test_a_call_sends_the_whole_frame_and_h264_at_the_same_size(model, turning) 
     assert sending.h264_track.size == (320, 240)
     assert sending.sender_session.stats.keyframes == 1
     assert shown and set(shown) == {(240, 320)}
+
+
+def test_mutated_whole_frame_packets_raise_only_codec_errors() -> None:
+    """The fuzzer's whole-frame receiver (a 320×240 stream: its own mesh per keyframe, the
+    refiner's face box, coarse maps): mutated packets give typed errors or frames, never a
+    crash. ``python -m benchmarks.fuzz_bitstream`` runs it at length."""
+    import random
+
+    from benchmarks.fuzz_bitstream import DecoderTarget, mutate
+    from codec.errors import CodecError
+
+    target = DecoderTarget(whole_frame=(320, 240))
+    rng = random.Random(0)
+    for _ in range(150):
+        data = mutate(rng.choice(target.packets), rng, target.packets)
+        try:
+            target(data)
+        except CodecError:
+            pass
