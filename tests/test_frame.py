@@ -263,3 +263,22 @@ def test_mutated_whole_frame_packets_raise_only_codec_errors() -> None:
             target(data)
         except CodecError:
             pass
+
+
+def test_the_closed_loop_and_patches_run_on_whole_frames(model, turning) -> None:
+    """The sender's closed loop renders and scores whole frames; its keyframes are whole
+    frames too, and the receiver follows them."""
+    from codec.api import RefreshPolicy
+
+    frame_model = model.at_size(640, 480, whole_frame=True)
+    encoder = Encoder(frame_model, keyframe_codec="webp", refresh=RefreshPolicy(gain=0.01))
+    decoder = Decoder.from_header(encoder.header(), refiner=False)
+    shown = 0
+    for i, frame in enumerate(turning * 3):
+        for packet in encoder.encode(frame, i / 25):
+            decoded = decoder.decode(packet)
+            if decoded is not None:
+                assert decoded.image.shape == (480, 640, 3)
+                shown += 1
+    assert shown == 36 and encoder.stats.last_rebuild_error is not None
+    assert decoder.stats.keyframes == encoder.stats.keyframes >= 1
