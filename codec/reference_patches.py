@@ -108,6 +108,7 @@ class Reference:
     origin: tuple[int, int]  # (x0, y0) of the patch in its frame
     points: np.ndarray  # 68×2 float, crop pixels
     openness: float
+    scale: tuple[float, float] = (1.0, 1.0)  # patch pixels per picture pixel (x, y): < 1 when shrunk
 
 
 @dataclass
@@ -240,6 +241,8 @@ def _blend_one(out: np.ndarray, reference: Reference, points: np.ndarray) -> Non
     region = reference.region
     height, width = out.shape[:2]
     source = reference.points[list(region.points)] - reference.origin
+    if reference.scale != (1.0, 1.0):  # a shrunk patch: its own pixel centres
+        source = (source + 0.5) * np.asarray(reference.scale) - 0.5
     target = points[list(region.points)]
     matrix, _ = cv2.estimateAffine2D(source.astype(np.float32), target.astype(np.float32), method=cv2.LMEDS)
     if matrix is None:

@@ -282,3 +282,35 @@ def test_the_closed_loop_and_patches_run_on_whole_frames(model, turning) -> None
                 shown += 1
     assert shown == 36 and encoder.stats.last_rebuild_error is not None
     assert decoder.stats.keyframes == encoder.stats.keyframes >= 1
+
+
+def test_patches_of_a_big_picture_are_shrunk_and_land_in_place(model, turning) -> None:
+    """At 720p a patch is coded at the face's scale in a 256-px crop (fewer bytes); the
+    receiver reads the scale off its size and blends it where it was cut."""
+    import cv2
+
+    from codec.families.base import PatchCandidate
+    from codec.reference_patches import MOUTH, patch_box
+
+    frame_model = model.at_size(1280, 720, whole_frame=True)
+    image = np.ascontiguousarray(cv2.resize(turning[0], (1280, 720)))
+    source = frame_model.prepare_source(image, frame_model.motion_tracker().keyframe_info(image))
+    motion = frame_model.neutral_motion(source)
+    info, placed = frame_model._patch_motion(motion)
+    points = frame_model._landmarks_px(source, placed)
+    scale = frame_model._patch_scale(points)
+    assert 0.2 < scale < 0.9 and model._patch_scale(points / 5) == 1.0  # a 256 crop: as always
+    x0, y0, x1, y1 = patch_box(MOUTH, points, (1280, 720))
+    inverted = 255 - image[y0:y1, x0:x1]
+    small = cv2.resize(inverted, (round((x1 - x0) * scale), round((y1 - y0) * scale)), interpolation=cv2.INTER_AREA)
+    before = frame_model.render(source, motion[None])[0]
+    frame_model.add_patch(source, PatchCandidate(MOUTH.id, 0, x0, y0, small, info))
+    held = source.references.slots[MOUTH.id][0]
+    assert held.scale[0] == pytest.approx(scale, abs=0.02)
+    # Rendered with the mouth as open as the patch's frame: the patch, not the keyframe, shows.
+    source.references.keyframe_openness[MOUTH.id] = 10.0
+    out = frame_model.render(source, motion[None])[0].astype(float)
+    centre = points[60:68].mean(axis=0).round().astype(int)
+    window = (slice(centre[1] - 3, centre[1] + 4), slice(centre[0] - 6, centre[0] + 7))
+    assert np.abs(out[window] - (255.0 - image[window])).mean() < 25.0
+    assert np.array_equal(out[:100], before[:100])  # far from the mouth: untouched

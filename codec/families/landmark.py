@@ -493,9 +493,25 @@ class LandmarkModel(TalkingHeadModel):
             if distance <= region.tolerance or box is None:
                 continue
             x0, y0, x1, y1 = box
+            patch = np.ascontiguousarray(crop[y0:y1, x0:x1])
+            scale = self._patch_scale(points)
+            if scale < 1.0:  # the face's scale in a 256-px crop: patch bytes do not grow with the picture
+                size = (max(2, int(round((x1 - x0) * scale))), max(2, int(round((y1 - y0) * scale))))
+                patch = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
             candidates.append(PatchCandidate(region.id, source.references.free_slot(region, value), x0, y0,
-                                             np.ascontiguousarray(crop[y0:y1, x0:x1]), info))
+                                             patch, info))
         return candidates
+
+    def _patch_scale(self, points: np.ndarray) -> float:
+        """How much a patch is shrunk before it is coded: 1 in a crop at the size the refiner
+        was trained on (256: patches as they always were); elsewhere down to the face's scale
+        in such a crop (its ``box_from_landmarks`` side to ``refiner_size``), never up. The
+        receiver reads the scale off the patch's size against its box (``add_patch``)."""
+        if self.frame_size == (self.refiner_size, self.refiner_size) and not self.whole_frame:
+            return 1.0
+        from codec.facecrop import box_from_landmarks
+
+        return min(1.0, self.refiner_size / max(box_from_landmarks(points[:NUM_LANDMARKS]).size, 1.0))
 
     def add_patch(self, source: LandmarkSource, candidate: PatchCandidate) -> None:
         region = REGION_BY_ID.get(candidate.region)
@@ -514,8 +530,14 @@ class LandmarkModel(TalkingHeadModel):
             raise BitstreamError(f"a {w}×{h} patch at ({candidate.x0}, {candidate.y0}) leaves the "
                                  f"{width}×{height} {'frame' if self.whole_frame else 'crop'}")
         points = self._landmarks_px(source, placed)
+        # A patch smaller than its box was shrunk by the sender (``_patch_scale``); both sides
+        # compute the box from the same decoded points.
+        box = patch_box(region, points, self.frame_size)
+        scale = (1.0, 1.0) if box is None else (w / max(box[2] - box[0], 1), h / max(box[3] - box[1], 1))
+        if not (0.0 < scale[0] <= 1.0 and 0.0 < scale[1] <= 1.0):
+            scale = (1.0, 1.0)  # not what this sender makes: placed as cut (a 1:1 patch)
         source.references.put(candidate.slot, Reference(region, image, (candidate.x0, candidate.y0),
-                                                        points, openness(region, points)))
+                                                        points, openness(region, points), scale))
 
     def driving_points(self, source: LandmarkSource, motion: np.ndarray,
                        view: ViewControl | None = None) -> tuple[np.ndarray, np.ndarray]:
