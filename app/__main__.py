@@ -47,7 +47,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
                           intra_period=args.intra_period, fps=args.fps, max_frames=args.max_frames,
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
                           audio=not args.no_audio, patches=not args.no_patches,
-                          refresh=args.refresh, references=args.references, progress=bar)
+                          refresh=args.refresh, references=args.references, crop=args.crop,
+                          max_size=args.resolution, progress=bar)
     estimate = wire_estimate(report)
     print(report.summary(wire=estimate.summary()))
     if args.json:
@@ -135,27 +136,30 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     stream = out / "stream.fvc"
     with _progress(args.max_frames, "compress") as bar:
         report = compress(source, stream, model=model, quality=args.quality, fps=args.fps,
-                          max_frames=args.max_frames, progress=bar)
+                          max_frames=args.max_frames, crop=args.crop, max_size=args.resolution,
+                          progress=bar)
     print(report.summary(wire=wire_estimate(report).summary()))
     decoded = out / "decoded.mp4"
     with _progress(report.frames, "decompress") as bar:
         dreport = decompress(stream, decoded, model=model, batch_size=args.batch_size, progress=bar)
     print(dreport.summary())
-    # Side by side: the face crop the encoder saw | what the receiver rebuilt.
+    # Side by side: the picture the encoder saw (its whole frame or face crop) | what the
+    # receiver rebuilt.
     from codec.facecrop import CropBox
+    from codec.keyframe import fit_frame
 
-    box = CropBox(*report.crop)
-    size = model.image_size
-    originals = (box.crop(f.image, size) for f in read_frames(source, fps=args.fps,
-                                                                max_frames=report.frames))
+    width, height = report.size
+    box = None if report.crop is None else CropBox(*report.crop)
+    originals = (fit_frame(f.image, report.size) if box is None else box.crop(f.image, width)
+                 for f in read_frames(source, fps=args.fps, max_frames=report.frames))
     rebuilt = (f.image for f in read_frames(decoded, fps=None))
     side = out / "side_by_side.mp4"
     import numpy as np
 
-    with VideoWriter(side, fps=args.fps, size=(2 * size, size)) as writer:
+    with VideoWriter(side, fps=args.fps, size=(2 * width, height)) as writer:
         for a, b in zip(originals, rebuilt):
             writer.write(np.concatenate([a, b], axis=1))
-    print(f"wrote {stream}, {decoded} and {side} (input crop | rebuilt)")
+    print(f"wrote {stream}, {decoded} and {side} (input | rebuilt)")
     return 0
 
 
@@ -167,7 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if model.untrained:
         print("*** UNTRAINED MODEL: the rebuilt video is not meaningful (format and transport demo) ***")
     report = run_demo(model, seconds=args.seconds, fps=args.fps, mode=args.mode, out=args.out,
-                      quality=args.quality)
+                      quality=args.quality, size=args.resolution, crop=args.crop)
     print(f"mode {report['mode']} ({report['mode_reason']}); {report['frames_sent']} frames sent, "
           f"{report['frames_rendered']} rendered")
     carriage = "on the audio packets" if report["motion_on_audio_packets"] else "on the data channel"
@@ -199,8 +203,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     # Here, not at the top: `facecodec serve-signaling` starts without torch and aiortc.
     from app.call_command import add_call_args, cmd_call
+    from app.demo import DEMO_SIZE
     from app.mode_choice import MODES
-    from app.model_args import add_keyframe_args, add_model_args, add_quality_arg, add_refresh_arg
+    from app.model_args import (
+        add_keyframe_args,
+        add_model_args,
+        add_quality_arg,
+        add_refresh_arg,
+        add_size_args,
+    )
 
     parser = argparse.ArgumentParser(
         prog="facecodec", formatter_class=_HelpFormatter,
@@ -218,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common],
                               formatter_class=_HelpFormatter)
 
-    p = add("compress", "video file -> .fvc stream file (face crop, keyframe, motion, Opus audio)")
+    p = add("compress", "video file -> .fvc stream file (whole frame or face crop, keyframe, motion, "
+                        "Opus audio)")
     p.add_argument("input", type=Path, help="a video file with a face (any format PyAV reads)")
     p.add_argument("output", type=Path, help="the .fvc file to write")
     add_model_args(p)
@@ -234,10 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send no reference patches (real pixels of an open mouth or closed eyes "
                         "that the keyframe lacks)")
     add_refresh_arg(p)
+    add_size_args(p)
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(func=cmd_compress)
 
-    p = add("decompress", ".fvc stream file -> video file of the rebuilt face crop (with audio)")
+    p = add("decompress", ".fvc stream file -> video file of the rebuilt picture, at the stream's size "
+                          "(with audio)")
     p.epilog = ("Speed at 256 px on 2 shared CPU cores (AMD EPYC; benchmarks.decompress_speed): about "
                 "44 frames/s with the refiner where the CPU has native bfloat16 (AVX512-BF16), about 32 "
                 "in float32 elsewhere, about 140 with --no-refiner.")
@@ -264,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=25.0, help="resample the input to this frame rate")
     p.add_argument("--max-frames", type=int, default=100, help="frames to code")
     p.add_argument("--batch-size", type=int, default=4, help="frames rendered per forward pass")
+    add_size_args(p)
     p.set_defaults(func=cmd_roundtrip)
 
     # Listed for --help only: main() hands `serve-signaling ...` to `python -m signaling`.
@@ -283,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the sender sends")
     add_quality_arg(p)
     add_model_args(p)
+    add_size_args(p, resolution_default=DEMO_SIZE)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -49,7 +50,7 @@ from codec.bitstream.control import (
 )
 from codec.errors import CodecError
 from codec.facecrop import FaceCropper
-from codec.keyframe import DEFAULT_KEYFRAME_CODEC
+from codec.keyframe import DEFAULT_KEYFRAME_CODEC, DEFAULT_MAX_FRAME, frame_size_within
 from receiver.session import ReceiverSession
 from receiver.sinks import consume_audio
 from rtc.motion_bundle import BUNDLE_CAPABILITY
@@ -97,6 +98,10 @@ class CallOptions:
     # exceeded every rate cap of the impairment matrix); None keeps aiortc's.
     audio_kbps: float | None = 12.0
     meter_wire: bool = False  # count what this side sends on the wire, by kind (rtc.wire_meter)
+    # The picture sent: the camera's whole frame, scaled down to fit ``resolution`` (width,
+    # height), or with ``crop`` a crop×crop face crop. H.264 sends the same picture.
+    resolution: tuple[int, int] = DEFAULT_MAX_FRAME
+    crop: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -155,6 +160,11 @@ class Call:
         self.epoch = epoch
         self.model = model
         self.frames = frames
+        # What this side sends (``_picture_size``, once the source's first frame is in): the
+        # picture's (width, height), whether it is the whole frame, and the model at that size.
+        self.picture_size: tuple[int, int] = (256, 256)
+        self.whole_frame = False
+        self.send_model: TalkingHeadModel | None = None
         self.audio = audio
         self.options = options or CallOptions()
         self.recorder = recorder
@@ -369,9 +379,9 @@ class Call:
         Returns why the call ended."""
         self._loop = asyncio.get_running_loop()
         options = self.options
-        size = self.model.image_size if self.model is not None else 256
         if self.frames is not None:
-            self.h264_track = H264Track((size, size), fps=options.fps, bitrate_kbps=options.h264_kbps)
+            await self._picture_size()
+            self.h264_track = H264Track(self.picture_size, fps=options.fps, bitrate_kbps=options.h264_kbps)
         self.receiver_session = ReceiverSession(self.model, show=self._show, send_control=self._send_control,
                                         live=options.live)
         started = time.monotonic()
@@ -416,19 +426,47 @@ class Call:
             waiter.cancel()
         return self._end_reason
 
+    async def _picture_size(self) -> None:
+        """The picture this side sends, from the source's first frame (put back in front):
+        its whole frame, scaled down to fit ``options.resolution``, or ``options.crop``'s
+        face crop (also when the model renders only crops)."""
+        loop = asyncio.get_running_loop()
+        first = await loop.run_in_executor(None, next, self.frames, None)
+        if first is not None:
+            rest = self.frames
+            self.frames = iter(itertools.chain([first], rest))
+        crop = self.options.crop
+        self.whole_frame = crop is None and first is not None
+        if self.whole_frame:
+            self.picture_size = frame_size_within(first.shape[1], first.shape[0], self.options.resolution)
+            if self.model is not None:
+                try:
+                    self.send_model = self.model.at_size(*self.picture_size, whole_frame=True)
+                except ValueError as error:
+                    events.info("sending a face crop: %s", error)
+                    self.whole_frame, crop = False, self.model.image_size
+        if not self.whole_frame:
+            crop = crop or (self.model.image_size if self.model is not None else 256)
+            self.picture_size = (crop, crop)
+            if self.model is not None:
+                self.send_model = self.model.at_size(crop, crop)
+        events.info("sending %s at %d×%d", "the whole frame" if self.whole_frame else "a face crop",
+                    *self.picture_size)
+
     async def _send(self, duration: float | None) -> None:
         options = self.options
         peer = self.signaling.peer_capabilities
         mode, why = choose_mode(options.mode, self.model, peer, options.fps)
         self.mode_reason = why
         events.info("sending %s: %s", mode, why)
-        encoder = None if self.model is None else call_encoder(self.model, options)
-        size = self.model.image_size if self.model is not None else 256
+        encoder = None if self.send_model is None else call_encoder(self.send_model, options)
+        size = self.picture_size[0]
         self.sender_session = SenderSession(self.frames, fps=options.fps, encoder=encoder,
                                     cropper=FaceCropper(out_size=size), h264_track=self.h264_track,
                                     mode=mode, face_lost_frames=options.face_lost_frames,
                                     compare=options.compare, drop_late=options.live,
-                                    on_frame=self.on_sent_frame)
+                                    on_frame=self.on_sent_frame,
+                                    whole_frame=self.picture_size if self.whole_frame else None)
         self.sender_session.peer_takes_bundles = peer is not None and BUNDLE_CAPABILITY in peer.codecs
         if options.motion_on_audio:
             self.motion_carrier = AudioMotionCarrier.attach(self.pc, self.sender_session.send_motion_on_channel)

@@ -18,7 +18,14 @@ import numpy as np
 from app.call import WAIT_S, CallEnded, CallOptions, NobodyJoined
 from app.call_stats import write_call_stats
 from app.mode_choice import MODES
-from app.model_args import add_keyframe_args, add_model_args, add_quality_arg, add_refresh_arg, model_from_args
+from app.model_args import (
+    add_keyframe_args,
+    add_model_args,
+    add_quality_arg,
+    add_refresh_arg,
+    add_size_args,
+    model_from_args,
+)
 from app.peer import join_room, run_peer
 from codec.errors import CodecError
 from codec.facecrop import detect_landmarks
@@ -67,6 +74,7 @@ def add_call_args(parser: argparse.ArgumentParser) -> None:
                         help="send no reference patches of the mouth and eyes")
     add_refresh_arg(parser)
     add_keyframe_args(parser)
+    add_size_args(parser)
     parser.add_argument("--fps", type=float, default=25.0, help="frames per second sent")
     parser.add_argument("--seconds", type=float, default=60.0,
                    help="length of the call, counted from when it connects (waiting is --wait)")
@@ -165,7 +173,8 @@ def cmd_call(args: argparse.Namespace) -> int:
     options = CallOptions(fps=args.fps, mode=args.mode, h264_kbps=args.h264_kbps, quality=args.quality,
                           patches=not args.no_patches, refresh=args.refresh, references=args.references,
                           keyframe_codec=args.keyframe_codec, keyframe_quality=args.keyframe_quality,
-                          audio_kbps=args.audio_kbps or None, meter_wire=args.meter_wire)
+                          audio_kbps=args.audio_kbps or None, meter_wire=args.meter_wire,
+                          resolution=args.resolution, crop=args.crop)
 
     current: dict = {}
     made: dict = {}  # the recorder, made once the model is loaded; closed below whatever happens
@@ -185,8 +194,7 @@ def cmd_call(args: argparse.Namespace) -> int:
             if args.source != "none":
                 frames, audio = _call_source(args, model)
             if args.record is not None:
-                size = model.image_size if model is not None else 256
-                made["recorder"] = Mp4Recorder(args.record, fps=args.fps, size=(size, size))
+                made["recorder"] = Mp4Recorder(args.record, fps=args.fps)  # at the stream's size
             if viewer_frames is not None:
                 def stats() -> dict:
                     call = current.get("call")
@@ -232,7 +240,8 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 def _call_source(args: argparse.Namespace, model: TalkingHeadModel | None):
     if args.source == "default":
-        frames = iter(default_source(num_frames=None, fps=args.fps, size=(512, 512), model=model))
+        frames = iter(default_source(num_frames=None, fps=args.fps, size=(640, 480), model=model,
+                                     whole_frame=args.crop is None))
         audio = None if args.no_audio else PcmAudioTrack(default_audio(20.0), loop=True)
     elif args.source.startswith("camera"):
         device = args.source.partition(":")[2] or "/dev/video0"

@@ -26,6 +26,10 @@ from codec.families.base import TalkingHeadModel
 
 log = logging.getLogger(__name__)
 
+# The demo's input: the built-in portrait's whole photo at this (width, height), its head
+# turned in place (a face crop with ``--crop SIZE``).
+DEMO_SIZE = (640, 480)
+
 
 def _hold_to_grid(frames: list[tuple[float, np.ndarray]], n: int, fps: float) -> list[np.ndarray | None]:
     """Place (media time, frame) pairs on a regular grid of n frames, holding the last one."""
@@ -42,7 +46,8 @@ def _hold_to_grid(frames: list[tuple[float, np.ndarray]], n: int, fps: float) ->
     return grid
 
 
-async def _loopback(model: TalkingHeadModel, seconds: float, options: CallOptions, out: Path) -> dict:
+async def _loopback(model: TalkingHeadModel, seconds: float, options: CallOptions, out: Path,
+                    size: tuple[int, int]) -> dict:
     from receiver.sinks import Mp4Recorder
     from sender.media_tracks import PcmAudioTrack
     from sender.sources import default_audio, default_source
@@ -51,8 +56,7 @@ async def _loopback(model: TalkingHeadModel, seconds: float, options: CallOption
     n = int(round(seconds * fps))
     sent: list[tuple[float, np.ndarray]] = []
     shown: list[tuple[float, np.ndarray]] = []
-    size = model.image_size
-    recorder = Mp4Recorder(out / "received.mp4", fps=fps, size=(size, size))
+    recorder = Mp4Recorder(out / "received.mp4", fps=fps)  # at the stream's size
 
     wire: dict[str, object] = {}
 
@@ -74,7 +78,8 @@ async def _loopback(model: TalkingHeadModel, seconds: float, options: CallOption
     started = time.monotonic()
     try:
         sending, receiving = await run_loopback(
-            model, model, iter(default_source(num_frames=n, fps=fps, size=(512, 512), model=model)),
+            model, model, iter(default_source(num_frames=n, fps=fps, size=size, model=model,
+                                             whole_frame=options.crop is None)),
             seconds=seconds, options=options,
             receiver_options=CallOptions(fps=fps, mode=options.mode, live=False),
             audio=PcmAudioTrack(default_audio(seconds + 1.0)), show=lambda image, t: shown.append((t, image)),
@@ -129,7 +134,8 @@ async def _loopback(model: TalkingHeadModel, seconds: float, options: CallOption
 
 
 def run_demo(model: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.0, mode: str = "neural",
-             out: Path = Path("out/demo"), quality: int | None = None) -> dict:
+             out: Path = Path("out/demo"), quality: int | None = None, size: tuple[int, int] = DEMO_SIZE,
+             crop: int | None = None) -> dict:
     """Run the loopback call and write ``out``/side_by_side.mp4, received.mp4, report.json."""
     from codec.media import VideoWriter, encode_pcm_opus
     from codec.media.h264 import H264Decoder, H264Encoder
@@ -138,18 +144,19 @@ def run_demo(model: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.0
     out.mkdir(parents=True, exist_ok=True)
     # Not live: the sender sends every frame and the receiver renders every frame, however
     # slow the CPU, so the recording and the side-by-side hold the whole clip.
-    options = CallOptions(fps=fps, mode=mode, quality=quality, live=False)
-    result = asyncio.run(_loopback(model, seconds, options, out))
+    options = CallOptions(fps=fps, mode=mode, quality=quality, live=False, crop=crop, resolution=size)
+    result = asyncio.run(_loopback(model, seconds, options, out, size))
     report = result["report"]
     n = int(round(seconds * fps))
-    size = model.image_size
     inputs = _hold_to_grid(result["sent"], n, fps)
     ours = _hold_to_grid(result["shown"], n, fps)
-    blank = np.zeros((size, size, 3), np.uint8)
+    first = next(image for image in inputs + ours if image is not None)
+    height, width = first.shape[:2]  # the picture sent: the whole frame, or the face crop
+    blank = np.zeros((height, width, 3), np.uint8)
     # H.264 at our data-channel rate: the encoder's rate control targets it; x264 cannot go
     # below its floor (~10 kbit/s at 256 px), so the achieved rate is reported, not assumed.
     target = max(report["payload_kbps"], 1.0)
-    encoder, decoder = H264Encoder((size, size), fps=fps, bitrate_kbps=target), H264Decoder()
+    encoder, decoder = H264Encoder((width, height), fps=fps, bitrate_kbps=target), H264Decoder()
     h264_frames, h264_bytes = [], 0
     for i, image in enumerate(inputs):
         packets = encoder.encode(image if image is not None else blank, i)
@@ -163,7 +170,7 @@ def run_demo(model: TalkingHeadModel, *, seconds: float = 4.0, fps: float = 25.0
     report["h264_kbps"] = 8.0 * h264_bytes / (n / fps) / 1000.0
     audio = encode_pcm_opus(default_audio(seconds))
     side = out / "side_by_side.mp4"
-    with VideoWriter(side, fps=fps, size=(3 * size, size), audio=audio) as writer:
+    with VideoWriter(side, fps=fps, size=(3 * width, height), audio=audio) as writer:
         for i in range(n):
             a = inputs[i] if inputs[i] is not None else blank
             b = ours[i] if ours[i] is not None else blank  # the receiver already bannered untrained frames

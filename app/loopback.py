@@ -38,9 +38,10 @@ async def run_loopback(sender_model: TalkingHeadModel | None, receiver_model: Ta
     ``started(a, b)`` runs once B's receiving session exists, before A sends (hooks that tap
     or inject); ``finished(a, b)`` runs after A's last frame, before the goodbye (drain the
     receiver, read counters)."""
-    sender_caps = local_capabilities(sender_model, options.fps)  # measures the render rate
+    size = options.resolution if options.crop is None else None  # whole frames of up to this
+    sender_caps = local_capabilities(sender_model, options.fps, size=size)  # measures the render rate
     receiver_caps = sender_caps if receiver_model is sender_model else \
-        local_capabilities(receiver_model, options.fps)
+        local_capabilities(receiver_model, options.fps, size=size)
     a, b = InMemorySignaling.pair(sender_caps, receiver_caps)
     sending = Call(a, model=sender_model, frames=frames, audio=audio, options=options,
                    on_sent_frame=on_sent_frame)

@@ -24,12 +24,14 @@ events = logging.getLogger("facecodec.call")  # the few lines a user of `facecod
 MODES = (*SENDING_MODES, "auto")
 
 
-def local_capabilities(model: TalkingHeadModel | None, fps: float, measure_frames: int = 3) -> Capabilities:
+def local_capabilities(model: TalkingHeadModel | None, fps: float, measure_frames: int = 3,
+                       size: tuple[int, int] | None = None) -> Capabilities:
     """This peer's :class:`signaling.messages.Capabilities`, with a measured render rate
-    (after :func:`fit_refiner_to_budget` has chosen what this peer renders)."""
+    (after :func:`fit_refiner_to_budget` has chosen what this peer renders); ``size``: the
+    whole frames the call will render, (width, height) (None: the model's own crops)."""
     if model is None:
         return Capabilities(has_weights=False, render_fps=0.0, codecs=["h264"])
-    render_fps = fit_refiner_to_budget(model, fps, measure_frames)
+    render_fps = fit_refiner_to_budget(model, fps, measure_frames, size)
     return Capabilities(has_weights=True, model=model.name,
                         weights_sha256_prefix=model.sha256_prefix.hex(),
                         untrained=bool(model.untrained),
@@ -44,14 +46,15 @@ def local_capabilities(model: TalkingHeadModel | None, fps: float, measure_frame
 REFINER_BUDGET = 0.25
 
 
-def fit_refiner_to_budget(model: TalkingHeadModel, fps: float, frames: int = 3) -> float:
+def fit_refiner_to_budget(model: TalkingHeadModel, fps: float, frames: int = 3,
+                          size: tuple[int, int] | None = None) -> float:
     """Drop the landmark family's learned refiner for this call when rendering with it takes
     more than ``REFINER_BUDGET`` of the frame interval: a live call then shows the plain warp
     at full rate rather than a refined picture at a falling rate. The stream is the same
     either way, so the sender never knows. Logged at INFO on ``facecodec.call``.
 
     Returns the measured render rate (frames/s) of what the model now renders."""
-    render_fps = measure_render_fps(model, frames)
+    render_fps = measure_render_fps(model, frames, size)
     if getattr(model, "refiner", None) is None:
         return render_fps
     budget_ms = 1000.0 * REFINER_BUDGET / fps
@@ -62,16 +65,22 @@ def fit_refiner_to_budget(model: TalkingHeadModel, fps: float, frames: int = 3) 
     model.refiner = None
     events.info("rendering the plain warp: the refiner takes %.0f ms a frame here, over %.0f ms "
                 "(a quarter of the frame interval)", took_ms, budget_ms)
-    return measure_render_fps(model, frames)
+    return measure_render_fps(model, frames, size)
 
 
-def measure_render_fps(model: TalkingHeadModel, frames: int = 3) -> float:
+def measure_render_fps(model: TalkingHeadModel, frames: int = 3, size: tuple[int, int] | None = None) -> float:
     """Frames/s of rendering a motion vector against a keyframe, after one warm-up frame.
 
     The keyframe is a flat grey image with the model's default keyframe description, so
-    the measurement needs no face and no sender."""
-    size = model.image_size
-    image = np.full((size, size, 3), 128, np.uint8)
+    the measurement needs no face and no sender. ``size``: whole frames of (width, height)
+    where the family renders them (a call's picture), else the model's own crops."""
+    if size is not None:
+        try:
+            model = model.at_size(*size, whole_frame=True)
+        except ValueError:
+            pass
+    width, height = model.frame_size
+    image = np.full((height, width, 3), 128, np.uint8)
     source = model.prepare_source(image, model.default_keyframe_info())
     motion = model.neutral_motion(source)[None]
     times = []

@@ -46,6 +46,40 @@ def add_keyframe_args(parser: argparse.ArgumentParser) -> None:
                         help=f"keyframe image quality, 1-100; none: the codec's ({qualities})")
 
 
+def resolution(value: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` (e.g. 1280x720) -> (width, height)."""
+    try:
+        width, height = (int(part) for part in value.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 1280x720), not {value!r}") from None
+    if not (16 <= width <= 4095 and 16 <= height <= 4095):
+        raise argparse.ArgumentTypeError(f"each side must be 16 … 4095 pixels, got {value!r}")
+    return width, height
+
+
+def crop_size(value: str) -> int:
+    """``--crop``'s side: 16 … 4095 pixels."""
+    try:
+        side = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--crop takes a side in pixels (e.g. 256), not {value!r}") from None
+    if not 16 <= side <= 4095:
+        raise argparse.ArgumentTypeError(f"--crop must be 16 … 4095 pixels, got {side}")
+    return side
+
+
+def add_size_args(parser: argparse.ArgumentParser, resolution_default: tuple[int, int] | None = None) -> None:
+    """--resolution (the whole frame's cap) and --crop SIZE (a square face crop instead)."""
+    from codec.keyframe import DEFAULT_MAX_FRAME
+
+    parser.add_argument("--resolution", type=resolution, default=resolution_default or DEFAULT_MAX_FRAME,
+                        metavar="WxH",
+                        help="send the whole frame at its own size, scaled down to fit WxH "
+                             "(default: %(default)s; the long side to the larger number)")
+    parser.add_argument("--crop", type=crop_size, default=None, metavar="SIZE",
+                        help="send a SIZE×SIZE face crop instead of the whole frame (e.g. 256)")
+
+
 def add_quality_arg(parser: argparse.ArgumentParser) -> None:
     """--quality: the motion quantization level (codec.motion_coding)."""
     parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY, choices=range(NUM_QUALITIES),

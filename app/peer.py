@@ -71,7 +71,8 @@ async def run_peer(*, url: str = "", token: str = "", room: str = "", model: Tal
     ``room`` on ``url``. Raises :class:`NobodyJoined` when no one joined within ``wait`` s,
     :class:`CallEnded` when a peer came but no call connected, and the server's refusals
     (BadTokenError, RoomFullError, ...) as typed signaling errors."""
-    capabilities = local_capabilities(model, options.fps)
+    capabilities = local_capabilities(model, options.fps,
+                                      size=options.resolution if options.crop is None else None)
     log.debug("capabilities: %s", capabilities.to_dict())
     report = CallReport(end_reasons=[])
     joined = True

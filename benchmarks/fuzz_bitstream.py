@@ -97,7 +97,9 @@ def build_seeds(expression_count: int = EXPRESSION_VALUES, quality: int = QUALIT
             writer.write_video_packet(packet)
             writer.write_audio_packet(960 * index, bytes([0xF8, index]))
     return {
-        "header": [header.pack(), dataclasses.replace(header, reference_slots=1).pack()],
+        "header": [header.pack(), dataclasses.replace(header, reference_slots=1).pack(),
+                   dataclasses.replace(header, width=1280, height=720,
+                                       flags=HeaderFlags.UNTRAINED | HeaderFlags.WHOLE_FRAME).pack()],
         "packet": packets,
         "container": [output.getvalue()],
         "motion": [payload for _, _, payload in motion],
@@ -164,18 +166,22 @@ class MotionTarget:
 class DecoderTarget:
     """Feeds packets to the full receiver (the default landmark model) after a valid keyframe,
     so mutated motion and keyframe packets reach keyframe decoding, the keyframe's landmark
-    info, the motion decoder and the warp."""
+    info, the motion decoder and the warp. ``whole_frame`` (width, height): a whole-frame
+    stream of that size instead of 256-px crops (its own mesh per keyframe, coarse maps)."""
 
-    def __init__(self) -> None:
+    def __init__(self, whole_frame: tuple[int, int] | None = None) -> None:
         from codec.api import Decoder, Encoder
         from codec.facecrop import FaceCropper
         from codec.zoo import resolve_model
         from sender.sources import default_source
 
         self.model = resolve_model()
-        frames = list(default_source(num_frames=10, size=(256, 256)))
+        frames = list(default_source(num_frames=10, size=whole_frame or (256, 256)))
         cropper = FaceCropper(out_size=self.model.image_size)
         box = cropper.fit(frames[:3])
+        if whole_frame is not None:
+            self.model = self.model.at_size(*whole_frame, whole_frame=True)
+            box = None
         encoder = Encoder(self.model, intra_period=INTRA_PERIOD)
         # The Encoder's stream under a header of K = 3: its packets use slot 0; a second keyframe
         # fills slot 2 and extended motion packets name slot 2 and slot 1 (never filled).
@@ -185,7 +191,7 @@ class DecoderTarget:
         for i, frame in enumerate(frames):
             if i == 5:  # a refresh predicted from the reference the receiver holds
                 encoder.request_keyframe("fuzz", refresh=True)
-            self.packets += encoder.encode(box.crop(frame, cropper.out_size), i / 25)
+            self.packets += encoder.encode(frame if box is None else box.crop(frame, cropper.out_size), i / 25)
         keyframe = parse_packet(self.packets[0], header)
         last = len(frames)
         self.packets += [dataclasses.replace(keyframe, seq=last, slot=2).pack()]
@@ -200,7 +206,8 @@ class DecoderTarget:
                          dataclasses.replace(predicted, base=1, slot=0).pack()]
         # A well-formed patch (the scripted portrait never opens its mouth): the patch path is
         # fuzzed too.
-        source = self.model.prepare_source(np.full((256, 256, 3), 128, np.uint8),
+        width, height = self.model.frame_size
+        source = self.model.prepare_source(np.full((height, width, 3), 128, np.uint8),
                                            self.model.default_keyframe_info())
         motion = self.model.neutral_motion(source)
         self.packets.insert(1, PatchPacket(1, 40, 0, 0, 100, 160, KeyframeCodec.WEBP,
@@ -238,6 +245,9 @@ def run(num_inputs: int, seed: int, decoder: bool = True) -> tuple[Counter[str],
         receiver = DecoderTarget()
         targets["decoder"] = receiver
         seeds["decoder"] = receiver.packets
+        frame_receiver = DecoderTarget(whole_frame=(320, 240))
+        targets["decoder_frame"] = frame_receiver
+        seeds["decoder_frame"] = frame_receiver.packets
     all_seeds = [data for group in seeds.values() for data in group]
     names = list(targets)
     outcomes: Counter[str] = Counter()

@@ -13,7 +13,9 @@ render: the warp, plus the learned refiner unless ``--no-refiner``) and ``decode
 (``Decoder.decode`` of a motion packet: decode + render, with the reference patches the
 sender sent blended in unless ``--no-patches``). Input: the first dev segment's
 256 px crops when ``cache/dev256`` exists, else the built-in default (the portrait turned by
-the model). Medians and p90 over ``--frames`` frames after ``--warmup``; the machine is
+the model). ``--size 512`` times 512-px crops, ``--size 1280x720`` whole frames of that size
+(the model ``at_size``); ``--clip VIDEO`` takes a video's frames (its face crop, or its whole
+frame scaled to the size) instead of the built-in portrait. Medians and p90 over ``--frames`` frames after ``--warmup``; the machine is
 shared, so compare stages within one run.
 """
 
@@ -32,9 +34,21 @@ import numpy as np
 from codec.families.landmark import LandmarkModel
 
 
-def _input_frames(data: Path, frames: int, model: LandmarkModel) -> tuple[list[np.ndarray], str]:
+def _input_frames(data: Path, frames: int, model: LandmarkModel,
+                  clip: Path | None = None) -> tuple[list[np.ndarray], str]:
+    width, height = model.frame_size
+    if clip is not None:
+        from codec.facecrop import FIT_FRAMES, FaceCropper
+        from codec.keyframe import fit_frame
+        from codec.media import read_frames
+
+        pictures = [item.image for item in read_frames(clip, fps=25.0, max_frames=frames)]
+        if model.whole_frame:
+            return [fit_frame(p, model.frame_size) for p in pictures], f"{clip} whole frame at {width}×{height}"
+        box = FaceCropper(out_size=width).fit(pictures[:FIT_FRAMES])
+        return [box.crop(p, width) for p in pictures], f"{clip} face crop at {width} px"
     index_file = data / "index.json"
-    if index_file.is_file():
+    if model.frame_size == (256, 256) and index_file.is_file():
         from training.dataset import read_segment
 
         segment = json.loads(index_file.read_text(encoding="utf-8"))["segments"][0]
@@ -42,7 +56,10 @@ def _input_frames(data: Path, frames: int, model: LandmarkModel) -> tuple[list[n
         return list(crops[:frames]), f"dev segment {segment['name']}"
     from sender.sources import FreeViewPortraitSource
 
-    return list(FreeViewPortraitSource(model, num_frames=frames)), "built-in default portrait"
+    if model.whole_frame:
+        return (list(FreeViewPortraitSource(model, num_frames=frames, frame_size=model.frame_size)),
+                f"built-in default portrait, whole photo at {width}×{height}")
+    return list(FreeViewPortraitSource(model, num_frames=frames)), f"built-in default portrait at {width} px"
 
 
 def _summary(times_ms: list[float]) -> dict[str, float]:
@@ -75,7 +92,7 @@ def measure(frames: list[np.ndarray], model: LandmarkModel, warmup: int,
         t0 = clock()
         landmarks = tracker.landmarks(frame)
         t1 = clock()
-        vector = (motion_from_landmarks(landmarks, model.image_size, model.face) if landmarks is not None
+        vector = (motion_from_landmarks(landmarks, model.frame_size, model.face) if landmarks is not None
                   else np.full(model.layout.vector_length, np.nan, np.float32))
         t2 = clock()
         intra, payload = coder.encode_vector(vector, i)
@@ -135,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-refiner", action="store_true", help="time the plain warp, without the refiner")
     p.add_argument("--no-patches", action="store_true",
                    help="the end-to-end stages without reference patches (the sender sends none)")
+    p.add_argument("--size", default="256",
+                   help="256 / 512 …: square face crops of that side; WxH (e.g. 1280x720): whole "
+                        "frames of that size (default: %(default)s)")
+    p.add_argument("--clip", type=Path, default=None, help="time a video's frames instead")
     p.add_argument("--refresh", type=float, default=None, metavar="GAIN",
                    help="also time Encoder.encode with the closed-loop refresh at this gain")
     args = p.parse_args(argv)
@@ -145,12 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(args.threads)
     torch.set_num_threads(args.threads)
     model = resolve_model("landmark", refiner=not args.no_refiner)
-    frames, what = _input_frames(args.data, args.frames + args.warmup, model)
+    if "x" in args.size.lower():
+        from app.model_args import resolution
+
+        model = model.at_size(*resolution(args.size), whole_frame=True)
+    else:
+        model = model.at_size(int(args.size), int(args.size))
+    frames, what = _input_frames(args.data, args.frames + args.warmup, model, args.clip)
     results = measure(frames, model, args.warmup, patches=not args.no_patches, refresh_gain=args.refresh)
     for name, row in results.items():
         print(f"{name:18s} median {row['median_ms']:6.2f} ms  mean {row['mean_ms']:6.2f} ms  "
               f"p90 {row['p90_ms']:6.2f} ms  (n={row['count']})")
     report = {"name": "landmark-speed", "input": what, "threads": args.threads, "model": model.name,
+              "size": list(model.frame_size), "whole_frame": model.whole_frame,
               "refiner": model.refiner is not None, "patches": not args.no_patches,
               "env": {"machine": platform.machine(), "processor": platform.processor(),
                       "python": platform.python_version(), "opencv": cv2.__version__},

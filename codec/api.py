@@ -34,6 +34,7 @@ from codec.keyframe import (
     DEFAULT_KEYFRAME_CODEC,
     KEYFRAME_CODEC_IDS,
     default_keyframe_quality,
+    fit_frame,
     fit_square,
 )
 from codec.keyframe_worker import CodedKeyframe, KeyframeJob, KeyframeWorker, code_keyframe
@@ -47,7 +48,7 @@ from codec.zoo import DEFAULT_MODEL, resolve_model
 log = logging.getLogger(__name__)
 
 __all__ = ["DecodedFrame", "Decoder", "DecoderStats", "Encoder", "EncoderStats", "HeldReference", "RefreshPolicy",
-           "ViewControl", "fit_square", "stamp_untrained"]
+           "ViewControl", "fit_frame", "fit_square", "stamp_untrained"]
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
@@ -83,7 +84,9 @@ class EncoderStats:
 
 
 class Encoder:
-    """Sender side of the codec: square RGB face crops -> packets (bytes)."""
+    """Sender side of the codec: RGB pictures -> packets (bytes). The pictures are square face
+    crops at the model's size, or, for a model ``at_size(width, height, whole_frame=True)``,
+    the camera's whole frame at that size; the stream header carries the size."""
 
     def __init__(self, model: TalkingHeadModel, *, quality: int = DEFAULT_QUALITY,
                  intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = DEFAULT_KEYFRAME_CODEC,
@@ -180,8 +183,8 @@ class Encoder:
         return StreamHeader(
             model_name=model.name,
             weights_sha256_prefix=model.sha256_prefix,
-            width=model.image_size,
-            height=model.image_size,
+            width=model.frame_size[0],
+            height=model.frame_size[1],
             family=int(model.family),
             expression_count=model.layout.expression_count,
             timebase=self.timebase,
@@ -189,7 +192,8 @@ class Encoder:
             intra_period=self.intra_period,
             quant_table=self.table,
             keyframe_codec=KEYFRAME_CODEC_IDS[self.keyframe_codec],
-            flags=int(HeaderFlags.UNTRAINED) if model.untrained else 0,
+            flags=(int(HeaderFlags.UNTRAINED) if model.untrained else 0)
+            | (int(HeaderFlags.WHOLE_FRAME) if model.whole_frame else 0),
             frame_rate_millihz=int(round(self.frame_rate * 1000)),
             reference_slots=self.references,
         )
@@ -274,12 +278,14 @@ class Encoder:
         self._motion.force_intra()
 
     def encode(self, frame: np.ndarray, timestamp: float | None = None) -> list[bytes]:
-        """One square RGB crop (H×W×3 uint8) at ``timestamp`` seconds -> its packets.
+        """One RGB picture (H×W×3 uint8: a square face crop, or the whole frame for a model
+        ``at_size(..., whole_frame=True)``), resized to the model's ``frame_size``, at
+        ``timestamp`` seconds -> its packets.
 
         Without a timestamp, frames are taken to be evenly spaced at the frame rate."""
         if timestamp is None:
             timestamp = self._seq / self.frame_rate
-        crop = fit_square(frame, self.model.image_size)
+        crop = fit_frame(frame, self.model.frame_size)
         seq = self._seq
         self._seq += 1
         ticks = max(0, int(round(timestamp * self.timebase)))
@@ -339,7 +345,7 @@ class Encoder:
         image, info = (chosen.crop, chosen.info) if chosen else (crop, self._tracker.keyframe_info(crop))
         job = KeyframeJob(seq, ticks, image.copy() if copy and not chosen else image, info,
                           self._next_keyframe_reason, self.keyframe_codec, self.keyframe_quality,
-                          self.model.image_size,
+                          self.model.frame_size,
                           decode=self._loop is not None or self.patches or self.predicted_refresh)
         self._keyframe_requested = False
         self._next_keyframe_reason = "requested"
@@ -360,7 +366,9 @@ class Encoder:
         about the same quality. Either fills the slot a new keyframe would."""
         motion = self._refresh_motion
         base = self._memory.get(self._current_slot)
-        if motion is None or not np.all(np.isfinite(motion)) or base is None or not base.received:
+        width, height = self.model.frame_size
+        if (motion is None or not np.all(np.isfinite(motion)) or base is None or not base.received
+                or width % 2 or height % 2):  # (x264's 4:2:0 wants even sides)
             return self._keyframe_out(code_keyframe(job))
         slot = self._memory.slot_for_new(self._current_slot, None)
         choice = code_refresh(self.model, self._local_source, base.slot, base.seq, job, motion, slot=slot,
@@ -454,7 +462,7 @@ class Encoder:
         requested; None meanwhile. Probed frames are not sent."""
         if self._loop is None or self._loop.fallback is None:
             return None
-        why = self._loop.probe(fit_square(frame, self.model.image_size))
+        why = self._loop.probe(fit_frame(frame, self.model.frame_size))
         if why is not None:
             self.stats.returns.append((self._seq, why))
             self.request_keyframe(f"back from fallback: {why}")

@@ -95,10 +95,13 @@ class Decoder:
                 f"stream was made with model {header.model_name!r} weights "
                 f"{header.weights_sha256_prefix.hex()}, this receiver has {model.name!r} "
                 f"weights {model.sha256_prefix.hex()}")
-        if (header.family != int(model.family) or header.expression_count != model.layout.expression_count
-                or header.width != model.image_size or header.height != model.image_size):
-            raise ModelMismatchError("stream geometry (family, motion layout or size) does not match "
+        if header.family != int(model.family) or header.expression_count != model.layout.expression_count:
+            raise ModelMismatchError("stream geometry (family or motion layout) does not match "
                                      "the receiver's model")
+        try:  # the picture's size is the stream's (the landmark family renders any size)
+            model = model.at_size(header.width, header.height, header.whole_frame)
+        except ValueError as error:
+            raise ModelMismatchError(f"stream size {header.width}×{header.height}: {error}") from error
         self.header = header
         self.model = model
         self.untrained = header.untrained
@@ -151,7 +154,7 @@ class Decoder:
 
     def _set_keyframe(self, packet: KeyframePacket) -> None:
         slot = self._slot(packet.slot)
-        image = received_keyframe(packet.image_bytes, packet.codec_id, self.model.image_size)
+        image = received_keyframe(packet.image_bytes, packet.codec_id, self.model.frame_size)
         self.references[slot] = HeldReference(packet.seq, self.model.prepare_source(image, packet.info),
                                               packet.info)
         self._newest_slot = self._current_slot = slot  # a new keyframe makes its slot current

@@ -47,6 +47,24 @@ def unit_to_pixels(points: np.ndarray, size: int) -> np.ndarray:
     return ((np.asarray(points, np.float64) + 1.0) * float(size) - 1.0) / 2.0
 
 
+def frame_to_unit(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pixels of a width×height picture (…×2) → resolution-free units: the picture's centre
+    at 0, its short side spanning [-1, 1] (a square crop: exactly :func:`pixels_to_unit`), so
+    the same head motion has the same values at any size of the same picture."""
+    if width == height:
+        return pixels_to_unit(points, width)
+    short = float(min(width, height))
+    return (2.0 * np.asarray(points, np.float64) + 1.0) / short - np.array([width / short, height / short])
+
+
+def unit_to_frame(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Inverse of :func:`frame_to_unit`."""
+    if width == height:
+        return unit_to_pixels(points, width)
+    short = float(min(width, height))
+    return ((np.asarray(points, np.float64) + np.array([width / short, height / short])) * short - 1.0) / 2.0
+
+
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """3×3 R = R_z(roll)·R_y(yaw)·R_x(pitch), angles in degrees (numpy twin of
     :func:`codec.keypoints.angles_to_rotation`)."""

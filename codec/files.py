@@ -1,7 +1,7 @@
 """The file helpers behind ``facecodec compress`` / ``decompress``: a video file to our
 container (.fvc) and back, with the audio.
 
-``compress`` fits the face crop once, runs the streaming :class:`~codec.api.Encoder` over
+``compress`` keeps the input's whole frame (capped at 1280×720) or fits a face crop once, runs the streaming :class:`~codec.api.Encoder` over
 every frame and writes the packets (and an Opus track) into a container; ``decompress``
 runs the :class:`~codec.api.Decoder` over a container and writes a video file. Each
 returns a report of what it cost. PyAV and the face detector are imported inside them.
@@ -9,6 +9,7 @@ returns a report of what it cost. PyAV and the face detector are imported inside
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ import numpy as np
 from codec.api import DEFAULT_INTRA_PERIOD, Decoder, DecoderStats, Encoder, RefreshPolicy, stamp_untrained
 from codec.bitstream import MotionPacket, is_motion_packet, parse_packet
 from codec.errors import MediaError
-from codec.keyframe import DEFAULT_KEYFRAME_CODEC
+from codec.keyframe import DEFAULT_KEYFRAME_CODEC, DEFAULT_MAX_FRAME, frame_size_within
 from codec.families.base import TalkingHeadModel, ViewControl
 from codec.motion_coding import DEFAULT_QUALITY
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CompressReport", "DecompressReport", "compress", "decompress"]
 
@@ -48,13 +51,14 @@ class CompressReport:
     audio_bytes: int
     file_bytes: int
     untrained: bool
-    crop: tuple[float, float, float]  # (cx, cy, size) of the face crop in source pixels
+    crop: tuple[float, float, float] | None  # (cx, cy, size) of the face crop in source pixels; None: whole frame
     encode_seconds: float
     quality: int
     keyframe_reasons: list[tuple[int, str]] = field(default_factory=list)  # (frame, why) of each keyframe
     fallbacks: list[tuple[int, str]] = field(default_factory=list)  # (frame, why) keyframes stopped helping
     motion_packet_sizes: dict[int, int] = field(default_factory=dict)  # bytes -> how many motion packets
     message_sizes: list[int] = field(default_factory=list)  # bytes of each keyframe and patch packet
+    size: tuple[int, int] = (0, 0)  # (width, height) of the pictures coded
 
     @property
     def duration_s(self) -> float:
@@ -86,7 +90,8 @@ class CompressReport:
         lines = [
             (f"{'UNTRAINED MODEL — output is not meaningful. ' if self.untrained else ''}"
              f"{self.path}: {self.frames} frames at {self.fps:g} fps ({self.duration_s:.2f} s), "
-             f"quality {self.quality}"),
+             f"quality {self.quality}, {self.size[0]}×{self.size[1]} "
+             f"{'whole frame' if self.crop is None else 'face crop'}"),
             f"  header            {self.header_bytes} bytes",
             f"  keyframe          {self.keyframe_bytes} bytes ({self.keyframes} keyframe(s))",
             f"  patches           {self.patch_bytes} bytes ({self.patches} of the mouth and eyes)",
@@ -127,11 +132,15 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
              fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = DEFAULT_KEYFRAME_CODEC,
              keyframe_quality: int | None = None, audio: bool = True, patches: bool = True,
              refresh: RefreshPolicy | None = None, references: int | None = None,
+             crop: int | None = None, max_size: tuple[int, int] = DEFAULT_MAX_FRAME,
              progress: Callable[[int], None] | None = None) -> CompressReport:
     """Compress a talking-head video file into our container (.fvc).
 
-    The face crop is fitted on the first frames and held fixed; the output of
-    ``decompress`` is that square crop at the model's resolution. ``refresh``: the sender's
+    By default the picture is the input's whole frame, scaled down to fit ``max_size``
+    (width, height; 1280×720) where it is larger; ``decompress`` rebuilds that frame. With
+    ``crop`` (a side in pixels, e.g. 256), a square face crop is fitted on the first frames
+    and held fixed, and the output is that crop at ``crop`` pixels. A model that renders only
+    its own crops (the vid2vid family) codes its crop, and says so in the log. ``refresh``: the sender's
     closed loop (new keyframes when the rebuild drifts; None: one keyframe). A file holds no
     H.264, so where a call would fall back to it the file goes on refreshing within the
     policy's budget; the report lists every refresh and fallback with its reason.
@@ -152,8 +161,20 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
             break
     if not first:
         raise MediaError(f"{video}: no video frames")
-    cropper = FaceCropper(out_size=model.image_size)
-    box = cropper.fit(first)
+    box = cropper = None
+    # A face in the first frames (FaceNotFoundError otherwise), whether or not it is cropped.
+    found = FaceCropper(out_size=crop or model.image_size).fit(first)
+    if crop is None:
+        size = frame_size_within(first[0].shape[1], first[0].shape[0], max_size)
+        try:
+            model = model.at_size(*size, whole_frame=True)
+        except ValueError as error:
+            log.info("coding a %d-px face crop, not the whole frame: %s", model.image_size, error)
+            crop = model.image_size
+    if crop is not None:
+        model = model.at_size(crop, crop)
+        cropper = FaceCropper(out_size=crop)
+        box = found
     encoder = Encoder(model, quality=quality, intra_period=intra_period,
                       keyframe_codec=keyframe_codec, keyframe_quality=keyframe_quality,
                       frame_rate=fps, patches=patches, refresh=refresh, references=references)
@@ -168,7 +189,8 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
 
     def encode_one(writer: ContainerWriter, image: np.ndarray) -> None:
         nonlocal count
-        for packet in encoder.encode(box.crop(image, cropper.out_size), count / fps):
+        picture = image if box is None else box.crop(image, cropper.out_size)
+        for packet in encoder.encode(picture, count / fps):
             writer.write_video_packet(packet)
             if is_motion_packet(packet):
                 motion_sizes[len(packet)] = motion_sizes.get(len(packet), 0) + 1
@@ -200,7 +222,8 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
         motion_bytes=stats.motion_bytes, intra_packets=stats.intra_packets,
         patches=stats.patches, patch_bytes=stats.patch_bytes,
         audio_bytes=audio_bytes, file_bytes=out_path.stat().st_size,
-        untrained=model.untrained, crop=(box.cx, box.cy, box.size),
+        untrained=model.untrained, crop=None if box is None else (box.cx, box.cy, box.size),
+        size=model.frame_size,
         encode_seconds=time.perf_counter() - started, quality=quality,
         keyframe_reasons=list(stats.keyframe_reasons), fallbacks=list(stats.fallbacks),
         motion_packet_sizes=dict(sorted(motion_sizes.items())), message_sizes=message_sizes)

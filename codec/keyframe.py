@@ -393,7 +393,38 @@ def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def received_keyframe(data: bytes, codec: str | int, size: int) -> np.ndarray:
-    """The size×size image a receiver holds from keyframe bytes: decoded, then fit to the
-    model's size (what a sender renders from to see what the receiver shows)."""
-    return fit_square(decode_keyframe(data, codec), size)
+# Whole frames are sent at the camera's own size up to this (width, height), by default.
+DEFAULT_MAX_FRAME = (1280, 720)
+
+
+def frame_size_within(width: int, height: int, limit: tuple[int, int] = DEFAULT_MAX_FRAME) -> tuple[int, int]:
+    """(width, height) of a width×height picture scaled down (never up) so that its long side
+    is at most ``max(limit)`` and its short side at most ``min(limit)``, aspect kept, both
+    even (4:2:0 video needs them so)."""
+    long_side, short_side = max(limit), min(limit)
+    scale = min(1.0, long_side / max(width, height), short_side / min(width, height))
+    return max(16, int(round(width * scale / 2)) * 2), max(16, int(round(height * scale / 2)) * 2)
+
+
+def fit_frame(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """An H×W×3 uint8 RGB image resized to size×size, or to (width, height) (unchanged when
+    it already is; :func:`fit_square` for a square)."""
+    if np.isscalar(size):
+        return fit_square(image, int(size))
+    width, height = (int(v) for v in size)
+    if width == height:
+        return fit_square(image, width)
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            and image.dtype == np.uint8):
+        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {getattr(image, 'shape', None)} "
+                         f"{getattr(image, 'dtype', None)}")
+    if image.shape[:2] == (height, width):
+        return np.ascontiguousarray(image)
+    shrinking = image.shape[0] > height
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def received_keyframe(data: bytes, codec: str | int, size: int | tuple[int, int]) -> np.ndarray:
+    """The image a receiver holds from keyframe bytes: decoded, then fit to the model's
+    size×size (or (width, height)): what a sender renders from to see what the receiver shows."""
+    return fit_frame(decode_keyframe(data, codec), size)

@@ -34,7 +34,7 @@ class KeyframeJob:
     reason: str  # why it is sent
     codec: str
     quality: int
-    size: int  # the model's image size
+    size: int | tuple[int, int]  # the model's picture: a square's side, or (width, height)
     decode: bool  # also decode it as the receiver will (the closed loop and patches need it)
 
 

@@ -106,9 +106,11 @@ def _x264_frames(images: list[np.ndarray], crf: int) -> list[bytes]:
     """Each image's H.264 access unit from one zero-latency x264 context (the first intra)."""
     import av
 
-    size = images[0].shape[0]
+    height, width = images[0].shape[:2]
+    if width % 2 or height % 2:
+        raise CodecError(f"a predicted keyframe needs even sides (4:2:0), got {width}×{height}")
     context = av.CodecContext.create("libx264", "w")
-    context.width = context.height = size
+    context.width, context.height = width, height
     context.pix_fmt = "yuv420p"
     context.time_base = Fraction(1, 25)
     context.options = {**_X264_OPTIONS, "crf": str(int(crf))}
@@ -127,9 +129,9 @@ def _x264_frames(images: list[np.ndarray], crf: int) -> list[bytes]:
     return out
 
 
-def _decode_last(units: list[bytes], size: int) -> np.ndarray:
-    """The last picture of H.264 access units: S×S×3 uint8 RGB; BitstreamError when they do
-    not decode to as many pictures of that size."""
+def _decode_last(units: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
+    """The last picture of H.264 access units: H×W×3 uint8 RGB (``shape``'s first two);
+    BitstreamError when they do not decode to as many pictures of that size."""
     import av
 
     pictures = []
@@ -143,7 +145,7 @@ def _decode_last(units: list[bytes], size: int) -> np.ndarray:
     if len(pictures) != len(units):
         raise BitstreamError(f"predicted keyframe: {len(units)} access units decoded to {len(pictures)} pictures")
     last = pictures[-1]
-    if (last.width, last.height) != (size, size) or last.format.name != "yuv420p":
+    if (last.height, last.width) != tuple(shape[:2]) or last.format.name != "yuv420p":
         raise BitstreamError(f"predicted keyframe decoded to {last.width}×{last.height} {last.format.name}")
     return cv2.cvtColor(last.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
 
@@ -160,7 +162,7 @@ def rebuild_reference(prediction: np.ndarray, data: bytes, crf: int, check: byte
     if not 0 <= crf <= MAX_CRF:
         raise BitstreamError(f"predicted keyframe CRF {crf} out of range")
     intra = _x264_frames([prediction], crf)[0]
-    reference = _decode_last([intra, bytes(data)], prediction.shape[0])
+    reference = _decode_last([intra, bytes(data)], prediction.shape)
     if reference_check(reference) != check:
         raise BitstreamError("the predicted keyframe rebuilds another reference than the sender's "
                              "(a warp computed differently, or corrupt data)")
@@ -187,7 +189,7 @@ def code_predicted(model: Any, source: Any, frame: np.ndarray, motion: np.ndarra
     info, warp_motion = motion_info(motion)
     prediction = predict(model, source, warp_motion)
     intra, inter = _x264_frames([prediction, frame], crf)
-    received = _decode_last([intra, inter], frame.shape[0])
+    received = _decode_last([intra, inter], frame.shape)
     return PredictedKeyframe(inter, int(crf), reference_check(received), info, prediction, received,
                              rebuild_error(received, frame))
 

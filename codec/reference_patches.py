@@ -84,15 +84,16 @@ def _width(region: Region, points: np.ndarray) -> float:
     return max(_distance(points, 48, 54) if region is MOUTH else _distance(points, first, first + 3), 1.0)
 
 
-def patch_box(region: Region, points: np.ndarray, size: int) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) of the patch to cut for ``region`` in a size×size crop, or None when
-    the region is not inside the crop."""
+def patch_box(region: Region, points: np.ndarray, size: int | tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the patch to cut for ``region`` in a size×size crop (or a
+    (width, height) picture), or None when the region is not inside it."""
+    frame_w, frame_h = (size, size) if np.isscalar(size) else size
     own = points[list(region.points)]
     width = _width(region, points)
     side, up, down = region.box_margin
     x0, y0 = own.min(axis=0) - (side * width, up * width)
     x1, y1 = own.max(axis=0) + (side * width, down * width)
-    if x0 < 0 or y0 < 0 or x1 > size or y1 > size:
+    if x0 < 0 or y0 < 0 or x1 > frame_w or y1 > frame_h:
         return None
     return int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))
 
@@ -107,6 +108,7 @@ class Reference:
     origin: tuple[int, int]  # (x0, y0) of the patch in its frame
     points: np.ndarray  # 68×2 float, crop pixels
     openness: float
+    scale: tuple[float, float] = (1.0, 1.0)  # patch pixels per picture pixel (x, y): < 1 when shrunk
 
 
 @dataclass
@@ -238,8 +240,10 @@ def _blend_one(out: np.ndarray, reference: Reference, points: np.ndarray) -> Non
     """Warp ``reference`` onto ``points`` and blend it into ``out`` (S×S×3 uint8) in place,
     inside a feathered ellipse; only the ellipse's bounding box is computed."""
     region = reference.region
-    size = out.shape[0]
+    height, width = out.shape[:2]
     source = reference.points[list(region.points)] - reference.origin
+    if reference.scale != (1.0, 1.0):  # a shrunk patch: its own pixel centres
+        source = (source + 0.5) * np.asarray(reference.scale) - 0.5
     target = points[list(region.points)]
     matrix, _ = cv2.estimateAffine2D(source.astype(np.float32), target.astype(np.float32), method=cv2.LMEDS)
     if matrix is None:
@@ -248,7 +252,7 @@ def _blend_one(out: np.ndarray, reference: Reference, points: np.ndarray) -> Non
     sigma = max(1.0, 0.12 * _width(region, points))
     reach = max(axes) + 3.0 * sigma
     x0, y0 = max(0, int(centre[0] - reach)), max(0, int(centre[1] - reach))
-    x1, y1 = min(size, int(np.ceil(centre[0] + reach))), min(size, int(np.ceil(centre[1] + reach)))
+    x1, y1 = min(width, int(np.ceil(centre[0] + reach))), min(height, int(np.ceil(centre[1] + reach)))
     if x1 - x0 < 2 or y1 - y0 < 2:
         return
     matrix[:, 2] -= (x0, y0)  # into the box's own coordinates

@@ -385,7 +385,7 @@ class RefreshLoop:
         probe = self._probe
         if probe is None:
             data = encode_keyframe(crop, self._keyframe_codec, self._keyframe_quality)
-            decoded = received_keyframe(data, self._keyframe_codec, self._model.image_size)
+            decoded = received_keyframe(data, self._keyframe_codec, self._model.frame_size)
             self._probe = Probe(self._model.prepare_source(decoded, self._tracker.keyframe_info(crop)), seq)
             return None
         error = self._rebuild_error(probe.source, vector, crop)

@@ -100,7 +100,8 @@ class Mp4Recorder:
     Args:
         path: the .mp4 (or .mov/.m4v) to write.
         fps: frame rate of the recording.
-        size: (width, height) of the frames, both even.
+        size: (width, height) of the frames, both even; None: the first frame's (a call's
+            receiver learns the picture's size from the stream).
         start_time: the time (on the clock of the timestamps) of the recording's start.
         max_audio_seconds: audio kept at most (15 min of mono s16 = 86 MB).
         max_gap_s: a timestamp further than this past the last written slot is taken
@@ -113,7 +114,7 @@ class Mp4Recorder:
         self,
         path: str | os.PathLike[str],
         fps: float,
-        size: tuple[int, int],
+        size: tuple[int, int] | None = None,
         *,
         start_time: float = 0.0,
         max_audio_seconds: float = 15 * 60.0,
@@ -123,7 +124,8 @@ class Mp4Recorder:
     ) -> None:
         self.path = os.fspath(path)
         self.fps = float(fps)
-        self.size = (int(size[0]), int(size[1]))
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self._crf = crf
         self.start_time = float(start_time)
         self.max_audio_samples = max(0, round(max_audio_seconds * AUDIO_SAMPLE_RATE))
         self.max_gap_s = float(max_gap_s)
@@ -133,7 +135,8 @@ class Mp4Recorder:
         # the extension stays last: it picks the container
         self._video_path = os.path.join(directory, f".{stem}.video-partial{ext}")
         self._partial_path = os.path.join(directory, f".{stem}.partial{ext}")
-        self._writer: VideoWriter | None = VideoWriter(self._video_path, self.fps, self.size, crf=crf)
+        self._writer: VideoWriter | None = (None if self.size is None else
+                                            VideoWriter(self._video_path, self.fps, self.size, crf=crf))
         self._last_frame: np.ndarray | None = None
         self._frames_written = 0
         self._frames_duplicated = 0
@@ -160,9 +163,12 @@ class Mp4Recorder:
                 ``max_gap_s`` past the last written frame.
             MediaError: the recorder is closed, or encoding failed.
         """
-        if self._closed or self._writer is None:
+        if self._closed or (self._writer is None and self.size is not None):
             raise MediaError(f"{self.path}: recorder is closed")
         check_frame(frame_rgb, self.size)
+        if self._writer is None:  # the first frame sets the size
+            self.size = (frame_rgb.shape[1], frame_rgb.shape[0])
+            self._writer = VideoWriter(self._video_path, self.fps, self.size, crf=self._crf)
         if not math.isfinite(timestamp):
             raise ValueError(f"timestamp must be finite, got {timestamp}")
         slot = round((timestamp - self.start_time) * self.fps)

@@ -106,12 +106,18 @@ class SenderSession:
         compare: also feed the H.264 track in neural mode (side-by-side comparisons).
         drop_late: skip source frames when the loop falls behind real time (a live call);
             False sends every frame however late (the demo's recording).
+        whole_frame: (width, height): send the camera's whole frame at that size (the
+            encoder's model at that size, whole frame), not a face crop; the face then moves
+            within the picture, and only its leaving the frame (H.264 until it is back) stops
+            the neural stream; None: the face crop of ``cropper``, re-fitted with a new
+            keyframe when the face leaves it.
     """
 
     def __init__(self, frames: Iterator[np.ndarray], *, fps: float, encoder: Encoder | None,
                  cropper: FaceCropper, h264_track: H264Track | None, mode: str = "neural",
                  face_check_every: int = 5, face_lost_frames: int = 25, compare: bool = False,
-                 drop_late: bool = True, on_frame: Callable[[np.ndarray, float], None] | None = None) -> None:
+                 drop_late: bool = True, on_frame: Callable[[np.ndarray, float], None] | None = None,
+                 whole_frame: tuple[int, int] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         if mode == "neural" and encoder is None:
@@ -120,6 +126,7 @@ class SenderSession:
         self.fps = fps
         self.encoder = encoder
         self.cropper = cropper
+        self.whole_frame = None if whole_frame is None else (int(whole_frame[0]), int(whole_frame[1]))
         self.h264_track = h264_track
         self.mode = mode
         self.wanted_mode = mode  # what the peers agreed on; face loss overrides it for a while
@@ -350,6 +357,8 @@ class SenderSession:
             self.stats.face_cpu_ms_total += 1000.0 * (time.thread_time() - started)
         if landmarks is None:
             return False, None
+        if self.whole_frame is not None:
+            return True, None  # the face moves within the frame: the motion says where
         if self.box is None or self.cropper.face_left_box(frame, self.box, landmarks=landmarks):
             return True, self.cropper.box_for(landmarks)
         return True, None
@@ -373,6 +382,10 @@ class SenderSession:
             self._switch("neural", "face found again")
 
     def _crop(self, frame: np.ndarray) -> np.ndarray:
+        if self.whole_frame is not None:
+            from codec.keyframe import fit_frame
+
+            return fit_frame(frame, self.whole_frame)
         box = self.box
         if box is None:  # no face yet: a centred square, so H.264 still shows something
             from codec.facecrop import CropBox

@@ -248,13 +248,16 @@ class FreeViewPortraitSource:
 
     The photo is face-cropped once and becomes the model's source; every frame re-renders
     it with the photo's own expression and position but the head rotated by
-    :func:`head_pose_path`. Frames are the model's resolution (e.g. 256×256). Only
+    :func:`head_pose_path`. Frames are the model's resolution (e.g. 256×256), or, with
+    ``frame_size`` (width, height), the whole photo at that size (cropped to its aspect),
+    its head turned in place, shoulders and background still. Only
     meaningful with a working model (the landmark family, or trained vid2vid weights): an
     untrained generator renders noise, so :func:`default_source` uses it only then.
     """
 
     def __init__(self, model: TalkingHeadModel, image: np.ndarray | None = None,
-                 num_frames: int | None = 250, fps: float = 25.0) -> None:
+                 num_frames: int | None = 250, fps: float = 25.0,
+                 frame_size: tuple[int, int] | None = None) -> None:
         from codec.facecrop import FaceCropper
 
         if image is None:
@@ -264,11 +267,22 @@ class FreeViewPortraitSource:
         # The plain model: an input generator must be cheap (it runs on the sender's clock)
         # and must not depend on what the receiver side chooses to render.
         model = model.plain()
+        if frame_size is not None:
+            model = model.at_size(frame_size[0], frame_size[1], whole_frame=True)
         self.model = model
         self.fps = fps
         self.num_frames = num_frames
-        size = model.image_size
-        crop = FaceCropper(out_size=size).fit([image]).crop(image, size)
+        if frame_size is not None:
+            # The photo cut to the frame's aspect from its top (a portrait's head is near it).
+            width, height = int(frame_size[0]), int(frame_size[1])
+            keep_w = min(image.shape[1], round(image.shape[0] * width / height))
+            keep_h = min(image.shape[0], round(keep_w * height / width))
+            x0 = (image.shape[1] - keep_w) // 2
+            crop = np.ascontiguousarray(cv2.resize(image[:keep_h, x0:x0 + keep_w], (width, height),
+                                                   interpolation=cv2.INTER_LINEAR))
+        else:
+            size = model.image_size
+            crop = FaceCropper(out_size=size).fit([image]).crop(image, size)
         tracker = model.motion_tracker()
         self._base = tracker.motion(crop).astype(np.float32)
         if not np.all(np.isfinite(self._base)):
@@ -294,7 +308,7 @@ class FreeViewPortraitSource:
 
 def default_source(
     num_frames: int | None = 250, fps: float = 25.0, size: tuple[int, int] = (512, 512),
-    model=None,
+    model=None, whole_frame: bool = False,
 ) -> ScriptedCameraSource | FreeViewPortraitSource:
     """The project's built-in input: the astronaut photo under a hand-held camera.
 
@@ -306,14 +320,16 @@ def default_source(
 
         model: a working model (``codec.families.TalkingHeadModel``, not untrained): the
             portrait then turns its head in 3D along a scripted path through the model's free
-            view (:class:`FreeViewPortraitSource`, frames at the model's size). Without a
-            model, or with an untrained one, the photo moves under a 2D hand-held camera path.
+            view (:class:`FreeViewPortraitSource`, frames at the model's size, or, with
+            ``whole_frame``, the whole photo at ``size``). Without a model, or with an
+            untrained one, the photo moves under a 2D hand-held camera path.
 
     Returns:
         An iterable of H×W×3 uint8 RGB frames with an ``fps`` attribute.
     """
     if model is not None and not model.untrained:
-        return FreeViewPortraitSource(model, num_frames=num_frames, fps=fps)
+        return FreeViewPortraitSource(model, num_frames=num_frames, fps=fps,
+                                      frame_size=size if whole_frame else None)
     from skimage import data  # lazy: only the default source needs scikit-image
 
     return ScriptedCameraSource(data.astronaut(), num_frames=num_frames, fps=fps, size=size)

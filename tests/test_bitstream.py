@@ -276,7 +276,14 @@ def test_header_errors() -> None:
         StreamHeader.parse(data + b"\0" * 1000)
     name_offset = 8
     with pytest.raises(BitstreamError):  # unknown flag bit, valid CRC
-        StreamHeader.parse(_with_crc(data[:5] + b"\x02\x00" + data[7:-4]))
+        StreamHeader.parse(_with_crc(data[:5] + b"\x04\x00" + data[7:-4]))
+    # Bit 1 (WHOLE_FRAME) is known in v4 ...
+    assert StreamHeader.parse(_with_crc(data[:5] + b"\x02\x00" + data[7:-4])).whole_frame
+    k_offset = name_offset + len("fv2v-test") + 27  # v3 headers have no K byte
+    v3 = data[:4] + b"\x03" + data[5:k_offset] + data[k_offset + 1:-4]
+    assert StreamHeader.parse(_with_crc(v3)).format_version == 3
+    with pytest.raises(BitstreamError):  # ... and refused in a v3 header
+        StreamHeader.parse(_with_crc(v3[:5] + b"\x02\x00" + v3[7:]))
     with pytest.raises(BitstreamError):  # non-ASCII model name
         StreamHeader.parse(_with_crc(data[:name_offset] + b"\xff" + data[name_offset + 1:-4]))
     fields_offset = name_offset + len("fv2v-test") + 8

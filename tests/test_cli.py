@@ -38,11 +38,12 @@ def test_default_model_compresses_and_decompresses(clip, tmp_path, capsys, monke
     assert main(["info", str(stream)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"] == "landmark" and not info["untrained"] and info["family"] == 2
+    assert info["size"] == [256, 256]  # the clip's whole frame, at its own size
     refined: list[int] = []
     refine = LandmarkModel._refine
     monkeypatch.setattr(LandmarkModel, "_refine",
-                        lambda self, source, warped, *rest: refined.append(len(warped))
-                        or refine(self, source, warped, *rest))
+                        lambda self, source, warped, *rest, **options: refined.append(len(warped))
+                        or refine(self, source, warped, *rest, **options))
     assert main(["decompress", str(stream), str(tmp_path / "d.mp4")]) == 0
     assert "12 frames" in capsys.readouterr().out
     assert sum(refined) == 12
@@ -123,13 +124,13 @@ def test_demo_writes_side_by_side_recording_and_report(tmp_path, capsys):
     assert report["h264_kbps"] > 0 and report["latency_ms_median"] is not None
     with av.open(str(out / "side_by_side.mp4")) as container:
         stream = container.streams.video[0]
-        assert (stream.width, stream.height) == (3 * 256, 256)
+        assert (stream.width, stream.height) == (3 * 640, 480)  # the whole photo, 640×480
         assert container.streams.audio
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     assert len(frames) == 50
     # The rebuilt face (middle third) moves with the input and stays close to it.
-    ours = [f[:, 256:512].astype(float) for f in frames]
-    inputs = [f[:, :256].astype(float) for f in frames]
+    ours = [f[:, 640:1280].astype(float) for f in frames]
+    inputs = [f[:, :640].astype(float) for f in frames]
     assert np.abs(ours[0] - ours[25]).mean() > 3.0
     assert max(np.abs(a - b).mean() for a, b in zip(ours[1:], inputs[1:])) < 12.0
     with av.open(str(out / "received.mp4")) as container:

@@ -27,6 +27,7 @@ from receiver.frames import LatestFrame
 from receiver.viewer import PLACEHOLDER_SIZE, LatestFrameTrack, ViewerServer
 
 FRAME_SIZE = 128
+WIDE = 224  # the browser test's frames: FRAME_SIZE high and this wide (a whole 16:9-ish frame)
 FEED_FPS = 25.0
 STATS = {"kbps": 12.5, "fps": 25.0, "latency_ms": 41.7, "loss": 0.0, "mode": "viewer-test"}
 CHROMIUM_ARGS = [
@@ -45,22 +46,25 @@ def run(coro, timeout: float = 60.0):
     return asyncio.run(bounded())
 
 
-def moving_frame(index: int, size: int = FRAME_SIZE) -> np.ndarray:
-    """size×size×3 uint8: a diagonal gradient that scrolls one step per frame."""
+def moving_frame(index: int, size: int = FRAME_SIZE, width: int | None = None) -> np.ndarray:
+    """size×size×3 uint8 (size×width×3 with ``width``): a diagonal gradient that scrolls one
+    step per frame."""
     ramp = np.arange(size, dtype=np.int32)
-    base = (ramp[:, None] + ramp[None, :] + 4 * index) % 256
+    across = np.arange(width or size, dtype=np.int32)
+    base = (ramp[:, None] + across[None, :] + 4 * index) % 256
     return np.stack([base, 255 - base, (base * 2) % 256], axis=-1).astype(np.uint8)
 
 
 @contextmanager
-def feeding(frames: LatestFrame, fps: float = FEED_FPS) -> Iterator[None]:
-    """Put moving frames into ``frames`` from a separate thread at about ``fps``."""
+def feeding(frames: LatestFrame, fps: float = FEED_FPS, width: int | None = None) -> Iterator[None]:
+    """Put moving frames into ``frames`` from a separate thread at about ``fps`` (``width``:
+    FRAME_SIZE high and this wide)."""
     stop = threading.Event()
 
     def feed() -> None:
         index = 0
         while not stop.is_set():
-            frames.put(moving_frame(index), time.monotonic())
+            frames.put(moving_frame(index, width=width), time.monotonic())
             index += 1
             stop.wait(1.0 / fps)
 
@@ -303,7 +307,7 @@ def test_headless_chromium_plays_the_stream(tmp_path, monkeypatch, hide_local_ip
                 try:
                     await page.wait_for_function(
                         "() => { const v = document.getElementById('video');"
-                        " return v.readyState >= 2 && v.videoWidth === 128; }", timeout=15_000)
+                        f" return v.readyState >= 2 && v.videoWidth === {WIDE}; }}", timeout=15_000)
                 except playwright_api.Error:
                     status = await page.text_content("#status")
                     pytest.fail(f"the video never started; status {status!r}; console {console}")
@@ -316,6 +320,9 @@ def test_headless_chromium_plays_the_stream(tmp_path, monkeypatch, hide_local_ip
                 assert all((".local " in line) == hide_local_ips for line in candidates), candidates
                 video = page.locator("#video")
                 assert await video.evaluate("v => v.videoHeight") == FRAME_SIZE
+                # A wide picture (a whole frame) is shown at its own aspect, not in a square box.
+                aspect = await video.evaluate("v => v.clientWidth / v.clientHeight")
+                assert aspect == pytest.approx(WIDE / FRAME_SIZE, rel=0.03)
                 start = await video.evaluate("v => v.currentTime")
                 await asyncio.sleep(1.0)
                 assert await video.evaluate("v => !v.paused && !v.ended")
@@ -344,7 +351,7 @@ def test_headless_chromium_plays_the_stream(tmp_path, monkeypatch, hide_local_ip
             finally:
                 await context.close()
 
-    with feeding(frames):
+    with feeding(frames, width=WIDE):
         started = time.monotonic()
         run(scenario(), timeout=60.0)
     assert time.monotonic() - started < 30.0

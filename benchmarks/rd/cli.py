@@ -49,6 +49,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="first N clips (of the split, or of the folder)")
     p.add_argument("--frames", type=int, default=250)
     p.add_argument("--size", type=int, default=256, choices=(256, 512))
+    p.add_argument("--frame", action="store_true",
+                   help="whole frames instead of face crops: each clip's frames scaled so the long "
+                        "side is at most 1280 px, clips whose short side is under 480 px skipped "
+                        "with the reason; every codec codes exactly those frames"),
     p.add_argument("--out", type=Path, default=Path("out/rd"))
     p.add_argument("--codecs", default=",".join(ALL_CODECS))
     p.add_argument("--model", default="landmark", help="model name (default: %(default)s)")
@@ -145,8 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m benchmarks.rd " + " ".join(
         sys.argv[1:] if argv is None else list(argv))
     keyframes = shipped_keyframes(args.keyframe_codec, args.keyframe_quality)
+    size = "frame" if args.frame else args.size
     store = ResultStore(out / "results.json", run_meta(
-        args.name or out.name, command, untrained, args.size, args.frames, args.metric_every, source,
+        args.name or out.name, command, untrained, size, args.frames, args.metric_every, source,
         keyframes))
     store.data["codecs"] = codecs
     store.data.setdefault("skipped", {})
@@ -157,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         keyframe_codec=args.keyframe_codec,
                                         references=args.reference_counts,
                                         reference_policy=args.reference_policy), model,
-                  args.size, args.frames, args.metric_every,
+                  size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)
     started = time.perf_counter()
     used_clips = sweep.run(clips)

@@ -66,6 +66,47 @@ class SkipClip(Exception):
     """The clip cannot be used under the protocol (logged with the reason, then skipped)."""
 
 
+# ``--frame``: whole frames, scaled down so the long side is at most this; clips whose short
+# side is under FRAME_MIN_SHORT pixels are skipped (a whole frame below a 512 crop's pixels).
+FRAME_LONG_SIDE = 1280
+FRAME_MIN_SHORT = 480
+
+
+def load_frames(clip: Clip, frames: int, cache_dir: Path, long_side: int = FRAME_LONG_SIDE,
+                min_short: int = FRAME_MIN_SHORT) -> np.ndarray:
+    """The protocol's whole frames of a clip (``--frame``): N×H×W×3 uint8 RGB, the source's
+    frames scaled so the long side is at most ``long_side`` (both sides even), cached as .npy.
+    Every codec codes exactly these frames. SkipClip when the short side is under
+    ``min_short``, or no face is found in the first frames (as for the crops)."""
+    from codec.errors import CodecError
+    from codec.facecrop import FaceCropper
+    from codec.keyframe import fit_frame, frame_size_within
+    from codec.media import read_frames
+
+    cache = cache_dir / f"{slug(clip.name)}_frame{long_side}_{frames}f.npy"
+    if cache.is_file():
+        return np.load(cache, mmap_mode="r")
+    if not clip.path.exists():
+        raise SkipClip(f"{clip.path} not found")
+    try:
+        images = [item.image for item in read_frames(clip.path, fps=FPS, max_frames=frames)]
+        if not images:
+            raise SkipClip("no frames")
+        height, width = images[0].shape[:2]
+        if min(height, width) < min_short:
+            raise SkipClip(f"short side {min(height, width)}px, under {min_short}px ({width}×{height})")
+        FaceCropper().fit(images[:FIT_FRAMES])  # a face to code (FaceNotFoundError otherwise)
+    except CodecError as exc:
+        raise SkipClip(f"{type(exc).__name__}: {exc}") from exc
+    size = frame_size_within(width, height, (long_side, long_side))
+    stacked = np.stack([fit_frame(image, size) for image in images])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.name + ".partial.npy")
+    np.save(partial, stacked)
+    partial.replace(cache)
+    return stacked
+
+
 def load_crops(clip: Clip, size: int, frames: int, cache_dir: Path) -> np.ndarray:
     """The protocol's crops of a clip: N×size×size×3 uint8 RGB, cached as .npy.
 

@@ -111,7 +111,8 @@ def refresh_policy(refresh: float | str) -> Any:
 
 
 def run_ours_setting(crops: np.ndarray, model: Any, params: dict[str, Any],
-                     progress: ProgressBar | None = None, metric_every: int = 1) -> CodecRun:
+                     progress: ProgressBar | None = None, metric_every: int = 1,
+                     whole_frame: bool = False) -> CodecRun:
     """``run_ours`` for one ``ours_settings`` point: a periodic refresh or the closed loop."""
     refresh = params["refresh"]
     face_wait = isinstance(refresh, str) and refresh.startswith("f")
@@ -122,14 +123,15 @@ def run_ours_setting(crops: np.ndarray, model: Any, params: dict[str, Any],
                     keyframe_quality=params.get("keyframe_quality"),
                     keyframe_codec=params.get("keyframe_codec"),
                     references=params.get("references", 1),
-                    reference_policy=params.get("reference_policy", "lru"))
+                    reference_policy=params.get("reference_policy", "lru"), whole_frame=whole_frame)
 
 
 def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
              fps: float = FPS, progress: ProgressBar | None = None,
              metric_every: int = 1, refresh_policy=None, patches: bool = True,
              keyframe_quality: int | None = None, keyframe_codec: str | None = None,
-             face_wait: bool = False, references: int = 1, reference_policy: str = "lru") -> CodecRun:
+             face_wait: bool = False, references: int = 1, reference_policy: str = "lru",
+             whole_frame: bool = False) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds; with
@@ -153,7 +155,14 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
         motion_on_audio_wire_bytes,
     )
 
-    n, size = crops.shape[0], crops.shape[1]
+    n, height, width = crops.shape[:3]
+    # Our model at the pictures' own size where its family renders any (the landmark family:
+    # a 512 crop at 512, a whole frame as it is); else its own, compared after a resize.
+    try:
+        model = model.at_size(width, height, whole_frame=whole_frame)
+    except ValueError:
+        if whole_frame:
+            raise
     keyframes = shipped_keyframes(keyframe_codec, keyframe_quality)
     keyframe_codec, keyframe_quality = keyframes["codec"], keyframes["quality"]
     encoder = Encoder(model, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
@@ -194,8 +203,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     started = time.perf_counter()
     for frame in decoder.decode_stream(stream, batch_size=1, render=render):
         image = frame.image
-        if image.shape[0] != size:  # e.g. the tiny model renders 64 px; compare at crop size
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+        if image.shape[:2] != (height, width):  # e.g. the tiny model renders 64 px; compare at crop size
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
         decoded.append(image)
         if progress is not None:
             progress.update(metric_every)
@@ -223,7 +232,7 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
                # (seq, slot): the frames from which a held reference was reused, for free
                "reference_switches": [list(item) for item in stats.switches],
                "header_bytes": len(header), "messages": messages,
-               "model_size": model.image_size,
+               "model_size": model.image_size, "picture_size": [width, height], "whole_frame": whole_frame,
                "data_channel_overhead_bytes": DATA_CHANNEL_OVERHEAD_BYTES,
                "wire_model": "motion on the audio packets",
                # a call without audio: every packet one data-channel message

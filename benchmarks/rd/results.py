@@ -17,6 +17,7 @@ from codec.facecrop import FIT_FRAMES
 from rtc.wire_cost import DATA_CHANNEL_CHUNK_BYTES, DATA_CHANNEL_OVERHEAD_BYTES
 
 from .baselines import RTP_MAX_PAYLOAD, SRTP_PACKET_OVERHEAD_BYTES
+from .clips import FRAME_LONG_SIDE, FRAME_MIN_SHORT
 from .protocol import ALL_CODECS, FPS, FRAME_STATS, SUMMARY_METRICS, UNTRAINED_MARK, metric_sampling_text
 
 
@@ -31,7 +32,7 @@ def environment() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def run_meta(name: str, command: str, untrained: bool, size: int, frames: int, every: int,
+def run_meta(name: str, command: str, untrained: bool, size: int | str, frames: int, every: int,
              source: str, keyframes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's header in results.json: environment, protocol and the notes that say how
     bytes, rates and times were counted (``every``: ``--metric-every``; ``source``: where the
@@ -44,8 +45,10 @@ def run_meta(name: str, command: str, untrained: bool, size: int, frames: int, e
     return {
         "name": name, "env": environment(), "command": command, "ours_keyframes": keyframes,
         "untrained": untrained, "marker": UNTRAINED_MARK if untrained else None,
-        "protocol": (f"face crop fitted on the first {FIT_FRAMES} frames and fixed, {size}px, "
-                     f"{FPS:g} fps, first {frames} frames, {source}; "
+        "protocol": ((f"whole frames scaled so the long side is at most {FRAME_LONG_SIDE}px (clips whose "
+                      f"short side is under {FRAME_MIN_SHORT}px skipped), " if size == "frame" else
+                      f"face crop fitted on the first {FIT_FRAMES} frames and fixed, {size}px, ")
+                     + f"{FPS:g} fps, first {frames} frames, {source}; "
                      + metric_sampling_text(every, frames)),
         "metric_every": every, "frames_requested": frames,
         "x264_sei_included": False,

@@ -16,7 +16,7 @@ import numpy as np
 from codec.progress import ProgressBar
 
 from .baselines import _pyav_settings, run_frozen, run_pyav
-from .clips import Clip, SkipClip, load_crops
+from .clips import Clip, SkipClip, load_crops, load_frames
 from .ours import ours_settings, run_ours_setting
 from .results import ResultStore
 from .runs import CodecRun, Setting
@@ -52,7 +52,7 @@ class Sweep:
     store: ResultStore
     settings: list[Setting]
     model: Any  # our resolved model when "ours" runs, else None
-    size: int
+    size: int | str  # the crop side, or "frame": whole frames (``--frame``, clips.load_frames)
     frames: int
     every: int  # --metric-every
     metrics: list[str]  # --metrics
@@ -92,7 +92,8 @@ class Sweep:
             codec=s.codec, setting=s.name, clip=clip.name, size=self.size, frames=self.frames,
             model=self.model_tag if s.codec == "ours" else None, metric_every=self.every)]
         try:
-            crops = load_crops(clip, self.size, self.frames, self.out / "crops")
+            crops = (load_frames(clip, self.frames, self.out / "crops") if self.size == "frame"
+                     else load_crops(clip, self.size, self.frames, self.out / "crops"))
         except SkipClip as exc:
             log.warning("skipping %s: %s", clip.name, exc)
             self.store.data["skipped"][clip.name] = str(exc)
@@ -114,7 +115,7 @@ class Sweep:
         if setting.codec == "ours":
             bar = ProgressBar(2 * len(crops), f"{setting.codec} {setting.name} codec")
             run = run_ours_setting(crops, self.model, setting.params, progress=bar,
-                                   metric_every=self.every)
+                                   metric_every=self.every, whole_frame=self.size == "frame")
             bar.close()
             return run
         if setting.codec == "frozen":

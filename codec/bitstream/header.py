@@ -6,7 +6,9 @@ Stream header (sent once per call and at the start of a file), format version 4:
     offset   size  field
     0        4     magic b"FVVS"
     4        1     format version (4; 2 and 3 are also read, see below)
-    5        2     flags, uint16 (bit 0 = UNTRAINED model; other bits reserved, must be 0)
+    5        2     flags, uint16 (bit 0 = UNTRAINED model; bit 1 = WHOLE_FRAME, v4: the
+                   pictures are whole camera frames, not square face crops; other bits
+                   reserved, must be 0)
     7        1     n = model name length (1 … 32)
     8        n     model name, ASCII [A-Za-z0-9._-]
     8+n      8     weights sha256 prefix (first 8 bytes of the digest)
@@ -66,9 +68,12 @@ class HeaderFlags(IntFlag):
     """Stream-header flag bits; unknown bits are rejected (a new meaning needs a version)."""
 
     UNTRAINED = 1 << 0  # weights are a placeholder: frames are not meaningful
+    # The pictures are the camera's whole frame (width × height, any aspect), not a square
+    # face crop: the receiver meshes each keyframe where its face is (v4; unset in v2/v3).
+    WHOLE_FRAME = 1 << 1
 
 
-KNOWN_HEADER_FLAGS = int(HeaderFlags.UNTRAINED)
+KNOWN_HEADER_FLAGS = int(HeaderFlags.UNTRAINED | HeaderFlags.WHOLE_FRAME)
 
 
 class KeyframeCodec(IntEnum):
@@ -153,10 +158,17 @@ class StreamHeader:
             raise ValueError(f"format version {self.format_version!r} is not one this build reads")
         if self.format_version < 4 and self.reference_slots != 1:
             raise ValueError("format versions before 4 have one reference slot")
+        if self.format_version < 4 and self.flags & HeaderFlags.WHOLE_FRAME:
+            raise ValueError("format versions before 4 carry face crops only")
 
     @property
     def untrained(self) -> bool:
         return bool(self.flags & HeaderFlags.UNTRAINED)
+
+    @property
+    def whole_frame(self) -> bool:
+        """The pictures are whole camera frames (width × height), not square face crops."""
+        return bool(self.flags & HeaderFlags.WHOLE_FRAME)
 
     def pack(self) -> bytes:
         name = self.model_name.encode("ascii")

@@ -117,6 +117,23 @@ class TalkingHeadModel(ABC):
     free_view: bool = True
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the pictures it takes and renders (a family that renders only
+        its own square size: image_size × image_size)."""
+        return (self.image_size, self.image_size)
+
+    whole_frame: bool = False  # True: its pictures are the camera's whole frame, not a face crop
+
+    def at_size(self, width: int, height: int, whole_frame: bool = False) -> TalkingHeadModel:
+        """This model for pictures of width×height (a whole frame or a square crop); ValueError
+        where the family cannot render them."""
+        if (int(width), int(height)) == self.frame_size and bool(whole_frame) == self.whole_frame:
+            return self
+        kind = "whole frames" if whole_frame else "crops"
+        raise ValueError(f"model {self.name!r} renders only {self.image_size}×{self.image_size} crops, "
+                         f"not {width}×{height} {kind}")
+
+    @property
     def sha256_prefix(self) -> bytes:
         """First 8 bytes of the weights' sha256, as carried in the stream header."""
         return bytes.fromhex(self.sha256[:16])

@@ -40,10 +40,10 @@ from codec.face3d import (
     Pose,
     expression_offsets,
     fit_pose,
-    pixels_to_unit,
+    frame_to_unit,
     project,
     rotation_matrix,
-    unit_to_pixels,
+    unit_to_frame,
 )
 from codec.face_masks import landmark_masks
 from codec.families.base import (
@@ -116,11 +116,14 @@ def _motion_vector(pose: Pose, coefficients: np.ndarray) -> np.ndarray:
                            coefficients]).astype(np.float32)
 
 
-def motion_from_landmarks(landmarks_px: np.ndarray, size: int, face: FaceModel) -> np.ndarray:
-    """68×2 crop-pixel landmarks → the motion vector (:func:`_motion_vector`); all NaN
-    when the landmarks are not a plausible face (the coder then holds)."""
+def motion_from_landmarks(landmarks_px: np.ndarray, size: int | tuple[int, int], face: FaceModel) -> np.ndarray:
+    """68×2 landmarks in the pixels of a size×size crop (or a (width, height) frame) → the
+    motion vector (:func:`_motion_vector`), in resolution-free units
+    (:func:`codec.face3d.frame_to_unit`); all NaN when the landmarks are not a plausible
+    face (the coder then holds)."""
+    width, height = (size, size) if np.isscalar(size) else size
     try:
-        pose, offsets = _checked_pose(pixels_to_unit(landmarks_px, size), face)
+        pose, offsets = _checked_pose(frame_to_unit(landmarks_px, width, height), face)
     except ValueError:
         return np.full(NUM_POSE_VALUES + face.num_coefficients, np.nan, np.float32)
     return _motion_vector(pose, face.coefficients(offsets))
@@ -141,22 +144,44 @@ class LandmarkTracker(MotionTracker):
         self._last: np.ndarray | None = None  # landmarks of the last crop (crop pixels)
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
-        """68×2 landmarks of one crop, or None when no face is there."""
+        """68×2 landmarks of one crop (or whole frame), or None when no face is there."""
         from codec.facecrop import detect_landmarks, fit_landmarks, tracking_box
 
-        found = detect_landmarks(image, upsample=0 if image.shape[0] >= 200 else 1)
+        if self.model.whole_frame or min(image.shape[:2]) > 2 * self.model.refiner_size:
+            found = self._detect_in_frame(image)
+        else:
+            found = detect_landmarks(image, upsample=0 if image.shape[0] >= 200 else 1)
         self.face_seen = found is not None
         if found is None and self._last is not None:
             found = fit_landmarks(image, tracking_box(self._last))
         self._last = found
         return found
 
+    def _detect_in_frame(self, image: np.ndarray) -> np.ndarray | None:
+        """Landmarks in a large picture (a whole camera frame): the detector runs on the
+        region around the last face, shrunk to about a crop's size (the cost of a 256-px
+        crop, not of the frame), the predictor on the full-resolution pixels; on the whole
+        frame (shrunk to 640 px for detection) when there is no last face or it is lost."""
+        from codec.facecrop import box_from_landmarks, detect_landmarks
+
+        height, width = image.shape[:2]
+        if self._last is not None:
+            box = box_from_landmarks(self._last, scale=2.6, shift_up=0.0)
+            half = 0.5 * box.size
+            x0, y0 = max(0, int(box.cx - half)), max(0, int(box.cy - half))
+            x1, y1 = min(width, int(np.ceil(box.cx + half))), min(height, int(np.ceil(box.cy + half)))
+            if x1 - x0 >= 32 and y1 - y0 >= 32:
+                found = detect_landmarks(image[y0:y1, x0:x1], upsample=0, max_side=320)
+                if found is not None:
+                    return found + (x0, y0)
+        return detect_landmarks(image, max_side=640)
+
     def motion(self, image: np.ndarray) -> np.ndarray:
         self._check(image)
         landmarks = self.landmarks(image)
         if landmarks is None:
             return np.full(self.model.layout.vector_length, np.nan, np.float32)
-        return motion_from_landmarks(landmarks, self.model.image_size, self.model.face)
+        return motion_from_landmarks(landmarks, self.model.frame_size, self.model.face)
 
     def keyframe_info(self, image: np.ndarray) -> bytes:
         landmarks = self._last
@@ -170,9 +195,9 @@ class LandmarkTracker(MotionTracker):
         return pack_keyframe_info(landmarks)
 
     def _check(self, image: np.ndarray) -> None:
-        size = self.model.image_size
-        if not (isinstance(image, np.ndarray) and image.shape == (size, size, 3) and image.dtype == np.uint8):
-            raise ValueError(f"expected a {size}×{size}×3 uint8 RGB crop, got "
+        width, height = self.model.frame_size
+        if not (isinstance(image, np.ndarray) and image.shape == (height, width, 3) and image.dtype == np.uint8):
+            raise ValueError(f"expected a {width}×{height}×3 uint8 RGB picture, got "
                              f"{getattr(image, 'shape', None)} {getattr(image, 'dtype', None)}")
 
 
@@ -180,12 +205,13 @@ class LandmarkTracker(MotionTracker):
 class LandmarkSource:
     """What the receiver keeps per keyframe."""
 
-    image: np.ndarray  # S×S×3 uint8
+    image: np.ndarray  # H×W×3 uint8
     canonical: np.ndarray  # P×3 head-frame points: 68 landmarks, forehead, ring
     pose: Pose  # the keyframe's pose
     coefficients: np.ndarray  # N, the keyframe's own expression coefficients
     source_px: np.ndarray  # (P + border)×2, where every mesh vertex sits in the keyframe
     references: ReferenceSet  # the mouth and eye patches received since this keyframe
+    warp: MeshWarp | None = None  # its own mesh (whole frames); None: the model's fixed one
 
 
 # Mesh extras, in the head frame (units of the mean face: x/y RMS radius 1).
@@ -219,13 +245,16 @@ def _head_extras(canonical68: np.ndarray) -> np.ndarray:
     return np.concatenate(rows + [ring])
 
 
-def _border_points() -> np.ndarray:
-    b = _BORDER
-    edge = np.linspace(-b, b, 5)
-    top = np.stack([edge, np.full(5, -b)], axis=1)
-    bottom = np.stack([edge, np.full(5, b)], axis=1)
-    left = np.stack([np.full(3, -b), edge[1:4]], axis=1)
-    right = np.stack([np.full(3, b), edge[1:4]], axis=1)
+def _border_points(width: int = 1, height: int = 1) -> np.ndarray:
+    """The mesh's fixed points on the picture's edge, in units (:func:`frame_to_unit`): a
+    square crop's edge is at ±1; a wider frame's long edge reaches ± long / short."""
+    short = min(width, height)
+    bx, by = _BORDER * width / short, _BORDER * height / short
+    xs, ys = np.linspace(-bx, bx, 5), np.linspace(-by, by, 5)
+    top = np.stack([xs, np.full(5, -by)], axis=1)
+    bottom = np.stack([xs, np.full(5, by)], axis=1)
+    left = np.stack([np.full(3, -bx), ys[1:4]], axis=1)
+    right = np.stack([np.full(3, bx), ys[1:4]], axis=1)
     return np.concatenate([top, bottom, left, right])
 
 
@@ -233,6 +262,54 @@ def _frontal(points3d: np.ndarray) -> np.ndarray:
     """Head-frame points → normalised crop points of a frontal face where a typical crop
     holds it: ~0.3 scale, centre slightly below the middle."""
     return 0.3 * points3d[:, :2] + np.array([0.0, 0.1])
+
+
+# Whole frames: the warp's maps are computed on a grid whose short side is about this many
+# pixels, then upsampled (codec.warp.MeshWarp's ``step``): a 1280×720 frame's maps cost
+# about a quarter as much, and the picture differs from the full-resolution maps only in a
+# band of a pixel or two along the mesh's edges (measured in tests/test_frame.py).
+MAP_GRID_SHORT_SIDE = 360
+
+
+def _map_step(width: int, height: int) -> int:
+    return max(1, int(round(min(width, height) / MAP_GRID_SHORT_SIDE)))
+
+
+def _outline(triangles: np.ndarray) -> np.ndarray | None:
+    """The boundary of a triangulated region as one loop of vertex indices (its edges that
+    belong to one triangle only), or None when it is not one simple loop."""
+    count: dict[tuple[int, int], int] = {}
+    for t in triangles:
+        for a, b in ((t[0], t[1]), (t[1], t[2]), (t[0], t[2])):
+            edge = (int(min(a, b)), int(max(a, b)))
+            count[edge] = count.get(edge, 0) + 1
+    neighbours: dict[int, list[int]] = {}
+    for (a, b), n in count.items():
+        if n == 1:
+            neighbours.setdefault(a, []).append(b)
+            neighbours.setdefault(b, []).append(a)
+    if not neighbours or any(len(v) != 2 for v in neighbours.values()):
+        return None
+    start = next(iter(neighbours))
+    loop, previous = [start], None
+    while True:
+        a, b = neighbours[loop[-1]]
+        following = b if a == previous else a
+        if following == start:
+            break
+        previous = loop[-1]
+        loop.append(following)
+        if len(loop) > len(neighbours):
+            return None
+    return np.array(loop, np.int64) if len(loop) == len(neighbours) else None
+
+
+def _feather(side: int) -> np.ndarray:
+    """side×side float32 weights: 1 inside, falling smoothly to 0 over the outer eighth of the
+    square (the refiner's correction fades out before the box's edge: no seam)."""
+    ramp = np.clip(np.minimum(np.arange(side), np.arange(side)[::-1]) / max(1.0, side / 8.0), 0.0, 1.0)
+    ramp = (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)
+    return np.outer(ramp, ramp)
 
 
 # Share of the driving landmarks that must lie inside the crop for the refiner to run.
@@ -273,11 +350,19 @@ class LandmarkModel(TalkingHeadModel):
         self.sha256 = sha256
         self.untrained = False  # nothing here is learned: the geometry works as it is
         self.image_size = int(image_size)
+        # The size the refiner was trained at (a square crop of this side); pictures of any
+        # other size are refined on the face's box, scaled to it (``_refine_boxes``).
+        self.refiner_size = self.image_size
+        # The pictures it takes and renders: a square crop (width = height = image_size), or,
+        # with ``whole_frame``, the camera's whole frame (``at_size``).
+        self._frame_size = (self.image_size, self.image_size)
+        self.whole_frame = False
         self.layout = MotionLayout(ModelFamily.LANDMARK, coefficients)
         self._border = _border_points()
-        # One triangulation for every keyframe: over the mean face's frontal layout.
+        # One triangulation for every crop's keyframe: over the mean face's frontal layout.
         mean_points = np.concatenate([face.mean_shape, _head_extras(face.mean_shape)])
         self._triangles = delaunay_triangles(np.concatenate([_frontal(mean_points), self._border]))
+        self.map_step = 1  # the warp's maps on a grid this much coarser (whole frames: _map_step)
         self._warp = MeshWarp(self._triangles, self.image_size)
         # The learned refiner (codec.models.refiner) on top of the warp, or None: the plain
         # warp. Receiver-side only: the stream, and so ``sha256``, are the same either way,
@@ -287,9 +372,46 @@ class LandmarkModel(TalkingHeadModel):
         # and frozen; its U-Net in bfloat16 where the CPU computes that natively), "float32"
         # (traced and frozen) or "eager" (the module as loaded: the reference).
         self.refiner_mode = "fast"
-        self._frozen: tuple | None = None  # (refiner, its version and mode, frozen_refiner of it)
+        # [(refiner, its version and mode, frozen_refiner of it)] or [None]: one list shared by
+        # this model's copies (``at_size``, ``plain``), so a picture size does not trace again.
+        self._frozen: list[tuple | None] = [None]
         # Yaw and pitch drawn at most this far from the keyframe's pose (limit_turn); None: as sent.
         self.turn_limit_deg: float | None = None
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the pictures it takes and renders."""
+        return self._frame_size
+
+    def at_size(self, width: int, height: int, whole_frame: bool = False) -> LandmarkModel:
+        """This model for pictures of width×height (sharing the face model and refiner).
+
+        ``whole_frame`` False: a square face crop of any side (256, 512, …), the mesh's
+        fixed points on its edge. True: the camera's whole frame of any aspect: the fixed
+        points on the frame's edge, the face anywhere in it, each keyframe meshed where its
+        face is (``prepare_source``). Motion is in resolution-free units either way
+        (:func:`codec.face3d.frame_to_unit`), so the same packets drive any size."""
+        width, height, whole_frame = int(width), int(height), bool(whole_frame)
+        if (width, height) == self.frame_size and whole_frame == self.whole_frame:
+            return self
+        if not (16 <= width <= 4095 and 16 <= height <= 4095):
+            raise ValueError(f"picture size {width}×{height} out of range (16 … 4095 px a side)")
+        if not whole_frame and width != height:
+            raise ValueError(f"a face crop is square, got {width}×{height}")
+        model = copy.copy(self)
+        model._frame_size = (width, height)
+        model.whole_frame = whole_frame
+        model.image_size = min(width, height)
+        model._border = _border_points(width, height)
+        model.map_step = _map_step(width, height) if whole_frame else 1
+        model._warp = MeshWarp(self._triangles, (width, height), model.map_step)
+        return model
+
+    def _to_unit(self, points: np.ndarray) -> np.ndarray:
+        return frame_to_unit(points, *self.frame_size)
+
+    def _to_pixels(self, points: np.ndarray) -> np.ndarray:
+        return unit_to_frame(points, *self.frame_size)
 
     def plain(self) -> LandmarkModel:
         """The plain warp (patches included), sharing everything else with this model."""
@@ -301,7 +423,7 @@ class LandmarkModel(TalkingHeadModel):
 
     def default_landmarks(self) -> np.ndarray:
         """The mean face's 68 points where a typical crop holds a frontal face (crop pixels)."""
-        return unit_to_pixels(_frontal(self.face.mean_shape), self.image_size)
+        return self._to_pixels(_frontal(self.face.mean_shape))
 
     def default_keyframe_info(self) -> bytes:
         return pack_keyframe_info(self.default_landmarks())
@@ -310,25 +432,61 @@ class LandmarkModel(TalkingHeadModel):
         return LandmarkTracker(self)
 
     def prepare_source(self, image: np.ndarray, info: bytes = b"") -> LandmarkSource:
-        size = self.image_size
-        if image.shape != (size, size, 3):
-            raise ValueError(f"keyframe must be {size}×{size}×3, got {image.shape}")
+        width, height = self.frame_size
+        if image.shape != (height, width, 3):
+            raise ValueError(f"keyframe must be {width}×{height}×3, got {image.shape}")
         landmarks = unpack_keyframe_info(bytes(info))
         try:
-            pose, offsets = _checked_pose(pixels_to_unit(landmarks, size), self.face)
+            pose, offsets = _checked_pose(self._to_unit(landmarks), self.face)
         except ValueError as error:
             raise BitstreamError(f"keyframe landmarks are unusable: {error}") from error
         canonical68 = self.face.mean_shape + self.face.with_depth(offsets)
         canonical = np.concatenate([canonical68, _head_extras(canonical68)])
         source_unit = project(canonical, pose)
-        source_px = unit_to_pixels(np.concatenate([source_unit, self._border]), size)
+        source_px = self._to_pixels(np.concatenate([source_unit, self._border]))
+        warp = (MeshWarp(self._frame_triangles(source_px), (width, height), self.map_step)
+                if self.whole_frame else None)
         source = LandmarkSource(image=np.ascontiguousarray(image), canonical=canonical, pose=pose,
                                 coefficients=self.face.coefficients(offsets), source_px=source_px,
-                                references=ReferenceSet({}, {}))
+                                references=ReferenceSet({}, {}), warp=warp)
         # The keyframe's own mouth and eyes, as the receiver draws them, are every region's
         # first reference.
         source.references = ReferenceSet.for_keyframe(self._landmarks_px(source, self.neutral_motion(source)))
         return source
+
+    def _frame_triangles(self, source_px: np.ndarray) -> np.ndarray:
+        """A whole frame's mesh for one keyframe, where its face is: a Delaunay triangulation
+        of the head's points (landmarks, forehead, ring) as they sit in this keyframe, which
+        covers their convex hull (the ring's outline), and between that outline and the
+        frame's edge one of the outline and the fixed points, so the face may be anywhere in
+        the frame and no triangle joins the face to the frame's edge across the ring (the hair
+        moves with the head, the room stays). Fixed points inside the outline (a face at the
+        frame's edge) are left out, and so is a fixed point that would cut an outline edge."""
+        head = len(source_px) - len(self._border)
+        inner = delaunay_triangles(source_px[:head])
+        hull = _outline(inner)
+        if hull is None:
+            log.warning("whole-frame mesh: the head's triangles have no simple outline; meshing every point")
+            return delaunay_triangles(source_px)
+        outline = source_px[hull].astype(np.float32)
+        border = [head + k for k in range(len(self._border))
+                  if cv2.pointPolygonTest(outline, tuple(map(float, source_px[head + k])), False) < 0]
+        wanted = [tuple(sorted((int(hull[k]), int(hull[(k + 1) % len(hull)])))) for k in range(len(hull))]
+        while len(border) >= 3:
+            points = np.concatenate([hull, np.array(border, np.int64)])
+            outer = points[delaunay_triangles(source_px[points])]
+            inside = [cv2.pointPolygonTest(outline, tuple(map(float, source_px[t].mean(axis=0))), False) > 0
+                      for t in outer]
+            outer = outer[~(np.isin(outer, hull).all(axis=1) & np.array(inside, bool))]
+            edges = {tuple(sorted((int(a), int(b)))) for t in outer for a, b in ((t[0], t[1]), (t[1], t[2]),
+                                                                                  (t[0], t[2]))}
+            missing = [edge for edge in wanted if edge not in edges]
+            if not missing:
+                return np.concatenate([inner, outer])
+            middle = source_px[list(missing[0])].mean(axis=0)
+            border.remove(min(border, key=lambda k: float(np.sum((source_px[k] - middle) ** 2))))
+        log.warning("whole-frame mesh: no outline kept; meshing every point")
+        return delaunay_triangles(source_px)
 
     def _landmarks_px(self, source: LandmarkSource, motion: np.ndarray,
                       view: ViewControl | None = None) -> np.ndarray:
@@ -352,13 +510,29 @@ class LandmarkModel(TalkingHeadModel):
         for region in REGIONS:
             value = openness(region, points)
             _, distance = source.references.nearest(region, value)
-            box = patch_box(region, points, self.image_size)
+            box = patch_box(region, points, self.frame_size)
             if distance <= region.tolerance or box is None:
                 continue
             x0, y0, x1, y1 = box
+            patch = np.ascontiguousarray(crop[y0:y1, x0:x1])
+            scale = self._patch_scale(points)
+            if scale < 1.0:  # the face's scale in a 256-px crop: patch bytes do not grow with the picture
+                size = (max(2, int(round((x1 - x0) * scale))), max(2, int(round((y1 - y0) * scale))))
+                patch = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
             candidates.append(PatchCandidate(region.id, source.references.free_slot(region, value), x0, y0,
-                                             np.ascontiguousarray(crop[y0:y1, x0:x1]), info))
+                                             patch, info))
         return candidates
+
+    def _patch_scale(self, points: np.ndarray) -> float:
+        """How much a patch is shrunk before it is coded: 1 in a crop at the size the refiner
+        was trained on (256: patches as they always were); elsewhere down to the face's scale
+        in such a crop (its ``box_from_landmarks`` side to ``refiner_size``), never up. The
+        receiver reads the scale off the patch's size against its box (``add_patch``)."""
+        if self.frame_size == (self.refiner_size, self.refiner_size) and not self.whole_frame:
+            return 1.0
+        from codec.facecrop import box_from_landmarks
+
+        return min(1.0, self.refiner_size / max(box_from_landmarks(points[:NUM_LANDMARKS]).size, 1.0))
 
     def add_patch(self, source: LandmarkSource, candidate: PatchCandidate) -> None:
         region = REGION_BY_ID.get(candidate.region)
@@ -372,12 +546,19 @@ class LandmarkModel(TalkingHeadModel):
             raise BitstreamError("patch placement is not finite")
         image = candidate.image
         h, w = image.shape[:2]
-        if candidate.x0 + w > self.image_size or candidate.y0 + h > self.image_size:
+        width, height = self.frame_size
+        if candidate.x0 + w > width or candidate.y0 + h > height:
             raise BitstreamError(f"a {w}×{h} patch at ({candidate.x0}, {candidate.y0}) leaves the "
-                                 f"{self.image_size}-pixel crop")
+                                 f"{width}×{height} {'frame' if self.whole_frame else 'crop'}")
         points = self._landmarks_px(source, placed)
+        # A patch smaller than its box was shrunk by the sender (``_patch_scale``); both sides
+        # compute the box from the same decoded points.
+        box = patch_box(region, points, self.frame_size)
+        scale = (1.0, 1.0) if box is None else (w / max(box[2] - box[0], 1), h / max(box[3] - box[1], 1))
+        if not (0.0 < scale[0] <= 1.0 and 0.0 < scale[1] <= 1.0):
+            scale = (1.0, 1.0)  # not what this sender makes: placed as cut (a 1:1 patch)
         source.references.put(candidate.slot, Reference(region, image, (candidate.x0, candidate.y0),
-                                                        points, openness(region, points)))
+                                                        points, openness(region, points), scale))
 
     def driving_points(self, source: LandmarkSource, motion: np.ndarray,
                        view: ViewControl | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -399,34 +580,88 @@ class LandmarkModel(TalkingHeadModel):
         scale = float(np.exp(np.clip(log_scale, -3.0, 3.0)))
         unit = scale * rotated[:, :2] + translation
         depth = np.concatenate([rotated[:, 2], np.full(len(self._border), 1e6)])
-        pixels = unit_to_pixels(np.concatenate([unit, self._border]), self.image_size)
+        pixels = self._to_pixels(np.concatenate([unit, self._border]))
         return pixels, depth
 
     def warp_maps(self, source: LandmarkSource, motion: np.ndarray,
                   view: ViewControl | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(map_x, map_y) float32 S×S: where each output pixel samples the keyframe."""
+        """(map_x, map_y) float32 H×W: where each output pixel samples the keyframe."""
         driving, depth = self.driving_points(source, motion, view)
-        return self._warp.maps(source.source_px, driving, depth)
+        return (source.warp or self._warp).maps(source.source_px, driving, depth)
 
     def render(self, source: LandmarkSource, motions: np.ndarray,
                view: ViewControl | None = None) -> list[np.ndarray]:
         frames, picked, maps, masks = [], [], [], []  # picked: frames the refiner gets
+        native = self.frame_size == (self.refiner_size, self.refiner_size) and not self.whole_frame
+        boxes = []  # pictures of another size: the face's box each picked frame is refined on
+        warp = source.warp or self._warp
         for motion in np.atleast_2d(np.asarray(motions, np.float32)):
             driving, depth = self.driving_points(source, motion, view)
-            map_x, map_y = self._warp.maps(source.source_px, driving, depth)
-            if self.refiner is not None and self._face_in_view(driving):
+            map_x, map_y = warp.maps(source.source_px, driving, depth)
+            box = None if native or self.refiner is None else self._refine_box(driving[:NUM_LANDMARKS])
+            if self.refiner is not None and self._face_in_view(driving) and (native or box is not None):
                 picked.append(len(frames))
                 maps.append(np.stack([map_x, map_y]))
-                masks.append(landmark_masks(driving[:NUM_LANDMARKS], self.image_size))
+                boxes.append(box)
+                if native:
+                    masks.append(landmark_masks(driving[:NUM_LANDMARKS], self.image_size))
+                else:
+                    x0, y0, side = box
+                    scale = self.refiner_size / side
+                    masks.append(landmark_masks((driving[:NUM_LANDMARKS] - (x0, y0) + 0.5) * scale - 0.5,
+                                                self.refiner_size))
             warped = cv2.remap(source.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
             # Real pixels where the keyframe has none (an open mouth, closed eyes), before the
             # refiner, which hides the seams.
             frames.append(blend_references(warped, source.references, driving[:NUM_LANDMARKS]))
         if picked:
-            refined = self._refine(source, [frames[k] for k in picked], maps, masks)
+            if native:
+                refined = self._refine(source, [frames[k] for k in picked], maps, masks)
+            else:
+                refined = self._refine_boxes(source, [frames[k] for k in picked], maps, masks, boxes)
             for k, image in zip(picked, refined):
                 frames[k] = image
         return frames
+
+    def _refine_box(self, points: np.ndarray) -> tuple[int, int, int] | None:
+        """(x0, y0, side) of the square the refiner sees in a picture of another size than it
+        was trained on: the face's box as the crop frames it (``box_from_landmarks``; no larger
+        than the picture), moved inside the picture; None when the face is too small for it
+        (the plain warp is shown)."""
+        from codec.facecrop import box_from_landmarks
+
+        width, height = self.frame_size
+        box = box_from_landmarks(points)
+        side = min(int(round(box.size)), width, height)
+        if side < 32:
+            return None
+        x0 = int(round(min(max(box.cx - side / 2, 0), width - side)))
+        y0 = int(round(min(max(box.cy - side / 2, 0), height - side)))
+        return x0, y0, side
+
+    def _refine_boxes(self, source: LandmarkSource, warped: list[np.ndarray], maps: list[np.ndarray],
+                      masks: list[np.ndarray], boxes: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        """The refiner on each frame's face box: the box of the warp, of the keyframe and of
+        the maps (in the box's own pixels) scaled to ``refiner_size``, refined, and its
+        correction (refined − warped) scaled back and added under a feathered mask, so the
+        picture keeps its own resolution and has no seam at the box's edge."""
+        r = self.refiner_size
+        out = []
+        for frame, (map_x, map_y), mask, (x0, y0, side) in zip(warped, maps, masks, boxes):
+            scale = r / side
+            crop = cv2.resize(frame[y0:y0 + side, x0:x0 + side], (r, r), interpolation=cv2.INTER_AREA)
+            key = cv2.resize(source.image[y0:y0 + side, x0:x0 + side], (r, r), interpolation=cv2.INTER_AREA)
+            box_maps = np.stack([cv2.resize((m[y0:y0 + side, x0:x0 + side] - o + 0.5) * scale - 0.5, (r, r),
+                                            interpolation=cv2.INTER_LINEAR) for m, o in ((map_x, x0), (map_y, y0))])
+            refined = self._refine(source, [crop], [box_maps.astype(np.float32)], [mask], keyframe_image=key)[0]
+            delta = cv2.resize(refined.astype(np.float32) - crop.astype(np.float32), (side, side),
+                               interpolation=cv2.INTER_LINEAR)
+            result = frame.copy()
+            region = result[y0:y0 + side, x0:x0 + side].astype(np.float32)
+            result[y0:y0 + side, x0:x0 + side] = np.clip(region + delta * _feather(side)[..., None] + 0.5,
+                                                         0, 255).astype(np.uint8)
+            out.append(result)
+        return out
 
     def _face_in_view(self, driving: np.ndarray) -> bool:
         """Whether the refiner may touch this frame: at least ``REFINE_MIN_INSIDE`` of the 68
@@ -435,12 +670,12 @@ class LandmarkModel(TalkingHeadModel):
         (seen on dev: headtrackr/capture4 and capture5 leave the crop); such frames show the
         plain warp."""
         points = driving[:NUM_LANDMARKS]
-        size = self.image_size
-        inside = (points[:, 0] >= 0) & (points[:, 0] < size) & (points[:, 1] >= 0) & (points[:, 1] < size)
+        width, height = self.frame_size
+        inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
         return float(inside.mean()) >= REFINE_MIN_INSIDE
 
     def _refine(self, source: LandmarkSource, warped: list[np.ndarray], maps: list[np.ndarray],
-                masks: list[np.ndarray]) -> list[np.ndarray]:
+                masks: list[np.ndarray], keyframe_image: np.ndarray | None = None) -> list[np.ndarray]:
         """The refiner over a batch of warped frames, with the inputs it was trained on
         (``training.refiner_data.warp_inputs``): uint8 RGB in, uint8 RGB out."""
         import torch
@@ -449,7 +684,8 @@ class LandmarkModel(TalkingHeadModel):
         network = self._inference_refiner()
         with torch.inference_mode():
             batch = torch.from_numpy(np.stack(warped)).to(device).permute(0, 3, 1, 2).float() / 255.0
-            keyframe = torch.from_numpy(source.image).to(device).permute(2, 0, 1).float() / 255.0
+            keyframe = torch.from_numpy(np.ascontiguousarray(
+                source.image if keyframe_image is None else keyframe_image)).to(device).permute(2, 0, 1).float() / 255.0
             out = network(batch, keyframe.expand(len(warped), -1, -1, -1),
                           torch.from_numpy(np.stack(maps)).to(device),
                           torch.from_numpy(np.stack(masks).transpose(0, 3, 1, 2)).to(device))
@@ -468,11 +704,11 @@ class LandmarkModel(TalkingHeadModel):
             return refiner
         # In-place weight updates bump the parameters' versions; train() / eval() flips the mode.
         version = (sum(p._version for p in refiner.parameters()), refiner.training, mode)
-        frozen = self._frozen
+        frozen = self._frozen[0]
         if frozen is None or frozen[0] is not refiner or frozen[1] != version:
-            frozen = (refiner, version, frozen_refiner(refiner, self.image_size,
+            frozen = (refiner, version, frozen_refiner(refiner, self.refiner_size,
                                                        bfloat16=None if mode == "fast" else False))
-            self._frozen = frozen
+            self._frozen[0] = frozen
         return frozen[2]
 
     def neutral_motion(self, source: LandmarkSource) -> np.ndarray:
