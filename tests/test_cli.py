@@ -118,7 +118,9 @@ def test_demo_writes_side_by_side_recording_and_report(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["untrained"] is False and report["mode"] == "neural"
     assert report["frames_rendered"] == report["frames_sent"] == 50
-    assert 0 < report["payload_kbps"] < report["wire_kbps"]
+    # (The payload divides by the 2 s of frames, the wire rate by the meter's span, connection
+    # included: with a 640×480 keyframe the two are not ordered.)
+    assert report["payload_kbps"] > 0 and report["wire_kbps"] > 0
     assert report["motion_on_audio_packets"] > 40  # motion rode on the audio bed's packets
     assert 0 < report["motion_wire_kbps"] < report["wire_kbps"]
     assert report["h264_kbps"] > 0 and report["latency_ms_median"] is not None

@@ -242,7 +242,8 @@ def test_a_call_sends_the_whole_frame_and_h264_at_the_same_size(model, turning) 
         show=lambda image, t: shown.append(image.shape[:2]), timeout=120.0))
     assert sending.whole_frame and sending.picture_size == (320, 240)
     assert sending.h264_track.size == (320, 240)
-    assert sending.sender_session.stats.keyframes == 1
+    # One keyframe, or two where the link adaptation upgrades the first cheap one (sender.link_adapt).
+    assert sending.sender_session.stats.keyframes in (1, 2)
     assert shown and set(shown) == {(240, 320)}
 
 

@@ -391,10 +391,10 @@ def test_calls_drop_the_refiner_when_it_does_not_fit_the_frame_interval(monkeypa
         refiner = object()
 
     slow, fast = Model(), Model()
-    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda model, frames=3: 30.0)  # 33 ms a frame
+    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda model, frames=3, size=None: 30.0)  # 33 ms a frame
     mode_choice.fit_refiner_to_budget(slow, fps=25.0)  # budget 10 ms
     assert slow.refiner is None
-    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda model, frames=3: 200.0)  # 5 ms
+    monkeypatch.setattr(mode_choice, "measure_render_fps", lambda model, frames=3, size=None: 200.0)  # 5 ms
     mode_choice.fit_refiner_to_budget(fast, fps=25.0)
     assert fast.refiner is not None
 
