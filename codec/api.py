@@ -387,8 +387,11 @@ class Encoder:
         source = None if received is None else self.model.prepare_source(received, job.info)
         current = memory.get(self._current_slot)
         memory.sent(slot, job.seq, source)
-        # Warp from it at once, unless a held reference serves until the receiver reports it.
-        now = not memory.acknowledged or current is None or not current.received or current.slot == slot
+        # Warp from it at once, unless the current reference serves until the receiver reports
+        # the new one. That holds also while the current one is itself unreported: it was sent
+        # earlier on the same ordered, reliable channel, so it arrives first, whereas motion on
+        # the audio packets can overtake a keyframe queued behind a slow link.
+        now = not memory.acknowledged or current is None or current.slot == slot
         if now:
             self._current_slot, self._local_source = slot, source
         self.stats.keyframe_slots.append(slot)
