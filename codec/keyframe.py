@@ -383,14 +383,7 @@ def decode_keyframe(data: bytes, codec: str | int = "webp") -> np.ndarray:
 
 def fit_square(image: np.ndarray, size: int) -> np.ndarray:
     """An H×W×3 uint8 RGB image resized to size×size (unchanged when it already is)."""
-    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
-            and image.dtype == np.uint8):
-        raise ValueError(f"expected an H×W×3 uint8 RGB image, got {getattr(image, 'shape', None)} "
-                         f"{getattr(image, 'dtype', None)}")
-    if image.shape[:2] == (size, size):
-        return np.ascontiguousarray(image)
-    shrinking = image.shape[0] > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return fit_frame(image, (size, size))
 
 
 # Whole frames are sent at the camera's own size up to this (width, height), by default.
@@ -408,12 +401,8 @@ def frame_size_within(width: int, height: int, limit: tuple[int, int] = DEFAULT_
 
 def fit_frame(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """An H×W×3 uint8 RGB image resized to size×size, or to (width, height) (unchanged when
-    it already is; :func:`fit_square` for a square)."""
-    if np.isscalar(size):
-        return fit_square(image, int(size))
-    width, height = (int(v) for v in size)
-    if width == height:
-        return fit_square(image, width)
+    it already is)."""
+    width, height = (int(size), int(size)) if np.isscalar(size) else (int(v) for v in size)
     if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
             and image.dtype == np.uint8):
         raise ValueError(f"expected an H×W×3 uint8 RGB image, got {getattr(image, 'shape', None)} "
