@@ -129,6 +129,15 @@ def motion_from_landmarks(landmarks_px: np.ndarray, size: int | tuple[int, int],
     return _motion_vector(pose, face.coefficients(offsets))
 
 
+# Whole frames: the landmarks are found on the face's box (codec.facecrop.box_from_landmarks,
+# the crop's own framing) resampled to this side, as on a 256-px crop; the box is held while
+# its centre stays within DETECT_BOX_SHIFT of its side from the face's and the face's size
+# within a factor DETECT_BOX_SCALE.
+DETECT_SIDE = 256
+DETECT_BOX_SHIFT = 0.1
+DETECT_BOX_SCALE = 1.15
+
+
 class LandmarkTracker(MotionTracker):
     """Per-stream landmark tracking on the sender's crops.
 
@@ -142,6 +151,9 @@ class LandmarkTracker(MotionTracker):
     def __init__(self, model: LandmarkModel) -> None:
         self.model = model
         self._last: np.ndarray | None = None  # landmarks of the last crop (crop pixels)
+        # Large pictures (whole frames): the face box the landmarks are found in, held still
+        # while the face stays in it (_box_holds), so a still face is seen on the same pixels.
+        self._box = None
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         """68×2 landmarks of one crop (or whole frame), or None when no face is there."""
@@ -157,24 +169,51 @@ class LandmarkTracker(MotionTracker):
         self._last = found
         return found
 
+    def _box_holds(self, landmarks: np.ndarray) -> bool:
+        """Whether the held face box still frames these landmarks the way a crop would: its
+        centre within DETECT_BOX_SHIFT of a box fitted to them, its size within
+        DETECT_BOX_SCALE, every landmark inside it."""
+        from codec.facecrop import box_from_landmarks
+
+        box, current = self._box, box_from_landmarks(landmarks)
+        ratio = current.size / box.size
+        return (float(np.hypot(current.cx - box.cx, current.cy - box.cy)) <= DETECT_BOX_SHIFT * box.size
+                and 1.0 / DETECT_BOX_SCALE <= ratio <= DETECT_BOX_SCALE and box.contains(landmarks, 0.02))
+
+    def _detect_in_box(self, image: np.ndarray) -> np.ndarray | None:
+        """Landmarks found in the held face box resampled to DETECT_SIDE px (what a 256-px
+        crop's tracker sees), in the picture's pixels."""
+        from codec.facecrop import detect_landmarks
+
+        box = self._box
+        found = detect_landmarks(box.crop(image, DETECT_SIDE), upsample=0)
+        if found is None:
+            return None
+        # cv2.resize maps pixel centres: source = (crop + 0.5) · side / DETECT_SIDE − 0.5.
+        return np.array([box.x0, box.y0]) + (found + 0.5) * (box.side / DETECT_SIDE) - 0.5
+
     def _detect_in_frame(self, image: np.ndarray) -> np.ndarray | None:
-        """Landmarks in a large picture (a whole camera frame): the detector runs on the
-        region around the last face, shrunk to about a crop's size (the cost of a 256-px
-        crop, not of the frame), the predictor on the full-resolution pixels; on the whole
-        frame (shrunk to 640 px for detection) when there is no last face or it is lost."""
+        """Landmarks in a large picture (a whole camera frame). They are found on the face's
+        box resampled to DETECT_SIDE px, like a 256-px crop's: the same pixels per face, so
+        the same motion (and the same bits) comes out at every picture size; the box is held
+        still while the face stays in it (re-detecting on a window that follows the last
+        landmarks fed their jitter back into the next detection: +5 % motion bits on the
+        dev clips). The whole frame (shrunk to 640 px) is searched when there is no box yet
+        or the face left it."""
         from codec.facecrop import box_from_landmarks, detect_landmarks
 
-        height, width = image.shape[:2]
-        if self._last is not None:
-            box = box_from_landmarks(self._last, scale=2.6, shift_up=0.0)
-            half = 0.5 * box.size
-            x0, y0 = max(0, int(box.cx - half)), max(0, int(box.cy - half))
-            x1, y1 = min(width, int(np.ceil(box.cx + half))), min(height, int(np.ceil(box.cy + half)))
-            if x1 - x0 >= 32 and y1 - y0 >= 32:
-                found = detect_landmarks(image[y0:y1, x0:x1], upsample=0, max_side=320)
-                if found is not None:
-                    return found + (x0, y0)
-        return detect_landmarks(image, max_side=640)
+        if self._box is not None and self._last is not None and not self._box_holds(self._last):
+            self._box = box_from_landmarks(self._last)
+        if self._box is not None:
+            found = self._detect_in_box(image)
+            if found is not None:
+                return found
+        whole = detect_landmarks(image, max_side=640)
+        if whole is None:
+            return None
+        self._box = box_from_landmarks(whole)
+        found = self._detect_in_box(image)
+        return whole if found is None else found
 
     def motion(self, image: np.ndarray) -> np.ndarray:
         self._check(image)
