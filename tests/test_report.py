@@ -120,10 +120,12 @@ def test_committed_readme_and_results_page_are_generated(tmp_path, monkeypatch) 
     """README.md's short table and docs/results.md's full one are exactly what the README's
     regenerate command writes from the committed results file: nothing typed by hand."""
     for name in ("README.md", "docs/results.md", "benchmarks/results/rd-dev-v4.json",
-                 "benchmarks/results/rd-dev-v4-summary.md"):
+                 "benchmarks/results/rd-dev-v4-summary.md", "benchmarks/results/rd-dev-frame.json",
+                 "benchmarks/results/rd-dev-frame-summary.md"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
-    assert report.main(["benchmarks/results/rd-dev-v4.json", "--readme", "README.md"]) == 0
+    assert report.main(["benchmarks/results/rd-dev-v4.json", "--frame-results",
+                        "benchmarks/results/rd-dev-frame.json", "--readme", "README.md"]) == 0
     for name in ("README.md", "docs/results.md"):
         assert (tmp_path / name).read_text() == (REPO / name).read_text(), name
