@@ -35,15 +35,22 @@ def model_from_args(args: argparse.Namespace, name: str | None = None) -> Talkin
 
 def add_keyframe_args(parser: argparse.ArgumentParser) -> None:
     """--keyframe-codec / --keyframe-quality: the shipped defaults (codec.keyframe) unless given."""
-    from codec.keyframe import DEFAULT_KEYFRAME_CODEC, DEFAULT_KEYFRAME_QUALITY, KEYFRAME_CODEC_IDS
+    from codec.keyframe import (
+        DEFAULT_KEYFRAME_CODEC,
+        DEFAULT_KEYFRAME_QUALITY,
+        KEYFRAME_CODEC_IDS,
+        WHOLE_FRAME_KEYFRAME_QUALITY,
+    )
 
     parser.add_argument("--keyframe-codec", choices=sorted(KEYFRAME_CODEC_IDS), default=DEFAULT_KEYFRAME_CODEC,
                         help="how keyframe images are coded (default: %(default)s): av1 takes ~35%% "
                              "fewer bytes than WebP for the same rebuilt frames, webp encodes ~15x "
                              "faster (a call codes keyframes off its frame loop either way)")
     qualities = ", ".join(f"{name} {q}" for name, q in DEFAULT_KEYFRAME_QUALITY.items())
+    whole = ", ".join(f"{name} {q}" for name, q in WHOLE_FRAME_KEYFRAME_QUALITY.items())
     parser.add_argument("--keyframe-quality", type=int, default=None,
-                        help=f"keyframe image quality, 1-100; none: the codec's ({qualities})")
+                        help=f"keyframe image quality, 1-100; none: the codec's ({qualities}; "
+                             f"whole frames: {whole})")
 
 
 def resolution(value: str) -> tuple[int, int]:

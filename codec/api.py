@@ -120,9 +120,11 @@ class Encoder:
         self.table = quant_table_for(model.layout, quality)
         self.intra_period = intra_period
         self.keyframe_codec = keyframe_codec
-        # None: the codec's default (codec.keyframe.DEFAULT_KEYFRAME_QUALITY)
+        # None: the codec's default for this picture (codec.keyframe.DEFAULT_KEYFRAME_QUALITY
+        # for face crops, WHOLE_FRAME_KEYFRAME_QUALITY for whole frames)
+        whole_frame = bool(getattr(model, "whole_frame", False))
         self.keyframe_quality = keyframe_quality if keyframe_quality is not None else \
-            default_keyframe_quality(keyframe_codec)
+            default_keyframe_quality(keyframe_codec, whole_frame)
         self.timebase = timebase
         self.frame_rate = frame_rate
         self._tracker = model.motion_tracker()
@@ -150,7 +152,7 @@ class Encoder:
         self._loop = None if refresh is None else RefreshLoop(
             refresh, model, self._tracker, frame_rate=frame_rate, keyframe_codec=probe_codec,
             keyframe_quality=self.keyframe_quality if probe_codec == keyframe_codec
-            else default_keyframe_quality(probe_codec))
+            else default_keyframe_quality(probe_codec, whole_frame))
         self._local_source = None  # the receiver's source state, for the closed loop and patches
         self.predicted_refresh = predicted_refresh and keyframe_worker is False
         self._predict_next = False  # the keyframe asked for is a closed-loop refresh

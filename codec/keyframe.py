@@ -33,6 +33,7 @@ __all__ = [
     "KeyframeOversizedError",
     "DEFAULT_KEYFRAME_CODEC",
     "DEFAULT_KEYFRAME_QUALITY",
+    "WHOLE_FRAME_KEYFRAME_QUALITY",
     "decode_keyframe",
     "default_keyframe_quality",
     "encode_keyframe",
@@ -52,6 +53,13 @@ KEYFRAME_CODEC_NAMES: dict[int, str] = {v: k for k, v in KEYFRAME_CODEC_IDS.item
 # lowest quality within +0.001 rebuilt LPIPS of the previous default (q78). AV1 q66 (CRF 21): -16 % bytes
 # against q78 for +0.0008 on train clips, -0.0001 on dev; WebP stays at q90 (q85: +0.0018).
 DEFAULT_KEYFRAME_QUALITY: dict[str, int] = {"webp": 90, "jpeg": 90, "av1": 66}
+# The same for whole camera frames (a model ``at_size(..., whole_frame=True)``): the face is a
+# small part of the picture and the keyframe's bytes go mostly to the background. On the 11
+# whole-frame dev clips (benchmarks/results/rd-dev-frame.json, one keyframe, 250 frames) AV1
+# q66 -> q46 (CRF 21 -> 34) took 15.0 -> 9.2 kbit/s for rebuilt LPIPS 0.1788 -> 0.1873, a
+# trade x264 makes at ~3x the cost (its matched-LPIPS ratio 3.7x -> 5.8x); q30 goes on to
+# 5.7 kbit/s but LPIPS 0.210.
+WHOLE_FRAME_KEYFRAME_QUALITY: dict[str, int] = {"webp": 90, "jpeg": 90, "av1": 46}
 # What files, calls and the rd benchmark's "ours" send unless asked otherwise: AV1 spends ~35 %
 # fewer keyframe bytes than WebP q90 at the same rebuilt LPIPS; a call codes it off the frame
 # loop (codec.keyframe_worker), since it takes ~110 ms.
@@ -86,9 +94,11 @@ def _codec_name(codec: str | int) -> str:
     return name
 
 
-def default_keyframe_quality(codec: str) -> int:
-    """The quality a codec's keyframes use unless asked otherwise."""
-    return DEFAULT_KEYFRAME_QUALITY[_codec_name(codec)]
+def default_keyframe_quality(codec: str, whole_frame: bool = False) -> int:
+    """The quality a codec's keyframes use unless asked otherwise: of face crops, or with
+    ``whole_frame`` of whole camera frames (:data:`WHOLE_FRAME_KEYFRAME_QUALITY`)."""
+    table = WHOLE_FRAME_KEYFRAME_QUALITY if whole_frame else DEFAULT_KEYFRAME_QUALITY
+    return table[_codec_name(codec)]
 
 
 def encode_keyframe(image_rgb: np.ndarray, codec: str = "webp", quality: int | None = None) -> bytes:

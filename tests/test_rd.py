@@ -62,6 +62,32 @@ def test_headline_ratio_and_akd_condition() -> None:
     assert out_of_range["ratio"] is None and out_of_range["counted"] is False
 
 
+def test_headlines_against_av1_and_in_the_steady_state() -> None:
+    """analysis' "headline_vs": the same matched-LPIPS ratio against SVT-AV1's payload curve and
+    against x264's steady-state rate; nothing where a run lacks that codec or that rate."""
+    from benchmarks.rd.curves import analysis, headlines_against
+
+    def row(codec, setting, kbps, steady, lpips, akd):
+        return {"codec": codec, "setting": setting, "payload_kbps": kbps, "wire_kbps": kbps + 1,
+                "steady_kbps": steady, "lpips": lpips, "akd": akd}
+
+    averages = [row("ours", "q3-kf0", 4.0, 1.0, 0.20, 2.5),
+                row("x264", "crf51", 10.0, 8.0, 0.30, 4.0), row("x264", "crf44", 40.0, 32.0, 0.10, 2.0),
+                row("av1", "crf63", 8.0, 6.0, 0.25, 2.0), row("av1", "crf52", 16.0, 12.0, 0.15, 1.5)]
+    [av1] = headlines_against(averages, "av1", "payload_kbps")
+    assert av1["against"] == "av1" and av1["av1_kbps"] == pytest.approx(8.0 * 2 ** 0.5)
+    assert av1["ratio"] == pytest.approx(2 * 2 ** 0.5) and av1["counted"] is False  # AKD 2.5 > 1.75
+    assert "av1's" in av1["reason"]
+    [steady] = headlines_against(averages, "x264", "steady_kbps")
+    assert steady["x264_kbps"] == pytest.approx(16.0) and steady["ratio"] == pytest.approx(16.0)
+    assert steady["counted"] is True
+    assert [(h["against"], h["rate_key"]) for h in analysis(averages)["headline_vs"]] == [
+        ("av1", "payload_kbps"), ("x264", "steady_kbps")]
+    no_steady = [a | {"steady_kbps": None} if a["codec"] == "x264" else a for a in averages]
+    assert headlines_against(no_steady, "x264", "steady_kbps") == []
+    assert "headline_vs" not in analysis([a for a in no_steady if a["codec"] != "av1"])
+
+
 def test_x264_two_crfs_on_tiny_clip() -> None:
     rng = np.random.default_rng(0)
     # A smooth moving pattern plus a little noise: compressible, but not trivially.

@@ -76,6 +76,27 @@ def test_short_section_headline_and_matched_x264(tmp_path) -> None:
     assert text.startswith("## Results\n") and "not counted for any setting (why not)." in text
 
 
+def test_protocol_rows_one_per_run_with_ratios_against_x264_av1_and_steady(tmp_path) -> None:
+    crop = _results()
+    frame = _results() | {"averages": [
+        _row("ours", "q3-kf0-kq40", 6.0, 0.30) | {"steady_kbps": 1.0},
+        _row("ours", "q3-kf0", 10.0, 0.20, 1.2) | {"steady_kbps": 2.0},
+        _row("x264", "crf51", 10.0, 0.30, 4.0) | {"steady_kbps": 8.0},
+        _row("x264", "crf44", 40.0, 0.10, 2.0) | {"steady_kbps": 32.0},
+        _row("av1", "crf63", 8.0, 0.25, 1.0) | {"steady_kbps": 6.0},
+        _row("av1", "crf52", 16.0, 0.15, 1.0) | {"steady_kbps": 12.0}]}
+    readme = tmp_path
+    rows = report.protocol_rows([("256 crop", crop, tmp_path / "r" / "crop.json"),
+                                 ("whole frame", frame, tmp_path / "r" / "frame.json")], readme)
+    assert rows[0].startswith("| protocol | clips | our setting |") and len(rows) == 4
+    # The crop run has no SVT-AV1 and no steady rate: said, not guessed.
+    assert rows[2].startswith("| [256 crop](r/crop.json) | 2 | q3-kf0 | 8.5 | n/a | 0.138 | 1.3 | ")
+    assert rows[2].endswith("| n/a (not in this run) | n/a (not in this run) |")
+    # The whole frame: the shipped one-keyframe setting, not the -kq variant listed first.
+    assert rows[3].startswith("| [whole frame](r/frame.json) | 2 | q3-kf0 | 10 | 2 | 0.2 | 1.2 | 2× | ")
+    assert "| 1.13× (not counted: AKD worse) | 8× |" in rows[3]
+
+
 def test_rerun_changes_nothing_and_docs_path_is_free(tmp_path, monkeypatch) -> None:
     results = tmp_path / "benchmarks" / "results" / "rd-dev.json"
     results.parent.mkdir(parents=True)
@@ -99,10 +120,12 @@ def test_committed_readme_and_results_page_are_generated(tmp_path, monkeypatch) 
     """README.md's short table and docs/results.md's full one are exactly what the README's
     regenerate command writes from the committed results file: nothing typed by hand."""
     for name in ("README.md", "docs/results.md", "benchmarks/results/rd-dev-v4.json",
-                 "benchmarks/results/rd-dev-v4-summary.md"):
+                 "benchmarks/results/rd-dev-v4-summary.md", "benchmarks/results/rd-dev-frame.json",
+                 "benchmarks/results/rd-dev-frame-summary.md"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
-    assert report.main(["benchmarks/results/rd-dev-v4.json", "--readme", "README.md"]) == 0
+    assert report.main(["benchmarks/results/rd-dev-v4.json", "--frame-results",
+                        "benchmarks/results/rd-dev-frame.json", "--readme", "README.md"]) == 0
     for name in ("README.md", "docs/results.md"):
         assert (tmp_path / name).read_text() == (REPO / name).read_text(), name

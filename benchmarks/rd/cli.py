@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     untrained = bool(model is not None and model.untrained)
     command = "python -m benchmarks.rd " + " ".join(
         sys.argv[1:] if argv is None else list(argv))
-    keyframes = shipped_keyframes(args.keyframe_codec, args.keyframe_quality)
+    keyframes = shipped_keyframes(args.keyframe_codec, args.keyframe_quality, whole_frame=args.frame)
     size = "frame" if args.frame else args.size
     store = ResultStore(out / "results.json", run_meta(
         args.name or out.name, command, untrained, size, args.frames, args.metric_every, source,
@@ -161,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         keyframe_quality=args.keyframe_quality,
                                         keyframe_codec=args.keyframe_codec,
                                         references=args.reference_counts,
-                                        reference_policy=args.reference_policy), model,
+                                        reference_policy=args.reference_policy,
+                                        whole_frame=args.frame), model,
                   size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)
     started = time.perf_counter()

@@ -96,11 +96,12 @@ def value_at_rate(rates: Sequence[float], values: Sequence[float], rate: float) 
 
 
 def headline(ours: dict[str, float], x264_curve: list[dict[str, float]],
-             rate_key: str = "payload_kbps") -> dict[str, Any]:
+             rate_key: str = "payload_kbps", against: str = "x264") -> dict[str, Any]:
     """x264 rate needed to match our LPIPS (interpolated on x264's curve) ÷ our rate.
 
     Counted only where our AKD is no worse than x264's AKD at that matched rate (else the
-    match rewards sharp frames that do not move, as the frozen keyframe shows)."""
+    match rewards sharp frames that do not move, as the frozen keyframe shows). ``against``:
+    the curve's codec, for the reasons' wording (the same sum runs against any baseline)."""
     rates = [p[rate_key] for p in x264_curve]
     lpips = [p.get("lpips") for p in x264_curve]
     out: dict[str, Any] = {"rate_key": rate_key, "ours_kbps": ours.get(rate_key),
@@ -110,18 +111,18 @@ def headline(ours: dict[str, float], x264_curve: list[dict[str, float]],
     matched = rate_for_quality(rates, lpips, ours["lpips"], lower_is_better=True)
     if matched is None:
         best = min(lpips)
-        why = ("our LPIPS is better than x264's best point" if ours["lpips"] < best
-               else "our LPIPS is worse than x264's floor")
+        why = (f"our LPIPS is better than {against}'s best point" if ours["lpips"] < best
+               else f"our LPIPS is worse than {against}'s floor")
         return out | {"ratio": None, "counted": False, "reason": why}
-    out["x264_kbps"] = matched
+    out[f"{against}_kbps"] = matched
     out["ratio"] = matched / ours[rate_key] if ours[rate_key] else None
     x264_akd = value_at_rate(rates, [p.get("akd") for p in x264_curve], matched)
-    out["x264_akd_at_match"] = x264_akd
+    out[f"{against}_akd_at_match"] = x264_akd
     if ours.get("akd") is None or x264_akd is None:
         return out | {"counted": False, "reason": "AKD unavailable"}
     counted = ours["akd"] <= x264_akd
     return out | {"counted": counted,
-                  "reason": "ok" if counted else "our AKD is worse than x264's at the matched rate"}
+                  "reason": "ok" if counted else f"our AKD is worse than {against}'s at the matched rate"}
 
 
 def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -143,8 +144,29 @@ def curves_by_codec(averages: list[dict[str, Any]]) -> dict[str, list[dict[str, 
     return curves
 
 
+# The other matched-LPIPS ratios (``analysis``'s "headline_vs"): (baseline, rate): the payload
+# against SVT-AV1, and the steady state (payload after the first second, where a call spends
+# its minutes; the keyframe falls out) against x264's own steady state.
+OTHER_HEADLINES = (("av1", "payload_kbps"), ("x264", "steady_kbps"))
+
+
+def headlines_against(averages: list[dict[str, Any]], against: str,
+                      rate_key: str) -> list[dict[str, Any]]:
+    """``headline`` for each of our averaged settings against ``against``'s curve on
+    ``rate_key`` (both sides' rates in that key); empty where that codec or rate is missing."""
+    curve = [{"lpips": p.get("lpips"), "akd": p.get("akd"), rate_key: p.get(rate_key)}
+             for p in curves_by_codec(averages).get(against, [])]
+    if not curve or any(p[rate_key] is None for p in curve):
+        return []
+    return [{"setting": row["setting"], "against": against}
+            | headline({"lpips": row.get("lpips"), "akd": row.get("akd"), rate_key: row[rate_key]},
+                       curve, rate_key=rate_key, against=against)
+            for row in averages if row["codec"] == "ours" and row.get(rate_key) is not None]
+
+
 def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
-    """Headline ratios (each of our settings against x264) and BD-rates against x264."""
+    """Headline ratios (each of our settings against x264; ``headline_vs``: against SVT-AV1 and
+    in the steady state) and BD-rates against x264."""
     curves = curves_by_codec(averages)
     x264 = curves.get("x264", [])
     out: dict[str, Any] = {"headline": [], "bd_rate_vs_x264": {}}
@@ -156,6 +178,9 @@ def analysis(averages: list[dict[str, Any]]) -> dict[str, Any]:
                                 [{"lpips": p.get("lpips"), "akd": p.get("akd"),
                                   rate_key: p[x264_key]} for p in x264], rate_key=rate_key)
                 out["headline"].append({"setting": row["setting"]} | item)
+    others = [h for against, rate_key in OTHER_HEADLINES for h in headlines_against(averages, against, rate_key)]
+    if others:
+        out["headline_vs"] = others
     for label, points in curves.items():
         if label == "x264" or not x264 or label == "frozen":
             continue

@@ -180,6 +180,19 @@ def markdown_summary(data: dict[str, Any], plot_paths: Sequence[str]) -> str:
                 f"{format_cell(h.get('ours_akd'))} | {format_cell(h.get('x264_akd_at_match'))} | "
                 f"{'yes' if h.get('counted') else 'no: ' + h.get('reason', '')} |")
         lines.append("")
+    if ana.get("headline_vs"):
+        lines += [("## Against SVT-AV1, and in the steady state (after the first second): the "
+                   "baseline's rate to match our LPIPS ÷ ours"), "",
+                  ("| our setting | against | rate | ours kbit/s | theirs at our LPIPS | ratio | "
+                   "our AKD | their AKD there | counted |"), "|" + " --- |" * 9]
+        for h in ana["headline_vs"]:
+            against = h.get("against", "x264")
+            lines.append(
+                f"| {h['setting']} | {against} | {h['rate_key']} | {format_cell(h.get('ours_kbps'))} | "
+                f"{format_cell(h.get(f'{against}_kbps'))} | {format_cell(h.get('ratio'))} | "
+                f"{format_cell(h.get('ours_akd'))} | {format_cell(h.get(f'{against}_akd_at_match'))} | "
+                f"{'yes' if h.get('counted') else 'no: ' + h.get('reason', '')} |")
+        lines.append("")
     if ana.get("bd_rate_vs_x264"):
         lines += [("## BD-rate against x264 (payload kbit/s; negative = fewer bits for the same "
                    "quality; log-rate interpolated piecewise-linearly on each curve's monotone "

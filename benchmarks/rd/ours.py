@@ -62,16 +62,18 @@ def _refresh_name(refresh: float | str) -> str:
 
 def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True,
                   keyframe_quality: int | None = None, keyframe_codec: str | None = None,
-                  references: int = 1, reference_policy: str = "lru") -> list[Setting]:
+                  references: int = 1, reference_policy: str = "lru",
+                  whole_frame: bool = False) -> list[Setting]:
     """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
     (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-k<codec>`` when
     keyframes are not the shipped codec, ``-kq<Q>`` when their quality is not the codec's
     default, ``-r<K>`` with K > 1 reference slots, ``-rcov`` when they are replaced by pose
-    coverage). None: what ``compress`` and a call send (:func:`shipped_keyframes`)."""
+    coverage). None: what ``compress`` and a call send (:func:`shipped_keyframes`; of whole
+    frames with ``whole_frame``)."""
     from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
 
     keyframe_codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
-    default = default_keyframe_quality(keyframe_codec)
+    default = default_keyframe_quality(keyframe_codec, whole_frame)
     quality = default if keyframe_quality is None else keyframe_quality
     suffix = ("" if patches else "-nopatch") \
         + ("" if keyframe_codec == DEFAULT_KEYFRAME_CODEC else f"-k{keyframe_codec}") \
@@ -85,16 +87,18 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
             for r, q in points]
 
 
-def shipped_keyframes(keyframe_codec: str | None = None, keyframe_quality: int | None = None) -> dict[str, Any]:
+def shipped_keyframes(keyframe_codec: str | None = None, keyframe_quality: int | None = None,
+                      whole_frame: bool = False) -> dict[str, Any]:
     """Ours' keyframe codec and quality in a run (None: the shipped defaults of
-    ``codec.keyframe``, what ``compress`` and a call send) and whether they are those."""
+    ``codec.keyframe``, what ``compress`` and a call send, for crops or ``whole_frame``s) and
+    whether they are those."""
     from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
 
     codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
-    quality = default_keyframe_quality(codec) if keyframe_quality is None else keyframe_quality
+    quality = default_keyframe_quality(codec, whole_frame) if keyframe_quality is None else keyframe_quality
     return {"codec": codec, "quality": quality,
             "shipped_default": (codec, quality) == (DEFAULT_KEYFRAME_CODEC,
-                                                    default_keyframe_quality(DEFAULT_KEYFRAME_CODEC))}
+                                                    default_keyframe_quality(DEFAULT_KEYFRAME_CODEC, whole_frame))}
 
 
 def refresh_policy(refresh: float | str) -> Any:
@@ -163,7 +167,7 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     except ValueError:
         if whole_frame:
             raise
-    keyframes = shipped_keyframes(keyframe_codec, keyframe_quality)
+    keyframes = shipped_keyframes(keyframe_codec, keyframe_quality, whole_frame)
     keyframe_codec, keyframe_quality = keyframes["codec"], keyframes["quality"]
     encoder = Encoder(model, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
                       keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec,

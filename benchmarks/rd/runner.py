@@ -29,8 +29,9 @@ log = logging.getLogger("benchmarks.rd")
 def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | str, int]],
                    quick: bool, patches: bool = True, keyframe_quality: int | None = None,
                    keyframe_codec: str | None = None, references: Sequence[int] = (1,),
-                   reference_policy: str = "lru") -> list[Setting]:
-    """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``)."""
+                   reference_policy: str = "lru", whole_frame: bool = False) -> list[Setting]:
+    """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``;
+    ``whole_frame``: our keyframes' default is the whole-frame one)."""
     settings: list[Setting] = []
     for codec in codecs:
         if codec in ("x264", "vp8", "vp9", "av1"):
@@ -40,7 +41,7 @@ def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | st
         elif codec == "ours":
             for k in references:
                 settings += ours_settings(ours_points, patches, keyframe_quality, keyframe_codec,
-                                          k, reference_policy)
+                                          k, reference_policy, whole_frame)
     return settings
 
 
