@@ -39,7 +39,7 @@ from codec.keyframe import (
 )
 from codec.keyframe_worker import CodedKeyframe, KeyframeJob, KeyframeWorker, code_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionEncoder, quant_table_for
-from codec.predicted_keyframe import code_refresh
+from codec.predicted_keyframe import DEFAULT_CRF, MAX_CRF, code_refresh
 from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
 from codec.reference_memory import ReferenceMemory, SentReference
 from codec.refresh import Alternative, LoopEvent, RefreshLoop, RefreshPolicy
@@ -95,7 +95,7 @@ class Encoder:
                  patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS,
                  keyframe_worker: bool = False, references: int | None = None,
                  reference_policy: str = "lru", acknowledged_references: bool = False,
-                 predicted_refresh: bool = True) -> None:
+                 predicted_refresh: bool = True, predicted_crf: int = DEFAULT_CRF) -> None:
         """``references``: K, the keyframe slots the receiver keeps (the stream header says
         it; None: ``DEFAULT_REFERENCES`` with a ``refresh`` policy, else 1); with the closed
         loop the sender warps each frame from the held one that rebuilds it best
@@ -112,7 +112,8 @@ class Encoder:
 
         ``predicted_refresh``: a closed-loop refresh is also coded against the warp of the
         reference the receiver holds (:mod:`codec.predicted_keyframe`) and sent that way when
-        smaller at about the same quality (not with the keyframe worker: those are whole)."""
+        smaller at about the same quality (not with the keyframe worker: those are whole), its
+        x264 frames at CRF ``predicted_crf``."""
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
@@ -153,6 +154,9 @@ class Encoder:
             else default_keyframe_quality(probe_codec))
         self._local_source = None  # the receiver's source state, for the closed loop and patches
         self.predicted_refresh = predicted_refresh and keyframe_worker is False
+        if not 0 <= predicted_crf <= MAX_CRF:
+            raise ValueError(f"predicted_crf must be 0-{MAX_CRF}, not {predicted_crf}")
+        self.predicted_crf = int(predicted_crf)
         self._predict_next = False  # the keyframe asked for is a closed-loop refresh
         self._refresh_motion = None  # the motion of the frame the next keyframe is taken from
         self.always_predict = False  # every refresh predicted, whatever it costs (drift benchmarks)
@@ -372,7 +376,7 @@ class Encoder:
             return self._keyframe_out(code_keyframe(job))
         slot = self._memory.slot_for_new(self._current_slot, None)
         choice = code_refresh(self.model, self._local_source, base.slot, base.seq, job, motion, slot=slot,
-                              always=self.always_predict)
+                              crf=self.predicted_crf, always=self.always_predict)
         self.last_refresh = choice
         self.stats.refresh_choices.append((job.seq, choice.predicted_bytes, choice.whole_bytes, choice.predicted))
         self.stats.predicted_keyframes += int(choice.predicted)
