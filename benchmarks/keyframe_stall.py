@@ -1,5 +1,8 @@
 """How long a keyframe stalls a call's frame loop: WebP or AV1 coded on the loop, or AV1 coded
-off it (``Encoder(keyframe_worker=True)``, what a call does), measured in the same run.
+off it (``Encoder(keyframe_worker=True)``, what a call does), measured in the same run; and a
+refresh predicted from the held reference (``codec.predicted_keyframe``: coded both ways, the
+predicted packet sent) on the loop (``predicted-sync``) or off it (``predicted-worker``, what a
+call does with the closed loop).
 
 A call-like loop on a real clip's protocol crops (``benchmarks.rd``'s, the first clip of a
 manifest split): frames paced at ``--fps`` in real time, ``Encoder.encode`` on each (landmarks,
@@ -8,7 +11,8 @@ Per mode: ``encode_ms`` (wall time of each ``encode`` call) and ``late_ms`` (how
 slot each frame's packets were ready: finish − (due + 1/fps), 0 when on time), as median, p99
 and max over all frames, the frames that overran their slot, and with the worker how many frames
 after its own each keyframe went out and how many frames at the start sent no motion (the
-receiver held no keyframe yet). ``--rounds`` 2 runs the modes A B C, then C B A (the shared
+receiver held no keyframe yet); with predicted refreshes their bytes beside the whole keyframes
+coded for the same frames. ``--rounds`` 2 runs the modes A B C, then C B A (the shared
 machine's load drifts), and pools each mode's frames.
 
     python -m benchmarks.keyframe_stall --frames 250 --out benchmarks/results/keyframe-stall.json
@@ -27,7 +31,10 @@ import numpy as np
 
 from codec.bitstream import PacketType
 
-MODES = {"webp-sync": ("webp", False), "av1-sync": ("av1", False), "av1-worker": ("av1", True)}
+# mode: (keyframe codec, coded off the loop, refreshes predicted from the held reference)
+MODES = {"webp-sync": ("webp", False, False), "av1-sync": ("av1", False, False), "av1-worker": ("av1", True, False),
+         "predicted-sync": ("av1", False, True), "predicted-worker": ("av1", True, True)}
+DEFAULT_MODES = ("webp-sync", "av1-sync", "av1-worker")
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -36,11 +43,16 @@ def _stats(values: list[float]) -> dict[str, float]:
             "max": float(array.max()), "mean": float(array.mean())}
 
 
-def run_mode(model, crops: np.ndarray, codec: str, worker: bool, fps: float, keyframe_every: int) -> dict:
-    """One paced pass over the crops with one keyframe setting: per-frame lists, and counts."""
+def run_mode(model, crops: np.ndarray, codec: str, worker: bool, fps: float, keyframe_every: int,
+             predicted: bool = False) -> dict:
+    """One paced pass over the crops with one keyframe setting: per-frame lists, and counts.
+    ``predicted``: each keyframe after the first is a refresh predicted from the one before
+    (every one, whatever it costs: the cost of coding it both ways is what is measured)."""
     from codec.api import Encoder
 
-    encoder = Encoder(model, keyframe_codec=codec, keyframe_worker=worker, frame_rate=fps)
+    encoder = Encoder(model, keyframe_codec=codec, keyframe_worker=worker, frame_rate=fps,
+                      predicted_refresh=predicted)
+    encoder.always_predict = predicted
     encode_ms, late_ms, sent_at = [], [], []
     interval = 1.0 / fps
     start = time.perf_counter() + 0.05
@@ -49,28 +61,36 @@ def run_mode(model, crops: np.ndarray, codec: str, worker: bool, fps: float, key
         if (delay := due - time.perf_counter()) > 0:
             time.sleep(delay)
         if i and keyframe_every and i % keyframe_every == 0:
-            encoder.request_keyframe("periodic")
+            encoder.request_keyframe("periodic", refresh=predicted)
         began = time.perf_counter()
         packets = encoder.encode(np.ascontiguousarray(crop), i / fps)
         done = time.perf_counter()
         encode_ms.append(1000.0 * (done - began))
         late_ms.append(max(0.0, 1000.0 * (done - due - interval)))
-        sent_at += [i for p in packets if p[0] == PacketType.KEYFRAME]
+        sent_at += [i for p in packets if p[0] in (PacketType.KEYFRAME, PacketType.PREDICTED_KEYFRAME)]
     encoder.close()
     stats = encoder.stats
     taken = [seq for seq, _ in stats.keyframe_reasons]
     return {"encode_ms": encode_ms, "late_ms": late_ms, "keyframes": stats.keyframes,
             "keyframe_bytes": stats.keyframe_bytes,
             "keyframe_delay_frames": [sent - seq for seq, sent in zip(taken, sent_at)],
-            "frames_without_motion": stats.skipped}
+            "frames_without_motion": stats.skipped,
+            # (frame, predicted packet bytes, whole keyframe packet bytes, predicted sent)
+            "refresh_choices": [list(choice) for choice in stats.refresh_choices]}
 
 
-def pooled(codec: str, worker: bool, passes: list[dict]) -> dict:
+def pooled(codec: str, worker: bool, predicted: bool, passes: list[dict]) -> dict:
     """A mode's passes pooled: median, p99 and max of every frame's encode and lateness."""
     encode_ms = [v for run in passes for v in run["encode_ms"]]
     late_ms = [v for run in passes for v in run["late_ms"]]
     keyframes = sum(run["keyframes"] for run in passes)
-    return {"codec": codec, "worker": worker, "passes": len(passes), "frames": len(encode_ms),
+    choices = [c for run in passes for c in run["refresh_choices"]]
+    refreshes = {} if not choices else {
+        "refreshes": len(choices), "predicted_sent": sum(c[3] for c in choices),
+        "predicted_bytes_mean": float(np.mean([c[1] for c in choices])),
+        "whole_bytes_mean": float(np.mean([c[2] for c in choices]))}
+    return {"codec": codec, "worker": worker, "predicted": predicted, **refreshes,
+            "passes": len(passes), "frames": len(encode_ms),
             "encode_ms": _stats(encode_ms), "late_ms": _stats(late_ms),
             "late_frames": int(sum(v > 0 for v in late_ms)), "keyframes": keyframes,
             "keyframe_bytes_mean": sum(run["keyframe_bytes"] for run in passes) / max(keyframes, 1),
@@ -87,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=250)
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--keyframe-every", type=int, default=50, help="frames between keyframes (default: %(default)s)")
-    p.add_argument("--modes", default=",".join(MODES), help="of %(default)s")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"of {','.join(MODES)} (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, help="passes per mode, alternating order (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="OpenCV threads (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="write the JSON here")
@@ -105,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     model = resolve_model("landmark", refiner=False)  # the sender never loads the refiner
     run_mode(model, crops[:10], "webp", False, args.fps, 0)  # warm-up: dlib, OpenCV, PyAV
     modes = args.modes.split(",")
+    if unknown := sorted(set(modes) - set(MODES)):
+        p.error(f"unknown modes {unknown}; have {list(MODES)}")
     passes: dict[str, list[dict]] = {mode: [] for mode in modes}
     for round_index in range(args.rounds):
         for mode in modes if round_index % 2 == 0 else modes[::-1]:
-            codec, worker = MODES[mode]
-            passes[mode].append(run_mode(model, crops, codec, worker, args.fps, args.keyframe_every))
+            codec, worker, predicted = MODES[mode]
+            passes[mode].append(run_mode(model, crops, codec, worker, args.fps, args.keyframe_every, predicted))
     results = {}
     for mode in modes:
         results[mode] = row = pooled(*MODES[mode], passes[mode])

@@ -19,6 +19,7 @@ none does. What the packets cost on a call's wire is :mod:`rtc.wire_cost`'s busi
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from codec.keyframe import (
 )
 from codec.keyframe_worker import CodedKeyframe, KeyframeJob, KeyframeWorker, code_keyframe
 from codec.motion_coding import DEFAULT_QUALITY, MotionEncoder, quant_table_for
-from codec.predicted_keyframe import code_refresh
+from codec.predicted_keyframe import DEFAULT_CRF, MAX_CRF, RefreshChoice, code_refresh
 from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
 from codec.reference_memory import ReferenceMemory, SentReference
 from codec.refresh import Alternative, LoopEvent, RefreshLoop, RefreshPolicy
@@ -81,6 +82,32 @@ class EncoderStats:
     # bytes, whole keyframe packet bytes, predicted sent); the predicted ones are in ``keyframes``.
     refresh_choices: list[tuple[int, int, int, bool]] = field(default_factory=list)
     predicted_keyframes: int = 0
+    # Predicted refreshes coded off the frame loop and dropped: their base left the receiver
+    # (or the stream restarted) while they were coded; a whole keyframe is asked for instead.
+    predicted_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class RefreshPlan:
+    """A closed-loop refresh to predict from the reference the receiver holds: the base
+    (``base_slot``, the keyframe of frame ``base_seq``, its ``source``), the frame's ``motion``
+    and the ``slot`` the new reference fills; ``generation`` counts the sender's restarts."""
+
+    base_slot: int
+    base_seq: int
+    source: object
+    motion: np.ndarray
+    slot: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class CodedRefresh:
+    """A refresh the keyframe worker coded both ways (``choice``), with its plan."""
+
+    job: KeyframeJob
+    plan: RefreshPlan
+    choice: RefreshChoice
 
 
 class Encoder:
@@ -95,7 +122,7 @@ class Encoder:
                  patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS,
                  keyframe_worker: bool = False, references: int | None = None,
                  reference_policy: str = "lru", acknowledged_references: bool = False,
-                 predicted_refresh: bool = True) -> None:
+                 predicted_refresh: bool = True, predicted_crf: int = DEFAULT_CRF) -> None:
         """``references``: K, the keyframe slots the receiver keeps (the stream header says
         it; None: ``DEFAULT_REFERENCES`` with a ``refresh`` policy, else 1); with the closed
         loop the sender warps each frame from the held one that rebuilds it best
@@ -112,7 +139,11 @@ class Encoder:
 
         ``predicted_refresh``: a closed-loop refresh is also coded against the warp of the
         reference the receiver holds (:mod:`codec.predicted_keyframe`) and sent that way when
-        smaller at about the same quality (not with the keyframe worker: those are whole)."""
+        smaller at about the same quality, its x264 frames at CRF ``predicted_crf``. With the
+        keyframe worker (a call) the refresh is coded off the frame loop too, only from a base
+        the receiver reported holding; no reference patches go out while it is coded (they
+        would change the base it predicts from), and one whose base is gone by the time it is
+        done is dropped for a whole keyframe."""
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
@@ -154,7 +185,12 @@ class Encoder:
             keyframe_quality=self.keyframe_quality if probe_codec == keyframe_codec
             else default_keyframe_quality(probe_codec, whole_frame))
         self._local_source = None  # the receiver's source state, for the closed loop and patches
-        self.predicted_refresh = predicted_refresh and keyframe_worker is False
+        self.predicted_refresh = predicted_refresh
+        self._generation = 0  # restarts so far: a refresh planned before one is void
+        self._refresh_coding = False  # the worker codes a predicted refresh: patches wait
+        if not 0 <= predicted_crf <= MAX_CRF:
+            raise ValueError(f"predicted_crf must be 0-{MAX_CRF}, not {predicted_crf}")
+        self.predicted_crf = int(predicted_crf)
         self._predict_next = False  # the keyframe asked for is a closed-loop refresh
         self._refresh_motion = None  # the motion of the frame the next keyframe is taken from
         self.always_predict = False  # every refresh predicted, whatever it costs (drift benchmarks)
@@ -222,6 +258,7 @@ class Encoder:
             # stale ones), so the next keyframe is used at once.
             self._memory.clear()
             self._current_slot, self._local_source = None, None
+            self._generation += 1
 
     def references_held(self, held: dict[int, int]) -> None:
         """The receiver reports the references it holds: slot -> its keyframe's frame (a call's
@@ -295,14 +332,19 @@ class Encoder:
         worker = self._worker
         # A keyframe the worker finished goes out before this frame's motion, which it serves.
         coded = worker.take() if worker is not None else None
-        packets = [] if coded is None else [self._keyframe_out(coded)]
+        packets = [] if coded is None else self._coded_out(coded)
         if self._keyframe_requested and not (worker is not None and worker.busy):
             predict = self._predict_next and self._local_source is not None and self.predicted_refresh
             job = self._keyframe_job(crop, seq, ticks, copy=worker is not None, vector=vector)
+            plan = self._refresh_plan() if predict else None
             if worker is None:
-                packets.append(self._refresh_out(job) if predict else self._keyframe_out(code_keyframe(job)))
-            else:
+                packets.append(self._keyframe_out(code_keyframe(job)) if plan is None
+                               else self._choice_out(job, plan, self._code_refresh(plan, job)))
+            elif plan is None:
                 worker.submit(job)
+            else:
+                self._refresh_coding = True
+                worker.submit(job, functools.partial(self._coded_refresh, plan))
         self._apply_report()
         if self._restart_from is not None:
             self.stats.skipped += 1  # the receiver could render nothing from this motion
@@ -313,7 +355,7 @@ class Encoder:
         decoded = self._motion.last_decoded
         self._note_use(seq, decoded)
         if self._patch_sender is not None and self._local_source is not None and decoded is not None \
-                and not self.patches_paused:
+                and not self.patches_paused and not self._refresh_coding:
             # Before the motion packet: they apply to this frame, and belong to its reference.
             sender = self._patch_sender
             packets += sender.packets(self._local_source, crop, decoded, seq, ticks, timestamp,
@@ -362,23 +404,53 @@ class Encoder:
                                   image_bytes=coded.data, info=job.info, slot=slot)
         return self._reference_out(job, keyframe.pack(), slot, coded.received)
 
-    def _refresh_out(self, job: KeyframeJob) -> bytes:
-        """A closed-loop refresh, coded whole and predicted from the reference the frames warp
-        from now (held by the receiver); the predicted packet goes out when it is smaller at
-        about the same quality. Either fills the slot a new keyframe would."""
+    def _refresh_plan(self) -> RefreshPlan | None:
+        """A closed-loop refresh predicted from the reference the frames warp from now, when
+        the receiver holds it (a call: has reported it) and the frame's motion is known; None:
+        the refresh goes out whole."""
         motion = self._refresh_motion
         base = self._memory.get(self._current_slot)
         width, height = self.model.frame_size
         if (motion is None or not np.all(np.isfinite(motion)) or base is None or not base.received
-                or width % 2 or height % 2):  # (x264's 4:2:0 wants even sides)
-            return self._keyframe_out(code_keyframe(job))
-        slot = self._memory.slot_for_new(self._current_slot, None)
-        choice = code_refresh(self.model, self._local_source, base.slot, base.seq, job, motion, slot=slot,
-                              always=self.always_predict)
+                or self._local_source is None or width % 2 or height % 2):  # (x264's 4:2:0 wants even sides)
+            return None
+        return RefreshPlan(base.slot, base.seq, self._local_source, np.array(motion, copy=True),
+                           self._memory.slot_for_new(self._current_slot, None), self._generation)
+
+    def _code_refresh(self, plan: RefreshPlan, job: KeyframeJob) -> RefreshChoice:
+        """The refresh coded whole and predicted (pure: the keyframe worker's thread may run it)."""
+        return code_refresh(self.model, plan.source, plan.base_slot, plan.base_seq, job, plan.motion,
+                            slot=plan.slot, crf=self.predicted_crf, always=self.always_predict)
+
+    def _coded_refresh(self, plan: RefreshPlan, job: KeyframeJob) -> CodedRefresh:
+        return CodedRefresh(job, plan, self._code_refresh(plan, job))
+
+    def _coded_out(self, coded: CodedKeyframe | CodedRefresh) -> list[bytes]:
+        """The packet of what the keyframe worker finished. A predicted refresh whose base the
+        receiver no longer holds (it reported otherwise, or the stream restarted) would only
+        make it ask for a keyframe: dropped, and a whole one asked for."""
+        if isinstance(coded, CodedKeyframe):
+            return [self._keyframe_out(coded)]
+        self._refresh_coding = False
+        plan, choice = coded.plan, coded.choice
+        base = self._memory.get(plan.base_slot)
+        if plan.generation != self._generation or (
+                choice.predicted and (base is None or base.seq != plan.base_seq or not base.received)):
+            self.stats.predicted_dropped += 1
+            log.info("predicted refresh of frame %d dropped: its base (frame %d) is no longer held",
+                     coded.job.seq, plan.base_seq)
+            if plan.generation == self._generation:
+                self.request_keyframe(coded.job.reason)
+            return []
+        return [self._choice_out(coded.job, plan, choice)]
+
+    def _choice_out(self, job: KeyframeJob, plan: RefreshPlan, choice: RefreshChoice) -> bytes:
+        """A closed-loop refresh coded both ways goes out (the predicted packet when it is
+        smaller at about the same quality); either fills the slot a new keyframe would."""
         self.last_refresh = choice
         self.stats.refresh_choices.append((job.seq, choice.predicted_bytes, choice.whole_bytes, choice.predicted))
         self.stats.predicted_keyframes += int(choice.predicted)
-        return self._reference_out(job, choice.packet, slot, choice.received)
+        return self._reference_out(job, choice.packet, plan.slot, choice.received)
 
     def _reference_out(self, job: KeyframeJob, packet: bytes, slot: int, received: np.ndarray | None) -> bytes:
         """A keyframe packet (whole or predicted) into ``slot`` goes out: the sender's record of

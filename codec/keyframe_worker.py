@@ -13,8 +13,10 @@ the closed loop counts the new keyframe from its own frame (``RefreshLoop.keyfra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,21 +61,23 @@ class KeyframeWorker:
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        self._job: Future[CodedKeyframe] | None = None
+        self._job: Future[Any] | None = None
 
     @property
     def busy(self) -> bool:
         """A keyframe is being coded, or is coded and not yet taken."""
         return self._job is not None
 
-    def submit(self, job: KeyframeJob) -> None:
+    def submit(self, job: KeyframeJob, code: Callable[[KeyframeJob], Any] = code_keyframe) -> None:
+        """Code ``job`` on the thread: with ``code_keyframe`` (whole), or another coder of it
+        (the Encoder's predicted refresh, which returns what ``take`` then gives back)."""
         if self._job is not None:
             raise RuntimeError("a keyframe is already being coded")
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyframe-encode")
-        self._job = self._pool.submit(code_keyframe, job)
+        self._job = self._pool.submit(code, job)
 
-    def take(self) -> CodedKeyframe | None:
+    def take(self) -> Any:
         """The coded keyframe once it is done (once; an encoder error is raised here), else None."""
         job = self._job
         if job is None or not job.done():

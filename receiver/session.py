@@ -112,7 +112,8 @@ class ReceiverStats:
     motion_bytes: int = 0
     control_bytes: int = 0
     malformed: int = 0
-    keyframes: int = 0
+    keyframes: int = 0  # whole and predicted
+    predicted_keyframes: int = 0  # refreshes predicted from a held reference (codec.predicted_keyframe)
     patches: int = 0  # reference patches received
     rendered: int = 0
     render_skipped: int = 0  # decodable frames not rendered because newer ones were waiting
@@ -385,7 +386,7 @@ class ReceiverSession:
         return None
 
     def _decode_batch(self, decoder: Decoder, batch: list[tuple[bytes, float | None]]) -> None:
-        from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket
+        from codec.bitstream import KeyframePacket, MotionPacket, PatchPacket, PredictedKeyframePacket
 
         packets, motion_seqs = [], []
         unnumbered = False
@@ -408,8 +409,12 @@ class ReceiverSession:
                 self._undecoded += 1
                 self._track_sequence(packet.seq)
                 motion_seqs.append(packet.seq)
-            elif isinstance(packet, KeyframePacket):
+            elif isinstance(packet, KeyframePacket | PredictedKeyframePacket):
+                # A predicted refresh (codec.predicted_keyframe) comes as a Keyframe message too;
+                # the decoder builds it from the held base, or empties its slot and says so
+                # (needs_reference: a whole keyframe is asked for below).
                 self.stats.keyframes += 1
+                self.stats.predicted_keyframes += int(isinstance(packet, PredictedKeyframePacket))
                 wall = self._keyframe_wall(data)
                 if wall is not None and self.clock is not None and decoder.header.timebase and \
                         len(self.stats.keyframe_delivery) < EVENTS_KEPT:
@@ -507,6 +512,7 @@ class ReceiverSession:
             "stale": decoder.stats.stale if decoder is not None else 0,
             "missing_reference": decoder.stats.missing_reference if decoder is not None else 0,
             "keyframes": stats.keyframes,
+            "predicted_keyframes": stats.predicted_keyframes,
             "last_keyframe_why": stats.last_keyframe_reason,
             "last_switch_why": stats.last_switch_reason,
             "keyframe_requests": stats.keyframe_requests,

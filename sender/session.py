@@ -67,7 +67,10 @@ class SenderStats:
     motion_bytes: int = 0
     motion_on_audio: int = 0  # motion packets handed to the audio carrier (not the data channel)
     control_bytes: int = 0
-    keyframes: int = 0
+    keyframes: int = 0  # whole and predicted
+    keyframe_bytes: int = 0
+    predicted_keyframes: int = 0  # refreshes predicted from a held reference (codec.predicted_keyframe)
+    predicted_keyframe_bytes: int = 0
     keyframes_deferred: int = 0  # requested while another was still crossing: sent after it
     patches: int = 0  # reference patches sent (on the control channel)
     keyframe_requests: int = 0
@@ -242,8 +245,14 @@ class SenderSession:
 
     def _send_packets(self, packets: list[bytes]) -> None:
         for packet in packets:
-            if packet[0] == PacketType.KEYFRAME:  # our own encoder's output: the type byte says it
+            # our own encoder's output: the type byte says it. A predicted refresh travels like a
+            # keyframe: reliable and ordered, behind the patches of the reference it predicts from.
+            if packet[0] in (PacketType.KEYFRAME, PacketType.PREDICTED_KEYFRAME):
                 self.stats.keyframes += 1
+                self.stats.keyframe_bytes += len(packet)
+                if packet[0] == PacketType.PREDICTED_KEYFRAME:
+                    self.stats.predicted_keyframes += 1
+                    self.stats.predicted_keyframe_bytes += len(packet)
                 why = self.encoder.last_keyframe_reason if self.encoder is not None else ""
                 if self.link is not None and self.encoder.stats.keyframe_reasons:
                     self.link.keyframe_sent(self.encoder.stats.keyframe_reasons[-1][0], len(packet),

@@ -6,6 +6,7 @@ input, the control-channel format, and `facecodec call` against a real signaling
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import threading
@@ -479,3 +480,52 @@ def test_patches_travel_on_the_reliable_channel_and_reach_the_decoder(tiny_model
         assert queued == [patch]
     finally:
         receiver.close()
+
+
+def test_a_call_sends_refreshes_predicted_from_the_held_reference(tiny_model, clip):
+    """Refreshes in a call go out as predicted keyframes (0x05) on the reliable channel, coded
+    off the frame loop, from the reference the receiver reported holding; the receiver builds
+    each (its sha256 check: the sender's reference bytes) and reports it. A refresh whose check
+    fails empties its slot, the receiver asks for a keyframe and a whole one answers."""
+    from codec.bitstream import PacketType, PredictedKeyframePacket
+
+    spoiled: list[int] = []
+
+    async def refreshes(sending: Call, receiving: Call) -> None:
+        while sending.sender_session is None or receiving.receiver_session is None:
+            await asyncio.sleep(0.02)
+        encoder = sending.sender_session.encoder
+        encoder.always_predict = True  # the tiny untrained model: predicted whatever it costs
+        on_control = receiving.receiver_session.on_control
+
+        def spoil_one(message) -> None:  # the second predicted refresh builds another reference
+            if isinstance(message, Keyframe) and message.packet[0] == PacketType.PREDICTED_KEYFRAME:
+                spoiled.append(message.packet[0])
+                if len(spoiled) == 2:
+                    packet = parse_packet(message.packet)
+                    assert isinstance(packet, PredictedKeyframePacket)
+                    message = Keyframe(packet=dataclasses.replace(
+                        packet, check=bytes(b ^ 0xFF for b in packet.check)).pack(), reason=message.reason)
+            on_control(message)
+
+        receiving.receiver_session.on_control = spoil_one
+        for _ in range(8):
+            await asyncio.sleep(0.4)
+            encoder.request_keyframe("test refresh", refresh=True)
+
+    sending, receiving, shown = asyncio.run(loopback(
+        tiny_model, tiny_model, clip, seconds=4.0, options=CallOptions(mode="neural", references=3),
+        before_send=refreshes))
+    tx, rx = sending.sender_session, receiving.receiver_session
+    decoder = rx.decoder
+    assert tx.stats.predicted_keyframes >= 3, tx.stats
+    assert rx.stats.predicted_keyframes == tx.stats.predicted_keyframes == len(spoiled)
+    # Every predicted refresh but the spoiled one built the sender's reference bytes.
+    assert decoder.stats.predicted_keyframes == tx.stats.predicted_keyframes - 1
+    assert rx.stats.keyframe_requests >= 1 and decoder.stats.unheld_reference >= 1
+    assert tx.stats.keyframes > tx.stats.predicted_keyframes + 1  # the first, and the answer
+    # The slots the sender warps from are the receiver's, frame for frame.
+    held = decoder.held_references()
+    for ref in tx.encoder.held_references:
+        assert held.get(ref.slot) == ref.seq, (held, tx.encoder.held_references)
+    assert rx.stats.rendered >= 50 and rx.stats.malformed == 1

@@ -224,3 +224,73 @@ def test_corrupt_data_raises_and_empties_the_slot(stream) -> None:
         for earlier in stream["packets"][:index]:
             decoder.decode(earlier)
         decoder.decode(bad_motion)
+
+
+def _call_stream(turning, corrupt_at: int | None = None, restart_at: int | None = None) -> dict:
+    """A call's sender and receiver in one loop: the Encoder codes keyframes off the frame loop
+    (keyframe_worker) and names only the references the receiver reported (HeldReferences);
+    a refresh is asked for every 8 frames and predicted whatever it costs. ``corrupt_at``:
+    the first predicted refresh from that frame on arrives with a wrong check (a receiver
+    that builds another reference), and the receiver asks for a keyframe as a call does;
+    ``restart_at``: the stream restarts while a predicted refresh is being coded."""
+    model = resolve_model(refiner=False)
+    frames = [turning.frame_at(i / 25) for i in range(40)]
+    encoder = Encoder(model, keyframe_worker=True, acknowledged_references=True, references=3)
+    encoder.always_predict = True
+    decoder = Decoder.from_header(encoder.header(), model=model)
+    kinds, errors, checked = [], 0, 0
+    try:
+        for i, frame in enumerate(frames):
+            if i and i % 8 == 0:
+                encoder.request_keyframe("test refresh", refresh=True)
+            for packet in encoder.encode(frame):
+                if packet[0] == PacketType.PREDICTED_KEYFRAME and corrupt_at is not None and i >= corrupt_at:
+                    parsed = parse_packet(packet)
+                    packet = dataclasses.replace(parsed, check=bytes(b ^ 0xFF for b in parsed.check)).pack()
+                    corrupt_at = None
+                if packet[0] in (PacketType.KEYFRAME, PacketType.PREDICTED_KEYFRAME):
+                    kinds.append((i, packet[0]))
+                try:
+                    decoder.decode(packet)
+                except CodecError:
+                    errors += 1
+                if packet[0] == PacketType.PREDICTED_KEYFRAME and decoder.needs_reference is None:
+                    # The receiver's new reference is byte for byte the sender's.
+                    slot = parse_packet(packet).slot
+                    sent = encoder._memory.get(slot).source.image
+                    assert decoder.references[slot].source.image.tobytes() == sent.tobytes()
+                    checked += 1
+            if decoder.needs_reference is not None and not encoder.keyframe_pending:
+                encoder.request_keyframe(f"no keyframe in reference slot {decoder.needs_reference}")
+            if restart_at is not None and i >= restart_at and encoder._refresh_coding:
+                encoder.request_keyframe("new crop box", restart=True)
+                decoder = Decoder.from_header(encoder.header(), model=model)
+                restart_at = None
+            encoder.references_held(decoder.held_references())
+            encoder.wait_keyframe(10.0)  # deterministic: each keyframe goes out with the next frame
+    finally:
+        encoder.close()
+    return {"kinds": kinds, "errors": errors, "checked": checked, "encoder": encoder.stats,
+            "decoder": decoder.stats}
+
+
+def test_a_call_predicts_refreshes_off_the_frame_loop_and_recovers_from_a_bad_one(turning) -> None:
+    clean = _call_stream(turning)
+    kinds = [kind for _, kind in clean["kinds"]]
+    # The first keyframe is whole (nothing held yet); every refresh is predicted from the
+    # reference the receiver reported, and builds the sender's reference bytes.
+    assert kinds[0] == PacketType.KEYFRAME and kinds.count(PacketType.PREDICTED_KEYFRAME) >= 3, kinds
+    assert clean["checked"] == clean["encoder"].predicted_keyframes == clean["decoder"].predicted_keyframes
+    assert clean["errors"] == 0 and clean["decoder"].unheld_reference == 0
+    bad = _call_stream(turning, corrupt_at=20)
+    # The bad one empties its slot and the receiver asks: a whole keyframe answers, and the
+    # refreshes after it are predicted again and build the sender's bytes.
+    assert bad["errors"] == 1 and bad["decoder"].unheld_reference >= 1
+    failed = next(i for i, kind in enumerate(bad["kinds"]) if kind[0] >= 20 and kind[1] == PacketType.PREDICTED_KEYFRAME)
+    after = [kind for _, kind in bad["kinds"][failed + 1:]]
+    assert after[0] == PacketType.KEYFRAME and PacketType.PREDICTED_KEYFRAME in after[1:], bad["kinds"]
+    assert bad["checked"] == bad["encoder"].predicted_keyframes - 1 >= 2
+    # A restart while a refresh is coded: the refresh is dropped, the restart's keyframe is whole.
+    restarted = _call_stream(turning, restart_at=24)
+    assert restarted["encoder"].predicted_dropped == 1 and restarted["errors"] == 0
+    assert restarted["decoder"].unheld_reference == 0

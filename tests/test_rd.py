@@ -420,7 +420,7 @@ def test_closed_loop_settings_parse_gain_and_head_turn_trigger():
     points = ours_sweep("0,a0.5@3,a1t15@3", [2, 3])
     assert points == [(0.0, 2), (0.0, 3), ("a0.5", 3), ("a1t15", 3)]
     names = [s.name for s in ours_settings(points)]
-    assert names == ["q2-kf0", "q3-kf0", "q3-ad0.5", "q3-ad1t15"]
+    assert names == ["q2-kf0", "q3-kf0", "q3-ad0.5-r4", "q3-ad1t15-r4"]  # the shipped K with the loop
     assert refresh_policy("a0.5").pose_limit_deg == 25.0  # the policy's default
     policy = refresh_policy("a1t15")
     assert policy.gain == 1.0 and policy.pose_limit_deg == 15.0
@@ -428,7 +428,7 @@ def test_closed_loop_settings_parse_gain_and_head_turn_trigger():
         with pytest.raises(ValueError):
             ours_sweep(bad, [3])
     rows = [{"codec": "ours", "setting": name, "payload_kbps": i} for i, name in enumerate(names)]
-    assert set(curves_by_codec(rows)) == {"ours kf0", "ours adaptive", "ours adaptive turn 15"}
+    assert set(curves_by_codec(rows)) == {"ours kf0", "ours adaptive r4", "ours adaptive turn 15 r4"}
 
 
 def test_common_face_akd_scores_every_setting_on_the_same_frames(tmp_path) -> None:

@@ -165,7 +165,33 @@ def test_rd_settings_name_the_reference_slots():
     assert [s.name for s in ours_settings([("a0.1", 3)], references=4)] == ["q3-ad0.1-r4"]
     assert [s.name for s in ours_settings([("a0.1", 3)], references=4,
                                           reference_policy="coverage")] == ["q3-ad0.1-r4-rcov"]
-    assert ours_settings([("a0.1", 3)])[0].params["references"] == 1
+    assert [s.name for s in ours_settings([("a0.1", 3)], references=1)] == ["q3-ad0.1"]
+
+
+def test_rd_ours_runs_what_compress_and_a_call_use_unless_told():
+    """rd's "ours" defaults to the shipped sender: K = DEFAULT_REFERENCES with the closed loop
+    (1 for a period), predicted refreshes at the default CRF; the JSON says which it ran."""
+    from benchmarks.rd.cli import parse_args
+    from benchmarks.rd.ours import ours_config, ours_settings
+    from benchmarks.rd.runner import sweep_settings
+    from codec.api import DEFAULT_REFERENCES
+    from codec.predicted_keyframe import DEFAULT_CRF
+
+    [loop, period] = ours_settings([("a0.1", 3), (4.0, 3)])
+    assert loop.name == f"q3-ad0.1-r{DEFAULT_REFERENCES}" and loop.params["references"] == DEFAULT_REFERENCES
+    assert period.name == "q3-kf4" and period.params["references"] == 1
+    assert loop.params["predicted_refresh"] and loop.params["predicted_crf"] == DEFAULT_CRF
+    assert ours_config("a0.1")["shipped_default"] and not ours_config("a0.1", references=1)["shipped_default"]
+    args = parse_args(["--predicted-crf", "18,22", "--references", "1,4"])
+    names = [s.name for s in sweep_settings(["ours"], [("a0.1", 3)], quick=False, references=args.reference_counts,
+                                            predicted_crfs=args.predicted_crfs)]
+    assert names == ["q3-ad0.1", "q3-ad0.1-crf22", "q3-ad0.1-r4", "q3-ad0.1-r4-crf22"]
+    args = parse_args(["--predicted-refresh", "off"])
+    assert [s.name for s in sweep_settings(["ours"], [("a0.1", 3)], quick=False, references=args.reference_counts,
+                                           predicted_refresh=False)] == ["q3-ad0.1-r4-nopred"]
+    for bad in (["--predicted-crf", "99"], ["--references", "0"], ["--predicted-crf", "x"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 def test_default_slots_are_four_with_the_closed_loop_and_one_without(model, portrait):

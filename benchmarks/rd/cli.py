@@ -16,7 +16,7 @@ from typing import Any
 from .clips import Clip, folder_clips, manifest_clips, skip_summary
 from .curves import analysis
 from .markdown import markdown_summary
-from .ours import ours_sweep, shipped_keyframes
+from .ours import ours_config, ours_sweep, shipped_keyframes
 from .plots import plot_all
 from .protocol import ALL_CODECS, FPS, METRICS, UNTRAINED_MARK
 from .results import ResultStore, average_rows, run_meta
@@ -70,12 +70,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keyframe-quality", type=int, default=None,
                    help="our keyframes' quality, 1-100 (default: the codec's, "
                         "codec.keyframe.DEFAULT_KEYFRAME_QUALITY; others name their settings -kq<Q>)")
-    p.add_argument("--references", default="1", metavar="K[,K...]",
+    p.add_argument("--references", default=None, metavar="K[,K...]",
                    help="our reference slots: the receiver keeps K keyframes and the closed loop "
                         "warps each frame from the best held one; a comma list runs each "
-                        "(settings named -r<K>; default 1)")
+                        "(settings named -r<K> for K > 1; default: what compress and a call use, "
+                        "codec.api.DEFAULT_REFERENCES with the closed loop, else 1)")
     p.add_argument("--reference-policy", choices=["lru", "coverage"], default="lru",
                    help="which slot a new keyframe replaces when all K are full (-rcov for coverage)")
+    p.add_argument("--predicted-refresh", choices=("on", "off"), default="on",
+                   help="closed-loop refreshes coded also against the warp of the held reference "
+                        "and sent that way when smaller (codec.predicted_keyframe; the default, as "
+                        "compress sends); off: always whole keyframes (settings named -nopred)")
+    p.add_argument("--predicted-crf", default=None, metavar="CRF[,CRF...]",
+                   help="x264 CRF of predicted refreshes, 0-51; a comma list runs each (settings "
+                        "named -crf<N> off the default, codec.predicted_keyframe.DEFAULT_CRF)")
     p.add_argument("--qualities", default="0,1,2,3,4,5")
     p.add_argument("--keyframe-refresh", default="0",
                    help="comma list of keyframe refresh periods in seconds (0 = one keyframe), "
@@ -96,16 +104,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's own, at most the CPU count)")
     p.add_argument("--name", default=None, help="run name in the JSON (default: the out folder's)")
     args = p.parse_args(argv)
-    try:
-        args.reference_counts = [int(k) for k in args.references.split(",") if k.strip()]
-    except ValueError:
-        p.error(f"--references takes slot counts 1-16, not {args.references!r}")
-    if not args.reference_counts or not all(1 <= k <= 16 for k in args.reference_counts):
-        p.error(f"--references takes slot counts 1-16, not {args.references!r}")
+    args.reference_counts = [None] if args.references is None else _int_list(
+        p, "--references", args.references, 1, 16, "slot counts")
+    args.predicted_crfs = [None] if args.predicted_crf is None else _int_list(
+        p, "--predicted-crf", args.predicted_crf, 0, 51, "x264 CRFs")
     args.folder_mode = args.manifest is None and args.folder is not None
     if args.manifest is None and not args.folder_mode:
         args.manifest = default_manifest
     return args
+
+
+def _int_list(parser: argparse.ArgumentParser, flag: str, text: str, low: int, high: int,
+              what: str) -> list[int]:
+    """A flag's comma list of integers in [low, high], or the parser's error (exit status 2)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(low <= v <= high for v in values):
+        parser.error(f"{flag} takes {what} {low}-{high}, not {text!r}")
+    return values
 
 
 def _description() -> str:
@@ -154,6 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.name or out.name, command, untrained, size, args.frames, args.metric_every, source,
         keyframes))
     store.data["codecs"] = codecs
+    if "ours" in codecs:
+        # Which sender settings "ours" ran with, each resolved, and whether they are what compress
+        # and a call use (shipped_default; setting names say every departure).
+        store.data["ours_config"] = [
+            ours_config(refresh, args.keyframe_codec, args.keyframe_quality, k, args.predicted_refresh == "on", crf,
+                        whole_frame=args.frame)
+            | {"refresh": refresh, "reference_policy": args.reference_policy}
+            for refresh in dict.fromkeys(r for r, _ in ours_points)
+            for k in args.reference_counts for crf in args.predicted_crfs]
     store.data.setdefault("skipped", {})
     store.data.setdefault("metrics_unavailable", {})
     sweep = Sweep(store, sweep_settings(codecs, ours_points, quick=args.sweep == "quick",
@@ -162,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         keyframe_codec=args.keyframe_codec,
                                         references=args.reference_counts,
                                         reference_policy=args.reference_policy,
+                                        predicted_refresh=args.predicted_refresh == "on",
+                                        predicted_crfs=args.predicted_crfs,
                                         whole_frame=args.frame), model,
                   size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)

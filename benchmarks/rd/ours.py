@@ -62,29 +62,68 @@ def _refresh_name(refresh: float | str) -> str:
 
 def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True,
                   keyframe_quality: int | None = None, keyframe_codec: str | None = None,
-                  references: int = 1, reference_policy: str = "lru",
+                  references: int | None = None, reference_policy: str = "lru",
+                  predicted_refresh: bool = True, predicted_crf: int | None = None,
                   whole_frame: bool = False) -> list[Setting]:
     """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
     (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-k<codec>`` when
     keyframes are not the shipped codec, ``-kq<Q>`` when their quality is not the codec's
     default, ``-r<K>`` with K > 1 reference slots, ``-rcov`` when they are replaced by pose
-    coverage). None: what ``compress`` and a call send (:func:`shipped_keyframes`; of whole
-    frames with ``whole_frame``)."""
-    from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
+    coverage, ``-nopred`` when closed-loop refreshes are always whole, ``-crf<N>`` when predicted
+    ones are not at the default CRF). None: what ``compress`` and a call use
+    (:func:`ours_config`: the shipped keyframes, of whole frames with ``whole_frame``; K = 4 with
+    the closed loop, else 1; predicted refreshes at ``codec.predicted_keyframe.DEFAULT_CRF``)."""
+    from codec.keyframe import DEFAULT_KEYFRAME_CODEC
+    from codec.predicted_keyframe import DEFAULT_CRF
 
-    keyframe_codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
-    default = default_keyframe_quality(keyframe_codec, whole_frame)
-    quality = default if keyframe_quality is None else keyframe_quality
-    suffix = ("" if patches else "-nopatch") \
-        + ("" if keyframe_codec == DEFAULT_KEYFRAME_CODEC else f"-k{keyframe_codec}") \
-        + ("" if quality == default else f"-kq{quality}") \
-        + ("" if references == 1 else f"-r{references}") \
-        + ("" if reference_policy == "lru" else "-rcov")
-    return [Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
-                    {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": quality,
-                     "keyframe_codec": keyframe_codec, "references": references,
-                     "reference_policy": reference_policy})
-            for r, q in points]
+    settings = []
+    for r, q in points:
+        config = ours_config(r, keyframe_codec, keyframe_quality, references, predicted_refresh, predicted_crf,
+                             whole_frame)
+        codec, quality, k = config["keyframe_codec"], config["keyframe_quality"], config["references"]
+        crf = config["predicted_crf"]
+        suffix = ("" if patches else "-nopatch") \
+            + ("" if codec == DEFAULT_KEYFRAME_CODEC else f"-k{codec}") \
+            + ("" if config["keyframe_quality_default"] else f"-kq{quality}") \
+            + ("" if k == 1 else f"-r{k}") \
+            + ("" if reference_policy == "lru" else "-rcov") \
+            + ("" if predicted_refresh else "-nopred") \
+            + ("" if not predicted_refresh or crf == DEFAULT_CRF else f"-crf{crf}")
+        settings.append(Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
+                                {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": quality,
+                                 "keyframe_codec": codec, "references": k,
+                                 "reference_policy": reference_policy,
+                                 "predicted_refresh": predicted_refresh, "predicted_crf": crf}))
+    return settings
+
+
+def ours_config(refresh: float | str | None, keyframe_codec: str | None = None,
+                keyframe_quality: int | None = None, references: int | None = None,
+                predicted_refresh: bool = True, predicted_crf: int | None = None,
+                whole_frame: bool = False) -> dict[str, Any]:
+    """Ours' sender settings for a refresh of ``ours_sweep`` (None: any), each None resolved to
+    what ``compress`` and a call use (the Encoder's defaults), and whether each is that default:
+    the keyframe codec and quality (``codec.keyframe``, of crops or ``whole_frame``s), K reference
+    slots (``DEFAULT_REFERENCES`` with the closed loop, else 1: nothing chooses among them), closed-loop refreshes predicted
+    from the held reference (``codec.predicted_keyframe``) at ``predicted_crf``."""
+    from codec.api import DEFAULT_REFERENCES
+    from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
+    from codec.predicted_keyframe import DEFAULT_CRF
+
+    codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
+    quality = default_keyframe_quality(codec, whole_frame) if keyframe_quality is None else keyframe_quality
+    closed_loop = isinstance(refresh, str) and refresh.startswith("a")
+    shipped_k = DEFAULT_REFERENCES if closed_loop else 1
+    k = shipped_k if references is None else references
+    crf = DEFAULT_CRF if predicted_crf is None else predicted_crf
+    default_quality = default_keyframe_quality(codec, whole_frame)
+    return {"keyframe_codec": codec, "keyframe_quality": quality,
+            "keyframe_quality_default": quality == default_quality,
+            "references": k, "references_default": k == shipped_k,
+            "predicted_refresh": predicted_refresh, "predicted_crf": crf,
+            "predicted_default": predicted_refresh and crf == DEFAULT_CRF,
+            "shipped_default": (codec == DEFAULT_KEYFRAME_CODEC and quality == default_quality
+                                and k == shipped_k and predicted_refresh and crf == DEFAULT_CRF)}
 
 
 def shipped_keyframes(keyframe_codec: str | None = None, keyframe_quality: int | None = None,
@@ -127,7 +166,9 @@ def run_ours_setting(crops: np.ndarray, model: Any, params: dict[str, Any],
                     keyframe_quality=params.get("keyframe_quality"),
                     keyframe_codec=params.get("keyframe_codec"),
                     references=params.get("references", 1),
-                    reference_policy=params.get("reference_policy", "lru"), whole_frame=whole_frame)
+                    reference_policy=params.get("reference_policy", "lru"), whole_frame=whole_frame,
+                    predicted_refresh=params.get("predicted_refresh", True),
+                    predicted_crf=params.get("predicted_crf"))
 
 
 def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
@@ -135,7 +176,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
              metric_every: int = 1, refresh_policy=None, patches: bool = True,
              keyframe_quality: int | None = None, keyframe_codec: str | None = None,
              face_wait: bool = False, references: int = 1, reference_policy: str = "lru",
-             whole_frame: bool = False) -> CodecRun:
+             whole_frame: bool = False, predicted_refresh: bool = True,
+             predicted_crf: int | None = None) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds; with
@@ -148,7 +190,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     2K, … are rendered by the generator (the others advance the motion chain only), and
     ``decoded`` holds just those. ``keyframe_codec`` / ``keyframe_quality``: None, the
     shipped defaults (``shipped_keyframes``). ``references``: K reference slots
-    (``reference_policy`` replaces them)."""
+    (``reference_policy`` replaces them). ``predicted_refresh`` / ``predicted_crf``: closed-loop
+    refreshes coded against the warp of the held reference at that x264 CRF (None: the default)."""
     import cv2
 
     from codec.api import Decoder, Encoder
@@ -169,9 +212,13 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
             raise
     keyframes = shipped_keyframes(keyframe_codec, keyframe_quality, whole_frame)
     keyframe_codec, keyframe_quality = keyframes["codec"], keyframes["quality"]
+    from codec.predicted_keyframe import DEFAULT_CRF
+
+    predicted_crf = DEFAULT_CRF if predicted_crf is None else predicted_crf
     encoder = Encoder(model, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
                       keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec,
-                      references=references, reference_policy=reference_policy)
+                      references=references, reference_policy=reference_policy,
+                      predicted_refresh=predicted_refresh, predicted_crf=predicted_crf)
     header = encoder.header()
     period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
@@ -232,6 +279,9 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
                "predicted_keyframes": stats.predicted_keyframes, "refresh_choices": stats.refresh_choices,
                "patches": stats.patches, "patch_bytes": stats.patch_bytes,
                "references": references, "reference_policy": reference_policy,
+               "predicted_refresh": predicted_refresh, "predicted_crf": predicted_crf,
+               "predicted_keyframe_bytes": sum(p for _, p, _, sent in stats.refresh_choices if sent),
+               "whole_refresh_bytes": sum(w for _, _, w, sent in stats.refresh_choices if not sent),
                "keyframe_slots": stats.keyframe_slots,
                # (seq, slot): the frames from which a held reference was reused, for free
                "reference_switches": [list(item) for item in stats.switches],

@@ -28,9 +28,12 @@ log = logging.getLogger("benchmarks.rd")
 
 def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | str, int]],
                    quick: bool, patches: bool = True, keyframe_quality: int | None = None,
-                   keyframe_codec: str | None = None, references: Sequence[int] = (1,),
-                   reference_policy: str = "lru", whole_frame: bool = False) -> list[Setting]:
-    """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``;
+                   keyframe_codec: str | None = None, references: Sequence[int | None] = (None,),
+                   reference_policy: str = "lru", predicted_refresh: bool = True,
+                   predicted_crfs: Sequence[int | None] = (None,),
+                   whole_frame: bool = False) -> list[Setting]:
+    """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``);
+    ours at each of ``references`` × ``predicted_crfs`` (None: the shipped default;
     ``whole_frame``: our keyframes' default is the whole-frame one)."""
     settings: list[Setting] = []
     for codec in codecs:
@@ -40,8 +43,9 @@ def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | st
             settings.append(Setting("frozen", "webp-q90", {}))
         elif codec == "ours":
             for k in references:
-                settings += ours_settings(ours_points, patches, keyframe_quality, keyframe_codec,
-                                          k, reference_policy, whole_frame)
+                for crf in (predicted_crfs if predicted_refresh else [None]):
+                    settings += ours_settings(ours_points, patches, keyframe_quality, keyframe_codec,
+                                              k, reference_policy, predicted_refresh, crf, whole_frame)
     return settings
 
 
