@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from codec.bitstream import HeaderFlags, KeyframePacket, MotionFramer, StreamHeader
+from codec.damping import DampingChoice, DampingPolicy, MotionDamper
 
 # The receiving half lives in codec.decoder; its names are the API's too.
 from codec.decoder import DecodedFrame, Decoder, DecoderStats, HeldReference, stamp_untrained
@@ -47,8 +48,8 @@ from codec.zoo import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodedFrame", "Decoder", "DecoderStats", "Encoder", "EncoderStats", "HeldReference", "RefreshPolicy",
-           "ViewControl", "fit_frame", "fit_square", "stamp_untrained"]
+__all__ = ["DampingPolicy", "DecodedFrame", "Decoder", "DecoderStats", "Encoder", "EncoderStats", "HeldReference",
+           "RefreshPolicy", "ViewControl", "fit_frame", "fit_square", "stamp_untrained"]
 
 DEFAULT_INTRA_PERIOD = 25  # one absolute motion packet a second at 25 fps bounds drift after a loss
 DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
@@ -56,6 +57,8 @@ DEFAULT_TIMEBASE = 1000  # timestamps in milliseconds
 # dev clips K = 4 took the loop from 9.07 to 8.39 kbit/s with LPIPS 0.1188 -> 0.1165, and K = 8
 # gave the same (no 10 s clip filled 4). Without the loop nothing chooses: K = 1.
 DEFAULT_REFERENCES = 4
+# Damped motion on frames the reference cannot show (codec.damping): on by default.
+DEFAULT_DAMPING = DampingPolicy()
 
 
 @dataclass
@@ -81,6 +84,10 @@ class EncoderStats:
     # bytes, whole keyframe packet bytes, predicted sent); the predicted ones are in ``keyframes``.
     refresh_choices: list[tuple[int, int, int, bool]] = field(default_factory=list)
     predicted_keyframes: int = 0
+    # Damped motion (codec.damping): frames whose candidates were rendered, and those coded
+    # with a damped motion, by candidate ("turn×0.33", "head", "still").
+    damping_tried: int = 0
+    damped: dict[str, int] = field(default_factory=dict)
 
 
 class Encoder:
@@ -95,7 +102,7 @@ class Encoder:
                  patch_quality: int = DEFAULT_PATCH_QUALITY, patch_kbps: float = DEFAULT_PATCH_KBPS,
                  keyframe_worker: bool = False, references: int | None = None,
                  reference_policy: str = "lru", acknowledged_references: bool = False,
-                 predicted_refresh: bool = True) -> None:
+                 predicted_refresh: bool = True, damping: DampingPolicy | None = DEFAULT_DAMPING) -> None:
         """``references``: K, the keyframe slots the receiver keeps (the stream header says
         it; None: ``DEFAULT_REFERENCES`` with a ``refresh`` policy, else 1); with the closed
         loop the sender warps each frame from the held one that rebuilds it best
@@ -112,7 +119,11 @@ class Encoder:
 
         ``predicted_refresh``: a closed-loop refresh is also coded against the warp of the
         reference the receiver holds (:mod:`codec.predicted_keyframe`) and sent that way when
-        smaller at about the same quality (not with the keyframe worker: those are whole)."""
+        smaller at about the same quality (not with the keyframe worker: those are whole).
+
+        ``damping``: on frames far from what the reference can show (a large turn, a face
+        leaving the picture) the sender codes damped motion when its own render of that
+        scores better than the tracker's motion (:mod:`codec.damping`; None: never)."""
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
@@ -152,6 +163,9 @@ class Encoder:
             keyframe_quality=self.keyframe_quality if probe_codec == keyframe_codec
             else default_keyframe_quality(probe_codec))
         self._local_source = None  # the receiver's source state, for the closed loop and patches
+        self._damper = (MotionDamper(damping, model) if damping is not None and MotionDamper.applies_to(model)
+                        else None)
+        self.last_damping: DampingChoice | None = None  # the newest frame's choice (None: not tried)
         self.predicted_refresh = predicted_refresh and keyframe_worker is False
         self._predict_next = False  # the keyframe asked for is a closed-loop refresh
         self._refresh_motion = None  # the motion of the frame the next keyframe is taken from
@@ -305,11 +319,15 @@ class Encoder:
         if self._restart_from is not None:
             self.stats.skipped += 1  # the receiver could render nothing from this motion
             return packets
-        intra, payload = self._motion.encode_vector(vector, seq)
+        # The motion as the receiver would decode it undamped: the closed loop measures the
+        # turn and tries keyframes with it (a new reference would be driven by it).
+        wanted = self._motion.preview(vector)
+        coded = self._damped(crop, vector, wanted)
+        intra, payload = self._motion.encode_vector(coded, seq)
         packet = self._framer.pack(seq, ticks, intra, payload, reference=self._current_slot)
         self.last_reference = self._current_slot  # the slot this frame's motion warps from
         decoded = self._motion.last_decoded
-        self._note_use(seq, decoded)
+        self._note_use(seq, wanted)
         if self._patch_sender is not None and self._local_source is not None and decoded is not None \
                 and not self.patches_paused:
             # Before the motion packet: they apply to this frame, and belong to its reference.
@@ -328,10 +346,25 @@ class Encoder:
                             if ref.slot != self._current_slot and ref.source is not None]
             for event in self._loop.check(seq, crop, vector, decoded, self._local_source,
                                           keyframe_pending=self.keyframe_pending,
-                                          alternatives=alternatives):
+                                          alternatives=alternatives, wanted=wanted):
                 self._act_on(event)
             self.stats.last_rebuild_error = self._loop.last_error
         return packets
+
+    def _damped(self, crop: np.ndarray, vector: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """The motion to code for this frame: the tracker's ``vector``, or a damped motion
+        where the sender's render of that beats the undamped one's (``codec.damping``)."""
+        self.last_damping = None
+        if self._damper is None or self._local_source is None or not np.all(np.isfinite(wanted)):
+            return vector
+        choice = self._damper.choose(self._local_source, crop, wanted, self._motion.preview)
+        self.stats.damping_tried = self._damper.tried
+        if choice.undamped_error is not None:
+            self.last_damping = choice
+        if not choice.damped:
+            return vector
+        self.stats.damped[choice.label] = self.stats.damped.get(choice.label, 0) + 1
+        return choice.motion
 
     def _keyframe_job(self, crop: np.ndarray, seq: int, ticks: int, copy: bool,
                       vector: np.ndarray | None = None) -> KeyframeJob:

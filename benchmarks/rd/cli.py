@@ -63,6 +63,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="landmark family: score the plain warp, without the learned refiner")
     p.add_argument("--no-patches", action="store_true",
                    help="our sender sends no reference patches of the mouth and eyes")
+    p.add_argument("--no-damping", action="store_true",
+                   help="our sender never damps motion on frames its reference cannot show "
+                        "(codec.damping; settings named -nodamp)")
     p.add_argument("--keyframe-codec", choices=["webp", "av1", "jpeg"], default=None,
                    help="our keyframes' image codec (default: the shipped one, what compress and a "
                         "call send, codec.keyframe.DEFAULT_KEYFRAME_CODEC; others name their "
@@ -161,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         keyframe_quality=args.keyframe_quality,
                                         keyframe_codec=args.keyframe_codec,
                                         references=args.reference_counts,
-                                        reference_policy=args.reference_policy), model,
+                                        reference_policy=args.reference_policy,
+                                        damping=not args.no_damping), model,
                   size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)
     started = time.perf_counter()

@@ -62,12 +62,13 @@ def _refresh_name(refresh: float | str) -> str:
 
 def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = True,
                   keyframe_quality: int | None = None, keyframe_codec: str | None = None,
-                  references: int = 1, reference_policy: str = "lru") -> list[Setting]:
+                  references: int = 1, reference_policy: str = "lru", damping: bool = True) -> list[Setting]:
     """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
     (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-k<codec>`` when
     keyframes are not the shipped codec, ``-kq<Q>`` when their quality is not the codec's
     default, ``-r<K>`` with K > 1 reference slots, ``-rcov`` when they are replaced by pose
-    coverage). None: what ``compress`` and a call send (:func:`shipped_keyframes`)."""
+    coverage, ``-nodamp`` when the sender never damps motion, ``codec.damping``). None: what
+    ``compress`` and a call send (:func:`shipped_keyframes`)."""
     from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
 
     keyframe_codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
@@ -77,11 +78,12 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
         + ("" if keyframe_codec == DEFAULT_KEYFRAME_CODEC else f"-k{keyframe_codec}") \
         + ("" if quality == default else f"-kq{quality}") \
         + ("" if references == 1 else f"-r{references}") \
-        + ("" if reference_policy == "lru" else "-rcov")
+        + ("" if reference_policy == "lru" else "-rcov") \
+        + ("" if damping else "-nodamp")
     return [Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
                     {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": quality,
                      "keyframe_codec": keyframe_codec, "references": references,
-                     "reference_policy": reference_policy})
+                     "reference_policy": reference_policy, "damping": damping})
             for r, q in points]
 
 
@@ -123,7 +125,8 @@ def run_ours_setting(crops: np.ndarray, model: Any, params: dict[str, Any],
                     keyframe_quality=params.get("keyframe_quality"),
                     keyframe_codec=params.get("keyframe_codec"),
                     references=params.get("references", 1),
-                    reference_policy=params.get("reference_policy", "lru"), whole_frame=whole_frame)
+                    reference_policy=params.get("reference_policy", "lru"), whole_frame=whole_frame,
+                    damping=params.get("damping", True))
 
 
 def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
@@ -131,7 +134,7 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
              metric_every: int = 1, refresh_policy=None, patches: bool = True,
              keyframe_quality: int | None = None, keyframe_codec: str | None = None,
              face_wait: bool = False, references: int = 1, reference_policy: str = "lru",
-             whole_frame: bool = False) -> CodecRun:
+             whole_frame: bool = False, damping: bool = True) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds; with
@@ -144,10 +147,11 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     2K, … are rendered by the generator (the others advance the motion chain only), and
     ``decoded`` holds just those. ``keyframe_codec`` / ``keyframe_quality``: None, the
     shipped defaults (``shipped_keyframes``). ``references``: K reference slots
-    (``reference_policy`` replaces them)."""
+    (``reference_policy`` replaces them). ``damping``: the sender's damped motion on frames
+    its reference cannot show (``codec.damping``, the default), or never."""
     import cv2
 
-    from codec.api import Decoder, Encoder
+    from codec.api import DampingPolicy, Decoder, Encoder
     from codec.bitstream import is_motion_packet
     from rtc.wire_cost import (
         DATA_CHANNEL_OVERHEAD_BYTES,
@@ -167,7 +171,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     keyframe_codec, keyframe_quality = keyframes["codec"], keyframes["quality"]
     encoder = Encoder(model, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
                       keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec,
-                      references=references, reference_policy=reference_policy)
+                      references=references, reference_policy=reference_policy,
+                      damping=DampingPolicy() if damping else None)
     header = encoder.header()
     period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
@@ -228,6 +233,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
                "predicted_keyframes": stats.predicted_keyframes, "refresh_choices": stats.refresh_choices,
                "patches": stats.patches, "patch_bytes": stats.patch_bytes,
                "references": references, "reference_policy": reference_policy,
+               # damped motion (codec.damping): frames tried, and damped by candidate
+               "damping": damping, "damping_tried": stats.damping_tried, "damped": dict(stats.damped),
                "keyframe_slots": stats.keyframe_slots,
                # (seq, slot): the frames from which a held reference was reused, for free
                "reference_switches": [list(item) for item in stats.switches],

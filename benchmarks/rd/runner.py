@@ -29,7 +29,7 @@ log = logging.getLogger("benchmarks.rd")
 def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | str, int]],
                    quick: bool, patches: bool = True, keyframe_quality: int | None = None,
                    keyframe_codec: str | None = None, references: Sequence[int] = (1,),
-                   reference_policy: str = "lru") -> list[Setting]:
+                   reference_policy: str = "lru", damping: bool = True) -> list[Setting]:
     """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``)."""
     settings: list[Setting] = []
     for codec in codecs:
@@ -40,7 +40,7 @@ def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | st
         elif codec == "ours":
             for k in references:
                 settings += ours_settings(ours_points, patches, keyframe_quality, keyframe_codec,
-                                          k, reference_policy)
+                                          k, reference_policy, damping)
     return settings
 
 
