@@ -148,7 +148,7 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     ``decoded`` holds just those. ``keyframe_codec`` / ``keyframe_quality``: None, the
     shipped defaults (``shipped_keyframes``). ``references``: K reference slots
     (``reference_policy`` replaces them). ``damping``: the sender's damped motion on frames
-    its reference cannot show (``codec.damping``, the default), or never."""
+    its reference cannot show (``codec.damping``; the rd default, not the Encoder's), or never."""
     import cv2
 
     from codec.api import DampingPolicy, Decoder, Encoder
