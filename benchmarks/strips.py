@@ -6,7 +6,9 @@ closed eyes and the largest head turn of each dev segment, as
 Each segment runs through the real sender (``codec.api.Encoder``: dlib tracking, the motion
 coder, patches under their byte budget) and two receivers of that one stream: the default
 model, and the plain warp that ignores the patch packets (and draws the turn as sent, without
-the default model's turn limit). Reads the cached dev crops
+the default model's turn limit); the plain warp is of a second stream whose sender codes the
+tracker's motion as it is, without damping it (``codec.damping``), so ours against the plain
+warp shows what the damping, the patches and the refiner add. Reads the cached dev crops
 (``training.dataset_builder --split dev``), whose labels give the real frames'
 landmarks and head pose to pick the frames by.
 
@@ -53,7 +55,7 @@ def pick_frames(landmarks: np.ndarray, pose: np.ndarray) -> dict[str, int]:
 def stream_turns(frames: np.ndarray) -> np.ndarray:
     """Per frame, the larger of |yaw| and |pitch| of the motion the receiver decodes against
     its keyframe's pose (one keyframe, the default sender); 0 where no motion is sent."""
-    encoder = Encoder(resolve_model("landmark", refiner=False))
+    encoder = Encoder(resolve_model("landmark", refiner=False), damping=None)  # the turn as tracked
     turns = np.zeros(len(frames))
     for i, frame in enumerate(frames):
         encoder.encode(np.ascontiguousarray(frame))
@@ -107,16 +109,21 @@ def segment_strips(frames: np.ndarray, picks: dict[str, int]) -> tuple[dict[str,
     plain = resolve_model("landmark", refiner=False)
     plain.turn_limit_deg = None  # the turn as sent
     encoder = Encoder(ours)
-    header = encoder.header()
-    ours_decoder = Decoder.from_header(header, model=ours)
-    plain_decoder = Decoder.from_header(header, model=plain)
+    undamped = Encoder(ours, damping=None)  # the plain warp's stream: the tracker's motion as it is
+    ours_decoder = Decoder.from_header(encoder.header(), model=ours)
+    plain_decoder = Decoder.from_header(undamped.header(), model=plain)
     wanted = set(picks.values())
     shown: dict[str, dict[int, np.ndarray]] = {"ours": {}, "plain": {}}
+    damping: dict[int, str] = {}  # the candidate ours coded at a picked frame ("" undamped)
     for i, frame in enumerate(frames):
         for packet in encoder.encode(frame):
             decoded = ours_decoder.decode(packet)
             if decoded is not None and decoded.seq in wanted:
                 shown["ours"][decoded.seq] = decoded.image
+        if i in wanted:
+            choice = encoder.last_damping
+            damping[i] = "not tried" if choice is None else (choice.label or "undamped")
+        for packet in undamped.encode(frame):
             if packet[0] == PacketType.PATCH:
                 continue  # the plain warp: what the stream gives without patches or refiner
             decoded = plain_decoder.decode(packet)
@@ -129,7 +136,9 @@ def segment_strips(frames: np.ndarray, picks: dict[str, int]) -> tuple[dict[str,
     return strips, {"patches": stats.patches, "patch_bytes": stats.patch_bytes,
                     "patch_kbps": 8.0 * stats.patch_bytes / seconds / 1000.0,
                     "motion_kbps": 8.0 * stats.motion_bytes / seconds / 1000.0,
-                    "keyframe_bytes": stats.keyframe_bytes, "frames": picks}
+                    "keyframe_bytes": stats.keyframe_bytes, "frames": picks,
+                    "damping": {kind: damping.get(i) for kind, i in picks.items()},
+                    "damped_frames": dict(stats.damped), "damping_tried": stats.damping_tried}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +198,8 @@ def _crop_turns(args: argparse.Namespace) -> int:
         strip, info = turn_strip(np.asarray(frames), index, args.refresh, args.turn_limit)
         report[path.stem] = {"frame": index, "turn_deg": float(turns[index]), **info}
         strips.append(strip)
+        # Each clip's strip on its own too, lossless: the damage to judge is in the detail.
+        cv2.imwrite(str(args.out / f"turn_{path.stem}.png"), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
         print(path.stem, json.dumps(report[path.stem]), flush=True)
     for k in range(0, len(strips), args.per_strip):
         picture = np.concatenate(strips[k:k + args.per_strip], axis=0)

@@ -277,6 +277,14 @@ class MotionEncoder(_MotionCoder):
             return None
         return self._quantizer.dequantize(self._previous_indices)
 
+    def preview(self, vector: np.ndarray) -> np.ndarray:
+        """The vector the decoder would hold if ``vector`` were coded next (intra or inter
+        alike), without coding it: the sender renders candidates before choosing one."""
+        quantizer = self._quantizer
+        previous = self._previous_indices
+        fallback = np.zeros(quantizer.vector_length, np.int64) if previous is None else previous
+        return quantizer.dequantize(quantizer.quantize(vector, fallback))
+
     def encode_vector(self, vector: np.ndarray, seq: int) -> tuple[bool, bytes]:
         """Code one frame's flat 6 + N vector; returns (is_intra, payload)."""
         if not isinstance(seq, int) or seq < 0:

@@ -107,7 +107,7 @@ class CheckedFrame:
 
     seq: int
     crop: np.ndarray  # S×S×3 uint8 RGB, the loop's own copy
-    motion: np.ndarray  # the decoded motion vector the receiver renders it with
+    motion: np.ndarray  # the decoded motion vector, undamped (codec.damping): what a new reference renders it with
     error: float  # its rebuild error from the held keyframe
     turn: float = 0.0  # the larger of |yaw|, |pitch| from the held keyframe's (degrees)
 
@@ -219,17 +219,23 @@ class RefreshLoop:
 
     def check(self, seq: int, crop: np.ndarray, vector: np.ndarray, decoded: np.ndarray | None,
               source: Any, *, keyframe_pending: bool,
-              alternatives: Sequence[Alternative] = ()) -> list[LoopEvent]:
+              alternatives: Sequence[Alternative] = (),
+              wanted: np.ndarray | None = None) -> list[LoopEvent]:
         """After frame ``seq`` was encoded: its crop, the tracker's motion ``vector``, the
         motion as the receiver decodes it and the receiver's source state (None before a
         keyframe). ``keyframe_pending``: a keyframe is already asked for. ``alternatives``:
-        the other references the receiver holds (K > 1). What to do, in order."""
+        the other references the receiver holds (K > 1). ``wanted``: the tracker's motion as
+        the receiver would decode it where the sender coded damped motion instead
+        (:mod:`codec.damping`); the turn is measured, and trial keyframes are driven, with it,
+        while the error is the rebuild the receiver shows. What to do, in order."""
         events: list[LoopEvent] = []
-        if self._held.pose is None and decoded is not None:
-            self._held.pose = decoded[:2].copy()
+        if wanted is None:
+            wanted = decoded
+        if self._held.pose is None and wanted is not None:
+            self._held.pose = wanted[:2].copy()
         self._watch_face(vector, seq, events)
         if seq % self.policy.check_every == 0:
-            self._check_rebuild(crop, seq, decoded, source, keyframe_pending, events, alternatives)
+            self._check_rebuild(crop, seq, decoded, source, keyframe_pending, events, alternatives, wanted)
         return events
 
     @property
@@ -253,7 +259,7 @@ class RefreshLoop:
 
     def _check_rebuild(self, crop: np.ndarray, seq: int, decoded: np.ndarray | None, source: Any,
                        keyframe_pending: bool, events: list[LoopEvent],
-                       alternatives: Sequence[Alternative] = ()) -> None:
+                       alternatives: Sequence[Alternative] = (), wanted: np.ndarray | None = None) -> None:
         """Score the receiver's rebuild of this frame; a refresh or switch event when one is due."""
         policy, held = self.policy, self._held
         if source is None or decoded is None or seq == held.seq:
@@ -262,9 +268,10 @@ class RefreshLoop:
         self.last_error = error
         if held.floor is None:
             held.floor = error
-        turn = pose_distance(decoded, held.pose) if held.pose is not None else 0.0
+        wanted = decoded if wanted is None else wanted
+        turn = pose_distance(wanted, held.pose) if held.pose is not None else 0.0
         # A copy: fit_square hands back the caller's array, which a camera may fill again.
-        held.window.append(CheckedFrame(seq, crop.copy(), decoded.copy(), error, turn))
+        held.window.append(CheckedFrame(seq, crop.copy(), wanted.copy(), error, turn))
         while seq - held.window[0].seq > round(policy.window_s * self.frame_rate):
             held.window.popleft()
         held.turned_checks = held.turned_checks + 1 if turn > policy.pose_limit_deg else 0
@@ -274,7 +281,7 @@ class RefreshLoop:
         turned = held.turned_checks >= policy.hold_checks
         frames = self._trial_frames(seq, turned) if seq % policy.candidate_every == 0 else []
         # Another held reference that rebuilds the trial's frames better (K > 1): free to use.
-        alternative = self._best_alternative(decoded, turn, frames, alternatives)
+        alternative = self._best_alternative(wanted, turn, frames, alternatives)
         held_error = float(np.mean([entry.error for entry in frames])) if frames else error
         since = 1e9 if self._last_keyframe_seq is None else (seq - self._last_keyframe_seq) / self.frame_rate
         elapsed = (seq + 1) / self.frame_rate

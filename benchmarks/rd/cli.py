@@ -63,6 +63,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="landmark family: score the plain warp, without the learned refiner")
     p.add_argument("--no-patches", action="store_true",
                    help="our sender sends no reference patches of the mouth and eyes")
+    p.add_argument("--damping", choices=("on", "off"), default="off",
+                   help="our sender damps motion on frames its reference cannot show (codec.damping; "
+                        "settings named -damp); off, as compress and a call ship it")
     p.add_argument("--keyframe-codec", choices=["webp", "av1", "jpeg"], default=None,
                    help="our keyframes' image codec (default: the shipped one, what compress and a "
                         "call send, codec.keyframe.DEFAULT_KEYFRAME_CODEC; others name their "
@@ -177,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and a call use (shipped_default; setting names say every departure).
         store.data["ours_config"] = [
             ours_config(refresh, args.keyframe_codec, args.keyframe_quality, k, args.predicted_refresh == "on", crf,
-                        whole_frame=args.frame)
+                        whole_frame=args.frame, damping=args.damping == "on")
             | {"refresh": refresh, "reference_policy": args.reference_policy}
             for refresh in dict.fromkeys(r for r, _ in ours_points)
             for k in args.reference_counts for crf in args.predicted_crfs]
@@ -191,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         reference_policy=args.reference_policy,
                                         predicted_refresh=args.predicted_refresh == "on",
                                         predicted_crfs=args.predicted_crfs,
-                                        whole_frame=args.frame), model,
+                                        whole_frame=args.frame,
+                                        damping=args.damping == "on"), model,
                   size, args.frames, args.metric_every,
                   [m.strip() for m in args.metrics.split(",") if m.strip()], out)
     started = time.perf_counter()

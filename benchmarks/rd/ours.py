@@ -64,13 +64,14 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
                   keyframe_quality: int | None = None, keyframe_codec: str | None = None,
                   references: int | None = None, reference_policy: str = "lru",
                   predicted_refresh: bool = True, predicted_crf: int | None = None,
-                  whole_frame: bool = False) -> list[Setting]:
+                  whole_frame: bool = False, damping: bool = False) -> list[Setting]:
     """One ``Setting`` per (refresh, quality) pair of ``ours_sweep``, named q<Q>-<refresh>
     (with a ``-nopatch`` suffix when the sender sends no reference patches, ``-k<codec>`` when
     keyframes are not the shipped codec, ``-kq<Q>`` when their quality is not the codec's
     default, ``-r<K>`` with K > 1 reference slots, ``-rcov`` when they are replaced by pose
     coverage, ``-nopred`` when closed-loop refreshes are always whole, ``-crf<N>`` when predicted
-    ones are not at the default CRF). None: what ``compress`` and a call use
+    ones are not at the default CRF, ``-damp`` when the sender damps motion, ``codec.damping``,
+    which it does not ship with). None: what ``compress`` and a call use
     (:func:`ours_config`: the shipped keyframes, of whole frames with ``whole_frame``; K = 4 with
     the closed loop, else 1; predicted refreshes at ``codec.predicted_keyframe.DEFAULT_CRF``)."""
     from codec.keyframe import DEFAULT_KEYFRAME_CODEC
@@ -79,7 +80,7 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
     settings = []
     for r, q in points:
         config = ours_config(r, keyframe_codec, keyframe_quality, references, predicted_refresh, predicted_crf,
-                             whole_frame)
+                             whole_frame, damping)
         codec, quality, k = config["keyframe_codec"], config["keyframe_quality"], config["references"]
         crf = config["predicted_crf"]
         suffix = ("" if patches else "-nopatch") \
@@ -88,25 +89,28 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
             + ("" if k == 1 else f"-r{k}") \
             + ("" if reference_policy == "lru" else "-rcov") \
             + ("" if predicted_refresh else "-nopred") \
-            + ("" if not predicted_refresh or crf == DEFAULT_CRF else f"-crf{crf}")
+            + ("" if not predicted_refresh or crf == DEFAULT_CRF else f"-crf{crf}") \
+            + ("-damp" if damping else "")
         settings.append(Setting("ours", f"q{q}-{_refresh_name(r)}{suffix}",
                                 {"quality": q, "refresh": r, "patches": patches, "keyframe_quality": quality,
                                  "keyframe_codec": codec, "references": k,
                                  "reference_policy": reference_policy,
-                                 "predicted_refresh": predicted_refresh, "predicted_crf": crf}))
+                                 "predicted_refresh": predicted_refresh, "predicted_crf": crf,
+                                 "damping": damping}))
     return settings
 
 
 def ours_config(refresh: float | str | None, keyframe_codec: str | None = None,
                 keyframe_quality: int | None = None, references: int | None = None,
                 predicted_refresh: bool = True, predicted_crf: int | None = None,
-                whole_frame: bool = False) -> dict[str, Any]:
+                whole_frame: bool = False, damping: bool = False) -> dict[str, Any]:
     """Ours' sender settings for a refresh of ``ours_sweep`` (None: any), each None resolved to
     what ``compress`` and a call use (the Encoder's defaults), and whether each is that default:
     the keyframe codec and quality (``codec.keyframe``, of crops or ``whole_frame``s), K reference
-    slots (``DEFAULT_REFERENCES`` with the closed loop, else 1: nothing chooses among them), closed-loop refreshes predicted
-    from the held reference (``codec.predicted_keyframe``) at ``predicted_crf``."""
-    from codec.api import DEFAULT_REFERENCES
+    slots (``DEFAULT_REFERENCES`` with the closed loop, else 1: nothing chooses among them),
+    closed-loop refreshes predicted from the held reference (``codec.predicted_keyframe``) at
+    ``predicted_crf``, damped motion (``codec.api.DEFAULT_DAMPING``: none)."""
+    from codec.api import DEFAULT_DAMPING, DEFAULT_REFERENCES
     from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
     from codec.predicted_keyframe import DEFAULT_CRF
 
@@ -122,12 +126,14 @@ def ours_config(refresh: float | str | None, keyframe_codec: str | None = None,
             "references": k, "references_default": k == shipped_k,
             "predicted_refresh": predicted_refresh, "predicted_crf": crf,
             "predicted_default": predicted_refresh and crf == DEFAULT_CRF,
+            "damping": damping, "damping_default": damping == (DEFAULT_DAMPING is not None),
             "shipped_default": (codec == DEFAULT_KEYFRAME_CODEC and quality == default_quality
-                                and k == shipped_k and predicted_refresh and crf == DEFAULT_CRF)}
+                                and k == shipped_k and predicted_refresh and crf == DEFAULT_CRF
+                                and damping == (DEFAULT_DAMPING is not None))}
 
 
 def shipped_keyframes(keyframe_codec: str | None = None, keyframe_quality: int | None = None,
-                      whole_frame: bool = False) -> dict[str, Any]:
+                      whole_frame: bool = False, damping: bool = False) -> dict[str, Any]:
     """Ours' keyframe codec and quality in a run (None: the shipped defaults of
     ``codec.keyframe``, what ``compress`` and a call send, for crops or ``whole_frame``s) and
     whether they are those."""
@@ -168,7 +174,8 @@ def run_ours_setting(crops: np.ndarray, model: Any, params: dict[str, Any],
                     references=params.get("references", 1),
                     reference_policy=params.get("reference_policy", "lru"), whole_frame=whole_frame,
                     predicted_refresh=params.get("predicted_refresh", True),
-                    predicted_crf=params.get("predicted_crf"))
+                    predicted_crf=params.get("predicted_crf"),
+                    damping=params.get("damping", False))
 
 
 def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_refresh_s: float,
@@ -177,7 +184,7 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
              keyframe_quality: int | None = None, keyframe_codec: str | None = None,
              face_wait: bool = False, references: int = 1, reference_policy: str = "lru",
              whole_frame: bool = False, predicted_refresh: bool = True,
-             predicted_crf: int | None = None) -> CodecRun:
+             predicted_crf: int | None = None, damping: bool = False) -> CodecRun:
     """Encoder over the crops, Decoder to rebuild them; counts header + keyframes + motion.
 
     ``keyframe_refresh_s`` = 0: one keyframe; N: a new keyframe every N seconds; with
@@ -191,10 +198,12 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     ``decoded`` holds just those. ``keyframe_codec`` / ``keyframe_quality``: None, the
     shipped defaults (``shipped_keyframes``). ``references``: K reference slots
     (``reference_policy`` replaces them). ``predicted_refresh`` / ``predicted_crf``: closed-loop
-    refreshes coded against the warp of the held reference at that x264 CRF (None: the default)."""
+    refreshes coded against the warp of the held reference at that x264 CRF (None: the default).
+    ``damping``: the sender's damped motion on frames its reference cannot show
+    (``codec.damping``, off as shipped)."""
     import cv2
 
-    from codec.api import Decoder, Encoder
+    from codec.api import DampingPolicy, Decoder, Encoder
     from codec.bitstream import is_motion_packet
     from rtc.wire_cost import (
         DATA_CHANNEL_OVERHEAD_BYTES,
@@ -218,7 +227,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
     encoder = Encoder(model, quality=quality, frame_rate=fps, refresh=refresh_policy, patches=patches,
                       keyframe_quality=keyframe_quality, keyframe_codec=keyframe_codec,
                       references=references, reference_policy=reference_policy,
-                      predicted_refresh=predicted_refresh, predicted_crf=predicted_crf)
+                      predicted_refresh=predicted_refresh, predicted_crf=predicted_crf,
+                      damping=DampingPolicy() if damping else None)
     header = encoder.header()
     period = round(keyframe_refresh_s * fps) if keyframe_refresh_s > 0 else 0
     frame_bytes = np.zeros(n, dtype=np.int64)
@@ -282,6 +292,8 @@ def run_ours(crops: np.ndarray, model: TalkingHeadModel, quality: int, keyframe_
                "predicted_refresh": predicted_refresh, "predicted_crf": predicted_crf,
                "predicted_keyframe_bytes": sum(p for _, p, _, sent in stats.refresh_choices if sent),
                "whole_refresh_bytes": sum(w for _, _, w, sent in stats.refresh_choices if not sent),
+               # damped motion (codec.damping): frames tried, and damped by candidate
+               "damping": damping, "damping_tried": stats.damping_tried, "damped": dict(stats.damped),
                "keyframe_slots": stats.keyframe_slots,
                # (seq, slot): the frames from which a held reference was reused, for free
                "reference_switches": [list(item) for item in stats.switches],

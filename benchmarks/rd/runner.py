@@ -31,10 +31,10 @@ def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | st
                    keyframe_codec: str | None = None, references: Sequence[int | None] = (None,),
                    reference_policy: str = "lru", predicted_refresh: bool = True,
                    predicted_crfs: Sequence[int | None] = (None,),
-                   whole_frame: bool = False) -> list[Setting]:
+                   whole_frame: bool = False, damping: bool = False) -> list[Setting]:
     """Every setting to run, codec by codec in ``--codecs`` order (``quick``: ``--sweep quick``);
     ours at each of ``references`` × ``predicted_crfs`` (None: the shipped default;
-    ``whole_frame``: our keyframes' default is the whole-frame one)."""
+    ``whole_frame``: our keyframes' default is the whole-frame one; ``damping``: codec.damping)."""
     settings: list[Setting] = []
     for codec in codecs:
         if codec in ("x264", "vp8", "vp9", "av1"):
@@ -45,7 +45,8 @@ def sweep_settings(codecs: Sequence[str], ours_points: Sequence[tuple[float | st
             for k in references:
                 for crf in (predicted_crfs if predicted_refresh else [None]):
                     settings += ours_settings(ours_points, patches, keyframe_quality, keyframe_codec,
-                                              k, reference_policy, predicted_refresh, crf, whole_frame)
+                                              k, reference_policy, predicted_refresh, crf, whole_frame,
+                                              damping)
     return settings
 
 
