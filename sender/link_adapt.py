@@ -158,8 +158,13 @@ class LinkAdapter:
         # A keyframe that fits in about one shaper burst may pass at once on a slow link: until
         # a larger one has crossed, motion stays bundled (_motion_rate); keyframes still grow
         # from it, at most doubling each time.
+        bound = min(8.0 * sent / transfer / 1000.0, 10_000.0)
+        if sent <= 2 * BURST_BYTES and self._large_measured and self.state.kbps is not None:
+            # After a real measurement a burst-sized keyframe may only lower the estimate (the
+            # matrix's 20 kbit/s cell: a 617-byte one "took 0.02 s" and unbundled motion).
+            bound = min(bound, self.state.kbps)
         self._large_measured |= sent > 2 * BURST_BYTES
-        self._bounds.append(min(8.0 * sent / transfer / 1000.0, 10_000.0))
+        self._bounds.append(bound)
         del self._bounds[:-MEASUREMENTS_KEPT]
         # One keyframe held up by an outage, or one that rode a burst, says little: the median
         # of the last three (the lower of two) is the estimate.

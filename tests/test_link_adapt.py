@@ -81,6 +81,10 @@ def test_a_slow_link_gets_small_keyframes_no_patches_and_bundled_motion():
     for seq in (200, 250, 300):
         _report(adapter, seq, 1250, adapter.keyframe_quality(), 3.0)
     assert adapter.state.motion_every == 3
+    # Burst-sized keyframes that crossed at once cannot lift a measured slow link.
+    for seq in (350, 400, 450):
+        _report(adapter, seq, 600, adapter.keyframe_quality(), 0.02)
+    assert adapter.state.motion_every == 3
     assert any("link too slow" in what for _, what, _ in adapter.adaptations)
 
 
