@@ -438,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures = run_cell(cell, work_root / cell.name, seconds=args.seconds, clip=clip)
         except Exception as exc:  # a broken cell is recorded, the others still run
             figures = {"cell": cell.name, "axis": cell.axis, "failed": f"{type(exc).__name__}: {exc}"}
+        figures["git_sha"] = result["env"].get("git_sha")  # cells merged from runs at other commits say which
         result["cells"].append(figures)
         write(result, args.out)
         print(f"  {cell.name}: " + json.dumps({k: figures.get(k) for k in (

@@ -19,10 +19,13 @@ known, is a cheap one (``FIRST_KEYFRAME_BYTES``); once a fast link is measured, 
 keyframe at the codec's default quality follows ("the link allows a full keyframe").
 
 Below ``PATCHES_MIN_KBPS`` reference patches stop (each is a control message of a few hundred
-bytes). Without audio, motion travels one data-channel message per frame, ~20 kbit/s of
-headers at 25 fps: below ``BUNDLE_BELOW_KBPS`` two frames share a message (the receiver
-renders them 1/fps apart), and below ``LINK_TOO_SLOW_KBPS`` the link is too slow for every
-frame: motion is sent for every third frame only ("link too slow" state, logged). Above 2 %
+bytes). Without audio, motion travels one data-channel message per frame, ~94 bytes of headers
+each (~19 kbit/s at 25 fps): the sender bundles the fewest frames a message whose cost
+(``motion_kbps``) fits ``MOTION_SHARE`` of the measured rate (the receiver renders them 1/fps
+apart, every frame still shown); only when even ``MAX_BUNDLE`` frames a message do not fit is
+the link too slow for every frame: motion for every second or third frame ("link too slow"
+state, logged). Until a keyframe large enough to measure the link has crossed (a small one
+rides the shaper's burst and says nothing), motion goes two frames a message. Above 2 %
 motion loss every ``0.5/loss``-th motion packet (at least every 4th) is intra, so a lost
 packet costs a few frames without a round trip.
 """
@@ -40,8 +43,12 @@ KEYFRAME_SECONDS = 0.5  # a keyframe should cross the link in this long
 FIRST_KEYFRAME_BYTES = 1_500  # before the link is measured: ~0.6 s at 20 kbit/s
 MIN_KEYFRAME_QUALITY = 3
 PATCHES_MIN_KBPS = 30.0
-BUNDLE_BELOW_KBPS = 40.0  # motion on the data channel: two frames a message below this
-LINK_TOO_SLOW_KBPS = 14.0  # motion on the data channel: every third frame only below this
+MESSAGE_OVERHEAD_BYTES = 94  # IPv4 20, UDP 8, DTLS 37, SCTP 12 and its DATA chunk 16, bundle marker 1
+SCTP_CHUNK_BYTES = 1_200  # aiortc's user data per SCTP packet: a keyframe's wire bytes per chunk
+MOTION_SHARE = 0.6  # motion on the data channel takes at most this share of the measured rate
+MOTION_PACKET_BYTES = 10.0  # a motion packet's own bytes (mean; the session passes the measured one)
+MAX_BUNDLE = 6  # frames a message at most: each waits for the last, ~200 ms at 25 fps
+UNMEASURED_BUNDLE = 2  # before a keyframe has measured the link
 DEFAULT_INTRA_PERIOD = 25  # codec.api's
 LOSSY = 0.02  # motion loss above which intra packets come more often
 MIN_INTRA_PERIOD = 4
@@ -61,8 +68,20 @@ class LinkState:
     keyframe_budget: int = FIRST_KEYFRAME_BYTES
     patches: bool = True
     motion_every: int = 1  # send motion for every N-th frame (1: all)
-    bundle: int = 1  # motion packets per data-channel message
+    bundle: int = 1  # motion packets per data-channel message (UNMEASURED_BUNDLE until measured)
     intra_period: int = 25  # motion packets between intra ones
+
+
+def wire_bytes(nbytes: int) -> int:
+    """A control message of ``nbytes`` on the wire: its SCTP packets' headers added."""
+    return nbytes + MESSAGE_OVERHEAD_BYTES * max(1, math.ceil(nbytes / SCTP_CHUNK_BYTES))
+
+
+def motion_kbps(bundle: int, every: int, fps: float, packet_bytes: float) -> float:
+    """What motion on the data channel costs: one message per ``bundle`` sent frames, every
+    ``every``-th frame sent (a length byte per bundled packet)."""
+    per_frame = packet_bytes + (1 if bundle > 1 else 0) + MESSAGE_OVERHEAD_BYTES / bundle
+    return 8.0 * fps / every * per_frame / 1000.0
 
 
 def quality_for_bytes(codec: str, quality: int, nbytes: int, budget: int, default: int) -> int:
@@ -83,15 +102,19 @@ class LinkAdapter:
     """Decides the sender's keyframe budget, patches and motion rate from the receiver's
     reports (see the module docstring). ``adaptations``: (s since start, what, why)."""
 
-    def __init__(self, *, codec: str, default_quality: int, motion_on_channel: bool = True) -> None:
+    def __init__(self, *, codec: str, default_quality: int, motion_on_channel: bool = True,
+                 fps: float = 25.0) -> None:
         self.codec = codec
+        self.fps = fps
+        self.motion_packet_bytes = MOTION_PACKET_BYTES  # the session updates it from what it sent
         self.default_quality = default_quality
         self.motion_on_channel = motion_on_channel
-        self.state = LinkState()
+        self.state = LinkState(bundle=UNMEASURED_BUNDLE if motion_on_channel else 1)
         self.adaptations: list[tuple[float, str, str]] = []
         self._sent: dict[int, tuple[float, int, int]] = {}  # keyframe seq -> (wall, bytes, quality)
         self._measured_seq = -1
         self._bounds: list[float] = []  # the newest keyframes' rate bounds (kbit/s)
+        self._large_measured = False  # a keyframe larger than a shaper's burst has crossed
         self._started = time.monotonic()
         self._last_bytes_quality: tuple[int, int] | None = None  # (bytes, quality) of the newest keyframe
 
@@ -130,10 +153,18 @@ class LinkAdapter:
         self._measured_seq = seq
         sent_at, nbytes, quality = self._sent[seq]
         transfer = max(arrival - sent_at - (rtt_s or 0.0) / 2, 0.02)
-        # A link's first packet or so passes at once (a shaper's burst, a queue that was empty):
-        # only the bytes beyond it measure the rate.
-        measured = max(nbytes - BURST_BYTES, nbytes / 2)
-        self._bounds.append(min(8.0 * measured / transfer / 1000.0, 10_000.0))
+        # Every wire byte counts (SCTP/DTLS/UDP/IP headers included): the link carried them all.
+        sent = wire_bytes(nbytes)
+        # A keyframe that fits in about one shaper burst may pass at once on a slow link: until
+        # a larger one has crossed, motion stays bundled (_motion_rate); keyframes still grow
+        # from it, at most doubling each time.
+        bound = min(8.0 * sent / transfer / 1000.0, 10_000.0)
+        if sent <= 2 * BURST_BYTES and self._large_measured and self.state.kbps is not None:
+            # After a real measurement a burst-sized keyframe may only lower the estimate (the
+            # matrix's 20 kbit/s cell: a 617-byte one "took 0.02 s" and unbundled motion).
+            bound = min(bound, self.state.kbps)
+        self._large_measured |= sent > 2 * BURST_BYTES
+        self._bounds.append(bound)
         del self._bounds[:-MEASUREMENTS_KEPT]
         # One keyframe held up by an outage, or one that rode a burst, says little: the median
         # of the last three (the lower of two) is the estimate.
@@ -156,8 +187,13 @@ class LinkAdapter:
             self.state.patches = patches
             self._log("reference patches " + ("on" if patches else "off"), f"about {kbps:.0f} kbit/s")
         if self.motion_on_channel:
-            self._motion_rate(kbps)
+            self._motion_rate(kbps if self._large_measured else min(kbps, self._unmeasured_ceiling()))
         return upgrade
+
+    def _unmeasured_ceiling(self) -> float:
+        """The highest rate a burst-sized keyframe may claim: just below where motion would go
+        one frame a message (it stays bundled until a larger keyframe measures the link)."""
+        return 0.99 * motion_kbps(1, 1, self.fps, self.motion_packet_bytes) / MOTION_SHARE
 
     def _follow_loss(self, loss: float | None) -> None:
         """A lossy link gets intra motion packets more often: a lost packet breaks the motion
@@ -170,16 +206,28 @@ class LinkAdapter:
             self.state.intra_period = period
             self._log(f"an intra motion packet every {period} frames", f"{100 * loss:.1f} % of motion lost")
 
+    def motion_plan(self, kbps: float) -> tuple[int, int]:
+        """(every, bundle): all frames in the fewest frames a message whose cost fits
+        MOTION_SHARE of ``kbps``; else every 2nd or 3rd frame at MAX_BUNDLE a message."""
+        budget = MOTION_SHARE * kbps
+        for bundle in range(1, MAX_BUNDLE + 1):
+            if motion_kbps(bundle, 1, self.fps, self.motion_packet_bytes) <= budget:
+                return 1, bundle
+        every = 2 if motion_kbps(MAX_BUNDLE, 2, self.fps, self.motion_packet_bytes) <= budget else 3
+        return every, MAX_BUNDLE
+
     def _motion_rate(self, kbps: float) -> None:
-        every, bundle = (3, 1) if kbps < LINK_TOO_SLOW_KBPS else (1, 2) if kbps < BUNDLE_BELOW_KBPS else (1, 1)
+        every, bundle = self.motion_plan(kbps)
         if (every, bundle) == (self.state.motion_every, self.state.bundle):
             return
         self.state.motion_every, self.state.bundle = every, bundle
+        cost = motion_kbps(bundle, every, self.fps, self.motion_packet_bytes)
         if every > 1:
-            self._log(f"link too slow: motion for every {every}rd frame only",
-                      f"about {kbps:.0f} kbit/s < {LINK_TOO_SLOW_KBPS:g}")
+            self._log(f"link too slow: motion for every {'2nd' if every == 2 else '3rd'} frame only, "
+                      f"{bundle} a message", f"about {kbps:.0f} kbit/s: even {MAX_BUNDLE} frames a message "
+                      f"would take more than {100 * MOTION_SHARE:.0f} %")
         elif bundle > 1:
             self._log(f"motion bundled, {bundle} frames a data-channel message",
-                      f"about {kbps:.0f} kbit/s < {BUNDLE_BELOW_KBPS:g}")
+                      f"about {kbps:.0f} kbit/s: ~{cost:.1f} kbit/s of motion")
         else:
             self._log("motion one frame a message", f"about {kbps:.0f} kbit/s")

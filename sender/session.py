@@ -208,7 +208,7 @@ class SenderSession:
         if self.encoder is None:
             return
         self.link = LinkAdapter(codec=self.encoder.keyframe_codec, default_quality=self.encoder.keyframe_quality,
-                                motion_on_channel=self.motion_carrier is None)
+                                motion_on_channel=self.motion_carrier is None, fps=self.fps)
         self.link.adaptations = self.stats.adaptations  # one list: the report shows them
         self.encoder.keyframe_quality = self.link.keyframe_quality()
 
@@ -224,6 +224,8 @@ class SenderSession:
         # a message per frame, and a slow link gets bundles or fewer frames.
         self.link.motion_on_channel = self.motion_carrier is None or \
             self.stats.motion_on_audio < 0.5 * self.stats.neural_frames
+        if self.stats.neural_frames >= 25:  # what motion packets really weigh, for the bundle choice
+            self.link.motion_packet_bytes = self.stats.motion_bytes / self.stats.neural_frames
         upgrade = self.link.on_peer_stats(self.peer_stats, self._rtt())
         state = self.link.state
         self.encoder.keyframe_quality = self.link.keyframe_quality()

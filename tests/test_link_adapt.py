@@ -3,14 +3,19 @@ slow link without audio (rtc/motion_bundle.py)."""
 
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codec.errors import BitstreamError
 from rtc.motion_bundle import MAX_BUNDLE_PACKETS, pack_bundle, split_bundle
-from sender.link_adapt import FIRST_KEYFRAME_BYTES, LinkAdapter, quality_for_bytes
+from sender.link_adapt import (
+    FIRST_KEYFRAME_BYTES,
+    MOTION_PACKET_BYTES,
+    LinkAdapter,
+    motion_kbps,
+    quality_for_bytes,
+)
 
 
 @settings(deadline=None)
@@ -56,18 +61,29 @@ def test_a_slow_link_gets_small_keyframes_no_patches_and_bundled_motion():
     assert adapter.state.keyframe_budget == FIRST_KEYFRAME_BYTES  # nothing measured yet: cheap
     first = adapter.keyframe_quality()
     assert first < 66
-    # 2500 bytes in 0.52 s: 20 kbit/s beyond the first packet.
-    assert not _report(adapter, 0, 2500, first, 0.52)
+    # 2500 bytes (2782 on the wire) in 1.1 s: 20 kbit/s.
+    assert not _report(adapter, 0, 2500, first, 1.1)
     assert 15 < adapter.state.kbps < 25
     assert adapter.state.keyframe_budget == pytest.approx(20_000 / 8 * 0.5, rel=0.05)
     assert adapter.keyframe_interval() == pytest.approx(8 * 2500 / (0.25 * 20_000), rel=0.05)
     assert not adapter.state.patches
+    # Every frame still sent, two a message: ~12 kbit/s of motion at 25 fps (the matrix's
+    # 20 kbit/s cell once fell to every third frame from an estimate of half the link).
     assert adapter.state.bundle == 2 and adapter.state.motion_every == 1
+    assert motion_kbps(2, 1, 25, MOTION_PACKET_BYTES) <= 0.6 * adapter.state.kbps
     whats = [what for _, what, _ in adapter.adaptations]
     assert any("keyframes of at most" in w for w in whats) and "reference patches off" in whats
-    # 10 kbit/s for the last three keyframes: the "link too slow" state, logged.
+    # 10 kbit/s: still every frame, more of them a message.
     for seq in (50, 100, 150):
-        _report(adapter, seq, 1250, adapter.keyframe_quality(), 1.0)
+        _report(adapter, seq, 1250, adapter.keyframe_quality(), 1.15)
+    assert adapter.state.motion_every == 1 and adapter.state.bundle >= 4
+    # ~4 kbit/s for the last three keyframes: the "link too slow" state, logged.
+    for seq in (200, 250, 300):
+        _report(adapter, seq, 1250, adapter.keyframe_quality(), 3.0)
+    assert adapter.state.motion_every == 3
+    # Burst-sized keyframes that crossed at once cannot lift a measured slow link.
+    for seq in (350, 400, 450):
+        _report(adapter, seq, 600, adapter.keyframe_quality(), 0.02)
     assert adapter.state.motion_every == 3
     assert any("link too slow" in what for _, what, _ in adapter.adaptations)
 
@@ -76,6 +92,8 @@ def test_a_fast_link_asks_for_a_full_keyframe_once():
     adapter = LinkAdapter(codec="av1", default_quality=66)
     assert _report(adapter, 0, 1500, adapter.keyframe_quality(), 0.01)  # ~600 kbit/s: upgrade
     assert adapter.state.keyframe_budget == 3000  # one step: at most double
+    # A keyframe within one shaper burst proves nothing of the rate: motion stays bundled.
+    assert adapter.state.bundle == 2
     assert _report(adapter, 10, 3000, adapter.keyframe_quality(), 0.02)
     assert adapter.keyframe_quality() == 66
     assert adapter.state.patches and adapter.state.bundle == 1
@@ -84,8 +102,8 @@ def test_a_fast_link_asks_for_a_full_keyframe_once():
 
 def test_one_keyframe_held_up_by_an_outage_does_not_sink_the_estimate():
     adapter = LinkAdapter(codec="av1", default_quality=66)
-    _report(adapter, 0, 4000, 66, 0.28)  # 80 kbit/s
-    _report(adapter, 50, 4000, 66, 0.28)
+    _report(adapter, 0, 4000, 66, 0.44)  # 4376 wire bytes: 80 kbit/s
+    _report(adapter, 50, 4000, 66, 0.44)
     _report(adapter, 100, 4000, 66, 5.5)  # crossed after a 5 s outage: ~4 kbit/s
     assert adapter.state.kbps == pytest.approx(80, rel=0.05)
     assert adapter.state.motion_every == 1 and adapter.state.patches
