@@ -31,7 +31,13 @@ from codec.bitstream import (
     StreamHeader,
     parse_packet,
 )
-from codec.errors import CodecError, MissingReferenceError, ModelMismatchError, ReferenceSlotError
+from codec.errors import (
+    CodecError,
+    MissingReferenceError,
+    ModelMismatchError,
+    PictureTooLargeError,
+    ReferenceSlotError,
+)
 from codec.families.base import PatchCandidate, TalkingHeadModel, ViewControl
 from codec.keyframe import decode_keyframe, received_keyframe
 from codec.motion_coding import MotionDecoder
@@ -86,10 +92,27 @@ class HeldReference:
     patches: int = 0
 
 
+# The largest picture a receiver renders unless told otherwise: 4096 per side and 16 MP. The
+# format allows 16384 per side; a header beyond the receiver's limit is refused before anything
+# the size of the picture is allocated (a 16384² frame would be 805 MB of RGB).
+MAX_PICTURE_SIDE = 4096
+MAX_PICTURE_PIXELS = 16 * 1024 * 1024
+
+
+def check_picture_size(header: StreamHeader, max_side: int = MAX_PICTURE_SIDE,
+                       max_pixels: int = MAX_PICTURE_PIXELS) -> None:
+    """Raise :class:`PictureTooLargeError` when the stream's picture is beyond this receiver."""
+    if max(header.width, header.height) > max_side or header.width * header.height > max_pixels:
+        raise PictureTooLargeError(
+            f"stream picture {header.width}×{header.height} is beyond this receiver's limit "
+            f"({max_side} per side, {max_pixels / 1e6:.1f} MP)")
+
+
 class Decoder:
     """Receiver side of the codec: packets (bytes) -> rebuilt frames."""
 
     def __init__(self, header: StreamHeader, model: TalkingHeadModel) -> None:
+        check_picture_size(header)
         if header.model_name != model.name or header.weights_sha256_prefix != model.sha256_prefix:
             raise ModelMismatchError(
                 f"stream was made with model {header.model_name!r} weights "
@@ -122,6 +145,7 @@ class Decoder:
                     seed: int = 0, device: str = "cpu", refiner: bool = True) -> Decoder:
         if isinstance(header, (bytes, bytearray, memoryview)):
             header = StreamHeader.parse(bytes(header))
+        check_picture_size(header)  # before loading a model for it
         if model is None:
             if header.untrained and not untrained and weights is None:
                 raise ModelMismatchError(

@@ -21,6 +21,10 @@ class OversizedError(BitstreamError):
     """A length or count field exceeds the format's limits."""
 
 
+class PictureTooLargeError(OversizedError):
+    """The stream's picture is larger than this receiver renders (its limit, not the format's)."""
+
+
 class ReferenceSlotError(BitstreamError):
     """A packet names a reference slot outside the stream header's K slots (corrupt input)."""
 

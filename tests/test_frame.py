@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from codec.api import Decoder, Encoder
 from codec.bitstream import HeaderFlags, StreamHeader
-from codec.errors import ModelMismatchError
+from codec.errors import CodecError, ModelMismatchError, PictureTooLargeError
 from codec.face3d import frame_to_unit, pixels_to_unit, unit_to_frame
 from codec.families.landmark import LandmarkModel, motion_from_landmarks
 from codec.zoo import resolve_model
@@ -144,6 +148,42 @@ def test_whole_frame_stream_needs_a_model_that_renders_frames(model, turning, ti
     header = StreamHeader.parse(encoder.header())
     with pytest.raises(ModelMismatchError):
         Decoder(header, tiny_model)
+
+
+@pytest.mark.parametrize("size", [(8000, 8000), (4097, 480), (4096, 4100), (16384, 16384)])
+def test_a_picture_beyond_the_receivers_limit_is_refused_before_anything_is_built(model, size) -> None:
+    """The format carries up to 16384 a side; a receiver renders at most 4096 a side and 16 MP,
+    and says so with a typed error before it loads a model or sizes anything to the picture."""
+    header = StreamHeader.parse(Encoder(model.at_size(640, 480, whole_frame=True)).header())
+    big = dataclasses.replace(header, width=size[0], height=size[1])
+    packed = big.pack()
+    assert StreamHeader.parse(packed).width == size[0]  # valid in the format
+    with pytest.raises(PictureTooLargeError, match="beyond this receiver's limit"):
+        Decoder.from_header(packed, refiner=False)
+    with pytest.raises(PictureTooLargeError):
+        Decoder(big, model)
+
+
+@pytest.mark.parametrize("size", [(1080, 1920), (4000, 4000), (641, 479)])
+def test_pictures_within_the_limit_are_decoded_at_their_size(model, size) -> None:
+    header = StreamHeader.parse(Encoder(model.at_size(640, 480, whole_frame=True)).header())
+    decoder = Decoder(dataclasses.replace(header, width=size[0], height=size[1]), model)
+    assert decoder.model.frame_size == size
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 16384), st.integers(1, 16384), st.booleans())
+def test_fuzz_picture_size_in_the_header(model, width: int, height: int, whole_frame: bool) -> None:
+    """Any size the format carries: a decoder at exactly that size, or a typed error."""
+    header = StreamHeader.parse(Encoder(model.at_size(640, 480, whole_frame=True)).header())
+    flags = header.flags | HeaderFlags.WHOLE_FRAME if whole_frame else header.flags & ~HeaderFlags.WHOLE_FRAME
+    fuzzed = StreamHeader.parse(dataclasses.replace(header, width=width, height=height, flags=flags).pack())
+    try:
+        decoder = Decoder(fuzzed, model)
+    except CodecError:
+        return
+    assert decoder.model.frame_size == (width, height)
 
 
 def test_refiner_on_the_face_box_of_a_whole_frame(turning) -> None:
