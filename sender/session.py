@@ -76,6 +76,7 @@ class SenderStats:
     keyframe_requests: int = 0
     intra_requests: int = 0
     mode_switches: int = 0
+    resolution_changes: int = 0  # the source's frames changed size mid-call (scaled back to the first's)
     motion_bundles: int = 0  # data-channel messages that carried several motion packets
     motion_thinned: int = 0  # frames sent without motion: the link was too slow for every frame
     adaptations: list = field(default_factory=list)  # (s, what, why): sender.link_adapt's changes
@@ -114,6 +115,12 @@ class SenderSession:
             within the picture, and only its leaving the frame (H.264 until it is back) stops
             the neural stream; None: the face crop of ``cropper``, re-fitted with a new
             keyframe when the face leaves it.
+
+    The first frame's size is the source's for the whole call (the stream's picture, the
+    crop box and the H.264 track are sized from it). A camera that changes its resolution
+    mid-call has its frames centre-cropped to that size's aspect and scaled to it (nothing
+    stretched), with one log line and a new keyframe per change: the old keyframe's framing
+    no longer matches the new frames'.
     """
 
     def __init__(self, frames: Iterator[np.ndarray], *, fps: float, encoder: Encoder | None,
@@ -158,6 +165,8 @@ class SenderSession:
         self._frames_without_face = 0
         self._quality_fallback = False  # in H.264 because the closed loop said keyframes stopped helping
         self._last_keyframe_request = -1e9
+        self.source_size: tuple[int, int] | None = None  # (width, height) of the first frame
+        self._input_size: tuple[int, int] | None = None  # of the last frame in, to log a change once
         self._stopped = asyncio.Event()
         self.clock = 0.0  # wall clock at media time 0
 
@@ -418,6 +427,7 @@ class SenderSession:
         first = await loop.run_in_executor(self._pool, next, self.frames, None)
         if first is None:
             raise CodecError("the video source gave no frames")
+        self.source_size = self._input_size = (first.shape[1], first.shape[0])
         self.box = await loop.run_in_executor(self._face_pool, self._fit_box, first)
         if self.box is None:
             log.warning("no face in the first frame: sending H.264 until one is found")
@@ -455,8 +465,32 @@ class SenderSession:
             await self.motion_carrier.flush()  # the last frame's motion may still wait for audio
         return self.stats
 
+    def _to_source_size(self, frame: np.ndarray) -> np.ndarray:
+        """The frame at the first frame's size: unchanged, or (a camera that changed its
+        resolution) centre-cropped to that aspect and scaled, with one log line and a new
+        keyframe per change of size."""
+        size = (frame.shape[1], frame.shape[0])
+        if size != self._input_size:
+            self.stats.resolution_changes += 1
+            events.info("the source's frames changed from %d×%d to %d×%d: %s", *self._input_size, *size,
+                        "back at the call's size" if size == self.source_size else
+                        f"centre-cropped and scaled to the call's {self.source_size[0]}×{self.source_size[1]}")
+            self._input_size = size
+            if self.encoder is not None and self.mode == "neural":
+                # The old keyframe's framing no longer matches: motion against it would show the
+                # face in the wrong place until a keyframe of the new framing is out.
+                self.encoder.request_keyframe("the source's resolution changed", restart=True)
+            if self.h264_track is not None:
+                self.h264_track.request_keyframe()
+        if size == self.source_size or self.source_size is None:
+            return frame
+        from sender.sources import cover_to_size
+
+        return cover_to_size(frame, self.source_size)
+
     async def _send_frame(self, frame: np.ndarray, t: float, index: int) -> None:
         loop = asyncio.get_running_loop()
+        frame = self._to_source_size(frame)
         if self._face_job is not None and self._face_job.done():
             try:
                 self._face_result(*self._face_job.result())
