@@ -195,7 +195,7 @@ def call_figures(reports: dict[str, dict | None], recordings: dict[str, Path | N
 
 def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode: str,
              work: Path, source: str = "default", loop: bool = False, resolution: str | None = None,
-             record: bool = False) -> dict[str, Any]:
+             record: bool = False, one_way: bool = False) -> dict[str, Any]:
     token = secrets.token_hex(16)
     env = {**os.environ, "FACECODEC_SIGNALING_TOKEN": token}
     port = _free_port()
@@ -214,7 +214,9 @@ def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode
                        "--seconds", str(seconds), "--wait", "120", "--no-rejoin",
                        "--stats-file", str(stats), "--stats-every", str(every),
                        "--report", str(work / f"{peer}-report.json")]
-            command += ["--source", source] + (["--loop"] if loop else [])
+            # --one-way: peer b only receives (a call's cost in one direction).
+            command += ["--source", "none"] if one_way and peer == "b" else \
+                ["--source", source] + (["--loop"] if loop else [])
             command += ["--resolution", resolution] if resolution else []
             command += ["--record", str(work / f"{peer}.mp4")] if record else []
             peers[peer] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
@@ -246,7 +248,7 @@ def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode
     return {
         "benchmark": "soak",
         "command": " ".join(["python -m benchmarks.soak", *sys.argv[1:]]),
-        "source": source, "resolution": resolution,
+        "source": source, "resolution": resolution, "one_way": one_way,
         "seconds": seconds, "every": every, "warmup": warmup, "rss_tolerance": tolerance, "mode": mode,
         "exit_codes": codes, "call_ran_its_time": ran,
         "passed": bool(ran and all(v["passed"] for v in verdicts.values())),
@@ -275,11 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="both peers' --resolution (the whole frame's cap; default: the call's)")
     parser.add_argument("--record", action="store_true",
                         help="each peer records what it receives; its size and length go into the JSON")
+    parser.add_argument("--one-way", action="store_true", help="peer b sends nothing (--source none)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="soak-"))
     work.mkdir(parents=True, exist_ok=True)
     result = run_soak(args.seconds, args.every, args.warmup, args.rss_tolerance, args.mode, work,
-                      source=args.source, loop=args.loop, resolution=args.resolution, record=args.record)
+                      source=args.source, loop=args.loop, resolution=args.resolution, record=args.record, one_way=args.one_way)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(result, args.out)
     plot(result, args.out.with_suffix(".png"))
@@ -293,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"peer {peer}: {verdict['why']}")
     for peer, row in result["call"].items():
+        if row["frames_sent_by_peer"] is None:
+            continue  # --one-way: the other peer sent nothing
         recording = row.get("recording") or {}
         print(f"peer {peer} received: {row['rendered']} rendered of {row['frames_sent_by_peer']} sent, latency "
               f"p50 {row['latency_p50_ms']} ms p95 {row['latency_p95_ms']} ms, recording "
