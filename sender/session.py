@@ -55,6 +55,12 @@ events = logging.getLogger("facecodec.call")  # mode switches: shown by `facecod
 # would leave: drop new ones instead of queueing (the channel is lossy by design anyway).
 MOTION_BUFFER_LIMIT_BYTES = 4_096
 KEYFRAME_REQUEST_MIN_INTERVAL_S = 0.5  # a burst of requests after a loss yields one keyframe
+# The face thread's share of one core at most: each check is followed by a pause of
+# (1/share - 1) times its own CPU time. With a face a check costs ~25 ms at 640×480 and this
+# never binds (checks stay every face_check_every frames); an empty room costs the detector
+# its upsampled pass (~250 ms), which every 5 frames kept one of two cores busy all the while
+# the sender waited on H.264 for the face to come back.
+FACE_CHECK_CPU_SHARE = 0.25
 
 
 @dataclass
@@ -105,7 +111,8 @@ class SenderSession:
         cropper: a :class:`codec.facecrop.FaceCropper` at the encoder's crop size.
         h264_track: the :class:`sender.media_tracks.H264Track` added to the connection.
         mode: ``neural`` or ``h264`` to start with (``auto`` is decided by :mod:`app.mode_choice`).
-        face_check_every: run the (slow) face detector every N frames, off the frame loop.
+        face_check_every: run the (slow) face detector every N frames, off the frame loop
+            (less often where a check costs more than FACE_CHECK_CPU_SHARE of a core).
         face_lost_frames: switch to H.264 once the face is missing for more than N frames.
         compare: also feed the H.264 track in neural mode (side-by-side comparisons).
         drop_late: skip source frames when the loop falls behind real time (a live call);
@@ -163,6 +170,10 @@ class SenderSession:
         self._face_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-face")
         self._face_job: asyncio.Future | None = None
         self._frames_without_face = 0
+        self._face_check_index = 0  # the frame index the last face check looked at
+        self._last_face_index = 0  # the frame index where a face was last seen
+        self._face_check_cpu_s = 0.0  # CPU time of the last face check
+        self._next_face_check = 0.0  # time.monotonic() before which no new check starts (FACE_CHECK_CPU_SHARE)
         self._quality_fallback = False  # in H.264 because the closed loop said keyframes stopped helping
         self._last_keyframe_request = -1e9
         self.source_size: tuple[int, int] | None = None  # (width, height) of the first frame
@@ -374,7 +385,8 @@ class SenderSession:
         try:
             landmarks = detect_landmarks(frame)
         finally:
-            self.stats.face_cpu_ms_total += 1000.0 * (time.thread_time() - started)
+            self._face_check_cpu_s = time.thread_time() - started
+            self.stats.face_cpu_ms_total += 1000.0 * self._face_check_cpu_s
         if landmarks is None:
             return False, None
         if self.whole_frame is not None:
@@ -385,12 +397,15 @@ class SenderSession:
 
     def _face_result(self, present: bool, new_box) -> None:
         self.stats.face_checks += 1
+        self._next_face_check = time.monotonic() + self._face_check_cpu_s * (1.0 / FACE_CHECK_CPU_SHARE - 1.0)
         if not present:
-            self._frames_without_face += self.face_check_every
+            # Counted in frames, not checks: checks are spaced by their cost and late frames skipped.
+            self._frames_without_face = self._face_check_index - self._last_face_index
             if self._frames_without_face > self.face_lost_frames and self.mode == "neural":
                 self._switch("h264", f"face lost for {self._frames_without_face} frames")
             return
         self._frames_without_face = 0
+        self._last_face_index = self._face_check_index
         if new_box is not None:
             log.info("face moved out of the crop: new crop box and keyframe")
             self.box = new_box
@@ -497,7 +512,9 @@ class SenderSession:
             except Exception:
                 log.exception("face check failed")
             self._face_job = None
-        if self._face_job is None and index % self.face_check_every == 0 and index > 0:
+        if self._face_job is None and index > 0 and index - self._face_check_index >= self.face_check_every \
+                and time.monotonic() >= self._next_face_check:
+            self._face_check_index = index
             self._face_job = loop.run_in_executor(self._face_pool, self._check_face, frame)
         crop = self._crop(frame)
         self.stats.frames += 1

@@ -225,3 +225,31 @@ def test_a_call_sender_takes_odd_camera_sizes(model, turning, size, caplog) -> N
     else:
         assert session.mode == "neural" and session.stats.neural_frames == 4
         assert session.encoder.stats.keyframes == 1
+
+
+def test_face_checks_in_an_empty_room_take_a_bounded_share_of_a_core(model, monkeypatch) -> None:
+    """Waiting on H.264 for a face to come back, the sender's face thread spaces its checks
+    by their cost (sender.session.FACE_CHECK_CPU_SHARE): a detector that spends 0.2 s of CPU
+    on each empty frame (about what dlib's upsampled pass costs at 640×480) no longer runs
+    back to back every 5 frames."""
+    import time
+
+    import codec.facecrop
+    from sender.session import FACE_CHECK_CPU_SHARE
+
+    def costly_detector(frame, *args, **kwargs):
+        started = time.thread_time()
+        while time.thread_time() - started < 0.2:
+            pass
+        return None
+
+    monkeypatch.setattr(codec.facecrop, "detect_landmarks", costly_detector)
+    session = sender(model, iter([EMPTY_ROOM] * 100))  # 4 s at 25 fps
+    started = time.monotonic()
+    run(session)
+    wall = time.monotonic() - started
+    stats = session.stats
+    assert session.mode == "h264" and stats.h264_frames == 100
+    # Back to back, 0.2-s checks would fill about 4 s; spaced, a quarter of that (+ one check).
+    assert stats.face_checks >= 2
+    assert stats.face_cpu_ms_total / 1000.0 <= FACE_CHECK_CPU_SHARE * wall + 0.5, (stats.face_checks, wall)
