@@ -13,6 +13,16 @@ and a verdict per peer, judged after ``--warmup`` s:
 
 A PNG beside the JSON plots memory and render fps against time. Exit code 0 when both
 peers ran the whole call and passed, 1 otherwise.
+
+A short call at a given picture size (issue 27), each peer recording what it receives:
+
+    python -m benchmarks.soak --seconds 30 --every 5 --warmup 5 --resolution 640x480 --record \
+        --out benchmarks/results/call-latency-640x480.json
+
+``--source`` (a video file, with ``--loop``) and ``--resolution`` go to both peers'
+``facecodec call``; ``--record`` adds each peer's recording (its size, frames and length,
+read back from the file) to ``call``, beside the frames the other peer sent, the frames
+rendered and the latency percentiles from the call reports.
 """
 
 from __future__ import annotations
@@ -152,8 +162,40 @@ def plot(result: dict[str, Any], path: Path) -> None:
     cv2.imwrite(str(path), image)
 
 
+def call_figures(reports: dict[str, dict | None], recordings: dict[str, Path | None]) -> dict[str, Any]:
+    """Per receiving peer: what the other sent, what it rendered, its latency percentiles over
+    the whole call (its call report) and its recording as read back from the file."""
+    from codec.errors import MediaError
+    from codec.media import probe
+
+    figures: dict[str, Any] = {}
+    for peer, other in zip(PEERS, PEERS[::-1]):
+        report, sent = reports.get(peer) or {}, (reports.get(other) or {}).get("sender") or {}
+        receiver, extra = report.get("receiver") or {}, report.get("receiver_figures") or {}
+        row: dict[str, Any] = {
+            "call_seconds": report.get("seconds"),
+            "frames_sent_by_peer": sent.get("frames"), "neural_frames_sent_by_peer": sent.get("neural_frames"),
+            "skipped_late_by_peer": sent.get("skipped_late"), "keyframes_sent_by_peer": sent.get("keyframes"),
+            "rendered": receiver.get("rendered"), "h264_frames": receiver.get("h264_frames"),
+            "mode": receiver.get("mode"), "queue_dropped": receiver.get("queue_dropped"),
+            "latency_p50_ms": extra.get("latency_p50_ms"), "latency_p95_ms": extra.get("latency_p95_ms"),
+        }
+        path = recordings.get(peer)
+        if path is not None:
+            try:
+                info = probe(path)
+                row["recording"] = {"width": info.width, "height": info.height, "frames": info.num_frames,
+                                    "duration_s": round(info.duration, 2), "audio": info.has_audio,
+                                    "stats": report.get("recording")}
+            except MediaError as error:
+                row["recording"] = {"error": str(error)}
+        figures[peer] = row
+    return figures
+
+
 def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode: str,
-             work: Path) -> dict[str, Any]:
+             work: Path, source: str = "default", loop: bool = False, resolution: str | None = None,
+             record: bool = False, one_way: bool = False) -> dict[str, Any]:
     token = secrets.token_hex(16)
     env = {**os.environ, "FACECODEC_SIGNALING_TOKEN": token}
     port = _free_port()
@@ -168,10 +210,15 @@ def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode
             stats = work / f"{peer}.jsonl"
             stats.unlink(missing_ok=True)
             command = [python, "-m", "app", "call", "--signaling", f"ws://127.0.0.1:{port}/ws",
-                       "--room", "soak", "--source", "default", "--mode", mode,
+                       "--room", "soak", "--mode", mode,
                        "--seconds", str(seconds), "--wait", "120", "--no-rejoin",
                        "--stats-file", str(stats), "--stats-every", str(every),
                        "--report", str(work / f"{peer}-report.json")]
+            # --one-way: peer b only receives (a call's cost in one direction).
+            command += ["--source", "none"] if one_way and peer == "b" else \
+                ["--source", source] + (["--loop"] if loop else [])
+            command += ["--resolution", resolution] if resolution else []
+            command += ["--record", str(work / f"{peer}.mp4")] if record else []
             peers[peer] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                            stderr=logs[1 + PEERS.index(peer)])
         codes = {peer: proc.wait(timeout=seconds + 600) for peer, proc in peers.items()}
@@ -197,16 +244,20 @@ def run_soak(seconds: float, every: float, warmup: float, tolerance: float, mode
            and all((r or {}).get("calls") == 1 and (r or {}).get("seconds", 0.0) >= 0.98 * seconds
                    for r in reports.values())
            and any("duration reached" in ((r or {}).get("end_reasons") or []) for r in reports.values()))
+    recordings = {peer: (work / f"{peer}.mp4") if record else None for peer in PEERS}
     return {
         "benchmark": "soak",
-        "command": f"python -m benchmarks.soak --seconds {seconds:g} --every {every:g} --warmup {warmup:g}",
+        "command": " ".join(["python -m benchmarks.soak", *sys.argv[1:]]),
+        "source": source, "resolution": resolution, "one_way": one_way,
         "seconds": seconds, "every": every, "warmup": warmup, "rss_tolerance": tolerance, "mode": mode,
         "exit_codes": codes, "call_ran_its_time": ran,
         "passed": bool(ran and all(v["passed"] for v in verdicts.values())),
         "verdicts": verdicts,
         "call_reports": {peer: {k: (r or {}).get(k) for k in ("calls", "seconds", "end_reasons")}
                          for peer, r in reports.items()},
+        "call": call_figures(reports, recordings),
         "samples": samples,
+        "load_average": os.getloadavg(),
         "cpu": cpu_name(), "cpus": os.cpu_count(), **git_state(),
     }
 
@@ -220,10 +271,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["neural", "h264"], default="neural")
     parser.add_argument("--out", type=Path, default=Path("out/soak/soak-call.json"))
     parser.add_argument("--work", type=Path, default=None, help="logs and raw samples (default: a temp dir)")
+    parser.add_argument("--source", default="default", help="both peers' --source: 'default' or a video file")
+    parser.add_argument("--loop", action="store_true", help="loop a video file source")
+    parser.add_argument("--resolution", default=None, metavar="WxH",
+                        help="both peers' --resolution (the whole frame's cap; default: the call's)")
+    parser.add_argument("--record", action="store_true",
+                        help="each peer records what it receives; its size and length go into the JSON")
+    parser.add_argument("--one-way", action="store_true", help="peer b sends nothing (--source none)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="soak-"))
     work.mkdir(parents=True, exist_ok=True)
-    result = run_soak(args.seconds, args.every, args.warmup, args.rss_tolerance, args.mode, work)
+    result = run_soak(args.seconds, args.every, args.warmup, args.rss_tolerance, args.mode, work,
+                      source=args.source, loop=args.loop, resolution=args.resolution, record=args.record, one_way=args.one_way)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(result, args.out)
     plot(result, args.out.with_suffix(".png"))
@@ -236,6 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{'pass' if verdict['passed'] else 'FAIL'}")
         else:
             print(f"peer {peer}: {verdict['why']}")
+    for peer, row in result["call"].items():
+        if row["frames_sent_by_peer"] is None:
+            continue  # --one-way: the other peer sent nothing
+        recording = row.get("recording") or {}
+        print(f"peer {peer} received: {row['rendered']} rendered of {row['frames_sent_by_peer']} sent, latency "
+              f"p50 {row['latency_p50_ms']} ms p95 {row['latency_p95_ms']} ms, recording "
+              f"{recording.get('width')}x{recording.get('height')} {recording.get('duration_s')} s")
     print(f"{'passed' if result['passed'] else 'FAILED'}; wrote {args.out} (logs in {work})")
     return 0 if result["passed"] else 1
 

@@ -55,6 +55,12 @@ events = logging.getLogger("facecodec.call")  # mode switches: shown by `facecod
 # would leave: drop new ones instead of queueing (the channel is lossy by design anyway).
 MOTION_BUFFER_LIMIT_BYTES = 4_096
 KEYFRAME_REQUEST_MIN_INTERVAL_S = 0.5  # a burst of requests after a loss yields one keyframe
+# The face thread's share of one core at most: each check is followed by a pause of
+# (1/share - 1) times its own CPU time. With a face a check costs ~25 ms at 640×480 and this
+# never binds (checks stay every face_check_every frames); an empty room costs the detector
+# its upsampled pass (~250 ms), which every 5 frames kept one of two cores busy all the while
+# the sender waited on H.264 for the face to come back.
+FACE_CHECK_CPU_SHARE = 0.25
 
 
 @dataclass
@@ -76,6 +82,7 @@ class SenderStats:
     keyframe_requests: int = 0
     intra_requests: int = 0
     mode_switches: int = 0
+    resolution_changes: int = 0  # the source's frames changed size mid-call (scaled back to the first's)
     motion_bundles: int = 0  # data-channel messages that carried several motion packets
     motion_thinned: int = 0  # frames sent without motion: the link was too slow for every frame
     adaptations: list = field(default_factory=list)  # (s, what, why): sender.link_adapt's changes
@@ -104,7 +111,8 @@ class SenderSession:
         cropper: a :class:`codec.facecrop.FaceCropper` at the encoder's crop size.
         h264_track: the :class:`sender.media_tracks.H264Track` added to the connection.
         mode: ``neural`` or ``h264`` to start with (``auto`` is decided by :mod:`app.mode_choice`).
-        face_check_every: run the (slow) face detector every N frames, off the frame loop.
+        face_check_every: run the (slow) face detector every N frames, off the frame loop
+            (less often where a check costs more than FACE_CHECK_CPU_SHARE of a core).
         face_lost_frames: switch to H.264 once the face is missing for more than N frames.
         compare: also feed the H.264 track in neural mode (side-by-side comparisons).
         drop_late: skip source frames when the loop falls behind real time (a live call);
@@ -114,6 +122,12 @@ class SenderSession:
             within the picture, and only its leaving the frame (H.264 until it is back) stops
             the neural stream; None: the face crop of ``cropper``, re-fitted with a new
             keyframe when the face leaves it.
+
+    The first frame's size is the source's for the whole call (the stream's picture, the
+    crop box and the H.264 track are sized from it). A camera that changes its resolution
+    mid-call has its frames centre-cropped to that size's aspect and scaled to it (nothing
+    stretched), with one log line and a new keyframe per change: the old keyframe's framing
+    no longer matches the new frames'.
     """
 
     def __init__(self, frames: Iterator[np.ndarray], *, fps: float, encoder: Encoder | None,
@@ -156,8 +170,14 @@ class SenderSession:
         self._face_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-face")
         self._face_job: asyncio.Future | None = None
         self._frames_without_face = 0
+        self._face_check_index = 0  # the frame index the last face check looked at
+        self._last_face_index = 0  # the frame index where a face was last seen
+        self._face_check_cpu_s = 0.0  # CPU time of the last face check
+        self._next_face_check = 0.0  # time.monotonic() before which no new check starts (FACE_CHECK_CPU_SHARE)
         self._quality_fallback = False  # in H.264 because the closed loop said keyframes stopped helping
         self._last_keyframe_request = -1e9
+        self.source_size: tuple[int, int] | None = None  # (width, height) of the first frame
+        self._input_size: tuple[int, int] | None = None  # of the last frame in, to log a change once
         self._stopped = asyncio.Event()
         self.clock = 0.0  # wall clock at media time 0
 
@@ -365,7 +385,8 @@ class SenderSession:
         try:
             landmarks = detect_landmarks(frame)
         finally:
-            self.stats.face_cpu_ms_total += 1000.0 * (time.thread_time() - started)
+            self._face_check_cpu_s = time.thread_time() - started
+            self.stats.face_cpu_ms_total += 1000.0 * self._face_check_cpu_s
         if landmarks is None:
             return False, None
         if self.whole_frame is not None:
@@ -376,12 +397,15 @@ class SenderSession:
 
     def _face_result(self, present: bool, new_box) -> None:
         self.stats.face_checks += 1
+        self._next_face_check = time.monotonic() + self._face_check_cpu_s * (1.0 / FACE_CHECK_CPU_SHARE - 1.0)
         if not present:
-            self._frames_without_face += self.face_check_every
+            # Counted in frames, not checks: checks are spaced by their cost and late frames skipped.
+            self._frames_without_face = self._face_check_index - self._last_face_index
             if self._frames_without_face > self.face_lost_frames and self.mode == "neural":
                 self._switch("h264", f"face lost for {self._frames_without_face} frames")
             return
         self._frames_without_face = 0
+        self._last_face_index = self._face_check_index
         if new_box is not None:
             log.info("face moved out of the crop: new crop box and keyframe")
             self.box = new_box
@@ -418,6 +442,7 @@ class SenderSession:
         first = await loop.run_in_executor(self._pool, next, self.frames, None)
         if first is None:
             raise CodecError("the video source gave no frames")
+        self.source_size = self._input_size = (first.shape[1], first.shape[0])
         self.box = await loop.run_in_executor(self._face_pool, self._fit_box, first)
         if self.box is None:
             log.warning("no face in the first frame: sending H.264 until one is found")
@@ -455,15 +480,41 @@ class SenderSession:
             await self.motion_carrier.flush()  # the last frame's motion may still wait for audio
         return self.stats
 
+    def _to_source_size(self, frame: np.ndarray) -> np.ndarray:
+        """The frame at the first frame's size: unchanged, or (a camera that changed its
+        resolution) centre-cropped to that aspect and scaled, with one log line and a new
+        keyframe per change of size."""
+        size = (frame.shape[1], frame.shape[0])
+        if size != self._input_size:
+            self.stats.resolution_changes += 1
+            events.info("the source's frames changed from %d×%d to %d×%d: %s", *self._input_size, *size,
+                        "back at the call's size" if size == self.source_size else
+                        f"centre-cropped and scaled to the call's {self.source_size[0]}×{self.source_size[1]}")
+            self._input_size = size
+            if self.encoder is not None and self.mode == "neural":
+                # The old keyframe's framing no longer matches: motion against it would show the
+                # face in the wrong place until a keyframe of the new framing is out.
+                self.encoder.request_keyframe("the source's resolution changed", restart=True)
+            if self.h264_track is not None:
+                self.h264_track.request_keyframe()
+        if size == self.source_size or self.source_size is None:
+            return frame
+        from sender.sources import cover_to_size
+
+        return cover_to_size(frame, self.source_size)
+
     async def _send_frame(self, frame: np.ndarray, t: float, index: int) -> None:
         loop = asyncio.get_running_loop()
+        frame = self._to_source_size(frame)
         if self._face_job is not None and self._face_job.done():
             try:
                 self._face_result(*self._face_job.result())
             except Exception:
                 log.exception("face check failed")
             self._face_job = None
-        if self._face_job is None and index % self.face_check_every == 0 and index > 0:
+        if self._face_job is None and index > 0 and index - self._face_check_index >= self.face_check_every \
+                and time.monotonic() >= self._next_face_check:
+            self._face_check_index = index
             self._face_job = loop.run_in_executor(self._face_pool, self._check_face, frame)
         crop = self._crop(frame)
         self.stats.frames += 1

@@ -35,6 +35,7 @@ __all__ = [
     "ScriptedCameraSource",
     "VideoFileSource",
     "camera_pose",
+    "cover_to_size",
     "default_source",
 ]
 
@@ -191,7 +192,7 @@ class ScriptedCameraSource:
         self.num_frames = num_frames
         self.size = (int(size[0]), int(size[1]))
         self.base_zoom = base_zoom
-        self.scene = _cover(image, self.size)
+        self.scene = cover_to_size(image, self.size)
 
     def __len__(self) -> int:
         if self.num_frames is None:
@@ -222,8 +223,10 @@ class ScriptedCameraSource:
             index += 1
 
 
-def _cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre-crop ``image`` to the aspect of ``size`` (width, height), then resize."""
+def cover_to_size(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop ``image`` to the aspect of ``size`` (width, height), then resize: the
+    picture fills ``size`` with nothing stretched (a camera that changed its resolution
+    mid-call, :class:`sender.session.SenderSession`)."""
     width, height = size
     src_h, src_w = image.shape[:2]
     scale = max(width / src_w, height / src_h)
