@@ -183,9 +183,19 @@ def _source_frames(size: StreamSize, frames: int, clip: Path | None, model) -> l
     if not images:
         raise ReceiverBenchmarkError(f"{clip}: no video frames")
     if size.whole_frame:
-        return [fit_frame(image, (size.width, size.height)) for image in images]
+        return [fit_frame(_cut_to_aspect(image, size.width / size.height), (size.width, size.height))
+                for image in images]
     box = FaceCropper(out_size=size.width).fit(images[:FIT_FRAMES])
     return [box.crop(image, size.width) for image in images]
+
+
+def _cut_to_aspect(image: np.ndarray, aspect: float) -> np.ndarray:
+    """The centre of ``image`` at width / height = ``aspect`` (a clip's frame is cut, not
+    stretched, to the size asked for)."""
+    height, width = image.shape[:2]
+    keep_w, keep_h = min(width, round(height * aspect)), min(height, round(width / aspect))
+    x0, y0 = (width - keep_w) // 2, (height - keep_h) // 2
+    return image[y0:y0 + keep_h, x0:x0 + keep_w]
 
 
 def _encode(size: StreamSize, pictures: list[np.ndarray], model, path: Path) -> dict[str, Any]:
@@ -404,11 +414,11 @@ def run_stream(entry: dict[str, Any], streams: Path, model, device, passes: int,
     got = warm["images"]
     sums = [frame_sha256(image) for image in got]
     expected_sums = reference["frame_sha256"]
-    kept = np.load(streams / reference["kept_file"])
     frames = {}
-    for index in reference["kept_indices"]:
-        if index < len(got):
-            frames[str(index)] = pixel_difference(got[index], kept[f"frame_{index:05d}"])
+    with np.load(streams / reference["kept_file"]) as kept:
+        for index in reference["kept_indices"]:
+            if index < len(got):
+                frames[str(index)] = pixel_difference(got[index], kept[f"frame_{index:05d}"])
     worst_max = max((row["max_abs"] for row in frames.values() if row.get("max_abs") is not None), default=None)
     worst_mean = max((row["mean_abs"] for row in frames.values() if "mean_abs" in row), default=None)
     shapes_ok = all(row.get("max_abs") is not None for row in frames.values())
