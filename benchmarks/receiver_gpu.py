@@ -24,12 +24,17 @@ aiortc or constriction, and no network. So the work is split in two steps:
 
        python -m benchmarks.receiver_gpu wheels --out out/gpu_wheels
 
-3. ``run``, on the device (carry ``out/gpu_streams`` and ``out/gpu_wheels``)::
+3. ``run``, on the device, as one command (carry ``out/gpu_streams`` and ``out/gpu_wheels``,
+   about 6.3 MB; a timeout_s of 330 leaves room; $FACECODEC_GIT_SHA names the commit where the
+   device's copy has no git)::
 
-       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
-           --target /tmp/site out/gpu_wheels/*.whl && export PYTHONPATH=/tmp/site:. || exit;
-       PYTHONUNBUFFERED=1 python3 -m benchmarks.receiver_gpu run --streams out/gpu_streams \\
-           --device cuda --json $OUT/receiver-gpu.json
+       set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile \\
+           --no-cache-dir --upgrade --target /tmp/site out/gpu_wheels/*.whl \\
+           && export PYTHONPATH=/tmp/site:$PWD || exit 3;
+       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee $OUT/nvidia-smi.csv;
+       PYTHONUNBUFFERED=1 timeout 270 python3 -m benchmarks.receiver_gpu run \\
+           --streams out/gpu_streams --device cuda --json $OUT/receiver-gpu.json 2>&1 \\
+           | tee $OUT/receiver-gpu.log
 
    For each stream: the Decoder (refiner on, batch 1) decodes it once untimed (warm-up:
    CUDA's start, cuDNN's choices; these frames are the ones checked), then ``--passes`` times
