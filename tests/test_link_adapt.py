@@ -10,11 +10,14 @@ from hypothesis import strategies as st
 from codec.errors import BitstreamError
 from rtc.motion_bundle import MAX_BUNDLE_PACKETS, pack_bundle, split_bundle
 from sender.link_adapt import (
+    BURST_BYTES,
     FIRST_KEYFRAME_BYTES,
     MOTION_PACKET_BYTES,
+    PROBE_KEYFRAME_BYTES,
     LinkAdapter,
     motion_kbps,
     quality_for_bytes,
+    wire_bytes,
 )
 
 
@@ -50,8 +53,9 @@ def test_keyframe_quality_follows_the_byte_budget():
     assert quality_for_bytes("webp", 90, 6000, 3000, 90) < 90
 
 
-def _report(adapter: LinkAdapter, seq: int, nbytes: int, quality: int, transfer_s: float) -> bool:
-    adapter.keyframe_sent(seq, nbytes, quality)
+def _report(adapter: LinkAdapter, seq: int, nbytes: int, quality: int, transfer_s: float,
+            ahead: int = 0) -> bool:
+    adapter.keyframe_sent(seq, nbytes, quality, ahead_bytes=ahead)
     arrival = adapter._sent[seq][0] + transfer_s
     return adapter.on_peer_stats({"keyframe_seq": seq, "keyframe_arrival": arrival}, rtt_s=0.0)
 
@@ -91,7 +95,9 @@ def test_a_slow_link_gets_small_keyframes_no_patches_and_bundled_motion():
 def test_a_fast_link_asks_for_a_full_keyframe_once():
     adapter = LinkAdapter(codec="av1", default_quality=66)
     assert _report(adapter, 0, 1500, adapter.keyframe_quality(), 0.01)  # ~600 kbit/s: upgrade
-    assert adapter.state.keyframe_budget == 3000  # one step: at most double
+    # Unmeasured (1500 bytes ride a shaper's burst): the next keyframe is only large enough to
+    # measure the link, not the 3000 bytes doubling would allow.
+    assert adapter.state.keyframe_budget == PROBE_KEYFRAME_BYTES
     # A keyframe within one shaper burst proves nothing of the rate: motion stays bundled.
     assert adapter.state.bundle == 2
     assert _report(adapter, 10, 3000, adapter.keyframe_quality(), 0.02)
@@ -118,3 +124,32 @@ def test_a_lossy_link_gets_intra_packets_more_often():
     adapter.on_peer_stats({"loss": 0.30}, rtt_s=None)
     assert adapter.state.intra_period == 4
     assert any("intra motion packet every" in what for _, what, _ in adapter.adaptations)
+
+
+def test_bytes_queued_ahead_of_a_keyframe_count_into_the_rate():
+    # The matrix's 20 kbit/s cell without audio: a 3193-byte keyframe sent behind a full queue
+    # of motion "took 2.78 s: about 10 kbit/s"; with the ~3.5 KB it queued behind, the link's 20.
+    alone, behind = LinkAdapter(codec="av1", default_quality=66), LinkAdapter(codec="av1", default_quality=66)
+    _report(alone, 0, 3193, 40, 2.78)
+    _report(behind, 0, 3193, 40, 2.78, ahead=3_500)
+    assert alone.state.kbps == pytest.approx(10, rel=0.05)
+    assert behind.state.kbps == pytest.approx(8 * (wire_bytes(3193) + 3_500) / 2.78 / 1000, rel=1e-6)
+    assert 18 < behind.state.kbps < 22
+    # Motion: every frame, two a message (~12 kbit/s at 25 fps), not five.
+    assert (behind.state.motion_every, behind.state.bundle) == (1, 2)
+    assert alone.state.bundle > 2
+    assert any("behind 3500 bytes" in why for _, _, why in behind.adaptations)
+
+
+def test_an_unmeasured_link_gets_one_probe_keyframe_then_keyframes_sized_to_it():
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    # The first keyframe rode the shaper's burst ("96 kbit/s"): a probe, no larger than needed.
+    assert _report(adapter, 0, 1545, adapter.keyframe_quality(), 0.14)
+    assert adapter.state.keyframe_budget == PROBE_KEYFRAME_BYTES
+    assert wire_bytes(PROBE_KEYFRAME_BYTES) > 2 * BURST_BYTES  # large enough to measure
+    assert adapter.state.bundle == 2  # still unmeasured: motion stays bundled
+    # The probe measured 20 kbit/s: keyframes of half a second of it, no further probe.
+    assert not _report(adapter, 25, 2600, adapter.keyframe_quality(), 1.15)
+    assert 15 < adapter.state.kbps < 25
+    assert adapter.state.keyframe_budget == pytest.approx(20_000 / 8 * 0.5, rel=0.1)
+    assert (adapter.state.motion_every, adapter.state.bundle) == (1, 2)
