@@ -153,3 +153,21 @@ def test_an_unmeasured_link_gets_one_probe_keyframe_then_keyframes_sized_to_it()
     assert 15 < adapter.state.kbps < 25
     assert adapter.state.keyframe_budget == pytest.approx(20_000 / 8 * 0.5, rel=0.1)
     assert (adapter.state.motion_every, adapter.state.bundle) == (1, 2)
+
+
+def test_the_bytes_ahead_of_a_keyframe_are_read_from_sctp_queues():
+    from types import SimpleNamespace
+
+    from sender.session import SenderSession
+
+    def chunk(n: int, acked: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(user_data=b"x" * n, _acked=acked)
+
+    sctp = SimpleNamespace(_sent_queue=[chunk(1200, acked=True), chunk(1200), chunk(60)],
+                           _outbound_queue=[chunk(300)], _data_channel_queue=[(None, 51, b"y" * 2000)])
+    session = object.__new__(SenderSession)  # only the control channel matters here
+    session._control = SimpleNamespace(transport=sctp)
+    # The acknowledged chunk crossed already; the rest, with their headers, is ahead.
+    assert session._bytes_ahead() == wire_bytes(1200) + wire_bytes(60) + wire_bytes(300) + wire_bytes(2000)
+    session._control = None
+    assert session._bytes_ahead() == 0
