@@ -284,13 +284,15 @@ class SenderSession:
 
     def _bytes_ahead(self) -> int:
         """Wire bytes the sender has put on the path that a keyframe sent now queues behind:
-        SCTP's unacknowledged chunks (in flight or awaiting retransmission), its chunked queue
+        SCTP's unacknowledged chunks (in flight or due again), its chunked queue
         and the data-channel messages not yet chunked (sender.link_adapt counts them into the
         keyframe's rate bound). 0 where the transport is not aiortc's."""
         sctp = getattr(self._control, "transport", None)
         if sctp is None:
             return 0
-        chunks = [c for c in list(getattr(sctp, "_sent_queue", ())) if not getattr(c, "_acked", False)]
+        # Acknowledged chunks have crossed; abandoned ones (unreliable motion given up) never go again.
+        chunks = [c for c in list(getattr(sctp, "_sent_queue", ()))
+                  if not getattr(c, "_acked", False) and not getattr(c, "_abandoned", False)]
         chunks += list(getattr(sctp, "_outbound_queue", ()))
         total = sum(wire_bytes(len(getattr(c, "user_data", b""))) for c in chunks)
         for item in list(getattr(sctp, "_data_channel_queue", ())):

@@ -160,14 +160,14 @@ def test_the_bytes_ahead_of_a_keyframe_are_read_from_sctp_queues():
 
     from sender.session import SenderSession
 
-    def chunk(n: int, acked: bool = False) -> SimpleNamespace:
-        return SimpleNamespace(user_data=b"x" * n, _acked=acked)
+    def chunk(n: int, acked: bool = False, abandoned: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(user_data=b"x" * n, _acked=acked, _abandoned=abandoned)
 
-    sctp = SimpleNamespace(_sent_queue=[chunk(1200, acked=True), chunk(1200), chunk(60)],
+    sctp = SimpleNamespace(_sent_queue=[chunk(1200, acked=True), chunk(1200), chunk(60), chunk(70, abandoned=True)],
                            _outbound_queue=[chunk(300)], _data_channel_queue=[(None, 51, b"y" * 2000)])
     session = object.__new__(SenderSession)  # only the control channel matters here
     session._control = SimpleNamespace(transport=sctp)
-    # The acknowledged chunk crossed already; the rest, with their headers, is ahead.
+    # The acknowledged chunk crossed already, the abandoned one never goes; the rest is ahead.
     assert session._bytes_ahead() == wire_bytes(1200) + wire_bytes(60) + wire_bytes(300) + wire_bytes(2000)
     session._control = None
     assert session._bytes_ahead() == 0
