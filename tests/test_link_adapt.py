@@ -69,7 +69,8 @@ def test_a_slow_link_gets_small_keyframes_no_patches_and_bundled_motion():
     assert not _report(adapter, 0, 2500, first, 1.1)
     assert 15 < adapter.state.kbps < 25
     assert adapter.state.keyframe_budget == pytest.approx(20_000 / 8 * 0.5, rel=0.05)
-    assert adapter.keyframe_interval() == pytest.approx(8 * 2500 / (0.25 * 20_000), rel=0.05)
+    # Requested keyframes take at most a quarter of the link: the next one is ~1250 bytes.
+    assert adapter.keyframe_interval() == pytest.approx(8 * 1250 / (0.25 * 20_000), rel=0.05)
     assert not adapter.state.patches
     # Every frame still sent, two a message: ~12 kbit/s of motion at 25 fps (the matrix's
     # 20 kbit/s cell once fell to every third frame from an estimate of half the link).
@@ -153,6 +154,9 @@ def test_an_unmeasured_link_gets_one_probe_keyframe_then_keyframes_sized_to_it()
     assert 15 < adapter.state.kbps < 25
     assert adapter.state.keyframe_budget == pytest.approx(20_000 / 8 * 0.5, rel=0.1)
     assert (adapter.state.motion_every, adapter.state.bundle) == (1, 2)
+    # Requested keyframes are spaced by the next one's size (the budget), not the probe's.
+    assert adapter.keyframe_interval() == pytest.approx(
+        8 * adapter.state.keyframe_budget / (0.25 * adapter.state.kbps * 1000), rel=1e-6)
 
 
 def test_the_bytes_ahead_of_a_keyframe_are_read_from_sctp_queues():
