@@ -5,9 +5,10 @@ What the link carries is measured, not assumed: the sender stamps every keyframe
 (wall clock, bytes); the receiver reports, in its once-a-second stats, the sequence number
 and wall-clock arrival of the newest keyframe it got (``keyframe_seq``, ``keyframe_arrival``).
 The transfer time less the path's one-way delay (half SCTP's smoothed round trip) gives a
-rate: a keyframe of N wire bytes that took T s to cross, behind A wire bytes the sender had
-already put on the path (SCTP's unacknowledged and queued chunks: motion, patches; they cross
-first), carried about 8·(N + A)/T bit/s; the estimate is the median of the last three (one
+rate: a keyframe of N wire bytes that took T s to cross (less half the least round trip),
+behind A wire bytes the sender had already put on the path (SCTP's unacknowledged and queued
+chunks: motion, patches; they cross first), carried about 8·(N + A − B)/T bit/s, where B
+(``BURST_BYTES``, left out of keyframes over two bursts) may have ridden a shaper's burst; the estimate is the median of the last three (one
 keyframe held up by an outage says little of the rate after it). Without A, a keyframe sent
 into a full queue measured the queue's drain, not the link (the matrix's 20 kbit/s cell: a
 3193-byte keyframe "took 2.78 s: about 10 kbit/s"). Keyframes
@@ -121,6 +122,7 @@ class LinkAdapter:
         self._measured_seq = -1
         self._bounds: list[float] = []  # the newest keyframes' rate bounds (kbit/s)
         self._large_measured = False  # a keyframe larger than a shaper's burst has crossed
+        self._rtt_floor: float | None = None  # the least round trip reported (s)
         self._started = time.monotonic()
         self._last_bytes_quality: tuple[int, int] | None = None  # (bytes, quality) of the newest keyframe
 
@@ -158,20 +160,29 @@ class LinkAdapter:
     def on_peer_stats(self, values: dict[str, float], rtt_s: float | None) -> bool:
         """The receiver's newest report; True when a better keyframe is now worth sending."""
         self._follow_loss(values.get("loss"))
+        if rtt_s is not None:
+            self._rtt_floor = rtt_s if self._rtt_floor is None else min(self._rtt_floor, rtt_s)
         seq = int(values.get("keyframe_seq", -1))
         arrival = values.get("keyframe_arrival")
         if seq < 0 or arrival is None or seq == self._measured_seq or seq not in self._sent:
             return False
         self._measured_seq = seq
         sent_at, nbytes, quality, ahead = self._sent[seq]
-        transfer = max(arrival - sent_at - (rtt_s or 0.0) / 2, 0.02)
+        # The path's own one-way delay is half the least round trip seen: SCTP's smoothed one
+        # also holds the queue the keyframe waited in, which is part of its transfer (the 20
+        # kbit/s cell: a 2785-byte keyframe behind a filling queue read as ~30 kbit/s).
+        transfer = max(arrival - sent_at - (self._rtt_floor or 0.0) / 2, 0.02)
         # Every wire byte counts (SCTP/DTLS/UDP/IP headers included): the link carried them all,
         # and the bytes queued ahead of the keyframe crossed in the same time.
         sent = wire_bytes(nbytes)
         # A keyframe that fits in about one shaper burst may pass at once on a slow link: until
         # a larger one has crossed, motion stays bundled (_motion_rate); keyframes still grow
         # from it, at most doubling each time.
-        bound = min(8.0 * (sent + ahead) / transfer / 1000.0, 10_000.0)
+        # The first BURST_BYTES may ride a shaper's token bucket and cross at once: they are
+        # left out of a large keyframe's bound (an underestimate only bundles motion more; an
+        # overestimate overfills the link's queue).
+        crossed = sent + ahead - BURST_BYTES if sent > 2 * BURST_BYTES else sent + ahead
+        bound = min(8.0 * crossed / transfer / 1000.0, 10_000.0)
         if sent <= 2 * BURST_BYTES and self._large_measured and self.state.kbps is not None:
             # After a real measurement a burst-sized keyframe may only lower the estimate (the
             # matrix's 20 kbit/s cell: a 617-byte one "took 0.02 s" and unbundled motion).
