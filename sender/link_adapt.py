@@ -51,7 +51,11 @@ MIN_KEYFRAME_QUALITY = 3
 PATCHES_MIN_KBPS = 30.0
 MESSAGE_OVERHEAD_BYTES = 94  # IPv4 20, UDP 8, DTLS 37, SCTP 12 and its DATA chunk 16, bundle marker 1
 SCTP_CHUNK_BYTES = 1_200  # aiortc's user data per SCTP packet: a keyframe's wire bytes per chunk
-MOTION_SHARE = 0.6  # motion on the data channel takes at most this share of the measured rate
+# Motion on the data channel takes at most this share of the measured rate. Half, not 0.6:
+# at 20 kbit/s two frames a message (58 % of the link) ran on the cliff's edge; once the
+# queue overflowed, SCTP's FORWARD-TSNs for the lost motion (~8 kbit/s) kept it overfull for
+# the rest of the call (the matrix's 20 kbit/s cell; three frames a message is ~43 %).
+MOTION_SHARE = 0.5
 MOTION_PACKET_BYTES = 10.0  # a motion packet's own bytes (mean; the session passes the measured one)
 MAX_BUNDLE = 6  # frames a message at most: each waits for the last, ~200 ms at 25 fps
 UNMEASURED_BUNDLE = 2  # before a keyframe has measured the link
