@@ -29,7 +29,7 @@ each (~19 kbit/s at 25 fps): the sender bundles the fewest frames a message whos
 apart, every frame still shown); only when even ``MAX_BUNDLE`` frames a message do not fit is
 the link too slow for every frame: motion for every second or third frame ("link too slow"
 state, logged). Until a keyframe large enough to measure the link has crossed (a small one
-rides the shaper's burst and says nothing), motion goes two frames a message, and keyframes
+rides the shaper's burst and says nothing), motion goes three frames a message, and keyframes
 grow to at most ``PROBE_KEYFRAME_BYTES``: just large enough to measure (an unmeasured
 3 KB keyframe on a 20 kbit/s link overfilled its 1 s queue). Above 2 %
 motion loss every ``0.5/loss``-th motion packet (at least every 4th) is intra, so a lost
@@ -58,7 +58,7 @@ SCTP_CHUNK_BYTES = 1_200  # aiortc's user data per SCTP packet: a keyframe's wir
 MOTION_SHARE = 0.5
 MOTION_PACKET_BYTES = 10.0  # a motion packet's own bytes (mean; the session passes the measured one)
 MAX_BUNDLE = 6  # frames a message at most: each waits for the last, ~200 ms at 25 fps
-UNMEASURED_BUNDLE = 2  # before a keyframe has measured the link
+UNMEASURED_BUNDLE = 3  # before a keyframe has measured the link (a probe keyframe shares it)
 DEFAULT_INTRA_PERIOD = 25  # codec.api's
 LOSSY = 0.02  # motion loss above which intra packets come more often
 MIN_INTRA_PERIOD = 4
@@ -227,8 +227,8 @@ class LinkAdapter:
 
     def _unmeasured_ceiling(self) -> float:
         """The highest rate a burst-sized keyframe may claim: just below where motion would go
-        one frame a message (it stays bundled until a larger keyframe measures the link)."""
-        return 0.99 * motion_kbps(1, 1, self.fps, self.motion_packet_bytes) / MOTION_SHARE
+        fewer than UNMEASURED_BUNDLE frames a message (until a larger keyframe measures the link)."""
+        return 0.99 * motion_kbps(UNMEASURED_BUNDLE - 1, 1, self.fps, self.motion_packet_bytes) / MOTION_SHARE
 
     def _follow_loss(self, loss: float | None) -> None:
         """A lossy link gets intra motion packets more often: a lost packet breaks the motion

@@ -14,6 +14,7 @@ from sender.link_adapt import (
     FIRST_KEYFRAME_BYTES,
     MOTION_PACKET_BYTES,
     PROBE_KEYFRAME_BYTES,
+    UNMEASURED_BUNDLE,
     LinkAdapter,
     motion_kbps,
     quality_for_bytes,
@@ -101,7 +102,7 @@ def test_a_fast_link_asks_for_a_full_keyframe_once():
     # measure the link, not the 3000 bytes doubling would allow.
     assert adapter.state.keyframe_budget == PROBE_KEYFRAME_BYTES
     # A keyframe within one shaper burst proves nothing of the rate: motion stays bundled.
-    assert adapter.state.bundle == 2
+    assert adapter.state.bundle == UNMEASURED_BUNDLE
     assert _report(adapter, 10, 3000, adapter.keyframe_quality(), 0.02)
     assert adapter.keyframe_quality() == 66
     assert adapter.state.patches and adapter.state.bundle == 1
@@ -149,7 +150,7 @@ def test_an_unmeasured_link_gets_one_probe_keyframe_then_keyframes_sized_to_it()
     assert _report(adapter, 0, 1545, adapter.keyframe_quality(), 0.14)
     assert adapter.state.keyframe_budget == PROBE_KEYFRAME_BYTES
     assert wire_bytes(PROBE_KEYFRAME_BYTES) > 2 * BURST_BYTES  # large enough to measure
-    assert adapter.state.bundle == 2  # still unmeasured: motion stays bundled
+    assert adapter.state.bundle == UNMEASURED_BUNDLE  # still unmeasured: motion stays bundled
     # The probe measured 20 kbit/s: keyframes of half a second of it, no further probe.
     assert not _report(adapter, 25, 2600, adapter.keyframe_quality(), 8 * (wire_bytes(2600) - BURST_BYTES) / 20_000)
     assert 15 < adapter.state.kbps < 25
