@@ -185,7 +185,13 @@ class LinkAdapter:
         # The first BURST_BYTES may ride a shaper's token bucket and cross at once: they are
         # left out of a large keyframe's bound (an underestimate only bundles motion more; an
         # overestimate overfills the link's queue).
-        crossed = sent + ahead - BURST_BYTES if sent > 2 * BURST_BYTES else sent + ahead
+        # A burst-sized keyframe before any large one counts alone: what was queued ahead of
+        # it at a call's start (stream header, mode) rode the same burst (the 20 kbit/s cell:
+        # an 844-byte keyframe "behind 469 bytes" read 26 kbit/s and bought a 1586-byte one).
+        if sent > 2 * BURST_BYTES:
+            crossed = sent + ahead - BURST_BYTES
+        else:
+            crossed = sent + ahead if self._large_measured else sent
         bound = min(8.0 * crossed / transfer / 1000.0, 10_000.0)
         if sent <= 2 * BURST_BYTES and self._large_measured and self.state.kbps is not None:
             # After a real measurement a burst-sized keyframe may only lower the estimate (the
@@ -214,8 +220,9 @@ class LinkAdapter:
                 self._log(f"keyframes of at most {budget} bytes",
                           f"a {nbytes}-byte keyframe" + (f" behind {ahead} bytes" if ahead else "")
                           + f" took {transfer:.2f} s: about {kbps:.0f} kbit/s")
-            # Worth a keyframe: a much better one, or (unmeasured) one large enough to measure.
-            probe = not self._large_measured and budget > nbytes
+            # Worth a keyframe: a much better one, or (unmeasured) a probe large enough to
+            # measure, when even the burst-sized keyframe read a link that carries it easily.
+            probe = not self._large_measured and budget >= PROBE_KEYFRAME_BYTES > nbytes
             upgrade = (budget >= UPGRADE_FACTOR * nbytes or probe) and quality < self.default_quality
         patches = kbps >= PATCHES_MIN_KBPS
         if patches != self.state.patches:

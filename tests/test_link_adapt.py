@@ -189,3 +189,14 @@ def test_the_queue_a_keyframe_waited_in_is_part_of_its_transfer():
     adapter.on_peer_stats({"keyframe_seq": 0, "keyframe_arrival": adapter._sent[0][0] + transfer + 0.025},
                           rtt_s=1.0)
     assert adapter.state.kbps == pytest.approx(20, rel=0.02)
+
+
+def test_a_small_first_keyframe_on_a_slow_link_buys_no_larger_one():
+    # The 20 kbit/s cell: an 844-byte first keyframe behind 469 bytes of stream start took
+    # 0.43 s. Alone it reads ~17 kbit/s (those bytes rode the same burst): keyframes stay near
+    # its size, no probe (a 1586-byte one froze the picture for a second there).
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    assert not _report(adapter, 0, 844, adapter.keyframe_quality(), 0.43, ahead=469)
+    assert adapter.state.kbps == pytest.approx(8 * wire_bytes(844) / 0.43 / 1000, rel=1e-6)
+    assert adapter.state.keyframe_budget < 1.5 * 844
+    assert adapter.state.bundle == UNMEASURED_BUNDLE and not adapter.state.patches
