@@ -369,13 +369,13 @@ def _fmt(value, digits: int = 1) -> str:
 def markdown_table(result: dict, cells: Sequence[str] | None = None) -> str:
     """The cells as a markdown table (docs/calls.md; ``cells`` picks rows for the README)."""
     rows = ["| cell | shaped by | mode | fps | first picture s | longest freeze s | frozen s | "
-            "latency p50/p95 ms | keyframe request → picture s (max) | wire kbit/s (audio) | clean |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "latency p50/p95 ms | keyframe request → picture s (max) | wire kbit/s (audio) | clean | commit, load |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in result["cells"]:
         if cells is not None and c["cell"] not in cells:
             continue
         if "skipped" in c or "failed" in c:
-            rows.append(f"| {c['cell']} | {c.get('skipped') or c.get('failed')} |" + " |" * 9)
+            rows.append(f"| {c['cell']} | {c.get('skipped') or c.get('failed')} |" + " |" * 10)
             continue
         shaped = ", ".join(k.replace("_", " ") + ": " + v.split(":")[0] for k, v in c["mechanisms"].items()) or "–"
         recovery = c.get("keyframe_recovery_s") or []
@@ -388,7 +388,8 @@ def markdown_table(result: dict, cells: Sequence[str] | None = None) -> str:
             f"| {c['cell']} | {shaped} | {mode} | {_fmt(c.get('rendered_fps'))} | "
             f"{_fmt(c.get('first_picture_s'))} | {_fmt(c.get('longest_freeze_s'))} | {_fmt(c.get('frozen_s'))} | "
             f"{latency} | {_fmt(max(recovery), 1) if recovery else '–'} ({len(recovery)}) | "
-            f"{_fmt(c.get('wire_kbps_total'))} ({_fmt(wire.get('audio'))}) | {'yes' if c.get('ended_cleanly') else 'NO'} |")
+            f"{_fmt(c.get('wire_kbps_total'))} ({_fmt(wire.get('audio'))}) | {'yes' if c.get('ended_cleanly') else 'NO'} | "
+            f"{(c.get('git_sha') or '–')[:7]}, {_fmt((c.get('load_before') or [None])[0])} |")
     return "\n".join(rows)
 
 

@@ -5,9 +5,13 @@ What the link carries is measured, not assumed: the sender stamps every keyframe
 (wall clock, bytes); the receiver reports, in its once-a-second stats, the sequence number
 and wall-clock arrival of the newest keyframe it got (``keyframe_seq``, ``keyframe_arrival``).
 The transfer time less the path's one-way delay (half SCTP's smoothed round trip) gives a
-rate: a keyframe of N bytes that took T s to cross carried about 8·(N − one packet)/T bit/s
-(the first packet rides whatever burst the link allows); the estimate is the median of the
-last three (one keyframe held up by an outage says little of the rate after it). Keyframes
+rate: a keyframe of N wire bytes that took T s to cross (less half the least round trip),
+behind A wire bytes the sender had already put on the path (SCTP's unacknowledged and queued
+chunks: motion, patches; they cross first), carried about 8·(N + A − B)/T bit/s, where B
+(``BURST_BYTES``, left out of keyframes over two bursts) may have ridden a shaper's burst; the estimate is the median of the last three (one
+keyframe held up by an outage says little of the rate after it). Without A, a keyframe sent
+into a full queue measured the queue's drain, not the link (the matrix's 20 kbit/s cell: a
+3193-byte keyframe "took 2.78 s: about 10 kbit/s"). Keyframes
 that answer the receiver's requests are spaced so that they take at most a quarter of the
 measured rate (``keyframe_interval``): on a slow link a burst of requests must not turn
 into a queue of keyframes. A large
@@ -25,7 +29,9 @@ each (~19 kbit/s at 25 fps): the sender bundles the fewest frames a message whos
 apart, every frame still shown); only when even ``MAX_BUNDLE`` frames a message do not fit is
 the link too slow for every frame: motion for every second or third frame ("link too slow"
 state, logged). Until a keyframe large enough to measure the link has crossed (a small one
-rides the shaper's burst and says nothing), motion goes two frames a message. Above 2 %
+rides the shaper's burst and says nothing), motion goes three frames a message, and keyframes
+grow to at most ``PROBE_KEYFRAME_BYTES``: just large enough to measure (an unmeasured
+3 KB keyframe on a 20 kbit/s link overfilled its 1 s queue). Above 2 %
 motion loss every ``0.5/loss``-th motion packet (at least every 4th) is intra, so a lost
 packet costs a few frames without a round trip.
 """
@@ -45,15 +51,20 @@ MIN_KEYFRAME_QUALITY = 3
 PATCHES_MIN_KBPS = 30.0
 MESSAGE_OVERHEAD_BYTES = 94  # IPv4 20, UDP 8, DTLS 37, SCTP 12 and its DATA chunk 16, bundle marker 1
 SCTP_CHUNK_BYTES = 1_200  # aiortc's user data per SCTP packet: a keyframe's wire bytes per chunk
-MOTION_SHARE = 0.6  # motion on the data channel takes at most this share of the measured rate
+# Motion on the data channel takes at most this share of the measured rate. Half, not 0.6:
+# at 20 kbit/s two frames a message (58 % of the link) ran on the cliff's edge; once the
+# queue overflowed, SCTP's FORWARD-TSNs for the lost motion (~8 kbit/s) kept it overfull for
+# the rest of the call (the matrix's 20 kbit/s cell; three frames a message is ~43 %).
+MOTION_SHARE = 0.5
 MOTION_PACKET_BYTES = 10.0  # a motion packet's own bytes (mean; the session passes the measured one)
 MAX_BUNDLE = 6  # frames a message at most: each waits for the last, ~200 ms at 25 fps
-UNMEASURED_BUNDLE = 2  # before a keyframe has measured the link
+UNMEASURED_BUNDLE = 3  # before a keyframe has measured the link (a probe keyframe shares it)
 DEFAULT_INTRA_PERIOD = 25  # codec.api's
 LOSSY = 0.02  # motion loss above which intra packets come more often
 MIN_INTRA_PERIOD = 4
 MEASUREMENTS_KEPT = 3
 BURST_BYTES = 1_200  # about one full packet
+PROBE_KEYFRAME_BYTES = 2_600  # before a large keyframe has measured: over 2 bursts on the wire
 KEYFRAME_SHARE = 0.25  # keyframes answering requests take at most this share of the link
 UPGRADE_FACTOR = 1.5  # a better keyframe is worth sending when the budget is this much larger
 # Bytes of an AV1 keyframe fall by about this factor per CRF step (SVT-AV1 at 256 px, the
@@ -111,10 +122,11 @@ class LinkAdapter:
         self.motion_on_channel = motion_on_channel
         self.state = LinkState(bundle=UNMEASURED_BUNDLE if motion_on_channel else 1)
         self.adaptations: list[tuple[float, str, str]] = []
-        self._sent: dict[int, tuple[float, int, int]] = {}  # keyframe seq -> (wall, bytes, quality)
+        self._sent: dict[int, tuple[float, int, int, int]] = {}  # seq -> (wall, bytes, quality, ahead)
         self._measured_seq = -1
         self._bounds: list[float] = []  # the newest keyframes' rate bounds (kbit/s)
         self._large_measured = False  # a keyframe larger than a shaper's burst has crossed
+        self._rtt_floor: float | None = None  # the least round trip reported (s)
         self._started = time.monotonic()
         self._last_bytes_quality: tuple[int, int] | None = None  # (bytes, quality) of the newest keyframe
 
@@ -135,10 +147,16 @@ class LinkAdapter:
         """The least time between two requested keyframes on this link (s)."""
         if self.state.kbps is None or self._last_bytes_quality is None:
             return 0.0
-        return 8.0 * self._last_bytes_quality[0] / (KEYFRAME_SHARE * self.state.kbps * 1000.0)
+        # The next keyframe is coded to the budget: a large one sent before the link was
+        # measured must not space the small ones after it (the CI cell: 7.5 s between keyframes
+        # for a 2115-byte one at 9 kbit/s, where the next would be 591 bytes).
+        nbytes = min(self._last_bytes_quality[0], self.state.keyframe_budget)
+        return 8.0 * nbytes / (KEYFRAME_SHARE * self.state.kbps * 1000.0)
 
-    def keyframe_sent(self, seq: int, nbytes: int, quality: int) -> None:
-        self._sent[seq] = (time.time(), nbytes, quality)
+    def keyframe_sent(self, seq: int, nbytes: int, quality: int, ahead_bytes: int = 0) -> None:
+        """Keyframe ``seq`` (``nbytes``) left now, behind ``ahead_bytes`` wire bytes of data
+        the sender had put on the path that have not been acknowledged (they cross first)."""
+        self._sent[seq] = (time.time(), nbytes, quality, max(0, ahead_bytes))
         self._last_bytes_quality = (nbytes, quality)
         for old in [s for s in self._sent if s < seq - 10_000]:
             del self._sent[old]
@@ -146,19 +164,35 @@ class LinkAdapter:
     def on_peer_stats(self, values: dict[str, float], rtt_s: float | None) -> bool:
         """The receiver's newest report; True when a better keyframe is now worth sending."""
         self._follow_loss(values.get("loss"))
+        if rtt_s is not None:
+            self._rtt_floor = rtt_s if self._rtt_floor is None else min(self._rtt_floor, rtt_s)
         seq = int(values.get("keyframe_seq", -1))
         arrival = values.get("keyframe_arrival")
         if seq < 0 or arrival is None or seq == self._measured_seq or seq not in self._sent:
             return False
         self._measured_seq = seq
-        sent_at, nbytes, quality = self._sent[seq]
-        transfer = max(arrival - sent_at - (rtt_s or 0.0) / 2, 0.02)
-        # Every wire byte counts (SCTP/DTLS/UDP/IP headers included): the link carried them all.
+        sent_at, nbytes, quality, ahead = self._sent[seq]
+        # The path's own one-way delay is half the least round trip seen: SCTP's smoothed one
+        # also holds the queue the keyframe waited in, which is part of its transfer (the 20
+        # kbit/s cell: a 2785-byte keyframe behind a filling queue read as ~30 kbit/s).
+        transfer = max(arrival - sent_at - (self._rtt_floor or 0.0) / 2, 0.02)
+        # Every wire byte counts (SCTP/DTLS/UDP/IP headers included): the link carried them all,
+        # and the bytes queued ahead of the keyframe crossed in the same time.
         sent = wire_bytes(nbytes)
         # A keyframe that fits in about one shaper burst may pass at once on a slow link: until
         # a larger one has crossed, motion stays bundled (_motion_rate); keyframes still grow
         # from it, at most doubling each time.
-        bound = min(8.0 * sent / transfer / 1000.0, 10_000.0)
+        # The first BURST_BYTES may ride a shaper's token bucket and cross at once: they are
+        # left out of a large keyframe's bound (an underestimate only bundles motion more; an
+        # overestimate overfills the link's queue).
+        # A burst-sized keyframe before any large one counts alone: what was queued ahead of
+        # it at a call's start (stream header, mode) rode the same burst (the 20 kbit/s cell:
+        # an 844-byte keyframe "behind 469 bytes" read 26 kbit/s and bought a 1586-byte one).
+        if sent > 2 * BURST_BYTES:
+            crossed = sent + ahead - BURST_BYTES
+        else:
+            crossed = sent + ahead if self._large_measured else sent
+        bound = min(8.0 * crossed / transfer / 1000.0, 10_000.0)
         if sent <= 2 * BURST_BYTES and self._large_measured and self.state.kbps is not None:
             # After a real measurement a burst-sized keyframe may only lower the estimate (the
             # matrix's 20 kbit/s cell: a 617-byte one "took 0.02 s" and unbundled motion).
@@ -174,14 +208,22 @@ class LinkAdapter:
         # Upwards one step at a time (at most doubling): a small keyframe that rode a burst
         # must not buy a large one on a slow link.
         budget = int(min(kbps * 1000 / 8 * KEYFRAME_SECONDS, 2 * max(nbytes, self.state.keyframe_budget)))
+        if not self._large_measured:
+            # Unmeasured: a keyframe just large enough to measure the link, no larger (it shares
+            # the bottleneck's queue with motion at whatever rate the link really has).
+            budget = min(budget, max(PROBE_KEYFRAME_BYTES, nbytes))
         upgrade = False
         if budget != self.state.keyframe_budget:
             old = self.state.keyframe_budget
             self.state.keyframe_budget = budget
             if previous is None or abs(math.log(max(budget, 1) / max(old, 1))) > 0.3:
                 self._log(f"keyframes of at most {budget} bytes",
-                          f"a {nbytes}-byte keyframe took {transfer:.2f} s: about {kbps:.0f} kbit/s")
-            upgrade = budget >= UPGRADE_FACTOR * nbytes and quality < self.default_quality
+                          f"a {nbytes}-byte keyframe" + (f" behind {ahead} bytes" if ahead else "")
+                          + f" took {transfer:.2f} s: about {kbps:.0f} kbit/s")
+            # Worth a keyframe: a much better one, or (unmeasured) a probe large enough to
+            # measure, when even the burst-sized keyframe read a link that carries it easily.
+            probe = not self._large_measured and budget >= PROBE_KEYFRAME_BYTES > nbytes
+            upgrade = (budget >= UPGRADE_FACTOR * nbytes or probe) and quality < self.default_quality
         patches = kbps >= PATCHES_MIN_KBPS
         if patches != self.state.patches:
             self.state.patches = patches
@@ -192,8 +234,8 @@ class LinkAdapter:
 
     def _unmeasured_ceiling(self) -> float:
         """The highest rate a burst-sized keyframe may claim: just below where motion would go
-        one frame a message (it stays bundled until a larger keyframe measures the link)."""
-        return 0.99 * motion_kbps(1, 1, self.fps, self.motion_packet_bytes) / MOTION_SHARE
+        fewer than UNMEASURED_BUNDLE frames a message (until a larger keyframe measures the link)."""
+        return 0.99 * motion_kbps(UNMEASURED_BUNDLE - 1, 1, self.fps, self.motion_packet_bytes) / MOTION_SHARE
 
     def _follow_loss(self, loss: float | None) -> None:
         """A lossy link gets intra motion packets more often: a lost packet breaks the motion

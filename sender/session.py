@@ -41,7 +41,7 @@ from codec.bitstream.control import (
 )
 from codec.errors import CodecError, FaceNotFoundError
 
-from sender.link_adapt import LinkAdapter
+from sender.link_adapt import LinkAdapter, wire_bytes
 
 if TYPE_CHECKING:
     from codec.api import Encoder
@@ -278,7 +278,7 @@ class SenderSession:
                 why = self.encoder.last_keyframe_reason if self.encoder is not None else ""
                 if self.link is not None and self.encoder.stats.keyframe_reasons:
                     self.link.keyframe_sent(self.encoder.stats.keyframe_reasons[-1][0], len(packet),
-                                            self.encoder.keyframe_quality)
+                                            self.encoder.keyframe_quality, ahead_bytes=self._bytes_ahead())
                 self._send_control(Keyframe(packet=packet, reason=why))
             elif packet[0] == PacketType.PATCH:
                 self.stats.patches += 1
@@ -301,6 +301,23 @@ class SenderSession:
         sctp = self._control.transport
         return bool(self._control.bufferedAmount or getattr(sctp, "_outbound_queue", None)
                     or getattr(sctp, "_data_channel_queue", None))
+
+    def _bytes_ahead(self) -> int:
+        """Wire bytes the sender has put on the path that a keyframe sent now queues behind:
+        SCTP's unacknowledged chunks (in flight or due again), its chunked queue
+        and the data-channel messages not yet chunked (sender.link_adapt counts them into the
+        keyframe's rate bound). 0 where the transport is not aiortc's."""
+        sctp = getattr(self._control, "transport", None)
+        if sctp is None:
+            return 0
+        # Acknowledged chunks have crossed; abandoned ones (unreliable motion given up) never go again.
+        chunks = [c for c in list(getattr(sctp, "_sent_queue", ()))
+                  if not getattr(c, "_acked", False) and not getattr(c, "_abandoned", False)]
+        chunks += list(getattr(sctp, "_outbound_queue", ()))
+        total = sum(wire_bytes(len(getattr(c, "user_data", b""))) for c in chunks)
+        for item in list(getattr(sctp, "_data_channel_queue", ())):
+            total += wire_bytes(len(item[2])) if len(item) == 3 else 0
+        return total
 
     def _keyframe_in_flight(self) -> bool:
         """A keyframe is being coded, or control data (a keyframe, a patch) has not wholly

@@ -168,9 +168,9 @@ def test_loopback_survives_motion_loss_and_does_not_drift(tiny_model, clip, carr
     numbering = MotionSequencer(Encoder(tiny_model).stream_header())
 
     def tap(data: bytes, forward) -> None:
-        # On the data channel motion goes two frames a message until a keyframe large enough
+        # On the data channel motion goes three frames a message until a keyframe large enough
         # to measure the link has crossed (sender/link_adapt.py; the tiny model's never is):
-        # a lost message loses both.
+        # a lost message loses all of them.
         packets = [numbering.resolve(parse_packet(p)) for p in (split_bundle(data) if is_bundle(data) else [data])]
         numbered = [p for p in packets if p is not None]
         if not numbered:

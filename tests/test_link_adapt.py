@@ -10,11 +10,15 @@ from hypothesis import strategies as st
 from codec.errors import BitstreamError
 from rtc.motion_bundle import MAX_BUNDLE_PACKETS, pack_bundle, split_bundle
 from sender.link_adapt import (
+    BURST_BYTES,
     FIRST_KEYFRAME_BYTES,
     MOTION_PACKET_BYTES,
+    PROBE_KEYFRAME_BYTES,
+    UNMEASURED_BUNDLE,
     LinkAdapter,
     motion_kbps,
     quality_for_bytes,
+    wire_bytes,
 )
 
 
@@ -50,8 +54,9 @@ def test_keyframe_quality_follows_the_byte_budget():
     assert quality_for_bytes("webp", 90, 6000, 3000, 90) < 90
 
 
-def _report(adapter: LinkAdapter, seq: int, nbytes: int, quality: int, transfer_s: float) -> bool:
-    adapter.keyframe_sent(seq, nbytes, quality)
+def _report(adapter: LinkAdapter, seq: int, nbytes: int, quality: int, transfer_s: float,
+            ahead: int = 0) -> bool:
+    adapter.keyframe_sent(seq, nbytes, quality, ahead_bytes=ahead)
     arrival = adapter._sent[seq][0] + transfer_s
     return adapter.on_peer_stats({"keyframe_seq": seq, "keyframe_arrival": arrival}, rtt_s=0.0)
 
@@ -61,21 +66,23 @@ def test_a_slow_link_gets_small_keyframes_no_patches_and_bundled_motion():
     assert adapter.state.keyframe_budget == FIRST_KEYFRAME_BYTES  # nothing measured yet: cheap
     first = adapter.keyframe_quality()
     assert first < 66
-    # 2500 bytes (2782 on the wire) in 1.1 s: 20 kbit/s.
-    assert not _report(adapter, 0, 2500, first, 1.1)
+    # 2500 bytes (2782 on the wire, the first 1200 of them on a shaper's burst) in 0.63 s: 20 kbit/s.
+    assert not _report(adapter, 0, 2500, first, 8 * (wire_bytes(2500) - BURST_BYTES) / 20_000)
     assert 15 < adapter.state.kbps < 25
     assert adapter.state.keyframe_budget == pytest.approx(20_000 / 8 * 0.5, rel=0.05)
-    assert adapter.keyframe_interval() == pytest.approx(8 * 2500 / (0.25 * 20_000), rel=0.05)
+    # Requested keyframes take at most a quarter of the link: the next one is ~1250 bytes.
+    assert adapter.keyframe_interval() == pytest.approx(8 * 1250 / (0.25 * 20_000), rel=0.05)
     assert not adapter.state.patches
-    # Every frame still sent, two a message: ~12 kbit/s of motion at 25 fps (the matrix's
-    # 20 kbit/s cell once fell to every third frame from an estimate of half the link).
-    assert adapter.state.bundle == 2 and adapter.state.motion_every == 1
-    assert motion_kbps(2, 1, 25, MOTION_PACKET_BYTES) <= 0.6 * adapter.state.kbps
+    # Every frame still sent, three a message: ~8.5 kbit/s of motion at 25 fps, half the link
+    # (the matrix's 20 kbit/s cell once fell to every third frame from an estimate of half the
+    # link; at two a message, 58 % of it, one overflow kept the queue full).
+    assert adapter.state.bundle == 3 and adapter.state.motion_every == 1
+    assert motion_kbps(3, 1, 25, MOTION_PACKET_BYTES) <= 0.5 * adapter.state.kbps
     whats = [what for _, what, _ in adapter.adaptations]
     assert any("keyframes of at most" in w for w in whats) and "reference patches off" in whats
-    # 10 kbit/s: still every frame, more of them a message.
+    # 12 kbit/s: still every frame, more of them a message.
     for seq in (50, 100, 150):
-        _report(adapter, seq, 1250, adapter.keyframe_quality(), 1.15)
+        _report(adapter, seq, 1250, adapter.keyframe_quality(), 0.95)
     assert adapter.state.motion_every == 1 and adapter.state.bundle >= 4
     # ~4 kbit/s for the last three keyframes: the "link too slow" state, logged.
     for seq in (200, 250, 300):
@@ -91,9 +98,11 @@ def test_a_slow_link_gets_small_keyframes_no_patches_and_bundled_motion():
 def test_a_fast_link_asks_for_a_full_keyframe_once():
     adapter = LinkAdapter(codec="av1", default_quality=66)
     assert _report(adapter, 0, 1500, adapter.keyframe_quality(), 0.01)  # ~600 kbit/s: upgrade
-    assert adapter.state.keyframe_budget == 3000  # one step: at most double
+    # Unmeasured (1500 bytes ride a shaper's burst): the next keyframe is only large enough to
+    # measure the link, not the 3000 bytes doubling would allow.
+    assert adapter.state.keyframe_budget == PROBE_KEYFRAME_BYTES
     # A keyframe within one shaper burst proves nothing of the rate: motion stays bundled.
-    assert adapter.state.bundle == 2
+    assert adapter.state.bundle == UNMEASURED_BUNDLE
     assert _report(adapter, 10, 3000, adapter.keyframe_quality(), 0.02)
     assert adapter.keyframe_quality() == 66
     assert adapter.state.patches and adapter.state.bundle == 1
@@ -102,8 +111,8 @@ def test_a_fast_link_asks_for_a_full_keyframe_once():
 
 def test_one_keyframe_held_up_by_an_outage_does_not_sink_the_estimate():
     adapter = LinkAdapter(codec="av1", default_quality=66)
-    _report(adapter, 0, 4000, 66, 0.44)  # 4376 wire bytes: 80 kbit/s
-    _report(adapter, 50, 4000, 66, 0.44)
+    _report(adapter, 0, 4000, 66, 0.3176)  # 4376 wire bytes, 1200 of them a burst: 80 kbit/s
+    _report(adapter, 50, 4000, 66, 0.3176)
     _report(adapter, 100, 4000, 66, 5.5)  # crossed after a 5 s outage: ~4 kbit/s
     assert adapter.state.kbps == pytest.approx(80, rel=0.05)
     assert adapter.state.motion_every == 1 and adapter.state.patches
@@ -118,3 +127,76 @@ def test_a_lossy_link_gets_intra_packets_more_often():
     adapter.on_peer_stats({"loss": 0.30}, rtt_s=None)
     assert adapter.state.intra_period == 4
     assert any("intra motion packet every" in what for _, what, _ in adapter.adaptations)
+
+
+def test_bytes_queued_ahead_of_a_keyframe_count_into_the_rate():
+    # The matrix's 20 kbit/s cell without audio: a 3193-byte keyframe sent behind a full queue
+    # of motion "took 2.78 s: about 10 kbit/s"; with the ~3.5 KB it queued behind, ~17 (the
+    # first 1200 bytes left out: they may have ridden the shaper's burst).
+    alone, behind = LinkAdapter(codec="av1", default_quality=66), LinkAdapter(codec="av1", default_quality=66)
+    _report(alone, 0, 3193, 40, 2.78)
+    _report(behind, 0, 3193, 40, 2.78, ahead=3_500)
+    assert behind.state.kbps == pytest.approx(8 * (wire_bytes(3193) + 3_500 - BURST_BYTES) / 2.78 / 1000, rel=1e-6)
+    assert 15 < behind.state.kbps < 20
+    # Every frame, four a message; alone, it read the link too slow for every frame.
+    assert (behind.state.motion_every, behind.state.bundle) == (1, 4)
+    assert alone.state.motion_every > 1
+    assert any("behind 3500 bytes" in why for _, _, why in behind.adaptations)
+
+
+def test_an_unmeasured_link_gets_one_probe_keyframe_then_keyframes_sized_to_it():
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    # The first keyframe rode the shaper's burst ("96 kbit/s"): a probe, no larger than needed.
+    assert _report(adapter, 0, 1545, adapter.keyframe_quality(), 0.14)
+    assert adapter.state.keyframe_budget == PROBE_KEYFRAME_BYTES
+    assert wire_bytes(PROBE_KEYFRAME_BYTES) > 2 * BURST_BYTES  # large enough to measure
+    assert adapter.state.bundle == UNMEASURED_BUNDLE  # still unmeasured: motion stays bundled
+    # The probe measured 20 kbit/s: keyframes of half a second of it, no further probe.
+    assert not _report(adapter, 25, 2600, adapter.keyframe_quality(), 8 * (wire_bytes(2600) - BURST_BYTES) / 20_000)
+    assert 15 < adapter.state.kbps < 25
+    assert adapter.state.keyframe_budget == pytest.approx(20_000 / 8 * 0.5, rel=0.1)
+    assert (adapter.state.motion_every, adapter.state.bundle) == (1, 3)
+    # Requested keyframes are spaced by the next one's size (the budget), not the probe's.
+    assert adapter.keyframe_interval() == pytest.approx(
+        8 * adapter.state.keyframe_budget / (0.25 * adapter.state.kbps * 1000), rel=1e-6)
+
+
+def test_the_bytes_ahead_of_a_keyframe_are_read_from_sctp_queues():
+    from types import SimpleNamespace
+
+    from sender.session import SenderSession
+
+    def chunk(n: int, acked: bool = False, abandoned: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(user_data=b"x" * n, _acked=acked, _abandoned=abandoned)
+
+    sctp = SimpleNamespace(_sent_queue=[chunk(1200, acked=True), chunk(1200), chunk(60), chunk(70, abandoned=True)],
+                           _outbound_queue=[chunk(300)], _data_channel_queue=[(None, 51, b"y" * 2000)])
+    session = object.__new__(SenderSession)  # only the control channel matters here
+    session._control = SimpleNamespace(transport=sctp)
+    # The acknowledged chunk crossed already, the abandoned one never goes; the rest is ahead.
+    assert session._bytes_ahead() == wire_bytes(1200) + wire_bytes(60) + wire_bytes(300) + wire_bytes(2000)
+    session._control = None
+    assert session._bytes_ahead() == 0
+
+
+def test_the_queue_a_keyframe_waited_in_is_part_of_its_transfer():
+    # SCTP's smoothed round trip grew with the queue (0.05 s -> 1.0 s): only the least one seen
+    # is the path's own delay; subtracting half the grown one read a 20 kbit/s link as ~30.
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    adapter.on_peer_stats({}, rtt_s=0.05)
+    transfer = 8 * (wire_bytes(2600) - BURST_BYTES) / 20_000
+    adapter.keyframe_sent(0, 2600, 40)
+    adapter.on_peer_stats({"keyframe_seq": 0, "keyframe_arrival": adapter._sent[0][0] + transfer + 0.025},
+                          rtt_s=1.0)
+    assert adapter.state.kbps == pytest.approx(20, rel=0.02)
+
+
+def test_a_small_first_keyframe_on_a_slow_link_buys_no_larger_one():
+    # The 20 kbit/s cell: an 844-byte first keyframe behind 469 bytes of stream start took
+    # 0.43 s. Alone it reads ~17 kbit/s (those bytes rode the same burst): keyframes stay near
+    # its size, no probe (a 1586-byte one froze the picture for a second there).
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    assert not _report(adapter, 0, 844, adapter.keyframe_quality(), 0.43, ahead=469)
+    assert adapter.state.kbps == pytest.approx(8 * wire_bytes(844) / 0.43 / 1000, rel=1e-6)
+    assert adapter.state.keyframe_budget < 1.5 * 844
+    assert adapter.state.bundle == UNMEASURED_BUNDLE and not adapter.state.patches
