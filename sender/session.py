@@ -502,6 +502,8 @@ class SenderSession:
         resolution) centre-cropped to that aspect and scaled, with one log line and a new
         keyframe per change of size."""
         size = (frame.shape[1], frame.shape[0])
+        if self._input_size is None:  # no frame seen yet (a session driven frame by frame)
+            self._input_size = size
         if size != self._input_size:
             self.stats.resolution_changes += 1
             events.info("the source's frames changed from %d×%d to %d×%d: %s", *self._input_size, *size,
