@@ -18,7 +18,7 @@ dlib's 68 points), with dlib's on the real frame:
 
 Each source's AKD is averaged over the frames where it and the real frame have a face, and
 again over the frames where every source has one (``common``), so sources compare on the
-same frames. ``--detect-side`` / ``--detect-native`` try the whole-frame tracker's
+same frames. ``--detect-side`` / ``--detect-fit`` try the whole-frame tracker's
 alternatives (``codec.families.landmark``) without editing it.
 
     python -m benchmarks.akd_sources --manifest ../shared/data/talking/MANIFEST.tsv \\
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-refiner", action="store_true", help="load no refiner (warp_*_refined = plain)")
     p.add_argument("--detect-side", type=int, default=None,
                    help="whole frames: the tracker's DETECT_SIDE (default: the shipped one)")
-    p.add_argument("--detect-native", action="store_true",
-                   help="whole frames: the tracker fits the points on the face box's own pixels (DETECT_NATIVE)")
+    p.add_argument("--detect-fit", choices=("box", "native", "frame"), default=None,
+                   help="whole frames: how the tracker fits the points (DETECT_FIT; default: the shipped way)")
     p.add_argument("--out", type=Path, default=Path("out/akd-sources"),
                    help="working folder; the protocol's pictures are cached under OUT/crops as rd does")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.detect_side is not None:
         landmark.DETECT_SIDE = args.detect_side
-    if args.detect_native:
-        landmark.DETECT_NATIVE = True
+    if args.detect_fit is not None:
+        landmark.DETECT_FIT = args.detect_fit
     model = load_landmark_model(coefficients=args.coefficients, refiner=not args.no_refiner)
     faces = FaceLandmarkMetrics()
     clips = manifest_clips(args.manifest, args.split, args.folder)[: args.clips]
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                          "frames": args.frames, "metric_every": args.metric_every, "quality": args.quality,
                          "coefficients": model.layout.expression_count,
                          "refresh": "one keyframe", "refiner": not args.no_refiner,
-                         "detect_side": landmark.DETECT_SIDE, "detect_native": landmark.DETECT_NATIVE},
+                         "detect_side": landmark.DETECT_SIDE, "detect_fit": landmark.DETECT_FIT},
             "sources": list(SOURCES), "mean": mean, "clips": rows, "skipped": skipped,
             "wall_s": time.perf_counter() - started}, indent=1))
     return 0
