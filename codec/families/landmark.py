@@ -134,6 +134,19 @@ def motion_from_landmarks(landmarks_px: np.ndarray, size: int | tuple[int, int],
 # its centre stays within DETECT_BOX_SHIFT of its side from the face's and the face's size
 # within a factor DETECT_BOX_SCALE.
 DETECT_SIDE = 256
+# How a whole frame's points are found. "frame" (shipped): as on a crop and as the AKD metric
+# finds them: the detector on the whole picture (shrunk to 640 px), the shape predictor on its
+# own pixels; the held box is not used. "box": on the held box resampled to DETECT_SIDE px;
+# "native": the detector on that, the predictor on the box's own pixels. Measured on the 11
+# dev clips' whole frames (benchmarks.akd_sources, q3, one keyframe): the tracker's points
+# were 1.46 ("box") / 1.19 ("native") / 0 ("frame") px from the metric's on the real frames,
+# and the rebuilt frames' AKD 2.34 / 2.30 / 2.16 px at 1.34 / 1.31 / 1.32 kbit/s of motion
+# (DETECT_SIDE 512 with "box": 2.39 px; the detector on the box's own pixels clipped from the
+# frame, shrunk as the frame is for it: 1.26 px off, 2.43 px): dlib's points move with the
+# detector's box they start from and the pixels they are fitted on, and the rebuilt frame is
+# scored by dlib on the whole frame. Cost: 20-30 ms a frame against 10-18 ms on the box (one
+# shared 2-core CPU, 100 frames of 1280×720, 512×512 and 850×680 clips).
+DETECT_FIT = "frame"
 DETECT_BOX_SHIFT = 0.1
 DETECT_BOX_SCALE = 1.15
 
@@ -186,6 +199,11 @@ class LandmarkTracker(MotionTracker):
         from codec.facecrop import detect_landmarks
 
         box = self._box
+        if DETECT_FIT == "native" and box.side > DETECT_SIDE:
+            # detect_landmarks shrinks the window to DETECT_SIDE for the detector (INTER_AREA,
+            # as box.crop does) and fits the points on the window itself.
+            found = detect_landmarks(box.crop(image, box.side), upsample=0, max_side=DETECT_SIDE)
+            return None if found is None else np.array([box.x0, box.y0]) + found
         found = detect_landmarks(box.crop(image, DETECT_SIDE), upsample=0)
         if found is None:
             return None
@@ -193,15 +211,19 @@ class LandmarkTracker(MotionTracker):
         return np.array([box.x0, box.y0]) + (found + 0.5) * (box.side / DETECT_SIDE) - 0.5
 
     def _detect_in_frame(self, image: np.ndarray) -> np.ndarray | None:
-        """Landmarks in a large picture (a whole camera frame). They are found on the face's
-        box resampled to DETECT_SIDE px, like a 256-px crop's: the same pixels per face, so
-        the same motion (and the same bits) comes out at every picture size; the box is held
-        still while the face stays in it (re-detecting on a window that follows the last
-        landmarks fed their jitter back into the next detection: +5 % motion bits on the
-        dev clips). The whole frame (shrunk to 640 px) is searched when there is no box yet
-        or the face left it."""
+        """Landmarks in a large picture (a whole camera frame), as DETECT_FIT says. With
+        "box" / "native" they are found on the face's box resampled to DETECT_SIDE px, like a
+        256-px crop's: the same pixels per face at every picture size; the box is held still
+        while the face stays in it (re-detecting on a window that follows the last landmarks
+        fed their jitter back into the next detection: +5 % motion bits on the dev clips),
+        and the whole frame (shrunk to 640 px) is searched when there is no box yet or the
+        face left it."""
         from codec.facecrop import box_from_landmarks, detect_landmarks
 
+        if DETECT_FIT == "frame":
+            # As a crop's tracker and the AKD metric find them (no upsampling: a frame where
+            # the detector misses falls back to the predictor in the last landmarks' box).
+            return detect_landmarks(image, upsample=0, max_side=640)
         if self._box is not None and self._last is not None and not self._box_holds(self._last):
             self._box = box_from_landmarks(self._last)
         if self._box is not None:
