@@ -134,9 +134,9 @@ def motion_from_landmarks(landmarks_px: np.ndarray, size: int | tuple[int, int],
 # its centre stays within DETECT_BOX_SHIFT of its side from the face's and the face's size
 # within a factor DETECT_BOX_SCALE.
 DETECT_SIDE = 256
-# How a whole frame's points are found. "frame" (shipped): as on a crop and as the AKD metric
-# finds them: the detector on the whole picture (shrunk to 640 px), the shape predictor on its
-# own pixels; the held box is not used. "box": on the held box resampled to DETECT_SIDE px;
+# How a whole frame's points are found. "box" (shipped): on the held box resampled to
+# DETECT_SIDE px. "frame": as on a crop and as the AKD metric finds them: the detector on the
+# whole picture (shrunk to 640 px), the shape predictor on its own pixels, no held box;
 # "native": the detector on that, the predictor on the box's own pixels. Measured on the 11
 # dev clips' whole frames (benchmarks.akd_sources, q3, one keyframe): the tracker's points
 # were 1.46 ("box") / 1.19 ("native") / 0 ("frame") px from the metric's on the real frames,
@@ -145,8 +145,10 @@ DETECT_SIDE = 256
 # frame, shrunk as the frame is for it: 1.26 px off, 2.43 px): dlib's points move with the
 # detector's box they start from and the pixels they are fitted on, and the rebuilt frame is
 # scored by dlib on the whole frame. Cost: 20-30 ms a frame against 10-18 ms on the box (one
-# shared 2-core CPU, 100 frames of 1280×720, 512×512 and 850×680 clips).
-DETECT_FIT = "frame"
+# shared 2-core CPU, 100 frames of 1280×720, 512×512 and 850×680 clips), and in the demo's
+# one-process call at 640×480 the sender took 43.6 ms a frame instead of 22 (frames queued,
+# latency 0.55 s): "frame" does not fit a call on two cores, so the box stays the default.
+DETECT_FIT = "box"
 DETECT_BOX_SHIFT = 0.1
 DETECT_BOX_SCALE = 1.15
 
