@@ -74,6 +74,7 @@ events = logging.getLogger("facecodec.call")  # the few lines a user of `facecod
 CONNECT_TIMEOUT_S = 30.0
 WAIT_S = 120.0  # how long a peer waits for the other to join before giving up
 STATS_INTERVAL_S = 1.0
+MAX_AUDIO_LEAD_S = 2.0  # a recording of every frame shifts its audio by the first picture's lag, at most this
 # Why this side ended a call (anything else means the peer or the network ended it).
 DURATION_REACHED = "duration reached"
 SOURCE_ENDED = "the source ended"
@@ -188,6 +189,8 @@ class Call:
         self.connected = False  # the data channels opened: this was a call, not a failed set-up
         self.connected_at: float | None = None  # time.monotonic() then
         self._show_lock = threading.Lock()
+        self._first_media_time: float | None = None  # the recording's first picture's media time
+        self._audio_lead_s = 0.0  # see _recording_time
 
     # ------------------------------------------------------------------ plumbing
 
@@ -202,10 +205,32 @@ class Call:
         if self.recorder is not None:
             if self.epoch is None:
                 self.epoch = time.monotonic()
-            self.recorder.write(image, self._recording_time())
+                self._first_media_time = media_time
+                if not self.options.live:
+                    self._audio_lead_s = self._first_picture_lag_s()
+            self.recorder.write(image, self._frame_recording_time(media_time))
+
+    def _frame_recording_time(self, media_time: float) -> float:
+        # A live call records each picture when it was shown, freezes included: what the user
+        # saw. A recording of every frame (live False) places each by its media time instead, so
+        # a receiver that renders late and then catches up still writes as many seconds as were
+        # sent, at the sender's pace.
+        if self.options.live or self._first_media_time is None:
+            return self._recording_time()
+        return media_time - self._first_media_time
 
     def _recording_time(self) -> float:
-        return time.monotonic() - self.epoch
+        """Now on the recording's clock (audio is placed by it): in a recording of every frame
+        the first picture's capture-to-render lag is added, so audio that arrives with it lines up
+        with the picture captured when that audio was."""
+        return time.monotonic() - self.epoch + self._audio_lead_s
+
+    def _first_picture_lag_s(self) -> float:
+        rx = self.receiver_session
+        if rx is None or not rx.stats.latencies_ms:
+            return 0.0  # an H.264 picture: no capture time known here
+        # From the sender's clock: clamped, so a skewed peer clock cannot shift the audio far.
+        return min(max(rx.stats.latencies_ms[-1] / 1000.0, 0.0), MAX_AUDIO_LEAD_S)
 
     def _send_control(self, message: ControlMessage) -> None:
         if self.control is not None and self.control.readyState == "open":
