@@ -55,7 +55,7 @@ from receiver.session import ReceiverSession
 from receiver.sinks import consume_audio
 from rtc.motion_bundle import BUNDLE_CAPABILITY
 from rtc.motion_over_audio import AudioMotionCarrier, MotionReader, attach_motion_reader
-from rtc.peer import dict_to_sdp, new_peer_connection, sdp_to_dict, set_audio_bitrate
+from rtc.peer import dict_to_sdp, new_peer_connection, resync_video_sooner, sdp_to_dict, set_audio_bitrate
 from sender.media_tracks import H264Track, forward_keyframe_requests
 from sender.session import SenderSession
 from signaling.client import SignalingChannel
@@ -345,6 +345,7 @@ class Call:
                 self._add_audio(pc)
             else:
                 pc.addTransceiver("audio", direction="recvonly")
+            self._resync_video_sooner(pc)
             await pc.setLocalDescription(await pc.createOffer())
             await self.signaling.send({"type": "offer", **sdp_to_dict(pc.localDescription)})
             answer = await self._expect("answer")
@@ -356,8 +357,16 @@ class Call:
                 forward_keyframe_requests(pc.addTrack(self.h264_track), self.h264_track)
             if self.audio is not None:
                 self._add_audio(pc)
+            self._resync_video_sooner(pc)
             await pc.setLocalDescription(await pc.createAnswer())
             await self.signaling.send({"type": "answer", **sdp_to_dict(pc.localDescription)})
+
+    @staticmethod
+    def _resync_video_sooner(pc: RTCPeerConnection) -> None:
+        # The H.264 we receive: a lost packet costs seconds, not aiortc's 512 packets.
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                resync_video_sooner(transceiver.receiver)
 
     def _add_audio(self, pc: RTCPeerConnection) -> None:
         rtp_sender = pc.addTrack(self.audio)

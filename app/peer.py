@@ -38,6 +38,7 @@ class CallReport:
     wire: dict | None = None  # what this side sent, by kind, when the call metered it
     wire_seconds: float = 0.0  # over how long the wire was metered
     recording: dict | None = None
+    h264: dict | None = None  # the H.264 track's counters (sender.media_tracks.H264TrackStats)
 
 
 async def join_room(url: str, token: str, room: str, *, retries: int = 5) -> SignalingClient:
@@ -141,6 +142,8 @@ async def run_peer(*, url: str = "", token: str = "", room: str = "", model: Tal
             if call.receiver_session is not None:
                 report.receiver = call.receiver_session.snapshot()
                 report.receiver_figures = call.receiver_session.call_figures()
+            if call.h264_track is not None:
+                report.h264 = asdict(call.h264_track.stats)
             if call.wire_meter is not None:
                 report.wire = call.wire_meter.snapshot()
                 report.wire_seconds = round(time.monotonic() - call.connected_at, 3)

@@ -96,3 +96,24 @@ def set_audio_bitrate(rtp_sender, kbps: float) -> None:
     encoder = OpusEncoder()
     encoder.codec.bit_rate = int(kbps * 1000)
     rtp_sender._RTCRtpSender__encoder = encoder  # aiortc has no public hook for this
+
+
+# Video packets aiortc's receiver holds past a lost one before it gives up on it. Its video
+# jitter buffer hands frames on in order and stops at a hole until a retransmission fills it
+# or it holds its capacity (512 packets) past it, then drops to the newest frame and asks for
+# a keyframe. A NACKed packet resent into a full shaper's queue is lost again, and our H.264
+# sends one to three packets a frame at 5–25 frames a second: 512 packets was a 15–24 s
+# freeze in the impairment matrix's rate cells (benchmarks.impairment). 64 packets is a few
+# seconds at these rates and still holds a whole keyframe (~75 kB).
+VIDEO_JITTER_PACKETS = 64
+
+
+def resync_video_sooner(rtp_receiver, packets: int = VIDEO_JITTER_PACKETS) -> None:
+    """Give ``rtp_receiver`` (a video RTCRtpReceiver, before media flows) a jitter buffer of
+    ``packets`` (a power of two), so that a hole no retransmission fills costs a freeze of that
+    many packets, not aiortc's 512."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    if getattr(rtp_receiver, "_RTCRtpReceiver__kind", None) != "video":
+        raise ValueError("resync_video_sooner takes a video RTCRtpReceiver")
+    rtp_receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=packets, is_video=True)  # no public hook

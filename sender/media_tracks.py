@@ -8,7 +8,9 @@
   packet.time_base to 90 kHz).
 - :func:`forward_keyframe_requests` — aiortc turns an RTCP PLI/FIR into a "force keyframe"
   flag that only its own encoder path reads; a packet track never hears of it. This hooks
-  the sender so a PLI reaches :meth:`H264Track.request_keyframe`.
+  the sender so a PLI reaches :meth:`H264Track.request_keyframe`, and the receiver's
+  bandwidth estimate (RTCP REMB, which aiortc's receiver sends from the packets' arrival
+  times) reaches :meth:`H264Track.follow_link`: the H.264 fallback fits the link it is on.
 - :class:`PcmAudioTrack` — mono 48 kHz PCM played as 20 ms s16 frames in real time
   (aiortc codes them to Opus).
 
@@ -22,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -34,6 +37,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from codec.errors import MediaError
 from codec.media import AUDIO_SAMPLE_RATE, decode_pcm_mono48k
@@ -48,12 +52,57 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+events = logging.getLogger("facecodec.call")
 
 AUDIO_FRAME_SAMPLES = 960  # 20 ms at 48 kHz, aiortc's (and WebRTC's) audio ptime
 _AUDIO_TIME_BASE = Fraction(1, AUDIO_SAMPLE_RATE)
 
 
 # ---------------------------------------------------------------------------- video
+
+# Following the receiver's estimate (H264Track.follow_link). aiortc's receiver estimates from
+# the video packets' arrival times (abs-send-time) how much payload the link carries, and says
+# so in RTCP REMB: the payload it saw, 0.85 of it when the packets queue (the link is full),
+# up to 1.5 of it plus 10 kbit/s while they do not. Every frame also costs an RTP packet's
+# headers (IPv4 20, UDP 8, RTP 12, abs-send-time and its extension header 8, SRTP's tag 10,
+# the FU-A/STAP header 2): at 25 fps that alone is 12 kbit/s, so a 20 kbit/s link cannot carry
+# 25 frames a second of anything. The link is taken as the estimate plus the headers sent with
+# what it measured; the video takes LINK_SHARE of it, headers included, and sends fewer frames
+# (every 2nd, 3rd or 5th, each still coded at the call's size) when a frame would get less
+# than MIN_FRAME_BYTES of coded picture.
+RTP_PACKET_OVERHEAD_BYTES = 62
+LINK_SHARE = 0.9
+MIN_FRAME_BYTES = 80
+FRAME_STEPS = (1, 2, 3, 5)
+RATE_CHANGE = 0.2  # the encoder is reopened (an IDR) only for a change of more than this
+RAISE_INTERVAL_S = 3.0  # and raised at most this often after a change (each raise costs an IDR)
+RAISE_FACTOR = 1.25
+# Loss says the link is full above this share (random loss on a fast link is mostly below:
+# GCC's loss-based controller uses the same 10 %, and takes off half the loss).
+LOSS_CONGESTED = 0.10
+SETTLE_S = 1.0  # after a fall, the receiver's reports describe the old rate for about this long
+CONGESTED = 0.9  # an estimate below this share of the payload sent says the link is full
+SENT_WINDOW_S = 2.0  # the payload rate sent is measured over this long
+ESTIMATES_KEPT = 600  # the receiver's estimates kept in the stats (about 10 min of them)
+
+
+def header_kbps(fps: float) -> float:
+    """What the RTP packets' headers cost at ``fps`` frames a second (one packet a frame)."""
+    return 8.0 * RTP_PACKET_OVERHEAD_BYTES * fps / 1000.0
+
+
+def h264_plan(link_kbps: float, ceiling_kbps: float, fps: float) -> tuple[float, int]:
+    """(encoder kbit/s, send every N-th frame) for a link carrying ``link_kbps`` (headers
+    included): the most frames a second whose coded pictures still get MIN_FRAME_BYTES each
+    once their headers are paid, at most ``ceiling_kbps`` (the call's H.264 rate)."""
+    budget = LINK_SHARE * max(0.0, link_kbps)
+    for every in FRAME_STEPS:
+        frames = fps / every
+        content = budget - header_kbps(frames)
+        if content >= 8.0 * MIN_FRAME_BYTES * frames / 1000.0:
+            return min(ceiling_kbps, content), every
+    frames = fps / FRAME_STEPS[-1]
+    return min(ceiling_kbps, 8.0 * MIN_FRAME_BYTES * frames / 1000.0), FRAME_STEPS[-1]
 
 
 @dataclass
@@ -66,6 +115,10 @@ class H264TrackStats:
         frames_dropped: raw frames dropped because the queue was full (slow consumer).
         bytes: Annex-B bytes handed to aiortc (before RTP/SRTP overhead).
         keyframes: IDR frames among them.
+        frames_thinned: frames not sent because the link carries fewer a second.
+        rate_changes: (s since the track started, encoder kbit/s, every N-th frame) per change.
+        estimates: (s since the track started, the receiver's estimate in kbit/s), the first
+            ESTIMATES_KEPT.
     """
 
     frames_in: int = 0
@@ -73,6 +126,9 @@ class H264TrackStats:
     frames_dropped: int = 0
     bytes: int = 0
     keyframes: int = 0
+    frames_thinned: int = 0
+    rate_changes: list[tuple[float, float, int]] = field(default_factory=list)
+    estimates: list[tuple[float, float]] = field(default_factory=list)
 
 
 class H264Track(MediaStreamTrack):
@@ -87,7 +143,8 @@ class H264Track(MediaStreamTrack):
     prediction chain (nothing was coded yet).
 
     Use :func:`forward_keyframe_requests` after ``addTrack`` so a receiver's PLI gives
-    an IDR: aiortc does not tell a packet-returning track about it.
+    an IDR and its bandwidth estimate reaches :meth:`follow_link`: aiortc tells a
+    packet-returning track about neither.
 
     Args:
         size: (width, height) of the pushed frames.
@@ -111,8 +168,28 @@ class H264Track(MediaStreamTrack):
         super().__init__()
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        self.encoder = H264Encoder(size, fps, bitrate_kbps, **encoder_options)
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.fps = float(fps)
+        self.ceiling_kbps = float(bitrate_kbps)  # the rate asked for: never exceeded
+        self._encoder_options = encoder_options
+        # Send every N-th pushed frame (follow_link); from the start, as few frames as give
+        # each MIN_FRAME_BYTES of the rate asked for. x264 spends its rate per frame at the
+        # frame rate it was opened with, so it is opened at the frames actually sent.
+        self._every = next((every for every in FRAME_STEPS
+                            if self.ceiling_kbps * 1000.0 / 8.0 / (self.fps / every) >= MIN_FRAME_BYTES),
+                           FRAME_STEPS[-1])
+        self.encoder = H264Encoder(size, self.fps / self._every, bitrate_kbps, **encoder_options)
         self.size = (self.encoder.width, self.encoder.height)
+        self._pushed = 0
+        self._reopen_kbps: float | None = None  # a new encoder rate, taken at the next encode
+        self._changed_at: float | None = None
+        self._congested_at: float | None = None
+        self._lowered_at: float | None = None
+        self._estimate_kbps: float | None = None  # the receiver's latest (REMB)
+        self._link_kbps: float | None = None  # what the link carries, headers included; None: not known to limit
+        self._sent: deque[tuple[float, int]] = deque()  # (time.monotonic(), bytes) handed to aiortc
+        self._started = time.monotonic()
         self.queue_size = int(queue_size)
         self.stats = H264TrackStats()
         self._queue: deque[tuple[np.ndarray, float]] = deque()
@@ -134,6 +211,10 @@ class H264Track(MediaStreamTrack):
                 f"expected uint8 frame of shape {(height, width, 3)}, got {frame_rgb.dtype} {frame_rgb.shape}"
             )
         if self.readyState != "live":
+            return
+        self._pushed += 1
+        if (self._pushed - 1) % self._every:
+            self.stats.frames_thinned += 1
             return
         frame = np.array(frame_rgb, copy=True)  # the caller may reuse its buffer
         with self._lock:
@@ -165,6 +246,85 @@ class H264Track(MediaStreamTrack):
     def request_keyframe(self) -> None:
         """Make the next encoded frame an IDR (e.g. after a receiver's PLI)."""
         self._keyframe_requested = True
+
+    @property
+    def bitrate_kbps(self) -> float:
+        """The encoder's rate now (kbit/s)."""
+        return self._reopen_kbps if self._reopen_kbps is not None else self.encoder.bitrate_kbps
+
+    def sent_kbps(self) -> float | None:
+        """The payload sent over the last SENT_WINDOW_S (kbit/s); None before that long."""
+        now = time.monotonic()
+        while self._sent and self._sent[0][0] < now - SENT_WINDOW_S:
+            self._sent.popleft()
+        if now - self._started < SENT_WINDOW_S:
+            return None
+        return 8.0 * sum(n for _, n in self._sent) / SENT_WINDOW_S / 1000.0
+
+    def follow_link(self, estimate_bps: float) -> None:
+        """The receiver's bandwidth estimate (RTCP REMB, bit/s of payload). It starts at what
+        was sent and rises while packets do not queue, so only an estimate under CONGESTED of
+        the payload sent says the link is full: the link is then the estimate plus the
+        headers of the frames sent now."""
+        if not (isinstance(estimate_bps, (int, float)) and math.isfinite(estimate_bps) and estimate_bps >= 0):
+            return
+        estimate = estimate_bps / 1000.0
+        if len(self.stats.estimates) < ESTIMATES_KEPT:
+            self.stats.estimates.append((round(time.monotonic() - self._started, 3), round(estimate, 2)))
+        self._estimate_kbps = estimate
+        sent = self.sent_kbps()
+        if sent is not None and estimate < CONGESTED * sent:
+            self._congested(estimate + header_kbps(self.fps / self._every),
+                            f"the receiver estimates {estimate:.0f} kbit/s of payload, {sent:.0f} sent")
+
+    def follow_loss(self, fraction_lost: float) -> None:
+        """The receiver lost ``fraction_lost`` of the video packets since its last report
+        (RTCP): over LOSS_CONGESTED the link is full (a shaper's queue drops), and the link is
+        taken as what was sent, headers included, less half the share lost."""
+        if not (isinstance(fraction_lost, (int, float)) and 0.0 <= fraction_lost <= 1.0):
+            return
+        sent = self.sent_kbps()
+        if sent is not None and fraction_lost > LOSS_CONGESTED:
+            self._congested((sent + header_kbps(self.fps / self._every)) * (1.0 - 0.5 * fraction_lost),
+                            f"{100 * fraction_lost:.0f} % of the video lost")
+
+    def _congested(self, link_kbps: float, why: str) -> None:
+        now = time.monotonic()
+        if self._lowered_at is not None and now - self._lowered_at < SETTLE_S:
+            return  # what the receiver reports now still describes the rate before the fall
+        self._congested_at = now
+        self._link_kbps = link_kbps if self._link_kbps is None else min(self._link_kbps, link_kbps)
+        self._apply(why)
+
+    def _probe_up(self) -> None:
+        """Below the call's rate, and no congestion for RAISE_INTERVAL_S: try RAISE_FACTOR more
+        (each raise costs an IDR, so not more often; a full link answers within a second)."""
+        if self._link_kbps is None or (self.bitrate_kbps >= self.ceiling_kbps and self._every == 1):
+            return
+        now = time.monotonic()
+        if now - max(self._congested_at or 0.0, self._changed_at or 0.0) < RAISE_INTERVAL_S:
+            return
+        # The receiver's estimate, where it is higher, is what it saw cross without queueing.
+        estimate = (self._estimate_kbps or 0.0) + header_kbps(self.fps / self._every)
+        self._link_kbps = max(self._link_kbps * RAISE_FACTOR, estimate)
+        self._apply("no congestion for {:.0f} s".format(RAISE_INTERVAL_S), probing=True)
+
+    def _apply(self, why: str, probing: bool = False) -> None:
+        kbps, every = h264_plan(self._link_kbps, self.ceiling_kbps, self.fps)
+        current = self.bitrate_kbps
+        if abs(kbps - current) <= RATE_CHANGE * current and every == self._every:
+            if probing:
+                self._changed_at = time.monotonic()  # no change worth an IDR: wait another interval
+            return
+        now = self._changed_at = time.monotonic()
+        if kbps < current or every > self._every:
+            self._lowered_at = now
+        self._every = every
+        # A new rate, or the same one over another frame rate: x264 is reopened either way.
+        self._reopen_kbps = kbps if abs(kbps - current) > RATE_CHANGE * current else current
+        self.stats.rate_changes.append((round(now - self._started, 3), round(self.bitrate_kbps, 2), every))
+        events.info("H.264 follows the link: %.1f kbit/s, %s (%s)", self.bitrate_kbps,
+                    "every frame" if every == 1 else f"one frame in {every}", why)
 
     @property
     def queued(self) -> int:
@@ -201,6 +361,11 @@ class H264Track(MediaStreamTrack):
                     await self._wakeup.wait()
                     continue
                 frame, timestamp = item
+                self._probe_up()
+                if self._reopen_kbps is not None:  # follow_link changed the rate
+                    self.encoder = H264Encoder(self.size, self.fps / self._every, self._reopen_kbps,
+                                               **self._encoder_options)
+                    self._reopen_kbps = None
                 pts = self._next_pts(timestamp)
                 keyframe, self._keyframe_requested = self._keyframe_requested, False
                 encode = functools.partial(self.encoder.encode_units, frame, pts, keyframe=keyframe)
@@ -218,6 +383,7 @@ class H264Track(MediaStreamTrack):
         packet.is_keyframe = unit.keyframe
         self.stats.frames_encoded += 1
         self.stats.bytes += len(unit.data)
+        self._sent.append((time.monotonic(), len(unit.data)))
         self.stats.keyframes += int(unit.keyframe)
         return packet
 
@@ -247,6 +413,24 @@ def forward_keyframe_requests(sender: RTCRtpSender, track: H264Track) -> None:
         track.request_keyframe()
 
     sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+    # A REMB goes to aiortc's own encoder only (``target_bitrate``); the track reads it here.
+    handle_rtcp = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        for report in getattr(packet, "reports", None) or ():  # receiver reports (RR, or in an SR)
+            if getattr(report, "ssrc", None) == sender._ssrc:
+                track.follow_loss(report.fraction_lost / 256.0)
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                pass  # not a REMB (another application message), or a malformed one
+            else:
+                if sender._ssrc in ssrcs:
+                    track.follow_link(float(bitrate))
+        await handle_rtcp(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------- audio

@@ -380,3 +380,205 @@ def test_camera_source_raises_a_typed_error(tmp_path):
     not_a_camera.write_bytes(b"\0" * 64)
     with pytest.raises(MediaError, match="cannot open"):
         CameraSource(str(not_a_camera))
+
+
+# ---------------------------------------------------------------- following the link (H.264)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    import sender.media_tracks as media_tracks
+
+    fake = FakeClock()
+    monkeypatch.setattr(media_tracks, "time", fake)
+    return fake
+
+
+def _sending(track: H264Track, clock: FakeClock, kbps: float, seconds: float = 3.0) -> None:
+    """As if ``track`` had handed aiortc ``kbps`` of payload for ``seconds`` (25 frames a second)."""
+    clock.now += seconds
+    frames = int(seconds * FPS)
+    for k in range(frames):
+        track._sent.append((clock.now - seconds + k / FPS, int(kbps * 1000 / 8 / FPS)))
+
+
+def test_h264_plan_fits_the_link_with_its_packet_headers():
+    from sender.media_tracks import MIN_FRAME_BYTES, h264_plan, header_kbps
+
+    # 25 frames a second of headers alone are 12.4 kbit/s: a 20 kbit/s link gets every 2nd frame.
+    kbps, every = h264_plan(20.0, 30.0, 25.0)
+    assert every == 2 and kbps + header_kbps(12.5) <= 0.9 * 20.0 + 1e-9
+    assert kbps * 1000 / 8 / 12.5 >= MIN_FRAME_BYTES
+    assert h264_plan(100.0, 30.0, 25.0) == (30.0, 1)  # never above the call's rate
+    assert h264_plan(10.0, 30.0, 25.0)[1] == 5
+    assert h264_plan(0.0, 30.0, 25.0)[1] == 5  # nothing measured: the least it sends, still sending
+    plans = [h264_plan(link, 30.0, 25.0) for link in np.linspace(0, 200, 81)]
+    frames = [25.0 / every for _, every in plans]
+    assert frames == sorted(frames)  # more link, never fewer frames
+
+
+def test_h264_track_starts_with_as_few_frames_as_its_rate_gives_room(clip):
+    assert H264Track(SIZE, FPS, 30.0)._every == 1
+    track = H264Track(SIZE, FPS, 12.0)  # 60 bytes a frame at 25 fps: every 2nd frame
+    assert track._every == 2 and track.encoder.fps == FPS / 2
+    for i in range(6):
+        track.push(clip[i], i / FPS)
+    assert track.stats.frames_in == 3 and track.stats.frames_thinned == 3
+
+
+def test_h264_track_follows_a_full_link_down_and_probes_back_up(clip, clock):
+    track = H264Track(SIZE, FPS, 30.0)
+    _sending(track, clock, 30.0)
+    track.follow_link(29_000.0)  # what it sent: the receiver's estimate starts there
+    assert track.bitrate_kbps == 30.0 and track._every == 1 and not track.stats.rate_changes
+    track.follow_link(8_000.0)  # well under what it sent: the packets queue
+    from sender.media_tracks import h264_plan, header_kbps
+
+    # The link: the 8 kbit/s of payload that crossed, with the 25 frames' headers that came with it.
+    assert (track.bitrate_kbps, track._every) == h264_plan(8.0 + header_kbps(FPS), 30.0, FPS)
+    assert track.bitrate_kbps < 15.0 and track._every == 2
+    assert len(track.stats.rate_changes) == 1
+    low = track.bitrate_kbps
+    clock.now += 0.5
+    track.follow_loss(0.3)  # reports of the rate before the fall: ignored a while
+    assert track.bitrate_kbps == low
+    # No congestion for RAISE_INTERVAL_S: the rate climbs back, one step at a time.
+    from sender.media_tracks import RAISE_INTERVAL_S
+
+    for _ in range(12):
+        clock.now += RAISE_INTERVAL_S + 0.1
+        track._probe_up()
+    assert track.bitrate_kbps == 30.0 and track._every == 1
+    changes = [kbps for _, kbps, _ in track.stats.rate_changes]
+    assert changes[-1] == 30.0 and len(changes) >= 3
+
+
+def test_h264_track_lowers_on_heavy_loss_only(clock):
+    track = H264Track(SIZE, FPS, 30.0)
+    _sending(track, clock, 30.0)
+    track.follow_loss(0.05)  # random loss on a fast link: no reason to send less
+    assert track.bitrate_kbps == 30.0
+    for bad in (float("nan"), float("inf"), -0.1, None, "x"):
+        track.follow_loss(bad)  # type: ignore[arg-type]
+        track.follow_link(bad)  # type: ignore[arg-type]
+    track.follow_loss(1.5)  # not a share
+    assert track.bitrate_kbps == 30.0 and not track.stats.rate_changes
+    track.follow_loss(0.4)
+    assert track.bitrate_kbps < 30.0
+
+
+def test_h264_track_reopens_its_encoder_at_the_new_rate_with_an_idr(clip, clock):
+    async def scenario() -> list[bool]:
+        track = H264Track(SIZE, FPS, 30.0, queue_size=8)
+        flags = []
+        for i in range(3):
+            track.push(clip[i], i / FPS)
+            flags.append((await asyncio.wait_for(track.recv(), 5)).is_keyframe)
+        _sending(track, clock, 30.0)
+        track.follow_link(6_000.0)
+        every = track._every
+        for i in range(3, 3 + 2 * every):
+            track.push(clip[i], i / FPS)
+        flags.append((await asyncio.wait_for(track.recv(), 5)).is_keyframe)
+        assert track.encoder.bitrate_kbps == track.bitrate_kbps < 30.0
+        assert track.encoder.fps == FPS / every
+        return flags
+
+    assert run_async(scenario(), 20) == [True, False, False, True]
+
+
+def test_rtcp_remb_and_receiver_reports_reach_the_track(clock):
+    from aiortc.rtp import (
+        RTCP_PSFB_APP,
+        RTCP_PSFB_PLI,
+        RtcpPsfbPacket,
+        RtcpReceiverInfo,
+        RtcpRrPacket,
+        pack_remb_fci,
+    )
+
+    handled = []
+
+    class FakeSender:
+        _ssrc = 1234
+
+        def _send_keyframe(self) -> None:
+            handled.append("keyframe")
+
+        async def _handle_rtcp_packet(self, packet) -> None:
+            handled.append(type(packet).__name__)
+
+    track = H264Track(SIZE, FPS, 30.0)
+    _sending(track, clock, 30.0)
+    sender = FakeSender()
+    forward_keyframe_requests(sender, track)
+
+    def report(ssrc: int, lost: float) -> RtcpRrPacket:
+        return RtcpRrPacket(ssrc=1, reports=[RtcpReceiverInfo(
+            ssrc=ssrc, fraction_lost=int(lost * 256), packets_lost=0, highest_sequence=0,
+            jitter=0, lsr=0, dlsr=0)])
+
+    async def scenario() -> None:
+        await sender._handle_rtcp_packet(report(999, 0.5))  # another stream's losses
+        assert track.bitrate_kbps == 30.0
+        await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                                                        fci=b"not a REMB at all"))
+        await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                                                        fci=pack_remb_fci(50_000, [999])))
+        assert track.bitrate_kbps == 30.0 and track.stats.estimates == []
+        await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                                                        fci=pack_remb_fci(8_000, [1234])))
+        assert track.stats.estimates and track.bitrate_kbps < 30.0
+        clock.now += 10.0
+        low = track.bitrate_kbps
+        await sender._handle_rtcp_packet(report(1234, 0.5))
+        await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=1234))
+
+    run_async(scenario(), 10)
+    assert handled.count("RtcpPsfbPacket") == 4 and handled.count("RtcpRrPacket") == 2  # aiortc still sees all
+    assert track._link_kbps is not None
+
+
+def test_video_receivers_resync_after_a_lost_packet_within_64_packets():
+    from aiortc import RTCRtpReceiver
+    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.rtp import RtpPacket
+
+    from rtc.peer import VIDEO_JITTER_PACKETS, resync_video_sooner
+
+    class Transport:  # what RTCRtpReceiver needs of a DTLS transport to be made
+        state = "new"
+
+        def _register_rtp_receiver(self, *args) -> None:
+            pass
+
+    receiver = RTCRtpReceiver("video", Transport())
+    resync_video_sooner(receiver)
+    buffer = receiver._RTCRtpReceiver__jitter_buffer
+    assert isinstance(buffer, JitterBuffer) and buffer.capacity == VIDEO_JITTER_PACKETS
+    with pytest.raises(ValueError):
+        resync_video_sooner(RTCRtpReceiver("audio", Transport()))
+    # One frame a packet; packet 1 is lost for good: frames stop at the hole until the buffer
+    # has held VIDEO_JITTER_PACKETS past it, then it moves on and asks for a keyframe.
+    out, pli_at = [], None
+    for seq in [0] + list(range(2, 2 + VIDEO_JITTER_PACKETS + 2)):
+        packet = RtpPacket(sequence_number=seq, timestamp=seq * 3600, payload=b"x")
+        packet._data = b"x"  # the depacketized payload, which aiortc's receiver sets
+        pli, frame = buffer.add(packet)
+        if frame is not None:
+            out.append(frame.timestamp // 3600)
+        if pli and pli_at is None:
+            pli_at = seq
+    assert pli_at is not None and pli_at <= VIDEO_JITTER_PACKETS + 1
+    assert out and out[-1] > 1
