@@ -56,7 +56,7 @@ from receiver.sinks import consume_audio
 from rtc.motion_bundle import BUNDLE_CAPABILITY
 from rtc.motion_over_audio import AudioMotionCarrier, MotionReader, attach_motion_reader
 from rtc.peer import dict_to_sdp, new_peer_connection, resync_video_sooner, sdp_to_dict, set_audio_bitrate
-from sender.media_tracks import H264Track, forward_keyframe_requests
+from sender.media_tracks import H264Track, follow_receiver_feedback
 from sender.session import SenderSession
 from signaling.client import SignalingChannel
 from signaling.errors import SignalingError
@@ -336,7 +336,7 @@ class Call:
             self._watch_channel(pc.createDataChannel("motion", ordered=False, maxRetransmits=0))
             if self.h264_track is not None:
                 rtp_sender = pc.addTrack(self.h264_track)
-                forward_keyframe_requests(rtp_sender, self.h264_track)
+                follow_receiver_feedback(rtp_sender, self.h264_track)
                 video = next(t for t in pc.getTransceivers() if t.sender is rtp_sender)
             else:
                 video = pc.addTransceiver("video", direction="recvonly")
@@ -354,7 +354,7 @@ class Call:
             offer = await self._expect("offer")
             await pc.setRemoteDescription(dict_to_sdp(offer))
             if self.h264_track is not None:
-                forward_keyframe_requests(pc.addTrack(self.h264_track), self.h264_track)
+                follow_receiver_feedback(pc.addTrack(self.h264_track), self.h264_track)
             if self.audio is not None:
                 self._add_audio(pc)
             self._resync_video_sooner(pc)

@@ -6,7 +6,7 @@
   talking-head call's budget; when ``recv()`` returns a Packet, ``RTCRtpSender`` only
   packetizes it (``H264Encoder.pack``: RTP timestamp = packet.pts converted from
   packet.time_base to 90 kHz).
-- :func:`forward_keyframe_requests` — aiortc turns an RTCP PLI/FIR into a "force keyframe"
+- :func:`follow_receiver_feedback` — aiortc turns an RTCP PLI/FIR into a "force keyframe"
   flag that only its own encoder path reads; a packet track never hears of it. This hooks
   the sender so a PLI reaches :meth:`H264Track.request_keyframe`, and the receiver's
   bandwidth estimate (RTCP REMB, which aiortc's receiver sends from the packets' arrival
@@ -48,7 +48,7 @@ __all__ = [
     "H264Track",
     "H264TrackStats",
     "PcmAudioTrack",
-    "forward_keyframe_requests",
+    "follow_receiver_feedback",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,12 @@ LOSS_CONGESTED = 0.10
 SETTLE_S = 1.0  # after a fall, the receiver's reports describe the old rate for about this long
 CONGESTED = 0.9  # an estimate below this share of the payload sent says the link is full
 SENT_WINDOW_S = 2.0  # the payload rate sent is measured over this long
+# NACKed packets resent a second at most: this share of the frames sent in the last second,
+# and at least RETRANSMIT_MIN. aiortc resends every packet a receiver NACKs; on a link that
+# audio alone fills, the resends of packets the shaper dropped were 50 of the 51 kbit/s of
+# video the sender put on the wire (the 20 kbit/s cell with audio), taking the audio down too.
+RETRANSMIT_SHARE = 0.5
+RETRANSMIT_MIN = 2
 ESTIMATES_KEPT = 600  # the receiver's estimates kept in the stats (about 10 min of them)
 
 
@@ -119,6 +125,8 @@ class H264TrackStats:
         rate_changes: (s since the track started, encoder kbit/s, every N-th frame) per change.
         estimates: (s since the track started, the receiver's estimate in kbit/s), the first
             ESTIMATES_KEPT.
+        retransmitted: NACKed packets resent; retransmits_refused: those not resent (over
+            the budget, see RETRANSMIT_SHARE).
     """
 
     frames_in: int = 0
@@ -129,6 +137,8 @@ class H264TrackStats:
     frames_thinned: int = 0
     rate_changes: list[tuple[float, float, int]] = field(default_factory=list)
     estimates: list[tuple[float, float]] = field(default_factory=list)
+    retransmitted: int = 0
+    retransmits_refused: int = 0
 
 
 class H264Track(MediaStreamTrack):
@@ -142,7 +152,7 @@ class H264Track(MediaStreamTrack):
     or a stalled peer never buffers frames without limit. Dropping a raw frame breaks no
     prediction chain (nothing was coded yet).
 
-    Use :func:`forward_keyframe_requests` after ``addTrack`` so a receiver's PLI gives
+    Use :func:`follow_receiver_feedback` after ``addTrack`` so a receiver's PLI gives
     an IDR and its bandwidth estimate reaches :meth:`follow_link`: aiortc tells a
     packet-returning track about neither.
 
@@ -189,6 +199,7 @@ class H264Track(MediaStreamTrack):
         self._estimate_kbps: float | None = None  # the receiver's latest (REMB)
         self._link_kbps: float | None = None  # what the link carries, headers included; None: not known to limit
         self._sent: deque[tuple[float, int]] = deque()  # (time.monotonic(), bytes) handed to aiortc
+        self._resent: deque[float] = deque()  # time.monotonic() of each retransmission in the last second
         self._started = time.monotonic()
         self.queue_size = int(queue_size)
         self.stats = H264TrackStats()
@@ -260,6 +271,19 @@ class H264Track(MediaStreamTrack):
         if now - self._started < SENT_WINDOW_S:
             return None
         return 8.0 * sum(n for _, n in self._sent) / SENT_WINDOW_S / 1000.0
+
+    def may_retransmit(self) -> bool:
+        """Whether a NACKed packet may be resent now (RETRANSMIT_SHARE); counts the answer."""
+        now = time.monotonic()
+        while self._resent and self._resent[0] < now - 1.0:
+            self._resent.popleft()
+        sent = sum(1 for t, _ in self._sent if t >= now - 1.0)
+        if len(self._resent) >= max(RETRANSMIT_MIN, RETRANSMIT_SHARE * sent):
+            self.stats.retransmits_refused += 1
+            return False
+        self._resent.append(now)
+        self.stats.retransmitted += 1
+        return True
 
     def follow_link(self, estimate_bps: float) -> None:
         """The receiver's bandwidth estimate (RTCP REMB, bit/s of payload). It starts at what
@@ -398,13 +422,18 @@ class H264Track(MediaStreamTrack):
             self._wakeup.set()
 
 
-def forward_keyframe_requests(sender: RTCRtpSender, track: H264Track) -> None:
-    """Route the RTCP PLI/FIR that ``sender`` receives to ``track.request_keyframe()``.
+def follow_receiver_feedback(sender: RTCRtpSender, track: H264Track) -> None:
+    """Route what the receiver says in RTCP about ``track``'s video to the track, which aiortc
+    only tells its own encoder about (a track whose ``recv`` returns Packets hears nothing):
 
-    aiortc 1.16 handles a PLI by setting a flag that only its own encoder reads (the
-    Frame path of ``RTCRtpSender._next_encoded_frame``); for a track whose ``recv``
-    returns Packets the request is lost. This wraps the sender's ``_send_keyframe``
-    (called from its RTCP handler) so the track hears it too.
+    - a PLI/FIR (aiortc 1.16 sets a flag that only the Frame path of
+      ``RTCRtpSender._next_encoded_frame`` reads): :meth:`H264Track.request_keyframe`;
+    - a REMB bandwidth estimate: :meth:`H264Track.follow_link`;
+    - the loss in its receiver reports: :meth:`H264Track.follow_loss`;
+    - and its NACKs are resent only within :meth:`H264Track.may_retransmit`'s budget.
+
+    It wraps the sender's ``_send_keyframe``, ``_handle_rtcp_packet`` and ``_retransmit``
+    (aiortc has no public hook for any of them); aiortc still handles every packet itself.
     """
     original = sender._send_keyframe
 
@@ -431,6 +460,13 @@ def forward_keyframe_requests(sender: RTCRtpSender, track: H264Track) -> None:
         await handle_rtcp(packet)
 
     sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+    retransmit = sender._retransmit
+
+    async def retransmit_within_budget(sequence_number: int) -> None:
+        if track.may_retransmit():
+            await retransmit(sequence_number)
+
+    sender._retransmit = retransmit_within_budget  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------- audio

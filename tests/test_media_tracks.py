@@ -19,7 +19,7 @@ from sender.media_tracks import (
     AUDIO_FRAME_SAMPLES,
     H264Track,
     PcmAudioTrack,
-    forward_keyframe_requests,
+    follow_receiver_feedback,
 )
 from sender.microphone import microphone_track
 from sender.sources import CameraSource, default_source
@@ -263,9 +263,9 @@ def test_aiortc_loopback_delivers_h264_frames_and_pli(clip, monkeypatch):
             rtp_receiver = receiver_pc.getReceivers()[0]
             await asyncio.wait_for(rtp_receiver._send_rtcp_pli(sender._ssrc), 5)
             await asyncio.sleep(0.5)
-            assert track.stats.keyframes == 1, "aiortc now forwards PLI: forward_keyframe_requests is moot"
-            # ...but forward_keyframe_requests does
-            forward_keyframe_requests(sender, track)
+            assert track.stats.keyframes == 1, "aiortc now forwards PLI: follow_receiver_feedback is moot"
+            # ...but follow_receiver_feedback does
+            follow_receiver_feedback(sender, track)
             await asyncio.wait_for(rtp_receiver._send_rtcp_pli(sender._ssrc), 5)
             deadline = time.monotonic() + 5
             while track.stats.keyframes < 2 and time.monotonic() < deadline:
@@ -519,10 +519,13 @@ def test_rtcp_remb_and_receiver_reports_reach_the_track(clock):
         async def _handle_rtcp_packet(self, packet) -> None:
             handled.append(type(packet).__name__)
 
+        async def _retransmit(self, sequence_number: int) -> None:
+            handled.append(sequence_number)
+
     track = H264Track(SIZE, FPS, 30.0)
     _sending(track, clock, 30.0)
     sender = FakeSender()
-    forward_keyframe_requests(sender, track)
+    follow_receiver_feedback(sender, track)
 
     def report(ssrc: int, lost: float) -> RtcpRrPacket:
         return RtcpRrPacket(ssrc=1, reports=[RtcpReceiverInfo(
@@ -545,9 +548,17 @@ def test_rtcp_remb_and_receiver_reports_reach_the_track(clock):
         await sender._handle_rtcp_packet(report(1234, 0.5))
         await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=1234))
 
+        # NACKs: resent up to half the frames sent in the last second (25 here), no more.
+        _sending(track, clock, 30.0, seconds=1.0)
+        for seq in range(100):
+            await sender._retransmit(seq)
+
     run_async(scenario(), 10)
     assert handled.count("RtcpPsfbPacket") == 4 and handled.count("RtcpRrPacket") == 2  # aiortc still sees all
     assert track._link_kbps is not None
+    resent = [item for item in handled if isinstance(item, int)]
+    assert resent == list(range(13))
+    assert track.stats.retransmitted == len(resent) and track.stats.retransmits_refused == 100 - len(resent)
 
 
 def test_video_receivers_resync_after_a_lost_packet_within_64_packets():
