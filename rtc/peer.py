@@ -15,10 +15,14 @@ Usage::
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.utils import uint16_add
 
 from rtc.motion_over_audio import register_motion_extension
 from signaling.errors import MalformedMessageError
@@ -98,22 +102,69 @@ def set_audio_bitrate(rtp_sender, kbps: float) -> None:
     rtp_sender._RTCRtpSender__encoder = encoder  # aiortc has no public hook for this
 
 
-# Video packets aiortc's receiver holds past a lost one before it gives up on it. Its video
-# jitter buffer hands frames on in order and stops at a hole until a retransmission fills it
-# or it holds its capacity (512 packets) past it, then drops to the newest frame and asks for
-# a keyframe. A NACKed packet resent into a full shaper's queue is lost again, and our H.264
-# sends one to three packets a frame at 5–25 frames a second: 512 packets was a 15–24 s
-# freeze in the impairment matrix's rate cells (benchmarks.impairment). 64 packets is a few
-# seconds at these rates and still holds a whole keyframe (~75 kB).
+# How long aiortc's receiver waits for a lost video packet. Its video jitter buffer hands
+# frames on in order and stops at a hole until a retransmission fills it or it holds its
+# capacity (512 packets) past it, then drops to the newest frame and asks for a keyframe. A
+# NACKed packet resent into a full shaper's queue is lost again, and our H.264 sends one to three
+# packets a frame at 5–25 frames a second: 512 packets was a 15–24 s freeze in the impairment
+# matrix's rate cells (benchmarks.impairment), and 64 packets still up to 12 s at 5 frames a
+# second. So the wait is bounded in time: a retransmission that has not come within
+# MAX_HOLE_S (NACK, the resend, a queue on the way) is given up on, and the frames after the
+# hole go on, with a keyframe request (the decoder needs one after a lost picture). The
+# capacity stays large enough for a whole keyframe (~75 kB).
 VIDEO_JITTER_PACKETS = 64
+MAX_HOLE_S = 1.0
 
 
-def resync_video_sooner(rtp_receiver, packets: int = VIDEO_JITTER_PACKETS) -> None:
-    """Give ``rtp_receiver`` (a video RTCRtpReceiver, before media flows) a jitter buffer of
-    ``packets`` (a power of two), so that a hole no retransmission fills costs a freeze of that
-    many packets, not aiortc's 512."""
-    from aiortc.jitterbuffer import JitterBuffer
+class HoleBoundedJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, except that once packets have waited behind a hole for
+    ``max_hole_s`` (see MAX_HOLE_S) everything before the newest packet's frame is dropped and
+    a keyframe asked for; ``holes_skipped`` counts them."""
 
+    def __init__(self, capacity: int = VIDEO_JITTER_PACKETS, max_hole_s: float = MAX_HOLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+        self.max_hole_s = float(max_hole_s)
+        self.holes_skipped = 0
+        self._clock = clock
+        self._stalled_since: float | None = None  # when a packet first waited behind a hole
+
+    def add(self, packet: Any) -> tuple[bool, Any]:
+        pli, frame = super().add(packet)
+        if frame is not None or self._origin is None:
+            self._stalled_since = None
+            return pli, frame
+        span = uint16_add(packet.sequence_number, -self._origin)  # packets from the head to this one
+        if span >= self._capacity or all(self._packets[(self._origin + k) % self._capacity] is not None
+                                         for k in range(span)):
+            self._stalled_since = None  # no hole before it (a late packet, or a frame still coming in)
+            return pli, frame
+        now = self._clock()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        if now - self._stalled_since < self.max_hole_s:
+            return pli, frame
+        # Give up on the hole: drop everything before this packet's frame. The frames queued
+        # behind the hole are a second old, and they predict from the lost picture: the
+        # keyframe asked for is the next picture worth decoding.
+        start = span
+        while start > 0:
+            before = self._packets[(self._origin + start - 1) % self._capacity]
+            if before is None or before.timestamp != packet.timestamp:
+                break
+            start -= 1
+        self.remove(start)
+        self.holes_skipped += 1
+        self._stalled_since = None
+        return True, None
+
+
+def resync_video_sooner(rtp_receiver) -> HoleBoundedJitterBuffer:
+    """Give ``rtp_receiver`` (a video RTCRtpReceiver, before media flows) a
+    :class:`HoleBoundedJitterBuffer`, so that a hole no retransmission fills costs about
+    MAX_HOLE_S of frozen picture, not aiortc's 512 packets."""
     if getattr(rtp_receiver, "_RTCRtpReceiver__kind", None) != "video":
         raise ValueError("resync_video_sooner takes a video RTCRtpReceiver")
-    rtp_receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=packets, is_video=True)  # no public hook
+    buffer = HoleBoundedJitterBuffer()
+    rtp_receiver._RTCRtpReceiver__jitter_buffer = buffer  # aiortc has no public hook
+    return buffer

@@ -561,12 +561,11 @@ def test_rtcp_remb_and_receiver_reports_reach_the_track(clock):
     assert track.stats.retransmitted == len(resent) and track.stats.retransmits_refused == 100 - len(resent)
 
 
-def test_video_receivers_resync_after_a_lost_packet_within_64_packets():
+def test_video_receivers_give_up_on_a_lost_packet_after_a_second():
     from aiortc import RTCRtpReceiver
-    from aiortc.jitterbuffer import JitterBuffer
     from aiortc.rtp import RtpPacket
 
-    from rtc.peer import VIDEO_JITTER_PACKETS, resync_video_sooner
+    from rtc.peer import MAX_HOLE_S, HoleBoundedJitterBuffer, resync_video_sooner
 
     class Transport:  # what RTCRtpReceiver needs of a DTLS transport to be made
         state = "new"
@@ -575,21 +574,41 @@ def test_video_receivers_resync_after_a_lost_packet_within_64_packets():
             pass
 
     receiver = RTCRtpReceiver("video", Transport())
-    resync_video_sooner(receiver)
-    buffer = receiver._RTCRtpReceiver__jitter_buffer
-    assert isinstance(buffer, JitterBuffer) and buffer.capacity == VIDEO_JITTER_PACKETS
+    buffer = resync_video_sooner(receiver)
+    assert receiver._RTCRtpReceiver__jitter_buffer is buffer and isinstance(buffer, HoleBoundedJitterBuffer)
     with pytest.raises(ValueError):
         resync_video_sooner(RTCRtpReceiver("audio", Transport()))
-    # One frame a packet; packet 1 is lost for good: frames stop at the hole until the buffer
-    # has held VIDEO_JITTER_PACKETS past it, then it moves on and asks for a keyframe.
-    out, pli_at = [], None
-    for seq in [0] + list(range(2, 2 + VIDEO_JITTER_PACKETS + 2)):
-        packet = RtpPacket(sequence_number=seq, timestamp=seq * 3600, payload=b"x")
-        packet._data = b"x"  # the depacketized payload, which aiortc's receiver sets
-        pli, frame = buffer.add(packet)
-        if frame is not None:
-            out.append(frame.timestamp // 3600)
-        if pli and pli_at is None:
-            pli_at = seq
-    assert pli_at is not None and pli_at <= VIDEO_JITTER_PACKETS + 1
-    assert out and out[-1] > 1
+
+    def run(lost: set[int], frames: int = 40, packets_per_frame: int = 2) -> tuple[list[int], list[float]]:
+        """5 frames a second of ``packets_per_frame`` packets; ``lost`` sequence numbers never come."""
+        now = [0.0]
+        jitter = HoleBoundedJitterBuffer(clock=lambda: now[0])
+        shown, plis = [], []
+        for seq in range(frames * packets_per_frame):
+            now[0] = seq // packets_per_frame * 0.2
+            if seq in lost:
+                continue
+            packet = RtpPacket(sequence_number=seq, timestamp=seq // packets_per_frame * 18_000, payload=b"x")
+            packet._data = b"x"  # the depacketized payload, which aiortc's receiver sets
+            pli, frame = jitter.add(packet)
+            if frame is not None:
+                shown.append(frame.timestamp // 18_000)
+            if pli:
+                plis.append(now[0])
+        return shown, plis
+
+    shown, plis = run(set())
+    assert shown == list(range(39)) and plis == []  # nothing lost: every frame, in order
+    # The second packet of frame 3 is lost for good (at 0.6 s): frames wait behind it from 0.8 s;
+    # MAX_HOLE_S later everything before the newest frame is dropped (those frames predict
+    # from the lost picture) with one keyframe request, and frames flow again, one a frame.
+    # aiortc's own buffer would wait 512 packets (over 50 s here).
+    shown, plis = run({7})
+    assert plis == [pytest.approx(0.8 + MAX_HOLE_S)]
+    resumed = int(round((0.8 + MAX_HOLE_S) / 0.2))
+    assert shown == [0, 1, 2] + list(range(resumed, 39))
+    # The first packet of frame 5 lost: frame 4 waits too (a frame is handed on when the next
+    # one's first packet follows it), and both go with the hole.
+    shown, plis = run({10})
+    assert plis == [pytest.approx(1.0 + MAX_HOLE_S)]
+    assert shown == [0, 1, 2, 3] + list(range(int(round((1.0 + MAX_HOLE_S) / 0.2)), 39))
