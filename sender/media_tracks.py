@@ -88,7 +88,7 @@ SENT_WINDOW_S = 2.0  # the payload rate sent is measured over this long
 # audio alone fills, the resends of packets the shaper dropped were 50 of the 51 kbit/s of
 # video the sender put on the wire (the 20 kbit/s cell with audio), taking the audio down too.
 RETRANSMIT_SHARE = 0.5
-KEYFRAME_SHARE = 0.25  # IDRs answering requests on a full link (see H264Track._keyframe_allowed)
+KEYFRAME_SHARE = 0.25  # IDRs answering requests, of the rate (see H264Track._keyframe_allowed)
 RETRANSMIT_MIN = 2
 ESTIMATES_KEPT = 600  # the receiver's estimates kept in the stats (about 10 min of them)
 
@@ -200,7 +200,7 @@ class H264Track(MediaStreamTrack):
         self._estimate_kbps: float | None = None  # the receiver's latest (REMB)
         self._link_kbps: float | None = None  # what the link carries, headers included; None: not known to limit
         self._sent: deque[tuple[float, int]] = deque()  # (time.monotonic(), bytes) handed to aiortc
-        self._last_keyframe: tuple[float, int] | None = None  # (time.monotonic(), bytes) of the newest IDR
+        self._last_requested: tuple[float, int] | None = None  # (time.monotonic(), bytes): the newest IDR asked for
         self._resent: deque[float] = deque()  # time.monotonic() of each retransmission in the last second
         self._started = time.monotonic()
         self.queue_size = int(queue_size)
@@ -261,13 +261,14 @@ class H264Track(MediaStreamTrack):
         self._keyframe_requested = True
 
     def _keyframe_allowed(self) -> bool:
-        """Whether a requested IDR may go now. On a link found full (``follow_link``), keyframes
-        answering requests take at most KEYFRAME_SHARE of the rate: every lost picture makes the
-        receiver ask again, and on a 10 kbit/s link one IDR a second answering them was the loss
-        that made the next request (the impairment matrix's 10 kbit/s cell: 13 IDRs in 30 s)."""
-        if self._link_kbps is None or self._last_keyframe is None:
+        """Whether a requested IDR may go now: the first request after a quiet while at once,
+        and from then on IDRs answering requests take at most KEYFRAME_SHARE of the rate. On a
+        slow link every lost picture makes the receiver ask again, and one IDR a second
+        answering them was the loss behind the next request (the impairment matrix's 10 kbit/s
+        cell: 13 IDRs in 30 s)."""
+        if self._last_requested is None:
             return True
-        at, nbytes = self._last_keyframe
+        at, nbytes = self._last_requested
         return time.monotonic() - at >= 8.0 * nbytes / (KEYFRAME_SHARE * self.bitrate_kbps * 1000.0)
 
     @property
@@ -409,6 +410,8 @@ class H264Track(MediaStreamTrack):
                 units = await asyncio.get_running_loop().run_in_executor(None, encode)
                 if keyframe and not any(unit.keyframe for unit in units):
                     self._keyframe_requested = True  # nothing came out: force the next one
+                elif keyframe:
+                    self._last_requested = (time.monotonic(), sum(len(u.data) for u in units if u.keyframe))
                 for unit in units:
                     self._pending.append(self._to_packet(unit))
 
@@ -422,8 +425,6 @@ class H264Track(MediaStreamTrack):
         self.stats.bytes += len(unit.data)
         self._sent.append((time.monotonic(), len(unit.data)))
         self.stats.keyframes += int(unit.keyframe)
-        if unit.keyframe:
-            self._last_keyframe = (time.monotonic(), len(unit.data))
         return packet
 
     def stop(self) -> None:
