@@ -55,7 +55,8 @@ from receiver.session import ReceiverSession
 from receiver.sinks import consume_audio
 from rtc.motion_bundle import BUNDLE_CAPABILITY
 from rtc.motion_over_audio import AudioMotionCarrier, MotionReader, attach_motion_reader
-from rtc.peer import dict_to_sdp, new_peer_connection, resync_video_sooner, sdp_to_dict, set_audio_bitrate
+from rtc.opus_encoder import LinkOpusEncoder, install_opus_encoder
+from rtc.peer import dict_to_sdp, new_peer_connection, resync_video_sooner, sdp_to_dict
 from sender.media_tracks import H264Track, follow_receiver_feedback
 from sender.session import SenderSession
 from signaling.client import SignalingChannel
@@ -179,6 +180,7 @@ class Call:
         self.h264_track: H264Track | None = None
         self.motion_reader: MotionReader | None = None  # motion in the peer's audio packets
         self.motion_carrier: AudioMotionCarrier | None = None  # ours in our audio packets
+        self.audio_encoder: LinkOpusEncoder | None = None  # ours, when options.audio_kbps is set
         self.wire_meter = None  # rtc.wire_meter.WireMeter when options.meter_wire
         self.mode_reason = ""
         self.control_malformed = 0
@@ -371,7 +373,7 @@ class Call:
     def _add_audio(self, pc: RTCPeerConnection) -> None:
         rtp_sender = pc.addTrack(self.audio)
         if self.options.audio_kbps is not None:
-            set_audio_bitrate(rtp_sender, self.options.audio_kbps)
+            self.audio_encoder = install_opus_encoder(rtp_sender, self.options.audio_kbps)
 
     async def _expect(self, kind: str) -> dict:
         while True:
@@ -505,6 +507,10 @@ class Call:
         if options.motion_on_audio:
             self.motion_carrier = AudioMotionCarrier.attach(self.pc, self.sender_session.send_motion_on_channel)
             self.sender_session.motion_carrier = self.motion_carrier
+            if self.motion_carrier is not None:
+                self.motion_carrier.bundles = self.sender_session.peer_takes_bundles
+        # A slow link gets longer audio packets (fewer headers): the session asks the encoder.
+        self.sender_session.audio_encoder = self.audio_encoder
         events.info("motion travels %s", "on the audio packets (RTP header extension)"
                     if self.motion_carrier is not None else "on the data channel")
         await self.sender_session.run(self.control, self.motion, duration=duration)

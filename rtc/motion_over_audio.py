@@ -14,7 +14,10 @@ How:
   element anyway (RFC 8285 §4.1: unknown IDs are skipped).
 - **Sender** (:class:`AudioMotionCarrier`): motion packets wait in a short queue and the next
   outgoing audio RTP packet of this peer takes one (audio is 50 packets/s, motion 25/s, so the
-  queue drains). A packet waits at most :data:`MAX_WAIT_S`; while no audio flows (no track,
+  queue drains). On a slow link audio goes in 40 ms packets (:mod:`rtc.opus_encoder`), as many
+  as motion packets; then a packet that finds more than one waiting takes them all as one
+  bundle (:mod:`rtc.motion_bundle`) where the peer reads bundles, so a late frame does not
+  leave one waiting behind every later one. A packet waits at most :data:`MAX_WAIT_S`; while no audio flows (no track,
   muted, stalled) or when it is too long for an element, it goes on the data channel instead.
 - **Receiver** (:func:`attach_motion_reader`): every incoming RTP packet of the peer's audio
   SSRC is searched for the element; its value goes to the same ``on_motion`` as a data-channel
@@ -49,6 +52,9 @@ from aiortc import RTCPeerConnection
 from aiortc.codecs import HEADER_EXTENSIONS
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 from aiortc.rtp import is_rtcp, pack_header_extensions, unpack_header_extensions
+
+from codec.errors import BitstreamError
+from rtc.motion_bundle import MAX_BUNDLE_PACKETS, is_bundle, pack_bundle, split_bundle
 from aiortc.sdp import SessionDescription
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,9 @@ MOTION_EXTENSION_URI = "urn:facecodec:rtp-hdrext:motion:1"
 # in both, and ≤ 14 keeps motion packets of ≤ 16 bytes in the one-byte header form.
 MOTION_EXTENSION_ID = 10
 MAX_WAIT_S = 0.06  # a queued packet older than this goes on the data channel instead
+# ... or than this many audio packet intervals, where audio packets are longer (40 or 60 ms on a
+# slow link, rtc.opus_encoder): the next audio packet is then the fastest way still.
+MAX_WAIT_PACKETS = 1.5
 AUDIO_GAP_S = 0.1  # no audio packet for this long: audio is not flowing, use the data channel
 MAX_ELEMENT_BYTES = 255  # the two-byte header form's limit
 _RTP_FIXED_HEADER = 12
@@ -162,6 +171,7 @@ def read_extension_element(rtp: bytes, extension_id: int) -> bytes | None:
 @dataclass
 class CarrierStats:
     carried: int = 0  # motion packets sent inside audio packets
+    bundles: int = 0  # audio packets that carried several motion packets as one bundle
     bytes_added: int = 0  # what they added to those packets (element, header, padding)
     to_data_channel: int = 0  # handed back: no audio flowing, too long, or waited too long
     audio_packets: int = 0  # audio packets seen
@@ -181,8 +191,10 @@ class AudioMotionCarrier:
         self.extension = extension
         self.fallback = fallback
         self.stats = CarrierStats()
+        self.bundles = False  # the peer reads motion bundles (the call sets it from its codecs)
         self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self._last_audio = -1e9
+        self._audio_interval = 0.02  # the latest gap between two audio packets (s)
         self._transport = dtls_transport(pc)
         self._original = self._transport._send_rtp
         self._transport._send_rtp = self._send_rtp
@@ -207,40 +219,63 @@ class AudioMotionCarrier:
         if not self.audio_flowing or not 0 < len(packet) <= MAX_ELEMENT_BYTES:
             return False
         self._queue.append((time.monotonic(), packet))
-        asyncio.get_running_loop().call_later(MAX_WAIT_S, self._flush_stale)
+        asyncio.get_running_loop().call_later(self.max_wait_s, self._flush_stale)
         return True
+
+    @property
+    def max_wait_s(self) -> float:
+        """How long a motion packet may wait for an audio packet."""
+        return max(MAX_WAIT_S, MAX_WAIT_PACKETS * self._audio_interval)
 
     async def flush(self) -> None:
         """Return once every queued packet has left in an audio packet (or, after
         :data:`MAX_WAIT_S`, on the data channel): the sender's last frame is on the wire."""
-        deadline = time.monotonic() + MAX_WAIT_S
+        deadline = time.monotonic() + self.max_wait_s
         while self._queue and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         self._flush_stale(force=True)
 
     def _flush_stale(self, force: bool = False) -> None:
         now = time.monotonic()
-        while self._queue and (force or now - self._queue[0][0] >= MAX_WAIT_S):
+        wait = self.max_wait_s
+        while self._queue and (force or now - self._queue[0][0] >= wait - 1e-3):
             self.stats.to_data_channel += 1
             self.fallback(self._queue.popleft()[1])
 
     async def _send_rtp(self, data: bytes) -> None:
         if self._attached and not is_rtcp(data) and rtp_ssrc(data) == self.extension.local_ssrc:
-            self._last_audio = time.monotonic()
+            now = time.monotonic()
+            if now - self._last_audio < AUDIO_GAP_S:
+                self._audio_interval = now - self._last_audio
+            self._last_audio = now
             self.stats.audio_packets += 1
             if self._queue:
-                packet = self._queue.popleft()[1]
+                packet, taken = self._take()
                 try:
                     carried = add_extension_element(data, self.extension.extension_id, packet)
                 except ValueError as exc:  # aiortc's own packet: should not happen; never lose motion
                     log.warning("cannot extend an audio packet (%s): motion goes on the data channel", exc)
-                    self.stats.to_data_channel += 1
-                    self.fallback(packet)
+                    for one in taken:  # the data channel bundles by its own plan
+                        self.stats.to_data_channel += 1
+                        self.fallback(one)
                 else:
-                    self.stats.carried += 1
+                    self.stats.carried += len(taken)
+                    self.stats.bundles += len(taken) > 1
                     self.stats.bytes_added += len(carried) - len(data)
                     data = carried
         await self._original(data)
+
+    def _take(self) -> tuple[bytes, list[bytes]]:
+        """What the next audio packet carries: the oldest waiting motion packet, or, where the
+        peer reads bundles, every waiting one that fits an element, as one bundle."""
+        first = self._queue.popleft()[1]
+        if not self.bundles or not self._queue:
+            return first, [first]
+        taken = [first]
+        while self._queue and len(taken) < MAX_BUNDLE_PACKETS and \
+                len(pack_bundle([*taken, self._queue[0][1]])) <= MAX_ELEMENT_BYTES:
+            taken.append(self._queue.popleft()[1])
+        return (first, taken) if len(taken) == 1 else (pack_bundle(taken), taken)
 
     def detach(self) -> None:
         """Stop carrying; queued packets go on the data channel. (If another hook wrapped the
@@ -256,7 +291,8 @@ class AudioMotionCarrier:
 
 @dataclass
 class ReaderStats:
-    carried: int = 0  # motion packets found in the peer's audio packets
+    audio_packets: int = 0  # the peer's audio packets seen
+    carried: int = 0  # motion packets found in the peer's audio packets (bundled ones each)
     malformed: int = 0  # audio packets whose header extension could not be parsed
 
 
@@ -274,6 +310,8 @@ class MotionReader:
         self._attached = True
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        if self._attached and rtp_ssrc(data) == self.extension.remote_ssrc:
+            self.stats.audio_packets += 1
         if self._attached and rtp_ssrc(data) == self.extension.remote_ssrc and data[0] & 0x10:
             try:
                 value = read_extension_element(data, self.extension.extension_id)
@@ -282,9 +320,20 @@ class MotionReader:
                 log.debug("unreadable RTP header extension: %s", exc)
             else:
                 if value is not None:
-                    self.stats.carried += 1
+                    self.stats.carried += self._packets_in(value)
                     self.on_motion(value)
         await self._original(data, arrival_time_ms)
+
+    @staticmethod
+    def _packets_in(value: bytes) -> int:
+        """Motion packets in an element (a bundle holds several; a malformed one is counted
+        once here and refused by the receiver)."""
+        if not is_bundle(value):
+            return 1
+        try:
+            return len(split_bundle(value))
+        except BitstreamError:
+            return 1
 
     def detach(self) -> None:
         self._attached = False

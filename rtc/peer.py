@@ -90,18 +90,6 @@ def dict_to_sdp(obj: Any) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type=kind)
 
 
-def set_audio_bitrate(rtp_sender, kbps: float) -> None:
-    """Make ``rtp_sender`` (an audio RTCRtpSender, before it sends) code Opus at ``kbps``.
-    aiortc's OpusEncoder is fixed at 96 kbit/s, more than a slow link carries on its own; the
-    encoder is made here, before aiortc makes its own on the first frame (PyAV opens the codec
-    on its first encode, so the rate set now is the one it codes at)."""
-    from aiortc.codecs.opus import OpusEncoder
-
-    encoder = OpusEncoder()
-    encoder.codec.bit_rate = int(kbps * 1000)
-    rtp_sender._RTCRtpSender__encoder = encoder  # aiortc has no public hook for this
-
-
 # How long aiortc's receiver waits for a lost video packet. Its video jitter buffer hands
 # frames on in order and stops at a hole until a retransmission fills it or it holds its
 # capacity (512 packets) past it, then drops to the newest frame and asks for a keyframe. A

@@ -298,6 +298,12 @@ class H264Track(MediaStreamTrack):
         self.stats.retransmitted += 1
         return True
 
+    @property
+    def link_kbps(self) -> float | None:
+        """What the link carries for this track, headers included, as its rate control last
+        read it (REMB, loss); None while nothing has said the link limits it."""
+        return self._link_kbps
+
     def follow_link(self, estimate_bps: float) -> None:
         """The receiver's bandwidth estimate (RTCP REMB, bit/s of payload). It starts at what
         was sent and rises while packets do not queue, so only an estimate under CONGESTED of

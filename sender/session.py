@@ -41,7 +41,7 @@ from codec.bitstream.control import (
 )
 from codec.errors import CodecError, FaceNotFoundError
 
-from sender.link_adapt import LinkAdapter, wire_bytes
+from sender.link_adapt import LinkAdapter, audio_packet_ms, audio_packet_why, wire_bytes
 
 if TYPE_CHECKING:
     from codec.api import Encoder
@@ -166,6 +166,8 @@ class SenderSession:
         # rtc.motion_over_audio.AudioMotionCarrier, set by app.call when the peer accepted the
         # extension: motion rides on the audio RTP packets instead of one message per frame.
         self.motion_carrier = None
+        self.audio_encoder = None  # rtc.opus_encoder.LinkOpusEncoder: the packet length follows the link
+        self._made_at = time.monotonic()  # adaptations the session logs itself count from here
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-encode")
         self._face_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sender-face")
         self._face_job: asyncio.Future | None = None
@@ -238,6 +240,35 @@ class SenderSession:
 
     def _adapt(self) -> None:
         """Act on the receiver's newest report (sender.link_adapt.LinkAdapter)."""
+        self._link_adapted()
+        self._audio_follows_link()
+
+    def _audio_follows_link(self) -> None:
+        """The audio's packet length (rtc.opus_encoder) for the link: as the link adapter
+        measured it, or in H.264 mode as the H.264 track's rate control reads the link."""
+        if self.audio_encoder is None:
+            return
+        current = self.audio_encoder.packet_ms
+        if self.mode == "h264" and self.h264_track is not None:
+            kbps = self.h264_track.link_kbps
+            if kbps is None:
+                return
+            wanted = audio_packet_ms(kbps, current)
+            why = audio_packet_why(kbps, wanted > current)
+        elif self.link is not None:
+            wanted, why = self.link.state.audio_packet_ms, ""  # the adapter logged why
+        else:
+            return
+        # 60 ms packets carry 1.5 frames' motion each: only for a peer that reads bundles.
+        wanted = wanted if self.peer_takes_bundles else min(wanted, 40)
+        if wanted != current:
+            self.audio_encoder.set_packet_ms(wanted)
+            if why:
+                self.stats.adaptations.append((round(time.monotonic() - self._made_at, 3),
+                                               f"audio in {wanted} ms packets", why))
+                events.info("adapting to the link: audio in %d ms packets (%s)", wanted, why)
+
+    def _link_adapted(self) -> None:
         if self.link is None:
             return
         # Motion takes the data channel without audio (or while audio stalls): there it costs
@@ -246,6 +277,7 @@ class SenderSession:
             self.stats.motion_on_audio < 0.5 * self.stats.neural_frames
         if self.stats.neural_frames >= 25:  # what motion packets really weigh, for the bundle choice
             self.link.motion_packet_bytes = self.stats.motion_bytes / self.stats.neural_frames
+        self.link.audio = self.audio_encoder is not None
         upgrade = self.link.on_peer_stats(self.peer_stats, self._rtt())
         state = self.link.state
         self.encoder.keyframe_quality = self.link.keyframe_quality()

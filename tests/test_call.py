@@ -533,3 +533,38 @@ def test_a_call_sends_refreshes_predicted_from_the_held_reference(tiny_model, cl
     for ref in tx.encoder.held_references:
         assert held.get(ref.slot) == ref.seq, (held, tx.encoder.held_references)
     assert rx.stats.rendered >= 50 and rx.stats.malformed == 1
+
+
+def test_longer_audio_packets_mid_call_still_carry_every_frames_motion(tiny_model, clip, monkeypatch):
+    """What the link adapter does on a slow link (sender/link_adapt.py: audio in 60 ms packets),
+    forced here on loopback after 0.8 s: a third of the audio packets, the motion of 1.5 frames
+    riding each as a bundle, every frame still rendered, and the peer still decodes the audio."""
+    from sender import link_adapt
+
+    monkeypatch.setattr(link_adapt, "SHORT_AUDIO_ABOVE_KBPS", float("inf"))  # loopback measures fast
+    switched: dict[str, float] = {}
+
+    async def longer_packets(sending: Call, receiving: Call) -> None:
+        await asyncio.sleep(0.8)
+        session = sending.sender_session
+        while session.link is None:  # made once the stream starts
+            await asyncio.sleep(0.01)
+        session.link.state.audio_packet_ms = 60  # what a measured ~20 kbit/s link gives
+        session.audio_encoder.set_packet_ms(60)
+        await asyncio.sleep(0.1)  # the packet waiting at the switch leaves
+        before = sending.motion_carrier.stats.audio_packets
+        await asyncio.sleep(1.0)
+        switched["audio_packets_in_1s"] = sending.motion_carrier.stats.audio_packets - before
+
+    sending, receiving, shown = asyncio.run(loopback(
+        tiny_model, tiny_model, clip, seconds=3.0, options=CallOptions(mode="neural"), audio=True,
+        before_send=longer_packets))
+    carrier, session = sending.motion_carrier, sending.sender_session
+    assert sending.audio_encoder is session.audio_encoder and sending.audio_encoder.reopened == 1
+    assert sending.audio_encoder.packet_ms == 60
+    assert 11 <= switched["audio_packets_in_1s"] <= 22, switched  # 1000/60 ≈ 17 (50 at 20 ms)
+    assert carrier.stats.bundles >= 5 and carrier.stats.carried >= 0.8 * session.stats.neural_frames, carrier.stats
+    assert receiving.motion_reader.stats.carried == carrier.stats.carried
+    rx = receiving.receiver_session
+    assert rx.stats.rendered >= 0.8 * session.stats.neural_frames, rx.snapshot()
+    assert receiving.motion_reader.stats.audio_packets >= 0.9 * carrier.stats.audio_packets

@@ -200,3 +200,36 @@ def test_a_small_first_keyframe_on_a_slow_link_buys_no_larger_one():
     assert adapter.state.kbps == pytest.approx(8 * wire_bytes(844) / 0.43 / 1000, rel=1e-6)
     assert adapter.state.keyframe_budget < 1.5 * 844
     assert adapter.state.bundle == UNMEASURED_BUNDLE and not adapter.state.patches
+
+
+def test_audio_goes_in_longer_packets_on_a_slow_link_and_back_on_a_fast_one():
+    adapter = LinkAdapter(codec="av1", default_quality=66, motion_on_channel=False)
+    adapter.audio = True
+    assert adapter.state.audio_packet_ms == 20  # unmeasured: as WebRTC sends it
+    # ~40 kbit/s left beside the audio: 40 ms packets, logged.
+    _report(adapter, 0, 2872, 40, 8 * (wire_bytes(2872) - BURST_BYTES) / 40_000)
+    assert adapter.state.audio_packet_ms == 40
+    assert [why for _, what, why in adapter.adaptations if what == "audio in 40 ms packets"]
+    # ~10 kbit/s (the CI cell's 50 kbit/s link with 20 ms audio): 60 ms packets.
+    for seq in (10, 20):
+        _report(adapter, seq, 2872, 40, 8 * (wire_bytes(2872) - BURST_BYTES) / 10_000)
+    assert adapter.state.audio_packet_ms == 60
+    # Between the thresholds nothing flips back and forth.
+    for seq in (30, 40, 50):
+        _report(adapter, seq, 6000, 40, 8 * (wire_bytes(6000) - BURST_BYTES) / 40_000)
+    assert adapter.state.audio_packet_ms == 60
+    for seq in (60, 70, 80):
+        _report(adapter, seq, 6000, 40, 8 * (wire_bytes(6000) - BURST_BYTES) / 100_000)
+    assert adapter.state.audio_packet_ms == 60
+    for seq in (90, 100, 110):
+        _report(adapter, seq, 6000, 40, 8 * (wire_bytes(6000) - BURST_BYTES) / 400_000)
+    assert adapter.state.audio_packet_ms == 20
+    assert [what for _, what, _ in adapter.adaptations if what.startswith("audio in")] == [
+        "audio in 40 ms packets", "audio in 60 ms packets", "audio in 20 ms packets"]
+
+
+def test_without_audio_the_packet_length_is_never_touched():
+    adapter = LinkAdapter(codec="av1", default_quality=66)
+    _report(adapter, 0, 2872, 40, 8 * (wire_bytes(2872) - BURST_BYTES) / 10_000)
+    assert adapter.state.audio_packet_ms == 20
+    assert not any(what.startswith("audio in") for _, what, _ in adapter.adaptations)

@@ -638,3 +638,28 @@ def test_h264_track_spaces_keyframes_answering_requests(clip, clock):
         return flags
 
     assert run_async(scenario(), 20) == [True, True, False, False, True, False]
+
+
+def test_in_h264_mode_the_audio_packets_follow_the_h264_link():
+    """An H.264 call on a slow link: the track's rate control read the link (REMB, loss), and
+    the audio goes in longer packets for it, logged; a fast link brings 20 ms back."""
+    from rtc.opus_encoder import LinkOpusEncoder
+    from sender.session import SenderSession
+
+    track = H264Track((64, 64), fps=25.0, bitrate_kbps=100.0)
+    session = SenderSession(iter([]), fps=25.0, encoder=None, cropper=None, h264_track=track, mode="h264")
+    session.audio_encoder = LinkOpusEncoder(12)
+    session._adapt()
+    assert session.audio_encoder.packet_ms == 20  # nothing has limited the link
+    track._link_kbps = 15.0  # as a REMB under what was sent sets it (follow_link)
+    session._adapt()
+    assert session.audio_encoder.packet_ms == 40  # a peer that does not read motion bundles
+    session.peer_takes_bundles = True
+    session._adapt()
+    assert session.audio_encoder.packet_ms == 60
+    track._link_kbps = 300.0
+    session._adapt()
+    assert session.audio_encoder.packet_ms == 20
+    assert [what for _, what, _ in session.stats.adaptations] == [
+        "audio in 40 ms packets", "audio in 60 ms packets", "audio in 20 ms packets"]
+    track.stop()

@@ -197,3 +197,52 @@ def test_the_codecs_wire_estimate_is_what_the_carrier_adds(size):
     original = _audio_packet()
     carried = add_extension_element(original, MOTION_EXTENSION_ID, bytes(range(size)))
     assert motion_on_audio_wire_bytes(size) == len(carried) - len(original)
+
+
+def test_with_as_many_audio_as_motion_packets_a_backlog_leaves_as_one_bundle():
+    """40 ms audio packets (a slow link) and 25 fps motion: two waiting packets ride the next
+    audio packet together where the peer reads bundles, so none waits behind every later one."""
+    from rtc.motion_bundle import split_bundle
+
+    async def scenario():
+        carrier, dtls, fell_back = _carrier()
+        await dtls._send_rtp(_audio_packet())
+        assert carrier.send(b"\x01one") and carrier.send(b"\x01two")
+        await dtls._send_rtp(_audio_packet())  # a peer without bundles: one a packet
+        assert read_extension_element(dtls.sent[-1], MOTION_EXTENSION_ID) == b"\x01one"
+        carrier.bundles = True
+        assert carrier.send(b"\x01three")
+        await dtls._send_rtp(_audio_packet())
+        value = read_extension_element(dtls.sent[-1], MOTION_EXTENSION_ID)
+        assert split_bundle(value) == [b"\x01two", b"\x01three"]
+        assert carrier.send(b"\x01four")
+        await dtls._send_rtp(_audio_packet())  # alone: no bundle
+        assert read_extension_element(dtls.sent[-1], MOTION_EXTENSION_ID) == b"\x01four"
+        # A bundle never outgrows an element: what does not fit waits for the next packet.
+        for i in range(3):
+            assert carrier.send(bytes([1]) + bytes(120))
+        await dtls._send_rtp(_audio_packet())
+        assert len(split_bundle(read_extension_element(dtls.sent[-1], MOTION_EXTENSION_ID))) == 2
+        await dtls._send_rtp(_audio_packet())
+        assert read_extension_element(dtls.sent[-1], MOTION_EXTENSION_ID) == bytes([1]) + bytes(120)
+        assert carrier.stats.carried == 7 and carrier.stats.bundles == 2 and not fell_back
+        carrier.detach()
+
+    asyncio.run(scenario())
+
+
+def test_longer_audio_packets_let_motion_wait_longer_for_one():
+    async def scenario():
+        carrier, dtls, fell_back = _carrier()
+        await dtls._send_rtp(_audio_packet())
+        await asyncio.sleep(0.06)  # 60 ms audio packets (a slow link)
+        await dtls._send_rtp(_audio_packet())
+        assert carrier.max_wait_s >= 1.5 * 0.06 - 0.005
+        assert carrier.send(b"\x01one")
+        await asyncio.sleep(0.065)  # past MAX_WAIT_S, within one and a half audio intervals
+        assert not fell_back
+        await dtls._send_rtp(_audio_packet())
+        assert read_extension_element(dtls.sent[-1], MOTION_EXTENSION_ID) == b"\x01one"
+        carrier.detach()
+
+    asyncio.run(scenario())
