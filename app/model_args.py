@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from codec.families.base import TalkingHeadModel
-from codec.motion_coding import DEFAULT_QUALITY, NUM_QUALITIES
+from codec.motion_coding import CLOSED_LOOP_QUALITY, DEFAULT_QUALITY, NUM_QUALITIES
 from codec.zoo import DEFAULT_MODEL, model_names, resolve_model
 
 
@@ -89,10 +89,10 @@ def add_size_args(parser: argparse.ArgumentParser, resolution_default: tuple[int
 
 def add_quality_arg(parser: argparse.ArgumentParser) -> None:
     """--quality: the motion quantization level (codec.motion_coding)."""
-    parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY, choices=range(NUM_QUALITIES),
+    parser.add_argument("--quality", type=int, default=None, choices=range(NUM_QUALITIES),
                         metavar=f"0-{NUM_QUALITIES - 1}",
                         help=f"motion quantization level, 0 (coarsest) to {NUM_QUALITIES - 1} (finest) "
-                             "(default: %(default)s)")
+                             f"(default: {DEFAULT_QUALITY}; {CLOSED_LOOP_QUALITY} with --refresh)")
 
 
 def add_refresh_arg(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from codec.keyframe import (
     fit_square,
 )
 from codec.keyframe_worker import CodedKeyframe, KeyframeJob, KeyframeWorker, code_keyframe
-from codec.motion_coding import DEFAULT_QUALITY, MotionEncoder, quant_table_for
+from codec.motion_coding import MotionEncoder, default_quality, quant_table_for
 from codec.predicted_keyframe import DEFAULT_CRF, MAX_CRF, RefreshChoice, code_refresh
 from codec.reference_memory import ReferenceMemory, SentReference
 from codec.reference_patches import DEFAULT_PATCH_KBPS, DEFAULT_PATCH_QUALITY, PatchSender
@@ -124,7 +124,7 @@ class Encoder:
     crops at the model's size, or, for a model ``at_size(width, height, whole_frame=True)``,
     the camera's whole frame at that size; the stream header carries the size."""
 
-    def __init__(self, model: TalkingHeadModel, *, quality: int = DEFAULT_QUALITY,
+    def __init__(self, model: TalkingHeadModel, *, quality: int | None = None,
                  intra_period: int = DEFAULT_INTRA_PERIOD, keyframe_codec: str = DEFAULT_KEYFRAME_CODEC,
                  keyframe_quality: int | None = None, timebase: int = DEFAULT_TIMEBASE,
                  frame_rate: float = 25.0, refresh: RefreshPolicy | None = None, patches: bool = True,
@@ -133,7 +133,8 @@ class Encoder:
                  reference_policy: str = "lru", acknowledged_references: bool = False,
                  predicted_refresh: bool = True, predicted_crf: int = DEFAULT_CRF,
                  damping: DampingPolicy | None = DEFAULT_DAMPING) -> None:
-        """``references``: K, the keyframe slots the receiver keeps (the stream header says
+        """``quality``: the motion quantisation (None: ``codec.motion_coding.default_quality``,
+        finer with a ``refresh`` policy). ``references``: K, the keyframe slots the receiver keeps (the stream header says
         it; None: ``DEFAULT_REFERENCES`` with a ``refresh`` policy, else 1); with the closed
         loop the sender warps each frame from the held one that rebuilds it best
         (:mod:`codec.reference_memory`; ``reference_policy``, ``lru`` or ``coverage``, picks
@@ -161,8 +162,8 @@ class Encoder:
         if keyframe_codec not in KEYFRAME_CODEC_IDS:
             raise ValueError(f"keyframe codec must be one of {sorted(KEYFRAME_CODEC_IDS)}")
         self.model = model
-        self.quality = quality
-        self.table = quant_table_for(model.layout, quality)
+        self.quality = default_quality(refresh is not None) if quality is None else quality
+        self.table = quant_table_for(model.layout, self.quality)
         self.intra_period = intra_period
         self.keyframe_codec = keyframe_codec
         # None: the codec's default for this picture (codec.keyframe.DEFAULT_KEYFRAME_QUALITY

@@ -22,7 +22,6 @@ from codec.bitstream import MotionPacket, is_motion_packet, parse_packet
 from codec.errors import MediaError
 from codec.keyframe import DEFAULT_KEYFRAME_CODEC, DEFAULT_MAX_FRAME, frame_size_within
 from codec.families.base import TalkingHeadModel, ViewControl
-from codec.motion_coding import DEFAULT_QUALITY
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ class DecompressReport:
 
 
 def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel,
-             quality: int = DEFAULT_QUALITY, intra_period: int = DEFAULT_INTRA_PERIOD,
+             quality: int | None = None, intra_period: int = DEFAULT_INTRA_PERIOD,
              fps: float = 25.0, max_frames: int | None = None, keyframe_codec: str = DEFAULT_KEYFRAME_CODEC,
              keyframe_quality: int | None = None, audio: bool = True, patches: bool = True,
              refresh: RefreshPolicy | None = None, references: int | None = None,
@@ -224,7 +223,7 @@ def compress(video: Path | str, out_path: Path | str, *, model: TalkingHeadModel
         audio_bytes=audio_bytes, file_bytes=out_path.stat().st_size,
         untrained=model.untrained, crop=None if box is None else (box.cx, box.cy, box.size),
         size=model.frame_size,
-        encode_seconds=time.perf_counter() - started, quality=quality,
+        encode_seconds=time.perf_counter() - started, quality=encoder.quality,
         keyframe_reasons=list(stats.keyframe_reasons), fallbacks=list(stats.fallbacks),
         motion_packet_sizes=dict(sorted(motion_sizes.items())), message_sizes=message_sizes)
 

@@ -182,6 +182,10 @@ def test_rd_ours_runs_what_compress_and_a_call_use_unless_told():
     assert period.name == "q3-kf4" and period.params["references"] == 1
     assert loop.params["predicted_refresh"] and loop.params["predicted_crf"] == DEFAULT_CRF
     assert ours_config("a0.1")["shipped_default"] and not ours_config("a0.1", references=1)["shipped_default"]
+    # The motion quality: finer with the closed loop (codec.motion_coding.default_quality).
+    assert ours_config("a0.1", motion_quality=5)["shipped_default"]
+    assert not ours_config("a0.1", motion_quality=3)["shipped_default"]
+    assert ours_config(0.0, motion_quality=3)["shipped_default"] and not ours_config(0.0, motion_quality=5)["shipped_default"]
     args = parse_args(["--predicted-crf", "18,22", "--references", "1,4"])
     names = [s.name for s in sweep_settings(["ours"], [("a0.1", 3)], quick=False, references=args.reference_counts,
                                             predicted_crfs=args.predicted_crfs)]

@@ -274,3 +274,17 @@ def test_a_turn_is_caught_sooner_scored_on_its_own_frames(portrait):
     # Over 20° from frame 34 on.
     assert 38 <= first[True] <= 50, first
     assert first[False] >= first[True] + 10, first
+
+
+def test_the_closed_loop_codes_finer_motion_unless_told():
+    """codec.motion_coding.default_quality: the loop's stream is mostly keyframes, and quality 5
+    kept its AKD under x264's on the rd protocol's dev clips (quality 3 did not)."""
+    from codec.bitstream import StreamHeader
+    from codec.motion_coding import CLOSED_LOOP_QUALITY, DEFAULT_QUALITY
+
+    model = resolve_model()
+    assert Encoder(model).quality == DEFAULT_QUALITY == 3
+    loop = Encoder(model, refresh=RefreshPolicy())
+    assert loop.quality == CLOSED_LOOP_QUALITY == 5
+    assert StreamHeader.parse(loop.header()).quality == CLOSED_LOOP_QUALITY
+    assert Encoder(model, refresh=RefreshPolicy(), quality=2).quality == 2

@@ -180,9 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and a call use (shipped_default; setting names say every departure).
         store.data["ours_config"] = [
             ours_config(refresh, args.keyframe_codec, args.keyframe_quality, k, args.predicted_refresh == "on", crf,
-                        whole_frame=args.frame, damping=args.damping == "on")
+                        whole_frame=args.frame, damping=args.damping == "on", motion_quality=q)
             | {"refresh": refresh, "reference_policy": args.reference_policy}
-            for refresh in dict.fromkeys(r for r, _ in ours_points)
+            for refresh, q in ours_points
             for k in args.reference_counts for crf in args.predicted_crfs]
     store.data.setdefault("skipped", {})
     store.data.setdefault("metrics_unavailable", {})

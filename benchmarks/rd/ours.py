@@ -80,7 +80,7 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
     settings = []
     for r, q in points:
         config = ours_config(r, keyframe_codec, keyframe_quality, references, predicted_refresh, predicted_crf,
-                             whole_frame, damping)
+                             whole_frame, damping, motion_quality=q)
         codec, quality, k = config["keyframe_codec"], config["keyframe_quality"], config["references"]
         crf = config["predicted_crf"]
         suffix = ("" if patches else "-nopatch") \
@@ -103,32 +103,38 @@ def ours_settings(points: Sequence[tuple[float | str, int]], patches: bool = Tru
 def ours_config(refresh: float | str | None, keyframe_codec: str | None = None,
                 keyframe_quality: int | None = None, references: int | None = None,
                 predicted_refresh: bool = True, predicted_crf: int | None = None,
-                whole_frame: bool = False, damping: bool = False) -> dict[str, Any]:
+                whole_frame: bool = False, damping: bool = False,
+                motion_quality: int | None = None) -> dict[str, Any]:
     """Ours' sender settings for a refresh of ``ours_sweep`` (None: any), each None resolved to
     what ``compress`` and a call use (the Encoder's defaults), and whether each is that default:
+    the motion quality (``codec.motion_coding.default_quality``: finer with the closed loop),
     the keyframe codec and quality (``codec.keyframe``, of crops or ``whole_frame``s), K reference
     slots (``DEFAULT_REFERENCES`` with the closed loop, else 1: nothing chooses among them),
     closed-loop refreshes predicted from the held reference (``codec.predicted_keyframe``) at
     ``predicted_crf``, damped motion (``codec.api.DEFAULT_DAMPING``: none)."""
     from codec.api import DEFAULT_DAMPING, DEFAULT_REFERENCES
     from codec.keyframe import DEFAULT_KEYFRAME_CODEC, default_keyframe_quality
+    from codec.motion_coding import default_quality as default_motion_quality
     from codec.predicted_keyframe import DEFAULT_CRF
 
     codec = keyframe_codec or DEFAULT_KEYFRAME_CODEC
     quality = default_keyframe_quality(codec, whole_frame) if keyframe_quality is None else keyframe_quality
     closed_loop = isinstance(refresh, str) and refresh.startswith("a")
+    shipped_motion = default_motion_quality(closed_loop)
+    motion = shipped_motion if motion_quality is None else motion_quality
     shipped_k = DEFAULT_REFERENCES if closed_loop else 1
     k = shipped_k if references is None else references
     crf = DEFAULT_CRF if predicted_crf is None else predicted_crf
     default_quality = default_keyframe_quality(codec, whole_frame)
-    return {"keyframe_codec": codec, "keyframe_quality": quality,
+    return {"motion_quality": motion, "motion_quality_default": motion == shipped_motion,
+            "keyframe_codec": codec, "keyframe_quality": quality,
             "keyframe_quality_default": quality == default_quality,
             "references": k, "references_default": k == shipped_k,
             "predicted_refresh": predicted_refresh, "predicted_crf": crf,
             "predicted_default": predicted_refresh and crf == DEFAULT_CRF,
             "damping": damping, "damping_default": damping == (DEFAULT_DAMPING is not None),
-            "shipped_default": (codec == DEFAULT_KEYFRAME_CODEC and quality == default_quality
-                                and k == shipped_k and predicted_refresh and crf == DEFAULT_CRF
+            "shipped_default": (motion == shipped_motion and codec == DEFAULT_KEYFRAME_CODEC
+                                and quality == default_quality and k == shipped_k and predicted_refresh and crf == DEFAULT_CRF
                                 and damping == (DEFAULT_DAMPING is not None))}
 
 
