@@ -312,17 +312,20 @@ class MotionReader:
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         if self._attached and rtp_ssrc(data) == self.extension.remote_ssrc:
             self.stats.audio_packets += 1
-        if self._attached and rtp_ssrc(data) == self.extension.remote_ssrc and data[0] & 0x10:
-            try:
-                value = read_extension_element(data, self.extension.extension_id)
-            except ValueError as exc:
-                self.stats.malformed += 1
-                log.debug("unreadable RTP header extension: %s", exc)
-            else:
-                if value is not None:
-                    self.stats.carried += self._packets_in(value)
-                    self.on_motion(value)
+            if data[0] & 0x10:  # the packet has header extensions
+                self._read_motion(data)
         await self._original(data, arrival_time_ms)
+
+    def _read_motion(self, data: bytes) -> None:
+        try:
+            value = read_extension_element(data, self.extension.extension_id)
+        except ValueError as exc:
+            self.stats.malformed += 1
+            log.debug("unreadable RTP header extension: %s", exc)
+            return
+        if value is not None:
+            self.stats.carried += self._packets_in(value)
+            self.on_motion(value)
 
     @staticmethod
     def _packets_in(value: bytes) -> int:

@@ -41,7 +41,7 @@ from codec.bitstream.control import (
 )
 from codec.errors import CodecError, FaceNotFoundError
 
-from sender.link_adapt import LinkAdapter, audio_packet_ms, audio_packet_why, wire_bytes
+from sender.link_adapt import LONG_AUDIO_MS, LinkAdapter, audio_packet_ms, audio_packet_why, wire_bytes
 
 if TYPE_CHECKING:
     from codec.api import Encoder
@@ -260,7 +260,7 @@ class SenderSession:
         else:
             return
         # 60 ms packets carry 1.5 frames' motion each: only for a peer that reads bundles.
-        wanted = wanted if self.peer_takes_bundles else min(wanted, 40)
+        wanted = wanted if self.peer_takes_bundles else min(wanted, LONG_AUDIO_MS)
         if wanted != current:
             self.audio_encoder.set_packet_ms(wanted)
             if why:
