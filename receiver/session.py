@@ -206,6 +206,7 @@ class ReceiverSession:
         self.render_meter = RateMeter()
         self._pending: collections.deque = collections.deque()
         self._cond = threading.Condition()
+        self._spread: collections.deque = collections.deque()  # bundled packets not yet due
         self._closed = False
         self._working = False  # the render thread is decoding a batch
         self._last_request = -1e9
@@ -288,6 +289,10 @@ class ReceiverSession:
             return
         self.stats.motion_bytes += len(data)
         self.motion_meter.add(len(data))
+        # A newer message never overtakes a bundle's frames still waiting their turn: a compact
+        # inter packet that comes before its predecessor cannot be numbered (a bundle on the
+        # audio packets is late frames catching up, and the next audio packet follows at once).
+        self._release_spread()
         if is_bundle(data):  # several frames in one message (a slow link): shown 1/fps apart
             try:
                 packets = split_bundle(data)
@@ -297,12 +302,21 @@ class ReceiverSession:
             self.stats.bundles += 1
             arrival = time.monotonic()
             self._enqueue(packets[0], arrival)
-            for index, packet in enumerate(packets[1:], start=1):
-                timer = threading.Timer(index / self.fps, self._enqueue, (packet, arrival + index / self.fps))
-                timer.daemon = True
-                timer.start()
+            with self._cond:
+                for index, packet in enumerate(packets[1:], start=1):
+                    due = arrival + index / self.fps
+                    self._spread.append((packet, due))
+                    timer = threading.Timer(index / self.fps, self._release_spread, (due,))
+                    timer.daemon = True
+                    timer.start()
             return
         self._enqueue(data, time.monotonic())
+
+    def _release_spread(self, due: float = float("inf")) -> None:
+        """Queue the bundled packets due by ``due`` (all of them by default), in order."""
+        with self._cond:
+            while self._spread and self._spread[0][1] <= due:
+                self._enqueue(*self._spread.popleft())
 
     def _enqueue(self, data: bytes, arrival: float | None = None) -> None:
         """Queue one packet for the render thread; ``arrival``: when a motion packet came."""
@@ -539,7 +553,7 @@ class ReceiverSession:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._cond:
-                if not self._pending and not self._working:
+                if not self._pending and not self._spread and not self._working:
                     return True
             time.sleep(0.02)
         return False

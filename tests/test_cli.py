@@ -182,7 +182,7 @@ def test_help_lists_defaults_models_and_takes_v_after_the_command(capsys):
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     text = capsys.readouterr().out
-    assert "(default: 3)" in text and "(default: av1)" in text and "a video file with a face" in text
+    assert "(default: 3; 5 with --refresh)" in " ".join(text.split()) and "(default: av1)" in text and "a video file with a face" in text
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out

@@ -246,3 +246,35 @@ def test_longer_audio_packets_let_motion_wait_longer_for_one():
         carrier.detach()
 
     asyncio.run(scenario())
+
+
+def test_a_packet_right_behind_an_audio_bundle_does_not_overtake_its_frames(tiny_model) -> None:
+    """A bundle on the audio packets is late frames catching up, and the next audio packet
+    follows 20-60 ms later: the receiver spreads the bundle's frames 1/fps apart, and the next
+    packet must queue behind them, or its compact form (numbered as predecessor + 1) is
+    dropped unnumbered and the picture freezes until an intra packet."""
+    from codec.api import Encoder
+    from codec.bitstream.control import StreamStart
+    from receiver.session import ReceiverSession
+    from rtc.motion_bundle import pack_bundle
+    from sender.sources import default_source
+
+    encoder = Encoder(tiny_model)
+    packets = []
+    for frame in default_source(num_frames=5, size=(tiny_model.image_size,) * 2):
+        packets.extend(encoder.encode(frame))
+    keyframe, motion = packets[0], packets[1:]
+    assert len(motion) == 5
+    receiver = ReceiverSession(tiny_model, show=lambda image, t: None, send_control=lambda m: None,
+                               live=False)
+    try:
+        receiver.on_control(StreamStart(header=encoder.header(), clock=0.0, fps=25.0))
+        receiver._enqueue(keyframe)
+        receiver.on_motion(motion[0])
+        receiver.on_motion(pack_bundle(motion[1:4]))  # frames 1-3: 2 and 3 wait 40 and 80 ms
+        receiver.on_motion(motion[4])  # the next audio packet, at once
+        assert receiver.wait_idle(10.0)
+        assert receiver.decoder.stats.missing_reference == 0
+        assert receiver.stats.rendered == 5
+    finally:
+        receiver.close()
