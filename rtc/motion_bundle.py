@@ -8,8 +8,10 @@ channel, and each message costs ~93 bytes of headers (IPv4, UDP, DTLS, SCTP): ~1
 
 0x7E lies in the range the frame-packet format reserves for the transport (0x40–0x7F), so a
 bundle is never mistaken for a packet. A sender bundles only for a peer that announced
-``BUNDLE_CAPABILITY`` among its codecs; the receiver shows the packets of a bundle one frame
-interval apart (:meth:`receiver.session.ReceiverSession.on_motion`).
+``BUNDLE_CAPABILITY`` among its codecs. The audio carrier (:mod:`rtc.motion_over_audio`) sends
+one too, when several motion packets waited for the same audio packet. The receiver shows the
+packets of a bundle one frame interval apart, and a later message queues behind them
+(:meth:`receiver.session.ReceiverSession.on_motion`).
 """
 
 from __future__ import annotations

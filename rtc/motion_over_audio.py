@@ -52,10 +52,11 @@ from aiortc import RTCPeerConnection
 from aiortc.codecs import HEADER_EXTENSIONS
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 from aiortc.rtp import is_rtcp, pack_header_extensions, unpack_header_extensions
+from aiortc.sdp import SessionDescription
 
+from codec.bitstream.varint import encode_uvarint
 from codec.errors import BitstreamError
 from rtc.motion_bundle import MAX_BUNDLE_PACKETS, is_bundle, pack_bundle, split_bundle
-from aiortc.sdp import SessionDescription
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ MAX_WAIT_S = 0.06  # a queued packet older than this goes on the data channel in
 # ... or than this many audio packet intervals, where audio packets are longer (40 or 60 ms on a
 # slow link, rtc.opus_encoder): the next audio packet is then the fastest way still.
 MAX_WAIT_PACKETS = 1.5
+# asyncio runs a timer up to one clock resolution early: the stale check allows for it.
+TIMER_SLACK_S = 1e-3
 AUDIO_GAP_S = 0.1  # no audio packet for this long: audio is not flowing, use the data channel
 MAX_ELEMENT_BYTES = 255  # the two-byte header form's limit
 _RTP_FIXED_HEADER = 12
@@ -238,7 +241,7 @@ class AudioMotionCarrier:
     def _flush_stale(self, force: bool = False) -> None:
         now = time.monotonic()
         wait = self.max_wait_s
-        while self._queue and (force or now - self._queue[0][0] >= wait - 1e-3):
+        while self._queue and (force or now - self._queue[0][0] >= wait - TIMER_SLACK_S):
             self.stats.to_data_channel += 1
             self.fallback(self._queue.popleft()[1])
 
@@ -271,10 +274,14 @@ class AudioMotionCarrier:
         first = self._queue.popleft()[1]
         if not self.bundles or not self._queue:
             return first, [first]
-        taken = [first]
-        while self._queue and len(taken) < MAX_BUNDLE_PACKETS and \
-                len(pack_bundle([*taken, self._queue[0][1]])) <= MAX_ELEMENT_BYTES:
+        taken, size = [first], len(pack_bundle([first]))
+        while self._queue and len(taken) < MAX_BUNDLE_PACKETS:
+            following = self._queue[0][1]
+            grown = size + len(encode_uvarint(len(following))) + len(following)
+            if grown > MAX_ELEMENT_BYTES:
+                break
             taken.append(self._queue.popleft()[1])
+            size = grown
         return (first, taken) if len(taken) == 1 else (pack_bundle(taken), taken)
 
     def detach(self) -> None:
