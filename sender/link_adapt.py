@@ -137,6 +137,13 @@ def audio_packet_why(kbps: float, longer: bool) -> str:
     return f"about {kbps:.0f} kbit/s: " + ("fewer audio packet headers" if longer else "room for the shorter audio delay")
 
 
+def log_adaptation(adaptations: list, started: float, what: str, why: str) -> None:
+    """Record one change the sender made for the link, (s since ``started``, what, why), in the
+    report's list and the call's event log: the link adapter's and the audio's alike."""
+    adaptations.append((round(time.monotonic() - started, 3), what, why))
+    events.info("adapting to the link: %s (%s)", what, why)
+
+
 class LinkAdapter:
     """Decides the sender's keyframe budget, patches and motion rate from the receiver's
     reports (see the module docstring). ``adaptations``: (s since start, what, why)."""
@@ -160,8 +167,7 @@ class LinkAdapter:
         self._last_bytes_quality: tuple[int, int] | None = None  # (bytes, quality) of the newest keyframe
 
     def _log(self, what: str, why: str) -> None:
-        self.adaptations.append((round(time.monotonic() - self._started, 3), what, why))
-        events.info("adapting to the link: %s (%s)", what, why)
+        log_adaptation(self.adaptations, self._started, what, why)
 
     def keyframe_quality(self) -> int:
         """The quality for the next keyframe under the current budget."""

@@ -41,7 +41,14 @@ from codec.bitstream.control import (
 )
 from codec.errors import CodecError, FaceNotFoundError
 
-from sender.link_adapt import LONG_AUDIO_MS, LinkAdapter, audio_packet_ms, audio_packet_why, wire_bytes
+from sender.link_adapt import (
+    LONG_AUDIO_MS,
+    LinkAdapter,
+    audio_packet_ms,
+    audio_packet_why,
+    log_adaptation,
+    wire_bytes,
+)
 
 if TYPE_CHECKING:
     from codec.api import Encoder
@@ -264,9 +271,7 @@ class SenderSession:
         if wanted != current:
             self.audio_encoder.set_packet_ms(wanted)
             if why:
-                self.stats.adaptations.append((round(time.monotonic() - self._made_at, 3),
-                                               f"audio in {wanted} ms packets", why))
-                events.info("adapting to the link: audio in %d ms packets (%s)", wanted, why)
+                log_adaptation(self.stats.adaptations, self._made_at, f"audio in {wanted} ms packets", why)
 
     def _link_adapted(self) -> None:
         if self.link is None:
