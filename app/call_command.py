@@ -34,6 +34,7 @@ from receiver.frames import LatestFrame
 from receiver.sinks import Mp4Recorder
 from receiver.viewer import ViewerServer
 from receiver.window import WindowSink
+from rtc.peer import quiet_closed_transport_errors
 from sender.media_tracks import PcmAudioTrack
 from sender.microphone import microphone_track
 from sender.sources import CameraSource, VideoFileSource, default_audio, default_source
@@ -181,6 +182,7 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     async def run():
         started = time.monotonic()
+        quiet_closed_transport_errors(asyncio.get_running_loop())
         # The room before the model: a wrong token or a full room fails now, not after the load.
         client = await join_room(args.signaling, token, args.room)
         viewer = stats_task = None

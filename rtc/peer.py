@@ -15,6 +15,8 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,8 @@ from aiortc.utils import uint16_add
 
 from rtc.motion_over_audio import register_motion_extension
 from signaling.errors import MalformedMessageError
+
+log = logging.getLogger(__name__)
 
 # (IPv4 wanted?, address) of the loopback interface: what aioice leaves out.
 _LOOPBACK = ((True, "127.0.0.1"), (False, "::1"))
@@ -156,3 +160,19 @@ def resync_video_sooner(rtp_receiver) -> HoleBoundedJitterBuffer:
     buffer = HoleBoundedJitterBuffer()
     rtp_receiver._RTCRtpReceiver__jitter_buffer = buffer  # aiortc has no public hook
     return buffer
+
+
+def quiet_closed_transport_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log at debug level, not as a traceback, the ``ConnectionError`` that aiortc's own
+    background tasks raise when the peer's transport closed under them (an SCTP flush of data
+    still queued at hang-up on a slow link: "Cannot send encrypted data, not connected").
+    The call has already ended then, and said why; any other unretrieved error still goes to
+    asyncio's default handler."""
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, ConnectionError) and "not connected" in str(exc):
+            log.debug("a transport task stopped after the connection closed: %s", exc)
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

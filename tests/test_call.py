@@ -568,3 +568,32 @@ def test_longer_audio_packets_mid_call_still_carry_every_frames_motion(tiny_mode
     rx = receiving.receiver_session
     assert rx.stats.rendered >= 0.8 * session.stats.neural_frames, rx.snapshot()
     assert receiving.motion_reader.stats.audio_packets >= 0.9 * carrier.stats.audio_packets
+
+
+def test_a_transport_task_failing_after_hang_up_logs_no_traceback(caplog) -> None:
+    """aiortc's SCTP flush can raise "not connected" once the peer's transport closed (seen at
+    hang-up on a 300 ms link): the call command logs it at debug level; other errors still
+    reach asyncio's default handler."""
+    import asyncio
+    import logging
+
+    from rtc.peer import quiet_closed_transport_errors
+
+    async def fail(exc: Exception) -> None:
+        raise exc
+
+    async def main() -> None:
+        quiet_closed_transport_errors(asyncio.get_running_loop())
+        for exc in (ConnectionError("Cannot send encrypted data, not connected"), ValueError("other")):
+            task = asyncio.ensure_future(fail(exc))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            del task  # never retrieved: the loop reports it when the task is collected
+            import gc
+            gc.collect()
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(main())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "other" in str(errors[0].exc_info[1])
+    assert any("after the connection closed" in r.getMessage() for r in caplog.records)
