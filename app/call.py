@@ -75,6 +75,8 @@ events = logging.getLogger("facecodec.call")  # the few lines a user of `facecod
 CONNECT_TIMEOUT_S = 30.0
 WAIT_S = 120.0  # how long a peer waits for the other to join before giving up
 STATS_INTERVAL_S = 1.0
+# The peer sends video but no picture was shown for this long: the call says so (once a stall).
+NO_PICTURE_S = 5.0
 MAX_AUDIO_LEAD_S = 2.0  # a recording of every frame shifts its audio by the first picture's lag, at most this
 # Why this side ended a call (anything else means the peer or the network ended it).
 DURATION_REACHED = "duration reached"
@@ -187,6 +189,7 @@ class Call:
         self._ended = asyncio.Event()
         self._end_reason = ""
         self._tasks: list[asyncio.Task] = []
+        self.picture_stalls: list[list] = []  # [s after connecting, length s or None: still stalled]
         self._channels_open = asyncio.Event()
         self.connected = False  # the data channels opened: this was a call, not a failed set-up
         self.connected_at: float | None = None  # time.monotonic() then
@@ -405,6 +408,38 @@ class Call:
                            if isinstance(v, int | float) and not isinstance(v, bool)}
                 self._send_control(StatsReport(values=numbers))
 
+    def _peer_sends_video(self) -> bool:
+        return any(t.kind == "video" and t.currentDirection in ("sendrecv", "recvonly")
+                   for t in self.pc.getTransceivers())
+
+    async def _watch_picture(self) -> None:
+        """Say when the peer sends video but no picture came for NO_PICTURE_S (a link too
+        slow for video beside the audio, a sender that stalled), and when pictures come back:
+        a call never freezes silently. The stalls go in the report (``picture_stalls``)."""
+        if not self._peer_sends_video():
+            return
+        meter = self.receiver_session.freeze
+        stalled_since: float | None = None
+        while not self._ended.is_set():
+            await asyncio.sleep(STATS_INTERVAL_S)
+            last = meter.last if meter.last is not None else self.connected_at
+            gap = time.monotonic() - last
+            if stalled_since is None and gap >= NO_PICTURE_S:
+                stalled_since = last
+                _, motion_kbps = self.receiver_session.motion_meter.rates()
+                audio = self.motion_reader.stats.audio_packets if self.motion_reader is not None else None
+                events.warning(
+                    "%s for %.0f s although the peer sends video: the link is too slow for video "
+                    "beside the audio, or the peer stalled (keyframes received %d, motion %.1f kbit/s, "
+                    "audio packets received %s); the call goes on",
+                    "no picture yet" if meter.first is None else "no new picture", gap,
+                    self.receiver_session.stats.keyframes, motion_kbps, "–" if audio is None else audio)
+                self.picture_stalls.append([round(last - self.connected_at, 3), None])
+            elif stalled_since is not None and meter.last is not None and meter.last > stalled_since:
+                events.info("pictures again after %.1f s", meter.last - stalled_since)
+                self.picture_stalls[-1][1] = round(meter.last - stalled_since, 3)
+                stalled_since = None
+
     # ------------------------------------------------------------------ the call
 
     async def run(self, duration: float | None = None, *, until: float | None = None) -> str:
@@ -440,7 +475,8 @@ class Call:
         events.info("connected to the peer in %.1f s (this side %ss)", self.connected_at - started,
                     self.signaling.role)
         self._tasks += [asyncio.ensure_future(self._watch_signaling()),
-                        asyncio.ensure_future(self._push_stats())]
+                        asyncio.ensure_future(self._push_stats()),
+                        asyncio.ensure_future(self._watch_picture())]
         sending = None
         if self.frames is not None:
             sending = asyncio.ensure_future(self._send(duration))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +39,9 @@ class CallReport:
     wire_seconds: float = 0.0  # over how long the wire was metered
     recording: dict | None = None
     h264: dict | None = None  # the H.264 track's counters (sender.media_tracks.H264TrackStats)
+    # [s after connecting, length s or None while still stalled]: the peer sent video and no
+    # picture came for app.call.NO_PICTURE_S or more (every call of the run)
+    picture_stalls: list = field(default_factory=list)
 
 
 async def join_room(url: str, token: str, room: str, *, retries: int = 5) -> SignalingClient:
@@ -137,6 +140,7 @@ async def run_peer(*, url: str = "", token: str = "", room: str = "", model: Tal
             report.calls += 1
             report.end_reasons.append(reason)
             report.seconds += time.monotonic() - call.connected_at
+            report.picture_stalls += call.picture_stalls
             if call.sender_session is not None:
                 report.sender = asdict(call.sender_session.stats)
             if call.receiver_session is not None:

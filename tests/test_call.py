@@ -141,6 +141,7 @@ def test_loopback_neural_call_delivers_frames_within_budget(tiny_model, clip):
     assert rx.stats.rendered >= 0.8 * tx.neural_frames, rx.snapshot()
     assert len(shown) == rx.stats.rendered
     assert rx.stats.malformed == 0
+    assert receiving.picture_stalls == []  # pictures kept coming: nothing to say
     # A cheap first keyframe, then, once this fast link is measured, one at full quality
     # (sender.link_adapt); nothing else.
     assert rx.stats.keyframes in (1, 2), rx.snapshot()
@@ -597,3 +598,25 @@ def test_a_transport_task_failing_after_hang_up_logs_no_traceback(caplog) -> Non
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "other" in str(errors[0].exc_info[1])
     assert any("after the connection closed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_call_whose_pictures_stop_says_so_and_goes_on(tiny_model, clip, monkeypatch, caplog):
+    """The peer sends video but no picture comes (here every motion packet is lost, as when a
+    link is too slow for video beside the audio): the call logs it once, records the stall in
+    its report, and goes on; it never freezes silently."""
+    import logging
+
+    import app.call
+
+    monkeypatch.setattr(app.call, "NO_PICTURE_S", 0.8)
+    monkeypatch.setattr(app.call, "STATS_INTERVAL_S", 0.2)
+    with caplog.at_level(logging.INFO, logger="facecodec.call"):
+        sending, receiving, shown = asyncio.run(loopback(
+            tiny_model, tiny_model, clip, seconds=2.5, options=CallOptions(mode="neural"),
+            tap_motion=lambda data, original: None))
+    assert shown == []
+    assert len(receiving.picture_stalls) == 1 and receiving.picture_stalls[0][1] is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and r.name == "facecodec.call"]
+    assert len(warnings) == 1 and warnings[0].startswith("no picture yet for 1 s"), warnings
+    assert sending.picture_stalls == []  # A receives no video from B: nothing expected
