@@ -124,6 +124,7 @@ def summarize(cell: Cell, reports: dict[str, dict | None], codes: dict[str, int 
         "longest_freeze_s": rx.get("longest_freeze_s"),
         "frozen_s": rx.get("frozen_s"),
         "freezes": figures.get("freezes"),
+        "picture_stalls": b.get("picture_stalls"),  # the receiver said: video sent, no picture for 5 s
         "latency_p50_ms": figures.get("latency_p50_ms"),
         "latency_p95_ms": figures.get("latency_p95_ms"),
         "keyframe_recovery_s": figures.get("keyframe_recovery_s"),
