@@ -57,7 +57,7 @@ from rtc.motion_bundle import BUNDLE_CAPABILITY
 from rtc.motion_over_audio import AudioMotionCarrier, MotionReader, attach_motion_reader
 from rtc.opus_encoder import LinkOpusEncoder, install_opus_encoder
 from rtc.peer import dict_to_sdp, new_peer_connection, resync_video_sooner, sdp_to_dict
-from sender.media_tracks import H264Track, follow_receiver_feedback
+from sender.media_tracks import H264Track, HeldTrack, follow_receiver_feedback
 from sender.session import SenderSession
 from signaling.client import SignalingChannel
 from signaling.errors import SignalingError
@@ -374,7 +374,8 @@ class Call:
                 resync_video_sooner(transceiver.receiver)
 
     def _add_audio(self, pc: RTCPeerConnection) -> None:
-        rtp_sender = pc.addTrack(self.audio)
+        # Audio starts once the data channels are open: before, it would crowd out their set-up.
+        rtp_sender = pc.addTrack(HeldTrack(self.audio, self._channels_open))
         if self.options.audio_kbps is not None:
             self.audio_encoder = install_opus_encoder(rtp_sender, self.options.audio_kbps)
 

@@ -494,6 +494,35 @@ def follow_receiver_feedback(sender: RTCRtpSender, track: H264Track) -> None:
 # ---------------------------------------------------------------------------- audio
 
 
+class HeldTrack(MediaStreamTrack):
+    """``track``'s frames from when ``ready`` is set; those before are read and dropped.
+
+    Why: aiortc starts the audio RTP sender as soon as DTLS is up, before SCTP has opened the
+    call's data channels. On a slow link (10 kbit/s) 12 kbit/s of Opus at ~39 kbit/s on the
+    wire then starves the SCTP handshake and the call never connects: the benchmark's 10
+    kbit/s cell failed that way. Frames read and dropped meanwhile keep a live source (a
+    microphone) from queueing seconds of audio that would play late for the rest of the call.
+    """
+
+    def __init__(self, track: MediaStreamTrack, ready: asyncio.Event) -> None:
+        super().__init__()
+        self.kind = track.kind
+        self._track = track
+        self._ready = ready
+        self.dropped = 0  # frames read before ``ready``
+
+    async def recv(self):
+        while True:
+            frame = await self._track.recv()
+            if self._ready.is_set():
+                return frame
+            self.dropped += 1
+
+    def stop(self) -> None:
+        super().stop()
+        self._track.stop()
+
+
 class PcmAudioTrack(MediaStreamTrack):
     """A WebRTC audio track playing mono 48 kHz PCM in real time.
 

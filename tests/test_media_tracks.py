@@ -663,3 +663,38 @@ def test_in_h264_mode_the_audio_packets_follow_the_h264_link():
     assert [what for _, what, _ in session.stats.adaptations] == [
         "audio in 40 ms packets", "audio in 60 ms packets", "audio in 20 ms packets"]
     track.stop()
+
+
+def test_held_track_drops_what_comes_before_ready_and_passes_the_rest():
+    """Audio waits for the call's data channels (app.call): the frames before are read and
+    dropped, so a live source queues nothing that would play late."""
+    import asyncio
+
+    from aiortc import MediaStreamTrack
+
+    from sender.media_tracks import HeldTrack
+
+    class Numbers(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self, ready: asyncio.Event) -> None:
+            super().__init__()
+            self.sent, self.ready = 0, ready
+
+        async def recv(self):
+            self.sent += 1
+            if self.sent == 3:
+                self.ready.set()  # the channels open while the third frame is read
+            return self.sent
+
+    async def main():
+        ready = asyncio.Event()
+        source = Numbers(ready)
+        held = HeldTrack(source, ready)
+        assert held.kind == "audio"
+        frames = [await held.recv(), await held.recv()]
+        held.stop()
+        return frames, held.dropped, source.readyState
+
+    frames, dropped, state = asyncio.run(main())
+    assert frames == [3, 4] and dropped == 2 and state == "ended"
