@@ -31,7 +31,10 @@ from aiortc.codecs.base import Encoder
 from av import AudioResampler, CodecContext
 
 SAMPLE_RATE = 48_000
-PACKET_MS = (20, 40, 60)  # libopus frame durations a packet may have here
+PACKET_MS = (20, 40, 60, 120)  # libopus frame durations a packet may have here
+# 120 ms packets are for a link the audio itself overfills (sender.link_adapt): they code at
+# most this rate, ~12 kbit/s on the wire with their headers; narrower speech, but it gets through.
+SLOWEST_PACKET_KBPS = 8.0
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 MAX_SWITCH_WAIT = 8  # calls a new packet length waits for an empty buffer before it starts anyway
 
@@ -71,7 +74,8 @@ class LinkOpusEncoder(Encoder):
 
     def _open(self) -> None:
         codec = CodecContext.create("libopus", "w")
-        codec.bit_rate = int(self.kbps * 1000)
+        kbps = min(self.kbps, SLOWEST_PACKET_KBPS) if self._packet_ms == max(PACKET_MS) else self.kbps
+        codec.bit_rate = int(kbps * 1000)
         codec.format = "s16"
         codec.layout = "mono"
         codec.sample_rate = SAMPLE_RATE
@@ -89,7 +93,7 @@ class LinkOpusEncoder(Encoder):
         with self._lock:
             wanted = self._wanted_ms
         # A new length starts on a packet boundary, with nothing waiting: 20 ms frames in, so
-        # at most 60 ms late (or a few calls more for frames of other lengths).
+        # at most a packet (120 ms) late (or a few calls more for frames of other lengths).
         if wanted != self._packet_ms and (not len(self._waiting) or self._calls_waiting >= MAX_SWITCH_WAIT):
             self._packet_ms = wanted
             self.reopened += 1

@@ -35,7 +35,11 @@ grow to at most ``PROBE_KEYFRAME_BYTES``: just large enough to measure (an unmea
 instead of 20 (:mod:`rtc.opus_encoder`: half the packet headers, ~13 kbit/s less on the wire
 for 12 kbit/s of speech; the same speech, 20 ms later), and below ``LONGEST_AUDIO_BELOW_KBPS``
 in 60 ms packets (~4 kbit/s less again); above ``SHORT_AUDIO_ABOVE_KBPS`` they go back to
-20 ms. Above 2 %
+20 ms. When even that audio overfills the link (the receiver loses ``CONGESTED_LOSS`` of the
+motion riding on it while the round trip stays ``CONGESTED_RTT_EXCESS_S`` over its least, two
+reports running: a shaper's queue, not random loss), audio goes in 120 ms packets of at most
+8 kbit/s of Opus (~12 kbit/s on the wire), back to 60 ms once a keyframe measures 24 kbit/s
+or more beside it. Above 2 %
 motion loss every ``0.5/loss``-th motion packet (at least every 4th) is intra, so a lost
 packet costs a few frames without a round trip.
 """
@@ -82,6 +86,13 @@ LONG_AUDIO_BELOW_KBPS = 64.0
 LONGEST_AUDIO_BELOW_KBPS = 24.0
 SHORT_AUDIO_ABOVE_KBPS = 128.0
 SHORT_AUDIO_MS, LONG_AUDIO_MS, LONGEST_AUDIO_MS = 20, 40, 60
+# The 20 kbit/s cell with audio: 60 ms packets of 12 kbit/s Opus are 23.8 kbit/s on the wire,
+# 40 % of the motion riding on them was lost and the round trip grew by the shaper's 1 s queue.
+# Random loss (the 20 % cell) loses as much without growing the round trip.
+SLOWEST_AUDIO_MS = 120
+CONGESTED_LOSS = 0.15
+CONGESTED_RTT_EXCESS_S = 0.5
+CONGESTED_REPORTS = 2
 
 
 @dataclass
@@ -123,14 +134,14 @@ def quality_for_bytes(codec: str, quality: int, nbytes: int, budget: int, defaul
 
 def audio_packet_ms(kbps: float, current: int) -> int:
     """The audio packet length for a link that carries ``kbps`` beside the audio: longer as
-    the rate falls, shorter again only well above (no flapping)."""
+    the rate falls, shorter again only well above (no flapping). 120 ms packets come only from
+    congestion (``LinkAdapter``); a rate measured at all leaves them only from 24 kbit/s."""
     if kbps < LONGEST_AUDIO_BELOW_KBPS:
-        return LONGEST_AUDIO_MS
-    if kbps < LONG_AUDIO_BELOW_KBPS:
-        return max(current, LONG_AUDIO_MS)
+        return max(current, LONGEST_AUDIO_MS)
     if kbps > SHORT_AUDIO_ABOVE_KBPS:
         return SHORT_AUDIO_MS
-    return current
+    current = min(current, LONGEST_AUDIO_MS)
+    return max(current, LONG_AUDIO_MS) if kbps < LONG_AUDIO_BELOW_KBPS else current
 
 
 def audio_packet_why(kbps: float, longer: bool) -> str:
@@ -163,6 +174,7 @@ class LinkAdapter:
         self._bounds: list[float] = []  # the newest keyframes' rate bounds (kbit/s)
         self._large_measured = False  # a keyframe larger than a shaper's burst has crossed
         self._rtt_floor: float | None = None  # the least round trip reported (s)
+        self._congested_reports = 0  # reports in a row that read the audio overfilling the link
         self._started = time.monotonic()
         self._last_bytes_quality: tuple[int, int] | None = None  # (bytes, quality) of the newest keyframe
 
@@ -201,6 +213,8 @@ class LinkAdapter:
         self._follow_loss(values.get("loss"))
         if rtt_s is not None:
             self._rtt_floor = rtt_s if self._rtt_floor is None else min(self._rtt_floor, rtt_s)
+        if self.audio:
+            self._audio_congestion(values.get("loss"), rtt_s)
         seq = int(values.get("keyframe_seq", -1))
         arrival = values.get("keyframe_arrival")
         if seq < 0 or arrival is None or seq == self._measured_seq or seq not in self._sent:
@@ -268,6 +282,19 @@ class LinkAdapter:
         if self.audio:
             self._audio_packets(kbps)
         return upgrade
+
+    def _audio_congestion(self, loss: float | None, rtt_s: float | None) -> None:
+        """120 ms audio packets when the audio in 60 ms ones still overfills the link (see the
+        module docstring)."""
+        excess = None if rtt_s is None or self._rtt_floor is None else rtt_s - self._rtt_floor
+        congested = loss is not None and loss >= CONGESTED_LOSS and excess is not None and \
+            excess >= CONGESTED_RTT_EXCESS_S
+        self._congested_reports = self._congested_reports + 1 if congested else 0
+        if self._congested_reports >= CONGESTED_REPORTS and self.state.audio_packet_ms == LONGEST_AUDIO_MS:
+            self.state.audio_packet_ms = SLOWEST_AUDIO_MS
+            self._log(f"audio in {SLOWEST_AUDIO_MS} ms packets",
+                      f"{100 * loss:.0f} % of motion lost and the round trip {1000 * excess:.0f} ms over "
+                      "its least: the audio overfills the link")
 
     def _audio_packets(self, kbps: float) -> None:
         packet_ms = audio_packet_ms(kbps, self.state.audio_packet_ms)

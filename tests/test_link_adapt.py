@@ -233,3 +233,29 @@ def test_without_audio_the_packet_length_is_never_touched():
     _report(adapter, 0, 2872, 40, 8 * (wire_bytes(2872) - BURST_BYTES) / 10_000)
     assert adapter.state.audio_packet_ms == 20
     assert not any(what.startswith("audio in") for _, what, _ in adapter.adaptations)
+
+
+def test_audio_that_overfills_the_link_goes_in_120_ms_packets_random_loss_does_not():
+    """Congestion (motion lost and the round trip grown by a shaper's queue, two reports
+    running) takes 60 ms audio packets to 120; the same loss at the least round trip does not;
+    a keyframe measuring 24 kbit/s or more beside the audio brings 60 ms back."""
+    adapter = LinkAdapter(codec="av1", default_quality=66, motion_on_channel=False)
+    adapter.audio = True
+    _report(adapter, 0, 2872, 40, 8 * (wire_bytes(2872) - BURST_BYTES) / 10_000)
+    assert adapter.state.audio_packet_ms == 60
+    adapter.on_peer_stats({"loss": 0.4}, 0.05)  # the least round trip
+    for _ in range(3):  # the 20 % random-loss cell: no queue
+        adapter.on_peer_stats({"loss": 0.2}, 0.06)
+    assert adapter.state.audio_packet_ms == 60
+    adapter.on_peer_stats({"loss": 0.4}, 1.2)
+    assert adapter.state.audio_packet_ms == 60  # one report is not enough
+    adapter.on_peer_stats({"loss": 0.4}, 1.3)
+    assert adapter.state.audio_packet_ms == 120
+    why = [why for _, what, why in adapter.adaptations if what == "audio in 120 ms packets"]
+    assert why and "overfills" in why[0]
+    # A low measurement keeps 120; one at 24 kbit/s or more beside the audio returns to 60.
+    _report(adapter, 10, 2872, 40, 8 * (wire_bytes(2872) - BURST_BYTES) / 10_000)
+    assert adapter.state.audio_packet_ms == 120
+    for seq in (20, 30, 40):
+        _report(adapter, seq, 6000, 40, 8 * (wire_bytes(6000) - BURST_BYTES) / 40_000)
+    assert adapter.state.audio_packet_ms == 60

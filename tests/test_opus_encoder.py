@@ -73,6 +73,19 @@ def test_packets_last_what_was_asked_and_carry_the_speech_at_its_rate(packet_ms)
     assert abs(_peak_hz(pcm[RATE // 5:]) - 440) < 10  # the tone comes back
 
 
+def test_120_ms_packets_code_at_most_8_kbps_and_carry_the_tone():
+    """The packets for a link the audio itself overfills (sender.link_adapt)."""
+    packets = _code(LinkOpusEncoder(12, 120), _tone(2.4))
+    assert [t for t, _ in packets] == [i * 5760 for i in range(20)]
+    assert 8 * sum(len(p) for _, p in packets) / 2.4 / 1000 < 8.5
+    sizes, pcm = _decode(packets)
+    assert set(sizes) == {5760} and abs(_peak_hz(pcm[RATE // 5:]) - 440) < 10
+    # 20 ms packets of the same encoder code the rate asked for again.
+    packets = _code(LinkOpusEncoder(12, 120), _tone(2.4), switch={30: 20})
+    tail = [p for t, p in packets if t >= 60 * 960]
+    assert 8 * sum(len(p) for p in tail) / (len(tail) * 0.02) / 1000 > 9
+
+
 def test_a_longer_packet_mid_call_keeps_the_timestamps_and_the_sound():
     encoder = LinkOpusEncoder(12)
     # 20 ms packets for 1 s, then 40 ms, then 20 ms again: as the link adapter may ask.
@@ -100,7 +113,7 @@ def test_any_input_format_is_resampled_to_48k_mono():
         assert len(payloads) == 1 and timestamp == call * FRAME
 
 
-@pytest.mark.parametrize("bad", [0, 10, 30, 80, "40"])
+@pytest.mark.parametrize("bad", [0, 10, 30, 80, 100, "40"])
 def test_a_packet_length_libopus_is_not_given_here_is_refused(bad):
     with pytest.raises(ValueError):
         LinkOpusEncoder(12, bad)
