@@ -35,11 +35,11 @@ grow to at most ``PROBE_KEYFRAME_BYTES``: just large enough to measure (an unmea
 instead of 20 (:mod:`rtc.opus_encoder`: half the packet headers, ~13 kbit/s less on the wire
 for 12 kbit/s of speech; the same speech, 20 ms later), and below ``LONGEST_AUDIO_BELOW_KBPS``
 in 60 ms packets (~4 kbit/s less again); above ``SHORT_AUDIO_ABOVE_KBPS`` they go back to
-20 ms. When even that audio overfills the link (the receiver loses ``CONGESTED_LOSS`` of the
-motion riding on it while the round trip stays ``CONGESTED_RTT_EXCESS_S`` over its least, two
-reports running: a shaper's queue, not random loss), audio goes in 120 ms packets of at most
-8 kbit/s of Opus (~12 kbit/s on the wire), back to 60 ms once a keyframe measures 24 kbit/s
-or more beside it. Above 2 %
+20 ms. When the audio overfills the link (the round trip ``CONGESTED_RTT_EXCESS_S`` over its
+least while the receiver loses ``CONGESTED_LOSS`` of the motion riding on it, or twice that
+excess alone, two reports running: a shaper's queue, not random loss), the packets grow one
+step, up to 120 ms packets of at most 8 kbit/s of Opus (~12 kbit/s on the wire); from 120 ms
+they go back to 60 once a keyframe measures 24 kbit/s or more beside the audio. Above 2 %
 motion loss every ``0.5/loss``-th motion packet (at least every 4th) is intra, so a lost
 packet costs a few frames without a round trip.
 """
@@ -287,13 +287,18 @@ class LinkAdapter:
         """120 ms audio packets when the audio in 60 ms ones still overfills the link (see the
         module docstring)."""
         excess = None if rtt_s is None or self._rtt_floor is None else rtt_s - self._rtt_floor
-        congested = loss is not None and loss >= CONGESTED_LOSS and excess is not None and \
-            excess >= CONGESTED_RTT_EXCESS_S
+        lost = loss if loss is not None else 0.0
+        # A queue on the path and motion lost from it; or a queue of a second or more alone
+        # (motion then waits behind a keyframe on the data channel rather than being lost).
+        congested = excess is not None and excess >= CONGESTED_RTT_EXCESS_S and (
+            lost >= CONGESTED_LOSS or excess >= 2 * CONGESTED_RTT_EXCESS_S)
         self._congested_reports = self._congested_reports + 1 if congested else 0
-        if self._congested_reports >= CONGESTED_REPORTS and self.state.audio_packet_ms == LONGEST_AUDIO_MS:
-            self.state.audio_packet_ms = SLOWEST_AUDIO_MS
-            self._log(f"audio in {SLOWEST_AUDIO_MS} ms packets",
-                      f"{100 * loss:.0f} % of motion lost and the round trip {1000 * excess:.0f} ms over "
+        longer = [ms for ms in (LONG_AUDIO_MS, LONGEST_AUDIO_MS, SLOWEST_AUDIO_MS) if ms > self.state.audio_packet_ms]
+        if self._congested_reports >= CONGESTED_REPORTS and longer:
+            self._congested_reports = 0  # the next step waits for two more reports
+            self.state.audio_packet_ms = longer[0]
+            self._log(f"audio in {longer[0]} ms packets",
+                      f"{100 * lost:.0f} % of motion lost and the round trip {1000 * excess:.0f} ms over "
                       "its least: the audio overfills the link")
 
     def _audio_packets(self, kbps: float) -> None:

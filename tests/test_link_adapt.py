@@ -247,9 +247,9 @@ def test_audio_that_overfills_the_link_goes_in_120_ms_packets_random_loss_does_n
     for _ in range(3):  # the 20 % random-loss cell: no queue
         adapter.on_peer_stats({"loss": 0.2}, 0.06)
     assert adapter.state.audio_packet_ms == 60
-    adapter.on_peer_stats({"loss": 0.4}, 1.2)
+    adapter.on_peer_stats({"loss": 0.4}, 0.8)
     assert adapter.state.audio_packet_ms == 60  # one report is not enough
-    adapter.on_peer_stats({"loss": 0.4}, 1.3)
+    adapter.on_peer_stats({"loss": 0.4}, 0.9)
     assert adapter.state.audio_packet_ms == 120
     why = [why for _, what, why in adapter.adaptations if what == "audio in 120 ms packets"]
     assert why and "overfills" in why[0]
@@ -259,3 +259,19 @@ def test_audio_that_overfills_the_link_goes_in_120_ms_packets_random_loss_does_n
     for seq in (20, 30, 40):
         _report(adapter, seq, 6000, 40, 8 * (wire_bytes(6000) - BURST_BYTES) / 40_000)
     assert adapter.state.audio_packet_ms == 60
+
+
+def test_a_queue_of_a_second_alone_lengthens_the_audio_one_step_at_a_time():
+    """The 20 kbit/s cell once measured its first keyframe on the shaper's burst (40 ms audio)
+    and then lost no motion: it waited behind a stuck keyframe, while the round trip grew."""
+    adapter = LinkAdapter(codec="av1", default_quality=66, motion_on_channel=False)
+    adapter.audio = True
+    adapter.on_peer_stats({"loss": 0.0}, 0.05)
+    for rtt in (0.6, 0.7):  # half a second of queue without loss: not enough
+        adapter.on_peer_stats({"loss": 0.0}, rtt)
+    assert adapter.state.audio_packet_ms == 20
+    steps = []
+    for rtt in (1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8):
+        adapter.on_peer_stats({"loss": 0.0}, rtt)
+        steps.append(adapter.state.audio_packet_ms)
+    assert steps == [20, 40, 40, 60, 60, 120, 120, 120]
