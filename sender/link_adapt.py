@@ -35,9 +35,9 @@ grow to at most ``PROBE_KEYFRAME_BYTES``: just large enough to measure (an unmea
 instead of 20 (:mod:`rtc.opus_encoder`: half the packet headers, ~13 kbit/s less on the wire
 for 12 kbit/s of speech; the same speech, 20 ms later), and below ``LONGEST_AUDIO_BELOW_KBPS``
 in 60 ms packets (~4 kbit/s less again); above ``SHORT_AUDIO_ABOVE_KBPS`` they go back to
-20 ms. When the audio overfills the link (the round trip ``CONGESTED_RTT_EXCESS_S`` over its
-least while the receiver loses ``CONGESTED_LOSS`` of the motion riding on it, or twice that
-excess alone, two reports running: a shaper's queue, not random loss), the packets grow one
+20 ms. When the audio overfills the link (the receiver's capture-to-render latency at least
+``CONGESTED_LATENCY_S`` while it loses ``CONGESTED_LOSS`` of the motion riding on the audio,
+or twice that latency alone, two reports running: a shaper's queue, not random loss), the packets grow one
 step, up to 120 ms packets of at most 8 kbit/s of Opus (~12 kbit/s on the wire); from 120 ms
 they go back to 60 once a keyframe measures 24 kbit/s or more beside the audio. Above 2 %
 motion loss every ``0.5/loss``-th motion packet (at least every 4th) is intra, so a lost
@@ -87,11 +87,12 @@ LONGEST_AUDIO_BELOW_KBPS = 24.0
 SHORT_AUDIO_ABOVE_KBPS = 128.0
 SHORT_AUDIO_MS, LONG_AUDIO_MS, LONGEST_AUDIO_MS = 20, 40, 60
 # The 20 kbit/s cell with audio: 60 ms packets of 12 kbit/s Opus are 23.8 kbit/s on the wire,
-# 40 % of the motion riding on them was lost and the round trip grew by the shaper's 1 s queue.
-# Random loss (the 20 % cell) loses as much without growing the round trip.
+# 40 % of the motion riding on them was lost and its latency grew by the shaper's queue (p50
+# 1.65 s). Random loss (the 20 % cell) loses half as much at a 20 ms latency; 300 ms of delay
+# reads ~360 ms.
 SLOWEST_AUDIO_MS = 120
 CONGESTED_LOSS = 0.15
-CONGESTED_RTT_EXCESS_S = 0.5
+CONGESTED_LATENCY_S = 1.0
 CONGESTED_REPORTS = 2
 
 
@@ -214,7 +215,7 @@ class LinkAdapter:
         if rtt_s is not None:
             self._rtt_floor = rtt_s if self._rtt_floor is None else min(self._rtt_floor, rtt_s)
         if self.audio:
-            self._audio_congestion(values.get("loss"), rtt_s)
+            self._audio_congestion(values.get("loss"), values.get("latency_ms"))
         seq = int(values.get("keyframe_seq", -1))
         arrival = values.get("keyframe_arrival")
         if seq < 0 or arrival is None or seq == self._measured_seq or seq not in self._sent:
@@ -283,23 +284,27 @@ class LinkAdapter:
             self._audio_packets(kbps)
         return upgrade
 
-    def _audio_congestion(self, loss: float | None, rtt_s: float | None) -> None:
-        """120 ms audio packets when the audio in 60 ms ones still overfills the link (see the
-        module docstring)."""
-        excess = None if rtt_s is None or self._rtt_floor is None else rtt_s - self._rtt_floor
+    def _audio_congestion(self, loss: float | None, latency_ms: float | None) -> None:
+        """Longer audio packets while the audio overfills the link (see the module docstring).
+        The queue is read off the receiver's capture-to-render latency: motion rides the audio
+        packets, so it waits in the same queue. (SCTP's round trip is no help there: it takes
+        no sample from a chunk sent again, and on a link losing 40 % most are. An excess over
+        the least latency reported is none either: on a link the audio overfills from its
+        first packet, the first report already holds the queue.)"""
+        latency = None if latency_ms is None else latency_ms / 1000.0
         lost = loss if loss is not None else 0.0
-        # A queue on the path and motion lost from it; or a queue of a second or more alone
+        # A queue on the path and motion lost from it; or a queue of two seconds or more alone
         # (motion then waits behind a keyframe on the data channel rather than being lost).
-        congested = excess is not None and excess >= CONGESTED_RTT_EXCESS_S and (
-            lost >= CONGESTED_LOSS or excess >= 2 * CONGESTED_RTT_EXCESS_S)
+        congested = latency is not None and latency >= CONGESTED_LATENCY_S and (
+            lost >= CONGESTED_LOSS or latency >= 2 * CONGESTED_LATENCY_S)
         self._congested_reports = self._congested_reports + 1 if congested else 0
         longer = [ms for ms in (LONG_AUDIO_MS, LONGEST_AUDIO_MS, SLOWEST_AUDIO_MS) if ms > self.state.audio_packet_ms]
         if self._congested_reports >= CONGESTED_REPORTS and longer:
             self._congested_reports = 0  # the next step waits for two more reports
             self.state.audio_packet_ms = longer[0]
             self._log(f"audio in {longer[0]} ms packets",
-                      f"{100 * lost:.0f} % of motion lost and the round trip {1000 * excess:.0f} ms over "
-                      "its least: the audio overfills the link")
+                      f"{100 * lost:.0f} % of motion lost and a latency of {latency:.1f} s: "
+                      "the audio overfills the link")
 
     def _audio_packets(self, kbps: float) -> None:
         packet_ms = audio_packet_ms(kbps, self.state.audio_packet_ms)

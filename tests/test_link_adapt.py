@@ -236,20 +236,20 @@ def test_without_audio_the_packet_length_is_never_touched():
 
 
 def test_audio_that_overfills_the_link_goes_in_120_ms_packets_random_loss_does_not():
-    """Congestion (motion lost and the round trip grown by a shaper's queue, two reports
-    running) takes 60 ms audio packets to 120; the same loss at the least round trip does not;
+    """Congestion (motion lost and the receiver's latency grown by a shaper's queue, two
+    reports running) takes 60 ms audio packets to 120; the same loss at a 60 ms latency does not;
     a keyframe measuring 24 kbit/s or more beside the audio brings 60 ms back."""
     adapter = LinkAdapter(codec="av1", default_quality=66, motion_on_channel=False)
     adapter.audio = True
     _report(adapter, 0, 2872, 40, 8 * (wire_bytes(2872) - BURST_BYTES) / 10_000)
     assert adapter.state.audio_packet_ms == 60
-    adapter.on_peer_stats({"loss": 0.4}, 0.05)  # the least round trip
+    adapter.on_peer_stats({"loss": 0.4, "latency_ms": 50.0}, 0.05)  # the least latency
     for _ in range(3):  # the 20 % random-loss cell: no queue
-        adapter.on_peer_stats({"loss": 0.2}, 0.06)
+        adapter.on_peer_stats({"loss": 0.2, "latency_ms": 60.0}, 0.06)
     assert adapter.state.audio_packet_ms == 60
-    adapter.on_peer_stats({"loss": 0.4}, 0.8)
+    adapter.on_peer_stats({"loss": 0.4, "latency_ms": 1600.0}, 0.8)
     assert adapter.state.audio_packet_ms == 60  # one report is not enough
-    adapter.on_peer_stats({"loss": 0.4}, 0.9)
+    adapter.on_peer_stats({"loss": 0.4, "latency_ms": 1650.0}, 0.9)
     assert adapter.state.audio_packet_ms == 120
     why = [why for _, what, why in adapter.adaptations if what == "audio in 120 ms packets"]
     assert why and "overfills" in why[0]
@@ -263,15 +263,16 @@ def test_audio_that_overfills_the_link_goes_in_120_ms_packets_random_loss_does_n
 
 def test_a_queue_of_a_second_alone_lengthens_the_audio_one_step_at_a_time():
     """The 20 kbit/s cell once measured its first keyframe on the shaper's burst (40 ms audio)
-    and then lost no motion: it waited behind a stuck keyframe, while the round trip grew."""
+    and then lost no motion: it waited behind a stuck keyframe, while the latency grew. Two
+    seconds of latency alone count."""
     adapter = LinkAdapter(codec="av1", default_quality=66, motion_on_channel=False)
     adapter.audio = True
-    adapter.on_peer_stats({"loss": 0.0}, 0.05)
-    for rtt in (0.6, 0.7):  # half a second of queue without loss: not enough
-        adapter.on_peer_stats({"loss": 0.0}, rtt)
+    adapter.on_peer_stats({"loss": 0.0, "latency_ms": 50.0}, 0.05)
+    for latency in (1200, 1300):  # a second of queue without loss: not enough
+        adapter.on_peer_stats({"loss": 0.0, "latency_ms": latency}, 0.05)
     assert adapter.state.audio_packet_ms == 20
     steps = []
-    for rtt in (1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8):
-        adapter.on_peer_stats({"loss": 0.0}, rtt)
+    for latency in (2100, 2200, 2300, 2400, 2500, 2600, 2700, 2800):
+        adapter.on_peer_stats({"loss": 0.0, "latency_ms": latency}, 0.05)
         steps.append(adapter.state.audio_packet_ms)
     assert steps == [20, 40, 40, 60, 60, 120, 120, 120]
