@@ -70,7 +70,9 @@ MAX_WAIT_S = 0.06  # a queued packet older than this goes on the data channel in
 MAX_WAIT_PACKETS = 1.5
 # asyncio runs a timer up to one clock resolution early: the stale check allows for it.
 TIMER_SLACK_S = 1e-3
-AUDIO_GAP_S = 0.1  # no audio packet for this long: audio is not flowing, use the data channel
+# No audio packet for this long: audio is not flowing, use the data channel. Over twice the
+# longest audio packet (120 ms, rtc.opus_encoder), or motion would leave the audio between two.
+AUDIO_GAP_S = 0.25
 MAX_ELEMENT_BYTES = 255  # the two-byte header form's limit
 _RTP_FIXED_HEADER = 12
 

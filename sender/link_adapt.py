@@ -37,7 +37,8 @@ for 12 kbit/s of speech; the same speech, 20 ms later), and below ``LONGEST_AUDI
 in 60 ms packets (~4 kbit/s less again); above ``SHORT_AUDIO_ABOVE_KBPS`` they go back to
 20 ms. When the audio overfills the link (the receiver's capture-to-render latency at least
 ``CONGESTED_LATENCY_S`` while it loses ``CONGESTED_LOSS`` of the motion riding on the audio,
-or twice that latency alone, two reports running: a shaper's queue, not random loss), the packets grow one
+or twice that latency alone, or before any picture ``CONGESTED_LOSS_ALONE`` of the motion lost;
+two reports running: a shaper's queue, not random loss), the packets grow one
 step, up to 120 ms packets of at most 8 kbit/s of Opus (~12 kbit/s on the wire); from 120 ms
 they go back to 60 once a keyframe measures 24 kbit/s or more beside the audio. Above 2 %
 motion loss every ``0.5/loss``-th motion packet (at least every 4th) is intra, so a lost
@@ -92,6 +93,7 @@ SHORT_AUDIO_MS, LONG_AUDIO_MS, LONGEST_AUDIO_MS = 20, 40, 60
 # reads ~360 ms.
 SLOWEST_AUDIO_MS = 120
 CONGESTED_LOSS = 0.15
+CONGESTED_LOSS_ALONE = 0.4
 CONGESTED_LATENCY_S = 1.0
 CONGESTED_REPORTS = 2
 
@@ -294,17 +296,20 @@ class LinkAdapter:
         latency = None if latency_ms is None else latency_ms / 1000.0
         lost = loss if loss is not None else 0.0
         # A queue on the path and motion lost from it; or a queue of two seconds or more alone
-        # (motion then waits behind a keyframe on the data channel rather than being lost).
-        congested = latency is not None and latency >= CONGESTED_LATENCY_S and (
+        # (motion then waits behind a keyframe on the data channel rather than being lost); or,
+        # before any picture gave a latency, most of the motion lost (the 10 kbit/s cell: 70 %).
+        queued = latency is not None and latency >= CONGESTED_LATENCY_S and (
             lost >= CONGESTED_LOSS or latency >= 2 * CONGESTED_LATENCY_S)
+        congested = queued or (latency is None and lost >= CONGESTED_LOSS_ALONE)
         self._congested_reports = self._congested_reports + 1 if congested else 0
         longer = [ms for ms in (LONG_AUDIO_MS, LONGEST_AUDIO_MS, SLOWEST_AUDIO_MS) if ms > self.state.audio_packet_ms]
         if self._congested_reports >= CONGESTED_REPORTS and longer:
             self._congested_reports = 0  # the next step waits for two more reports
             self.state.audio_packet_ms = longer[0]
             self._log(f"audio in {longer[0]} ms packets",
-                      f"{100 * lost:.0f} % of motion lost and a latency of {latency:.1f} s: "
-                      "the audio overfills the link")
+                      f"{100 * lost:.0f} % of motion lost" + ("" if latency is None else
+                                                              f" and a latency of {latency:.1f} s")
+                      + ": the audio overfills the link")
 
     def _audio_packets(self, kbps: float) -> None:
         packet_ms = audio_packet_ms(kbps, self.state.audio_packet_ms)

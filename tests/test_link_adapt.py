@@ -276,3 +276,17 @@ def test_a_queue_of_a_second_alone_lengthens_the_audio_one_step_at_a_time():
         adapter.on_peer_stats({"loss": 0.0, "latency_ms": latency}, 0.05)
         steps.append(adapter.state.audio_packet_ms)
     assert steps == [20, 40, 40, 60, 60, 120, 120, 120]
+
+
+def test_before_any_picture_most_motion_lost_lengthens_the_audio():
+    """The 10 kbit/s cell with audio: no picture (so no latency reported) and 70 % of the
+    motion lost; 20 % lost (the random-loss cell) is not enough."""
+    adapter = LinkAdapter(codec="av1", default_quality=66, motion_on_channel=False)
+    adapter.audio = True
+    for _ in range(3):
+        adapter.on_peer_stats({"loss": 0.2}, 0.05)
+    assert adapter.state.audio_packet_ms == 20
+    for _ in range(2):
+        adapter.on_peer_stats({"loss": 0.7}, 0.05)
+    assert adapter.state.audio_packet_ms == 40
+    assert adapter.adaptations[-1][2] == "70 % of motion lost: the audio overfills the link"

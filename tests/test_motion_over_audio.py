@@ -14,6 +14,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.sdp import SessionDescription
 
 from rtc.motion_over_audio import (
+    AUDIO_GAP_S,
     MAX_WAIT_S,
     MOTION_EXTENSION_ID,
     MOTION_EXTENSION_URI,
@@ -170,6 +171,7 @@ def test_the_carrier_rides_only_while_audio_flows_and_hands_back_what_waits_too_
         assert read_extension_element(dtls.sent[1], MOTION_EXTENSION_ID) is None
         assert carrier.stats.carried == 1 and carrier.stats.to_data_channel == 1
         assert carrier.stats.bytes_added == len(dtls.sent[-1]) - len(_audio_packet())
+        await asyncio.sleep(AUDIO_GAP_S)
         assert not carrier.audio_flowing  # no audio for over AUDIO_GAP_S: muted or stalled
         assert not carrier.send(b"\x01muted")
         await dtls._send_rtp(_audio_packet())
