@@ -3,6 +3,7 @@ optional and tests that need it skip with the reason when it is absent."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,18 @@ from typing import NoReturn
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# No test takes more than ~1.5 minutes; one that runs this long is stuck. Every thread's
+# stack is printed and the run stops, rather than running on to CI's time limit with
+# nothing to show where it hung (one clean-clone run hung once in tests/test_call.py).
+TEST_HANG_S = 600
+
+
+@pytest.fixture(autouse=True)
+def _stacks_of_a_hung_test():
+    faulthandler.dump_traceback_later(TEST_HANG_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 # Prepended to a subprocess's script: makes av, aiortc and constriction unimportable, as on
 # the accelerator machine, so a test proves the training path does without them.
